@@ -28,3 +28,7 @@ class VerificationError(CompressorError):
     """The pruned model does not reproduce the masked original."""
 
     exit_code = 3
+
+    def __init__(self, message: str, report: dict | None = None):
+        super().__init__(message)
+        self.report = report

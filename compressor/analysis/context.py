@@ -1,0 +1,184 @@
+"""The state that rules read and write while the graph is walked in topological order."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from compressor.analysis.layout import GroupTable, Layout, LayoutError
+from compressor.ir.graph import GraphIndex, subgraph_outer_refs
+
+#: Roles of constants that carry a group's channels.
+PRODUCER, CONSUMER, PARAM = "producer", "consumer", "param"
+
+
+@dataclass
+class MemberRecord:
+    tensor: str
+    axis: int
+    role: str
+    node: str
+    op_type: str
+    slot: int
+
+
+@dataclass
+class ConsumePoint:
+    """A node input that contracts (sums) over a tracked axis: where the oracle masks channels."""
+
+    node_index: int
+    input_index: int
+    axis: int
+
+
+@dataclass
+class Barrier:
+    node: str
+    op_type: str
+    reason: str
+
+
+@dataclass
+class AnalysisContext:
+    index: GraphIndex
+    opset: int
+    table: GroupTable = field(default_factory=GroupTable)
+    layout_map: dict[str, dict[int, Layout]] = field(default_factory=dict)
+    members: dict[tuple[str, int], MemberRecord] = field(default_factory=dict)
+    consume_points: list[ConsumePoint] = field(default_factory=list)
+    barriers: list[Barrier] = field(default_factory=list)
+    group_nodes: dict[int, set[str]] = field(default_factory=dict)
+    node_index: int = -1
+
+    # ---- graph facts ------------------------------------------------------
+    def shape(self, name: str) -> tuple[int, ...] | None:
+        return self.index.shape(name)
+
+    def rank(self, name: str) -> int | None:
+        return self.index.rank(name)
+
+    def is_const(self, name: str) -> bool:
+        return self.index.is_const(name)
+
+    def const(self, name: str) -> np.ndarray | None:
+        return self.index.const(name)
+
+    def value(self, name: str) -> np.ndarray | None:
+        return self.index.value(name)
+
+    @staticmethod
+    def attr(node: onnx.NodeProto, name: str, default=None):
+        for a in node.attribute:
+            if a.name == name:
+                return helper.get_attribute_value(a)
+        return default
+
+    def label(self, node: onnx.NodeProto) -> str:
+        return self.index.node_label(node)
+
+    # ---- layouts ----------------------------------------------------------
+    def layouts(self, name: str) -> dict[int, Layout]:
+        d = self.layouts_raw(name)
+        return {ax: self.table.normalize(lay) for ax, lay in d.items()}
+
+    def layouts_raw(self, name: str) -> dict[int, Layout]:
+        return self.layout_map.get(name, {})
+
+    def layout(self, name: str, axis: int) -> Layout | None:
+        lay = self.layout_map.get(name, {}).get(axis)
+        return None if lay is None else self.table.normalize(lay)
+
+    def tracked(self, name: str) -> bool:
+        return bool(self.layout_map.get(name))
+
+    def set_layout(self, name: str, axis: int, layout: Layout) -> Layout:
+        """Attach a layout to (tensor, axis); if one is there already, the two are unified."""
+        rank = self.rank(name)
+        if rank is not None and axis < 0:
+            axis += rank
+        cur = self.layout_map.setdefault(name, {}).get(axis)
+        if cur is not None:
+            layout = self.unify(cur, layout, f"tensor '{name}' axis {axis}")
+        self.layout_map[name][axis] = layout
+        return layout
+
+    def unify(self, a: Layout, b: Layout, where: str) -> Layout:
+        try:
+            return self.table.unify(a, b)
+        except LayoutError as exc:
+            reason = f"incompatible channel layouts at {where}: {exc}"
+            self.freeze_layout(a, reason)
+            self.freeze_layout(b, reason)
+            return self.table.normalize(a)
+
+    def new_group(self, name: str, axis: int, size: int | None = None, node: onnx.NodeProto | None = None,
+                  frozen: str | None = None) -> Layout:
+        if size is None:
+            size = self.shape(name)[axis]
+        origin = self.label(node) if node is not None else name
+        gid = self.table.new(size, origin=origin, frozen=frozen)
+        lay: Layout = ((gid, 1),)
+        self.set_layout(name, axis, lay)
+        return lay
+
+    def bind(self, name: str, axis: int, layout: Layout, role: str, node: onnx.NodeProto, slot: int) -> None:
+        """Give (tensor, axis) a layout; constants become members of its groups with ``role``."""
+        rank = self.rank(name)
+        if rank is not None and axis < 0:
+            axis += rank
+        self.set_layout(name, axis, layout)
+        if self.is_const(name):
+            key = (name, axis)
+            if key not in self.members:
+                self.members[key] = MemberRecord(name, axis, role, self.label(node), node.op_type, slot)
+        for g, _ in self.table.normalize(layout):
+            self.group_nodes.setdefault(self.table.find(g), set()).add(self.label(node))
+
+    def copy_layouts(self, src: str, dst: str, axis_map: dict[int, int] | None = None,
+                     node: onnx.NodeProto | None = None) -> None:
+        """dst carries src's channels: each tracked src axis a appears at dst axis axis_map[a].
+
+        An axis whose length differs between src and dst (a pool's spatial axis, a resize) cannot
+        carry the channels one-to-one: its groups are frozen instead.
+        """
+        s_shape, d_shape = self.shape(src), self.shape(dst)
+        for ax, lay in self.layouts(src).items():
+            to = ax if axis_map is None else axis_map.get(ax)
+            if to is None:
+                continue
+            if s_shape is None or d_shape is None or to >= len(d_shape) or s_shape[ax] != d_shape[to]:
+                where = f" at {node.op_type} node '{self.label(node)}'" if node is not None else ""
+                self.freeze_layout(lay, f"axis {ax} of '{src}' changes length{where}")
+                continue
+            self.set_layout(dst, to, lay)
+
+    # ---- freezing ---------------------------------------------------------
+    def freeze_layout(self, layout: Layout, reason: str) -> None:
+        for g, _ in self.table.normalize(layout):
+            self.table.freeze(g, reason)
+
+    def freeze_tensor(self, name: str, reason: str) -> bool:
+        lays = self.layouts(name)
+        for lay in lays.values():
+            self.freeze_layout(lay, reason)
+        return bool(lays)
+
+    def barrier(self, node: onnx.NodeProto, reason: str) -> None:
+        """Freeze every group that reaches this node; its outputs carry no tracked channels."""
+        names = list(node.input) + list(node.output) + sorted(subgraph_outer_refs(node))
+        touched = False
+        for name in names:
+            if name:
+                touched |= self.freeze_tensor(name, f"{node.op_type} node '{self.label(node)}': {reason}")
+        if touched:
+            self.barriers.append(Barrier(self.label(node), node.op_type, reason))
+
+    def consume(self, node: onnx.NodeProto, input_index: int, axis: int) -> None:
+        rank = self.rank(node.input[input_index])
+        if axis < 0 and rank is not None:
+            axis += rank
+        if self.layout(node.input[input_index], axis) is not None:
+            self.consume_points.append(ConsumePoint(self.node_index, input_index, axis))

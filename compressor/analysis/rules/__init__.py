@@ -1,0 +1,12 @@
+"""Per-op channel rules, one module per op family. Importing this package registers them all."""
+
+from compressor.analysis.rules import (  # noqa: F401
+    concat_split,
+    conv,
+    elementwise,
+    linear,
+    normalization,
+    passthrough,
+    pooling,
+    reshape,
+)

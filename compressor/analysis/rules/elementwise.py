@@ -1,0 +1,76 @@
+"""Element-wise ops: activations pass channels through; broadcasting ops couple their operands.
+
+For a broadcasting op, an operand of size 1 on an axis does not couple; operands of full size are
+unified (residual adds, SE-block multiplies); a constant operand of full size is sliced with them.
+"""
+
+from __future__ import annotations
+
+import onnx
+
+from compressor.analysis.context import PARAM, AnalysisContext
+from compressor.analysis.registry import Rule, register_rule
+
+UNARY = (
+    "Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu", "Selu", "Celu",
+    "Softplus", "Softsign", "Mish", "Gelu", "Erf", "Exp", "Log", "Sqrt", "Neg", "Abs",
+    "Reciprocal", "Floor", "Ceil", "Round", "Sign", "Sin", "Cos", "Tan", "Asin", "Acos", "Atan",
+    "Sinh", "Cosh", "Asinh", "Acosh", "Atanh", "ThresholdedRelu", "Not", "IsNaN", "IsInf",
+    "Shrink", "Identity", "Cast", "Clip", "Dropout", "Swish",
+)
+
+BROADCAST = (
+    "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "Where", "PRelu", "Equal",
+    "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "And", "Or", "Xor", "Mod", "BitShift",
+)
+
+
+@register_rule(*UNARY)
+class Unary(Rule):
+    """y = f(x) per element: every output (Dropout's mask too) carries x's channels."""
+
+    def analyze(self, node: onnx.NodeProto, ctx: AnalysisContext) -> None:
+        for out in node.output:
+            if out:
+                ctx.copy_layouts(node.input[0], out, node=node)
+
+
+@register_rule(*BROADCAST)
+class Broadcast(Rule):
+    """Numpy-style broadcasting over all inputs."""
+
+    def analyze(self, node: onnx.NodeProto, ctx: AnalysisContext) -> None:
+        out = node.output[0]
+        out_shape = ctx.shape(out)
+        if out_shape is None:
+            ctx.barrier(node, "output shape unknown")
+            return
+        R = len(out_shape)
+        inputs = [x for x in node.input if x]
+        for a in range(R):
+            operands = []
+            for x in inputs:
+                xs = ctx.shape(x)
+                if xs is None:
+                    continue
+                ax = a - (R - len(xs))
+                if ax < 0 or (xs[ax] == 1 and out_shape[a] != 1):
+                    continue
+                operands.append((x, ax))
+            layouts = [(x, ax, ctx.layout(x, ax)) for x, ax in operands]
+            tracked = [(x, ax, lay) for x, ax, lay in layouts if lay is not None]
+            if not tracked:
+                continue
+            lay = tracked[0][2]
+            for x, ax, other in tracked[1:]:
+                lay = ctx.unify(lay, other, f"{node.op_type} node '{ctx.label(node)}'")
+            for x, ax, cur in layouts:
+                if cur is not None:
+                    continue
+                if ctx.is_const(x):
+                    ctx.bind(x, ax, lay, PARAM, node, list(node.input).index(x))
+                else:
+                    ctx.freeze_layout(
+                        lay, f"{node.op_type} node '{ctx.label(node)}' combines channels with "
+                        f"untracked tensor '{x}'")
+            ctx.set_layout(out, a, lay)

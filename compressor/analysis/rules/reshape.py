@@ -1,0 +1,155 @@
+"""Reshape, Flatten, Squeeze, Unsqueeze and Transpose: move channels between axes.
+
+A reshape is factored into blocks of input axes and output axes with equal products. A channel
+axis that is the outermost of a merge (Flatten before a Gemm) makes each channel own a block of
+features; an axis split into (outer, inner) (768 features -> 12 heads x 64) coarsens its groups into
+blocks so that whole heads are kept or removed. Anything else (channels interleaved with other
+axes, as in a channel shuffle) freezes the groups involved.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx
+
+from compressor.analysis.context import AnalysisContext
+from compressor.analysis.registry import Rule, register_rule
+
+
+def factor_blocks(ins: tuple[int, ...], outs: tuple[int, ...]) -> list[tuple[list[int], list[int]]] | None:
+    """Pair runs of input axes with runs of output axes of equal product (size-1 axes alone)."""
+    blocks: list[tuple[list[int], list[int]]] = []
+    i = j = 0
+    n, m = len(ins), len(outs)
+    while i < n or j < m:
+        if i < n and ins[i] == 1:
+            blocks.append(([i], [j] if j < m and outs[j] == 1 else []))
+            if j < m and outs[j] == 1:
+                j += 1
+            i += 1
+            continue
+        if j < m and outs[j] == 1:
+            blocks.append(([], [j]))
+            j += 1
+            continue
+        if i >= n or j >= m:
+            return None
+        bi, bj = [i], [j]
+        pi, pj = ins[i], outs[j]
+        i += 1
+        j += 1
+        while pi != pj:
+            if pi < pj:
+                if i >= n:
+                    return None
+                pi *= ins[i]
+                bi.append(i)
+                i += 1
+            else:
+                if j >= m:
+                    return None
+                pj *= outs[j]
+                bj.append(j)
+                j += 1
+        blocks.append((bi, bj))
+    return blocks
+
+
+def map_reshape(node, ctx: AnalysisContext, x: str, y: str) -> None:
+    xs, ys = ctx.shape(x), ctx.shape(y)
+    lays = ctx.layouts(x)
+    if not lays:
+        return
+    blocks = factor_blocks(xs, ys) if xs is not None and ys is not None else None
+    if blocks is None:
+        ctx.barrier(node, "cannot relate input and output shapes")
+        return
+    where = f"{node.op_type} '{ctx.label(node)}'"
+    for ax, lay in lays.items():
+        blk = next((b for b in blocks if ax in b[0]), None)
+        if blk is None or not blk[1]:
+            ctx.freeze_layout(lay, f"{where} drops channel axis {ax}")
+            continue
+        bi, bj = blk
+        if len(bi) == 1 and len(bj) == 1:
+            ctx.set_layout(y, bj[0], lay)
+            continue
+        if len(bj) == 1:  # merge: channel axis must be the outermost of the merged axes
+            if bi[0] != ax or any(a in lays for a in bi[1:]):
+                ctx.freeze_layout(lay, f"{where} interleaves channel axis {ax} with inner axes")
+                continue
+            factor = math.prod(xs[a] for a in bi[1:])
+            ctx.set_layout(y, bj[0], tuple((g, inner * factor) for g, inner in lay))
+            continue
+        if len(bi) == 1:  # split: outer output axis carries blocks of the inner product
+            t = math.prod(ys[a] for a in bj[1:])
+            out = []
+            ok = True
+            for g, inner in lay:
+                if inner % t == 0:
+                    out.append((g, inner // t))
+                elif t % inner == 0 and ctx.table.size(g) % (t // inner) == 0:
+                    out.append((ctx.table.coarsen(g, t // inner), 1))
+                else:
+                    ok = False
+                    break
+            if not ok:
+                ctx.freeze_layout(lay, f"{where} splits channel axis {ax} across blocks of {t}")
+                continue
+            ctx.set_layout(y, bj[0], tuple(out))
+            continue
+        ctx.freeze_layout(lay, f"{where} regroups channel axis {ax} with other axes")
+
+
+@register_rule("Flatten", "Squeeze", "Unsqueeze")
+class ShapeOnly(Rule):
+    def analyze(self, node: onnx.NodeProto, ctx: AnalysisContext) -> None:
+        map_reshape(node, ctx, node.input[0], node.output[0])
+
+
+@register_rule("Reshape")
+class Reshape(Rule):
+    def analyze(self, node: onnx.NodeProto, ctx: AnalysisContext) -> None:
+        x, y = node.input[0], node.output[0]
+        if not ctx.layouts(x):
+            return
+        map_reshape(node, ctx, x, y)
+        target = ctx.value(node.input[1])
+        if ctx.is_const(node.input[1]) or target is None:
+            if target is None:
+                ctx.freeze_tensor(y, f"Reshape '{ctx.label(node)}' target unknown")
+            return
+        # A computed target adapts to a pruned input only where it says -1 (or copies with 0).
+        for ax, lay in ctx.layouts(y).items():
+            if ax < len(target) and int(target[ax]) not in (-1, 0):
+                ctx.freeze_layout(lay, f"Reshape '{ctx.label(node)}' computes a literal size for channel axis {ax}")
+
+    def rewrite(self, node: onnx.NodeProto, ctx) -> None:
+        x, y = node.input[0], node.output[0]
+        if not ctx.is_const(node.input[1]):
+            return
+        target = np.array(ctx.value(node.input[1]))
+        old, new = ctx.old_shape(y), ctx.new_shape(y)
+        if old == new:
+            return
+        out = target.copy()
+        xs_new = ctx.new_shape(x)
+        for ax, (o, n) in enumerate(zip(old, new)):
+            if target[ax] == -1:
+                continue
+            if target[ax] == 0 and ax < len(xs_new) and xs_new[ax] == n:
+                continue
+            out[ax] = n
+        if not np.array_equal(out, target):
+            ctx.replace_input(node, 1, out)
+
+
+@register_rule("Transpose")
+class Transpose(Rule):
+    def analyze(self, node: onnx.NodeProto, ctx: AnalysisContext) -> None:
+        x = node.input[0]
+        rank = ctx.rank(x)
+        perm = ctx.attr(node, "perm", list(reversed(range(rank or 0))))
+        ctx.copy_layouts(x, node.output[0], {src: dst for dst, src in enumerate(perm)}, node=node)

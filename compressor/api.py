@@ -1,0 +1,171 @@
+"""The public Python API; the CLI is a thin layer over it.
+
+    load -> analyze -> score -> plan -> apply -> verify -> save
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+
+from compressor.analysis.groups import Analysis, analyze_index
+from compressor.errors import UsageError, VerificationError
+from compressor.importance import CRITERIA, score_groups
+from compressor.ir.graph import GraphIndex
+from compressor.ir.model_io import load_model, ort_max_ir_version, save_model, validate_model
+from compressor.ir.shapes import InputSpec, parse_shape_specs, resolve_inputs
+from compressor.metrics import count
+from compressor.planning import PlanOptions, PruningPlan, make_plan
+from compressor.surgery import apply_plan
+from compressor.verify import masked_original, verify
+
+ModelLike = "str | os.PathLike | onnx.ModelProto"
+
+
+def _as_model(model) -> tuple[onnx.ModelProto, str | None]:
+    if isinstance(model, onnx.ModelProto):
+        validate_model(model)
+        return model, None
+    return load_model(model), str(model)
+
+
+def _spec(model: onnx.ModelProto, input_shapes) -> InputSpec:
+    if input_shapes is None or isinstance(input_shapes, dict):
+        specs = input_shapes or {}
+    else:
+        specs = parse_shape_specs(list(input_shapes))
+    return resolve_inputs(model, specs)
+
+
+def analyze(model, input_shapes=None, exclude=()) -> Analysis:
+    """The coupled channel groups of a model (path or ModelProto)."""
+    proto, _ = _as_model(model)
+    spec = _spec(proto, input_shapes)
+    return analyze_index(GraphIndex(proto, spec), exclude=exclude)
+
+
+def inspect(model, input_shapes=None, exclude=()) -> dict:
+    """What `compress inspect` reports: groups, barriers, MACs/params per layer."""
+    t0 = time.perf_counter()
+    proto, path = _as_model(model)
+    spec = _spec(proto, input_shapes)
+    index = GraphIndex(proto, spec)
+    an = analyze_index(index, exclude=exclude)
+    macs, params, per_node = count(index)
+    return {
+        "input": path,
+        "input_shapes": {k: list(v) for k, v in spec.shapes.items()},
+        "defaults_used": spec.defaults_used,
+        "opset": an.ctx.opset,
+        "macs": macs,
+        "params": params,
+        "groups": {"total": len(an.groups), "prunable": len(an.prunable)},
+        "group_list": [g.to_dict() for g in an.groups],
+        "barriers": [b.__dict__ for b in an.barriers],
+        "layers": [{"node": k, "macs": v} for k, v in per_node.items()],
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+
+
+@dataclass
+class PruneResult:
+    model: onnx.ModelProto
+    report: dict
+    plan: PruningPlan
+    analysis: Analysis = field(repr=False)
+
+
+def prune(model, *, ratio: float = 0.5, output: str | os.PathLike | None = None, input_shapes=None,
+          global_ranking: bool = False, round_to: int = 1, min_channels: int = 1, exclude=(),
+          importance: str = "l2", plan_in: str | os.PathLike | PruningPlan | None = None,
+          verify_model: bool = True, tolerance: float = 1e-4, seed: int = 0) -> PruneResult:
+    """Prune a model; verify it against the masked original; write it atomically if ``output``."""
+    t0 = time.perf_counter()
+    proto, path = _as_model(model)
+    if output is not None and path is not None and Path(output).resolve() == Path(path).resolve():
+        raise UsageError(f"refusing to overwrite the input model {path}; choose another output path")
+    if importance not in CRITERIA:
+        raise UsageError(f"unknown --importance '{importance}' (choose from {', '.join(sorted(CRITERIA))})")
+    opts = PlanOptions(ratio=ratio, global_ranking=global_ranking, round_to=round_to,
+                       min_channels=min_channels, importance=importance)
+    opts.validate()
+    spec = _spec(proto, input_shapes)
+    index = GraphIndex(proto, spec)
+    an = analyze_index(index, exclude=exclude)
+
+    if plan_in is not None:
+        plan = plan_in if isinstance(plan_in, PruningPlan) else _read_plan(plan_in)
+        plan = plan.rebind(an)
+    else:
+        scores = score_groups(an, importance, seed=seed)
+        plan = make_plan(an, scores, opts)
+    keep = plan.keep
+    surgery = apply_plan(an, keep)
+    pruned = surgery.model
+    pruned.ir_version = min(pruned.ir_version, ort_max_ir_version())
+    pruned = _finalize(pruned)
+
+    ver = None
+    if verify_model:
+        reference = masked_original(an, keep)
+        reference.ir_version = pruned.ir_version
+        ver = verify(reference, pruned, spec, tolerance=tolerance, seed=seed)
+    macs_b, params_b, _ = count(index)
+    macs_a, params_a, _ = count(index, surgery.context.new_shape)
+    report = {
+        "input": path,
+        "output": str(output) if output is not None else None,
+        "input_shapes": {k: list(v) for k, v in spec.shapes.items()},
+        "defaults_used": spec.defaults_used,
+        "importance": importance,
+        "options": plan.to_dict()["options"],
+        "macs_before": macs_b, "macs_after": macs_a,
+        "params_before": params_b, "params_after": params_a,
+        "macs_ratio": macs_b / macs_a if macs_a else None,
+        "groups": {"total": len(an.groups), "prunable": len(an.prunable),
+                   "pruned": sum(1 for g in plan.groups if g.removed)},
+        "channels": {"total": sum(g.size for g in an.prunable),
+                     "removed": sum(g.removed for g in plan.groups)},
+        "barriers": [b.__dict__ for b in an.barriers],
+        "verify": ver.to_dict() if ver else {"passed": None, "skipped": True},
+        "plan": [s.to_dict() for s in surgery.slices],
+    }
+    if ver is not None and not ver.passed:
+        report["seconds"] = round(time.perf_counter() - t0, 3)
+        raise VerificationError(
+            f"pruned model does not reproduce the masked original: max relative error "
+            f"{ver.max_rel_err:.3g} > {tolerance:g}; nothing was written", report=report)
+    if output is not None:
+        save_model(pruned, output, forbid=path)
+    report["seconds"] = round(time.perf_counter() - t0, 3)
+    return PruneResult(model=pruned, report=report, plan=plan, analysis=an)
+
+
+def _finalize(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Re-infer shapes on the pruned graph and run the full checker."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    except Exception as exc:
+        raise VerificationError(f"pruned model fails shape inference: {str(exc).splitlines()[0]}") from None
+    try:
+        onnx.checker.check_model(inferred, full_check=True)
+    except Exception as exc:
+        raise VerificationError(f"pruned model fails onnx.checker: {str(exc).splitlines()[0]}") from None
+    return inferred
+
+
+def _read_plan(path) -> PruningPlan:
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UsageError(f"plan file not found: {path}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"plan file {path} is not valid JSON: {exc}") from None
+    if isinstance(data, dict) and "plan_groups" in data:
+        data = data["plan_groups"]
+    return PruningPlan.from_dict(data)

@@ -1,0 +1,119 @@
+"""A read-only index over an ONNX graph: producers, consumers, constants and concrete shapes."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from functools import cached_property
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from compressor.ir.shapes import InputSpec, constant_node_value, graph_inputs, infer_shapes
+
+#: Node inputs that hold shapes/indices/parameters rather than data; their run-time values are
+#: probed once so that rules can read computed shape operands.
+SHAPE_OPERANDS: dict[str, tuple[int, ...]] = {
+    "Reshape": (1,), "Split": (1,), "Slice": (1, 2, 3, 4), "Expand": (1,), "Tile": (1,),
+    "Resize": (1, 2, 3), "Upsample": (1,), "Pad": (1, 2, 3), "Unsqueeze": (1,), "Squeeze": (1,),
+    "ReduceMean": (1,), "ReduceMax": (1,), "ReduceMin": (1,), "ReduceSum": (1,),
+    "ReduceSumSquare": (1,), "ReduceL1": (1,), "ReduceL2": (1,), "ReduceProd": (1,),
+    "ReduceLogSumExp": (1,), "ConstantOfShape": (0,), "Clip": (1, 2),
+}
+
+
+def subgraph_outer_refs(node: onnx.NodeProto) -> set[str]:
+    """Names a control-flow node's subgraphs read from the enclosing scope."""
+    refs: set[str] = set()
+    for attr in node.attribute:
+        graphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+        for g in graphs:
+            local = {i.name for i in g.input} | {t.name for t in g.initializer}
+            for n in g.node:
+                local.update(n.output)
+            for n in g.node:
+                refs.update(i for i in n.input if i and i not in local)
+                refs.update(subgraph_outer_refs(n) - local)
+    return refs
+
+
+class GraphIndex:
+    """Producer/consumer maps, constant lookup and shapes for one model at fixed input shapes."""
+
+    def __init__(self, model: onnx.ModelProto, spec: InputSpec):
+        self.model = model
+        self.graph = model.graph
+        self.spec = spec
+        self.nodes: list[onnx.NodeProto] = list(self.graph.node)
+        self.initializers: dict[str, onnx.TensorProto] = {t.name: t for t in self.graph.initializer}
+        self.constant_nodes: dict[str, onnx.NodeProto] = {
+            n.output[0]: n for n in self.nodes if n.op_type == "Constant" and n.output
+        }
+        self.producer: dict[str, tuple[int, onnx.NodeProto]] = {}
+        self.consumers: dict[str, list[tuple[onnx.NodeProto, int]]] = defaultdict(list)
+        for idx, node in enumerate(self.nodes):
+            for o in node.output:
+                if o:
+                    self.producer[o] = (idx, node)
+            for k, i in enumerate(node.input):
+                if i:
+                    self.consumers[i].append((node, k))
+            if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
+                for ref in subgraph_outer_refs(node):
+                    self.consumers[ref].append((node, -1))
+        self.input_names = [i.name for i in graph_inputs(model)]
+        self.output_names = [o.name for o in self.graph.output]
+        self._const_cache: dict[str, np.ndarray] = {}
+        wanted = set()
+        for node in self.nodes:
+            for k in SHAPE_OPERANDS.get(node.op_type, ()):
+                if k < len(node.input) and node.input[k] and not self.is_const(node.input[k]):
+                    wanted.add(node.input[k])
+        self.shapes, self.values, self.dtypes = infer_shapes(model, spec, wanted)
+
+    def is_const(self, name: str) -> bool:
+        return name in self.initializers or name in self.constant_nodes
+
+    def const(self, name: str) -> np.ndarray | None:
+        """Value of an initializer or Constant-node output, else None."""
+        if name in self._const_cache:
+            return self._const_cache[name]
+        if name in self.initializers:
+            v = numpy_helper.to_array(self.initializers[name])
+        elif name in self.constant_nodes:
+            v = constant_node_value(self.constant_nodes[name])
+        else:
+            return None
+        self._const_cache[name] = v
+        return v
+
+    def value(self, name: str) -> np.ndarray | None:
+        """A constant's value, or the probed run-time value of a shape operand."""
+        v = self.const(name)
+        return v if v is not None else self.values.get(name)
+
+    def shape(self, name: str) -> tuple[int, ...] | None:
+        return self.shapes.get(name)
+
+    def tensor_dtype(self, name: str) -> np.dtype:
+        """Element type of a tensor (float32 when nothing says otherwise)."""
+        c = self.const(name)
+        if c is not None:
+            return c.dtype
+        return np.dtype(self.dtypes.get(name, np.float32))
+
+    def rank(self, name: str) -> int | None:
+        s = self.shapes.get(name)
+        return None if s is None else len(s)
+
+    @cached_property
+    def float_constants(self) -> list[str]:
+        names = []
+        for name in list(self.initializers) + list(self.constant_nodes):
+            v = self.const(name)
+            if v is not None and v.dtype.kind == "f":
+                names.append(name)
+        return names
+
+    def node_label(self, node: onnx.NodeProto) -> str:
+        return node.name or f"{node.op_type}({node.output[0] if node.output else '?'})"

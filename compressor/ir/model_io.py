@@ -1,0 +1,175 @@
+"""Load and save ONNX models safely: clear errors for bad files, atomic writes, sane IR versions."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import onnx
+
+from compressor.errors import ModelError, UsageError
+
+MIN_OPSET = 7
+#: Models above this size are written with their weights in an external data file.
+EXTERNAL_DATA_THRESHOLD = 1_800_000_000
+
+
+def ort_max_ir_version() -> int:
+    """The newest IR version that the installed onnxruntime loads (conservative table)."""
+    try:
+        import onnxruntime as ort
+
+        major, minor = (int(x) for x in ort.__version__.split(".")[:2])
+    except Exception:  # pragma: no cover - onnxruntime is a hard dependency
+        return 9
+    if (major, minor) >= (1, 20):
+        return 10
+    if (major, minor) >= (1, 16):
+        return 9
+    return 8
+
+
+def _check_external_data(model: onnx.ModelProto, base_dir: Path) -> None:
+    """Refuse external-data locations that escape the model's folder."""
+    base = base_dir.resolve()
+    for tensor in _all_tensors(model):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        entries = {e.key: e.value for e in tensor.external_data}
+        location = entries.get("location", "")
+        target = (base / location).resolve()
+        if Path(location).is_absolute() or base not in target.parents and target != base:
+            raise ModelError(
+                f"tensor '{tensor.name}' points to external data '{location}' outside the "
+                f"model's folder {base}; refusing to read it"
+            )
+        if not target.is_file():
+            raise ModelError(
+                f"tensor '{tensor.name}' needs external data file '{location}', which is missing "
+                f"next to the model"
+            )
+
+
+def _all_tensors(model: onnx.ModelProto):
+    yield from model.graph.initializer
+    for node in model.graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR:
+                yield attr.t
+
+
+def load_model(path: str | os.PathLike) -> onnx.ModelProto:
+    """Load and validate an ONNX model, raising ModelError with a one-line message on failure."""
+    p = Path(path)
+    if not p.exists():
+        raise ModelError(f"model file not found: {p}")
+    if p.is_dir():
+        raise ModelError(f"{p} is a directory, not an ONNX model file")
+    if p.stat().st_size == 0:
+        raise ModelError(f"{p} is empty")
+    try:
+        model = onnx.load(str(p), load_external_data=False)
+    except Exception as exc:  # protobuf raises DecodeError and friends
+        raise ModelError(f"{p} is not a readable ONNX model ({type(exc).__name__}: {exc})") from None
+    if not model.graph.node and not model.graph.output:
+        raise ModelError(f"{p} does not contain an ONNX graph (truncated or not an ONNX file?)")
+    _check_external_data(model, p.parent)
+    try:
+        onnx.load_external_data_for_model(model, str(p.parent))
+    except Exception as exc:
+        raise ModelError(f"cannot read external data of {p}: {exc}") from None
+    validate_model(model, str(p))
+    return model
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return imp.version
+    return 0
+
+
+def validate_model(model: onnx.ModelProto, label: str = "model") -> None:
+    """Structural checks with messages a user can act on."""
+    opset = default_opset(model)
+    if opset and opset < MIN_OPSET:
+        raise ModelError(f"{label}: opset {opset} is not supported (need opset >= {MIN_OPSET})")
+    if opset > onnx.defs.onnx_opset_version():
+        raise ModelError(
+            f"{label}: opset {opset} is newer than this onnx package supports "
+            f"({onnx.defs.onnx_opset_version()})"
+        )
+    g = model.graph
+    known = {i.name for i in g.input} | {t.name for t in g.initializer} | {""}
+    for node in g.node:
+        for name in node.input:
+            if name not in known:
+                produced_later = any(name in n.output for n in g.node)
+                if produced_later:
+                    raise ModelError(
+                        f"{label}: node '{node.name or node.op_type}' reads '{name}' before it is "
+                        "produced (cycle or unsorted graph)"
+                    )
+                raise ModelError(
+                    f"{label}: node '{node.name or node.op_type}' reads '{name}', which no node, "
+                    "input or initializer provides (missing initializer?)"
+                )
+        known.update(node.output)
+    for out in g.output:
+        if out.name not in known:
+            raise ModelError(f"{label}: graph output '{out.name}' is not produced by any node")
+    try:
+        onnx.checker.check_model(model, full_check=False)
+    except onnx.checker.ValidationError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid model"
+        raise ModelError(f"{label}: invalid ONNX graph: {first}") from None
+
+
+def save_model(model: onnx.ModelProto, path: str | os.PathLike, *, forbid: str | os.PathLike | None = None) -> Path:
+    """Write a model atomically (temp file + rename); large models get external data beside it.
+
+    ``forbid`` is the input model's path: writing over it is refused.
+    """
+    out = Path(path)
+    if forbid is not None and out.resolve() == Path(forbid).resolve():
+        raise UsageError(f"refusing to overwrite the input model {out}; choose another output path")
+    if out.is_dir():
+        raise UsageError(f"output path {out} is a directory")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    large = model.ByteSize() > EXTERNAL_DATA_THRESHOLD if _fits_bytesize(model) else True
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    try:
+        if large:
+            data_name = out.name + ".data"
+            tmp_data = out.parent / (Path(tmp).name + ".data")
+            onnx.save_model(
+                model, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
+                location=tmp_data.name, size_threshold=1024,
+            )
+            # The model refers to the temporary data name; rewrite it to the final name.
+            final = onnx.load(tmp, load_external_data=False)
+            for t in _all_tensors(final):
+                for e in t.external_data:
+                    if e.key == "location":
+                        e.value = data_name
+            with open(tmp, "wb") as fh:
+                fh.write(final.SerializeToString())
+            os.replace(tmp_data, out.parent / data_name)
+        else:
+            with open(tmp, "wb") as fh:
+                fh.write(model.SerializeToString())
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return out
+
+
+def _fits_bytesize(model: onnx.ModelProto) -> bool:
+    try:
+        model.ByteSize()
+        return True
+    except Exception:
+        return False

@@ -1,0 +1,239 @@
+"""Concrete shapes for every tensor: fix the graph inputs' shapes, infer, and probe with onnxruntime.
+
+onnx's shape inference misses tensors behind data-dependent shape subgraphs; those (and the run-time
+values of shape operands such as a computed Reshape target) are read from one onnxruntime run on
+random inputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from compressor.errors import UsageError
+
+
+@dataclass
+class InputSpec:
+    """Concrete shapes for the model's graph inputs and which defaults were applied."""
+
+    shapes: dict[str, tuple[int, ...]]
+    dtypes: dict[str, np.dtype]
+    defaults_used: list[str] = field(default_factory=list)
+
+
+def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """Real graph inputs (those that are not also initializers)."""
+    inits = {t.name for t in model.graph.initializer}
+    return [i for i in model.graph.input if i.name not in inits]
+
+
+def parse_shape_specs(specs: list[str] | tuple[str, ...] | None) -> dict[str | None, tuple[int, ...]]:
+    """Parse ``NAME:1x3x224x224`` (repeatable) or a bare ``1x3x224x224`` for a one-input model."""
+    out: dict[str | None, tuple[int, ...]] = {}
+    for spec in specs or ():
+        spec = spec.strip()
+        name: str | None = None
+        dims = spec
+        if ":" in spec:
+            name, dims = spec.rsplit(":", 1)
+            if not name:
+                raise UsageError(f"bad --input-shape '{spec}': empty input name")
+        try:
+            shape = tuple(int(d) for d in dims.replace(",", "x").split("x"))
+        except ValueError:
+            raise UsageError(
+                f"bad --input-shape '{spec}': expected NAME:1x3x224x224 or 1x3x224x224"
+            ) from None
+        if not shape or any(d <= 0 for d in shape):
+            raise UsageError(f"bad --input-shape '{spec}': dimensions must be positive integers")
+        if name in out:
+            raise UsageError(f"--input-shape given twice for {name or 'the model input'}")
+        out[name] = shape
+    return out
+
+
+def resolve_inputs(model: onnx.ModelProto, specs: dict[str | None, tuple[int, ...]] | None = None,
+                   default_batch: int = 1) -> InputSpec:
+    """Concrete input shapes: user specs, then static dims, then batch dims defaulted to 1."""
+    specs = dict(specs or {})
+    inputs = graph_inputs(model)
+    names = [i.name for i in inputs]
+    if None in specs:
+        if len(inputs) != 1:
+            raise UsageError(
+                f"a bare --input-shape needs a single-input model; this one has inputs {names}: "
+                "use NAME:1x3x224x224"
+            )
+        specs[names[0]] = specs.pop(None)
+    for name in specs:
+        if name not in names:
+            raise UsageError(f"--input-shape names '{name}', which is not a model input (inputs: {names})")
+    shapes: dict[str, tuple[int, ...]] = {}
+    dtypes: dict[str, np.dtype] = {}
+    defaults: list[str] = []
+    for vi in inputs:
+        tt = vi.type.tensor_type
+        if not vi.type.HasField("tensor_type"):
+            raise UsageError(f"input '{vi.name}' is not a tensor; only tensor inputs are supported")
+        dtypes[vi.name] = helper.tensor_dtype_to_np_dtype(tt.elem_type)
+        model_dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
+        given = specs.get(vi.name)
+        if given is not None:
+            if tt.HasField("shape") and len(given) != len(model_dims):
+                raise UsageError(
+                    f"--input-shape for '{vi.name}' has rank {len(given)} but the model's input has "
+                    f"rank {len(model_dims)} ({_fmt(model_dims)})"
+                )
+            for i, (g, m) in enumerate(zip(given, model_dims)):
+                if m is not None and m > 0 and g != m:
+                    raise UsageError(
+                        f"--input-shape for '{vi.name}' sets dim {i} to {g} but the model fixes it "
+                        f"to {m} ({_fmt(model_dims)})"
+                    )
+            shapes[vi.name] = tuple(given)
+            continue
+        if not tt.HasField("shape"):
+            raise UsageError(f"input '{vi.name}' has no shape: pass --input-shape {vi.name}:DIMS")
+        dims = []
+        for i, m in enumerate(model_dims):
+            if m is not None and m > 0:
+                dims.append(m)
+            elif i == 0:
+                dims.append(default_batch)
+                label = tt.shape.dim[0].dim_param or "?"
+                defaults.append(f"{vi.name}: batch dim '{label}' = {default_batch}")
+            else:
+                raise UsageError(
+                    f"input '{vi.name}' has a dynamic dim {i} ({_fmt(model_dims)}): pass "
+                    f"--input-shape {vi.name}:" + "x".join(str(d or 'N') for d in model_dims)
+                )
+        shapes[vi.name] = tuple(dims)
+    return InputSpec(shapes, dtypes, defaults)
+
+
+def _fmt(dims) -> str:
+    return "x".join("?" if d is None else str(d) for d in dims)
+
+
+def random_feeds(spec: InputSpec, seed: int = 0) -> dict[str, np.ndarray]:
+    """Seeded random inputs: standard normal floats, small non-negative integers, random bools."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for name, shape in spec.shapes.items():
+        dt = np.dtype(spec.dtypes[name])
+        if dt.kind == "f":
+            feeds[name] = rng.standard_normal(shape).astype(dt)
+        elif dt.kind in "iu":
+            feeds[name] = rng.integers(0, 8, size=shape).astype(dt)
+        elif dt.kind == "b":
+            feeds[name] = rng.random(shape) > 0.5
+        else:
+            raise UsageError(f"input '{name}' has dtype {dt}, which random inputs cannot be made for")
+    return feeds
+
+
+def with_fixed_inputs(model: onnx.ModelProto, spec: InputSpec) -> onnx.ModelProto:
+    """A shallow-weights copy of the model whose graph inputs have the concrete shapes."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    del m.graph.value_info[:]
+    for vi in m.graph.input:
+        if vi.name in spec.shapes:
+            shape = vi.type.tensor_type.shape
+            del shape.dim[:]
+            for d in spec.shapes[vi.name]:
+                shape.dim.add().dim_value = d
+    return m
+
+
+def infer_shapes(model: onnx.ModelProto, spec: InputSpec,
+                 value_names: set[str] | None = None
+                 ) -> tuple[dict[str, tuple[int, ...]], dict[str, np.ndarray], dict[str, np.dtype]]:
+    """Shapes of all tensors at the given input shapes, and run-time values of ``value_names``.
+
+    Returns (shapes, values, dtypes). Tensors missing from onnx's static inference and every name in
+    ``value_names`` are read from one onnxruntime run.
+    """
+    fixed = with_fixed_inputs(model, spec)
+    shapes: dict[str, tuple[int, ...]] = {}
+    dtypes: dict[str, np.dtype] = dict(spec.dtypes)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(fixed, data_prop=True)
+        for vi in list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input):
+            s = _static_shape(vi)
+            if s is not None:
+                shapes[vi.name] = s
+            et = vi.type.tensor_type.elem_type if vi.type.HasField("tensor_type") else 0
+            if et:
+                dtypes[vi.name] = helper.tensor_dtype_to_np_dtype(et)
+    except Exception:
+        pass
+    for t in model.graph.initializer:
+        shapes[t.name] = tuple(t.dims)
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            v = constant_node_value(node)
+            if v is not None:
+                shapes[node.output[0]] = tuple(v.shape)
+    wanted = set(value_names or ())
+    missing = [o for n in model.graph.node for o in n.output if o and o not in shapes]
+    probe = sorted(set(missing) | wanted)
+    values: dict[str, np.ndarray] = {}
+    if probe:
+        values = _ort_probe(fixed, spec, probe)
+        for name, arr in values.items():
+            shapes.setdefault(name, tuple(arr.shape))
+            dtypes.setdefault(name, arr.dtype)
+    return shapes, {k: v for k, v in values.items() if k in wanted}, dtypes
+
+
+def _static_shape(vi: onnx.ValueInfoProto) -> tuple[int, ...] | None:
+    if not vi.type.HasField("tensor_type") or not vi.type.tensor_type.HasField("shape"):
+        return None
+    dims = []
+    for d in vi.type.tensor_type.shape.dim:
+        if not d.HasField("dim_value"):
+            return None
+        dims.append(d.dim_value)
+    return tuple(dims)
+
+
+def _ort_probe(model: onnx.ModelProto, spec: InputSpec, names: list[str]) -> dict[str, np.ndarray]:
+    import onnxruntime as ort
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    present = {o.name for o in m.graph.output}
+    for name in names:
+        if name not in present:
+            m.graph.output.append(helper.make_empty_tensor_value_info(name))
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.log_severity_level = 3
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    try:
+        sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        outs = sess.run(names, random_feeds(spec))
+    except Exception as exc:
+        raise UsageError(f"onnxruntime cannot run the model at input shapes {spec.shapes}: {exc}".splitlines()[0]) from None
+    return dict(zip(names, outs))
+
+
+def constant_node_value(node: onnx.NodeProto) -> np.ndarray | None:
+    """The value of a Constant node, whatever attribute form it uses."""
+    for attr in node.attribute:
+        if attr.name == "value":
+            return numpy_helper.to_array(attr.t)
+        if attr.name == "value_float":
+            return np.array(attr.f, dtype=np.float32)
+        if attr.name == "value_floats":
+            return np.array(list(attr.floats), dtype=np.float32)
+        if attr.name == "value_int":
+            return np.array(attr.i, dtype=np.int64)
+        if attr.name == "value_ints":
+            return np.array(list(attr.ints), dtype=np.int64)
+    return None

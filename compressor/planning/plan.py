@@ -1,0 +1,135 @@
+"""The PruningPlan: per group the channels kept, plus the options that produced it.
+
+Strategies: a uniform ratio per group, or a global ranking across groups (scores normalised by
+each group's mean). ``round_to`` keeps channel counts multiples of N; no group drops below
+``min_channels`` (and never to zero).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from compressor.analysis.groups import Analysis, Group
+from compressor.errors import UsageError
+
+
+@dataclass
+class PlanOptions:
+    ratio: float = 0.5
+    global_ranking: bool = False
+    round_to: int = 1
+    min_channels: int = 1
+    importance: str = "l2"
+
+    def validate(self) -> None:
+        if not (0.0 <= self.ratio < 1.0) or math.isnan(self.ratio):
+            raise UsageError(f"--ratio must be in [0, 1), got {self.ratio}")
+        if self.round_to < 1:
+            raise UsageError(f"--round-to must be >= 1, got {self.round_to}")
+        if self.min_channels < 1:
+            raise UsageError(f"--min-channels must be >= 1, got {self.min_channels}")
+
+
+@dataclass
+class GroupDecision:
+    id: int
+    size: int
+    kept: list[int]
+    signature: list[str]
+
+    @property
+    def removed(self) -> int:
+        return self.size - len(self.kept)
+
+
+@dataclass
+class PruningPlan:
+    options: PlanOptions
+    groups: list[GroupDecision] = field(default_factory=list)
+
+    @property
+    def keep(self) -> dict[int, list[int]]:
+        return {g.id: g.kept for g in self.groups if g.removed}
+
+    def to_dict(self) -> dict:
+        return {"schema": "compressor.plan/1", "options": asdict(self.options),
+                "groups": [asdict(g) for g in self.groups]}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PruningPlan":
+        if d.get("schema") != "compressor.plan/1":
+            raise UsageError("not a compressor plan file (schema compressor.plan/1 expected)")
+        opts = PlanOptions(**d["options"])
+        return cls(opts, [GroupDecision(**g) for g in d["groups"]])
+
+    def rebind(self, analysis: Analysis) -> "PruningPlan":
+        """Match this plan's groups to a fresh analysis of the same model by member signature."""
+        by_sig = {tuple(signature(g)): g for g in analysis.groups}
+        out = []
+        for dec in self.groups:
+            g = by_sig.get(tuple(dec.signature))
+            if g is None or g.size != dec.size:
+                raise UsageError(
+                    f"the plan does not fit this model: no group of {dec.size} channels with members "
+                    f"{dec.signature[:3]}...")
+            if dec.removed and not g.prunable:
+                raise UsageError(f"the plan prunes group {dec.signature[:2]}, which is not prunable here: "
+                                 f"{'; '.join(g.reasons)}")
+            if any(not 0 <= c < g.size for c in dec.kept) or len(set(dec.kept)) != len(dec.kept) or not dec.kept:
+                raise UsageError(f"the plan keeps invalid channel indices for group {dec.signature[:2]}")
+            out.append(GroupDecision(g.id, g.size, sorted(dec.kept), dec.signature))
+        return PruningPlan(self.options, out)
+
+
+def signature(group: Group) -> list[str]:
+    """A stable description of a group: its members as tensor:axis:offset."""
+    return sorted(f"{m.tensor}:{m.axis}:{m.offset}" for m in group.members)
+
+
+def _rounded_keep(size: int, keep: int, opts: PlanOptions) -> int:
+    keep = max(keep, opts.min_channels, 1)
+    if opts.round_to > 1:
+        keep = int(math.ceil(keep / opts.round_to) * opts.round_to)
+    return min(keep, size)
+
+
+def make_plan(analysis: Analysis, scores: dict[int, np.ndarray], opts: PlanOptions) -> PruningPlan:
+    opts.validate()
+    groups = analysis.prunable
+    n_keep: dict[int, int] = {}
+    if opts.global_ranking:
+        entries = []
+        for g in groups:
+            s = scores[g.id]
+            norm = s / (s.mean() + 1e-12)
+            entries.extend((float(v), g.id) for v in norm)
+        total = len(entries)
+        budget = int(math.floor(opts.ratio * total))
+        removed: dict[int, int] = {g.id: 0 for g in groups}
+        sizes = {g.id: g.size for g in groups}
+        for _, gid in sorted(entries):
+            if budget <= 0:
+                break
+            if sizes[gid] - removed[gid] - 1 >= max(opts.min_channels, 1):
+                removed[gid] += 1
+                budget -= 1
+        n_keep = {g.id: _rounded_keep(g.size, g.size - removed[g.id], opts) for g in groups}
+    else:
+        for g in groups:
+            n_keep[g.id] = _rounded_keep(g.size, g.size - int(math.floor(opts.ratio * g.size)), opts)
+    decisions = []
+    for g in analysis.groups:
+        if g.id in n_keep:
+            order = np.argsort(-scores[g.id], kind="stable")[: n_keep[g.id]]
+            kept = sorted(int(i) for i in order)
+        else:
+            kept = list(range(g.size))
+        decisions.append(GroupDecision(g.id, g.size, kept, signature(g)))
+    return PruningPlan(opts, decisions)

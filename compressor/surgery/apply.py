@@ -1,0 +1,78 @@
+"""Build the pruned model from an analysis and the kept channels of each group."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from compressor.analysis.groups import Analysis
+from compressor.analysis.registry import get_rule
+from compressor.errors import CompressorError
+from compressor.ir.model_io import default_opset
+from compressor.surgery.context import SurgeryContext
+
+
+@dataclass
+class SliceEntry:
+    """``kept`` indices along ``axis`` of constant ``tensor`` (names and indices of the input model)."""
+
+    tensor: str
+    axis: int
+    kept: list[int]
+
+    def to_dict(self) -> dict:
+        return {"tensor": self.tensor, "axis": self.axis, "kept": self.kept}
+
+
+@dataclass
+class SurgeryResult:
+    model: onnx.ModelProto
+    slices: list[SliceEntry]
+    context: SurgeryContext
+
+
+def apply_plan(analysis: Analysis, keep: dict[int, list[int]]) -> SurgeryResult:
+    """Prune: ``keep`` maps group id -> sorted channel indices to keep (groups absent keep all)."""
+    original = analysis.index.model
+    model = onnx.ModelProto()
+    model.CopyFrom(original)
+    opset = default_opset(model)
+    sctx = SurgeryContext(analysis, keep, model, opset)
+    index = analysis.index
+
+    slices: list[SliceEntry] = []
+    new_values: dict[str, np.ndarray] = {}
+    for (tensor, axis) in sorted(analysis.ctx.members):
+        kept = sctx.kept(tensor, axis)
+        if kept is None:
+            continue
+        arr = new_values.get(tensor)
+        if arr is None:
+            arr = index.const(tensor)
+        new_values[tensor] = np.take(arr, kept, axis=axis)
+        slices.append(SliceEntry(tensor, axis, list(map(int, kept))))
+
+    inits = {t.name: i for i, t in enumerate(model.graph.initializer)}
+    const_nodes = {n.output[0]: n for n in model.graph.node if n.op_type == "Constant"}
+    for name, arr in new_values.items():
+        if name in inits:
+            model.graph.initializer[inits[name]].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(arr), name))
+        elif name in const_nodes:
+            node = const_nodes[name]
+            del node.attribute[:]
+            node.attribute.append(onnx.helper.make_attribute("value", numpy_helper.from_array(np.ascontiguousarray(arr), name)))
+        else:  # pragma: no cover - members are constants by construction
+            raise CompressorError(f"internal: member tensor '{name}' is not a constant")
+
+    for node in model.graph.node:
+        rule = get_rule(node.op_type, node.domain, opset)
+        if rule is not None:
+            rule.rewrite(node, sctx)
+
+    # stale shape annotations would contradict the new channel counts
+    del model.graph.value_info[:]
+    return SurgeryResult(model=model, slices=slices, context=sctx)
+
