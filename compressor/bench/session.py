@@ -243,7 +243,7 @@ def create_with_fallback(
                     session = factory(payload, so_factory(), providers)
             else:
                 session = factory(payload, so_factory(), providers)
-        except (RuntimeError, ValueError, TypeError) as exc:
+        except Exception as exc:  # onnxruntime's exception types derive from Exception only
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             if is_last or _looks_like_model_error(str(exc)):
                 raise ModelError(
@@ -265,6 +265,7 @@ def create_with_fallback(
 _MODEL_ERROR_MARKERS = (
     "INVALID_GRAPH",
     "INVALID_PROTOBUF",
+    "Failed to load model",
     "NO_MODEL",
     "Load model",
     "Unsupported model IR version",

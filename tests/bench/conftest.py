@@ -23,7 +23,7 @@ def build_model(
 ) -> onnx.ModelProto:
     """inputs: (name, elem type, dims or None for unknown rank); dims may hold str/None."""
     graph_inputs = [helper.make_tensor_value_info(n, t, dims) for n, t, dims in inputs]
-    graph_outputs = [helper.make_tensor_value_info(o, TensorProto.UNDEFINED, None) for o in outputs]
+    graph_outputs = [onnx.ValueInfoProto(name=o) for o in outputs]  # type left to inference
     graph = helper.make_graph(list(nodes), name, graph_inputs, graph_outputs,
                               initializer=list(initializers))
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],

@@ -1,0 +1,175 @@
+"""benchmark() and compare_latency() on tiny real models, and the JSON/CSV/table renderings."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import onnxruntime as ort
+import pytest
+
+from compressor.bench import BenchResult, benchmark, compare_latency
+from compressor.bench.report import CSV_COLUMNS, ModelResult, display_names
+from compressor.bench.stats import RatioSpread, latency_stats
+from compressor.errors import UsageError
+
+FAST = {"warmup": 1, "runs": 5, "threads": 1, "progress": False, "log": None}
+RESULT_KEYS = {"model", "provider", "batch", "input_shapes", "mean_ms", "std_ms", "min_ms",
+               "p50_ms", "p90_ms", "p99_ms", "throughput", "runs", "ratio_to_first"}
+
+
+def test_one_row_per_model_and_batch_in_order(tiny_paths):
+    """Two models x two batches: rows grouped by batch, models in the given order."""
+    slow, fast = tiny_paths
+    result = benchmark([slow, fast], batches=[1, 3], **FAST)
+    rows = [(r.model, r.batch) for r in result.results]
+    assert rows == [(slow, 1), (fast, 1), (slow, 3), (fast, 3)], f"got {rows}"
+    assert all(r.stats.runs == 5 for r in result.results), "each model ran --runs times"
+    assert result.results[2].input_shapes == {"x": (3, 32)}, "batch 3 replaces the dynamic dim"
+
+
+def test_ratio_is_null_for_the_first_model_only(tiny_paths):
+    """ratio_to_first is None for the first model at each batch and a spread for the others."""
+    result = benchmark(list(tiny_paths), batches=[1, 2], **FAST)
+    for r in result.results:
+        is_first = r.model == tiny_paths[0]
+        assert (r.ratio_to_first is None) == is_first, f"{r.model} batch {r.batch}"
+        if not is_first:
+            assert r.ratio_to_first.p10 <= r.ratio_to_first.median <= r.ratio_to_first.p90
+
+
+def test_deeper_model_is_measured_slower(tiny_paths):
+    """8 MatMul layers vs 1 (batch 64): the shallow one shows a speedup > 1 over the deep one."""
+    result = benchmark(list(tiny_paths), batches=[64], warmup=3, runs=30, threads=1,
+                       progress=False, log=None)
+    speedup = result.results[1].ratio_to_first.median
+    assert speedup > 1.0, f"1 layer should beat 8 layers, speedup {speedup}"
+
+
+def test_in_memory_models_are_accepted(models):
+    """ModelProto inputs are benchmarked from their serialized bytes and named '<memory:...>'."""
+    result = benchmark([models.relu(name="a"), models.relu(name="b")], **FAST)
+    assert [r.model for r in result.results] == ["<memory:a>", "<memory:b>"], "names"
+
+
+def test_default_batch_comes_from_the_input_shape(models):
+    """No batches given: dim 0 of --input-shape is the batch."""
+    result = benchmark([models.relu(("N", 3, "H", "W"))], input_shapes=["2x3x4x4"], **FAST)
+    assert (result.results[0].batch, result.results[0].input_shapes) == (2, {"x": (2, 3, 4, 4)})
+
+
+def test_fallback_warning_is_logged_once_and_kept(tiny_paths):
+    """Requesting CUDA without a GPU: one warning line for both models, rows report CPU."""
+    lines = []
+    result = benchmark(list(tiny_paths), provider="cuda", **{**FAST, "log": lines.append})
+    if result.results[0].provider == "CUDAExecutionProvider":
+        pytest.skip("CUDA is usable here")
+    warnings = [line for line in lines if line.startswith("warning:")]
+    assert len(warnings) == 1 and len(result.warnings) == 1, f"one warning, got {lines}"
+    assert {r.provider for r in result.results} == {"CPUExecutionProvider"}, "provider used"
+    assert result.provider_requested == "cuda", "the request is kept separately"
+
+
+def test_shape_errors_are_raised_before_any_session(models):
+    """A missing dim is a UsageError naming the model when several are given."""
+    with pytest.raises(UsageError, match=r"<memory:b>: input 'x' has a dynamic dim 1"):
+        benchmark([models.relu(name="a"), models.relu(("N", "C"), name="b")], **FAST)
+
+
+def test_runtime_failure_is_a_usage_error(models):
+    """A model that fails at run time on the given shapes: one-line UsageError, not a traceback."""
+    from onnx import TensorProto, helper
+
+    reshape = models.build(
+        [("x", TensorProto.FLOAT, ["N", "C"])],
+        [helper.make_node("Constant", [], ["s"], value=helper.make_tensor("v", 7, [1], [5])),
+         helper.make_node("Reshape", ["x", "s"], ["y"])], ["y"])
+    with pytest.raises(UsageError) as info:
+        benchmark([reshape], input_shapes=["x:1x3"], **FAST)
+    assert "onnxruntime failed to run" in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(("kwargs", "pattern"), [
+    ({"runs": 3, "min_time": 1.0}, "--runs or --min-time"),
+    ({"runs": 0}, "--runs must be at least 1"),
+    ({"warmup": -1}, "--warmup"),
+    ({"threads": 0}, "--threads"),
+    ({"batches": [0]}, "batch sizes must be positive"),
+    ({"provider": "rocm"}, "unknown provider"),
+])
+def test_bad_options_are_usage_errors(models, kwargs, pattern):
+    """Invalid option values raise UsageError with a message naming the option."""
+    options = {**FAST, **kwargs}
+    with pytest.raises(UsageError, match=pattern):
+        benchmark([models.relu()], **options)
+
+
+def test_no_model_is_a_usage_error():
+    """An empty model list is a UsageError."""
+    with pytest.raises(UsageError, match="no model"):
+        benchmark([], **FAST)
+
+
+def test_compare_latency_returns_the_documented_keys(tiny_paths):
+    """compare_latency gives before/after medians and the speedup's median, p10, p90."""
+    out = compare_latency(*tiny_paths, runs=5, warmup=1, threads=1, log=None)
+    expected = {"provider", "before_ms", "after_ms", "speedup", "speedup_p10", "speedup_p90"}
+    assert expected <= set(out), f"missing keys: {expected - set(out)}"
+    assert out["provider"] == "CPUExecutionProvider" and out["runs"] == 5, out
+    assert out["speedup_p10"] <= out["speedup"] <= out["speedup_p90"], out
+    assert out["before_ms"] > 0 and out["after_ms"] > 0, out
+
+
+# --------------------------------------------------------------------------- renderings
+
+
+def sample_result() -> BenchResult:
+    stats = latency_stats([1.0, 2.0, 3.0], batch=2)
+    return BenchResult(
+        provider_requested="cpu", threads=2, onnxruntime=ort.__version__,
+        results=[
+            ModelResult("dir/a.onnx", "CPUExecutionProvider", 2, {"x": (2, 3)}, stats),
+            ModelResult("dir/b.onnx", "CPUExecutionProvider", 2, {"x": (2, 3)}, stats,
+                        RatioSpread(median=1.5, p10=1.25, p90=1.75)),
+        ],
+    )
+
+
+def test_json_follows_the_schema():
+    """Top-level and per-result keys of the documented schema, with JSON-native types."""
+    doc = json.loads(sample_result().json())
+    assert {"provider_requested", "results", "threads", "onnxruntime"} <= set(doc), set(doc)
+    for row in doc["results"]:
+        assert RESULT_KEYS == set(row), f"result keys differ: {set(row) ^ RESULT_KEYS}"
+        assert row["input_shapes"] == {"x": [2, 3]}, "shapes are lists of ints"
+    assert doc["results"][0]["ratio_to_first"] is None, "first model: null"
+    assert doc["results"][1]["ratio_to_first"] == {"median": 1.5, "p10": 1.25, "p90": 1.75}
+
+
+def test_csv_has_the_header_and_one_row_per_result():
+    """CSV: the documented columns, shapes as name:AxB, empty ratio cells for the first model."""
+    rows = list(csv.DictReader(io.StringIO(sample_result().csv())))
+    assert len(rows) == 2 and tuple(rows[0]) == CSV_COLUMNS, f"columns: {tuple(rows[0])}"
+    assert rows[0]["input_shapes"] == "x:2x3" and rows[0]["ratio_median"] == "", rows[0]
+    assert float(rows[1]["ratio_median"]) == 1.5 and float(rows[1]["mean_ms"]) == 2.0, rows[1]
+
+
+def test_table_has_fixed_width_columns():
+    """Every table line after the title has the header's column starts; ratio shown with spread."""
+    lines = sample_result().table().splitlines()
+    header, rule = lines[1], lines[2]
+    assert header.split()[:3] == ["model", "provider", "batch"], header
+    assert set(rule.replace(" ", "")) == {"-"}, "a rule line under the header"
+    starts = [i for i, ch in enumerate(rule) if ch == "-" and (i == 0 or rule[i - 1] == " ")]
+    for row in lines[3:5]:
+        for start in starts[1:]:
+            assert row[start - 2:start] == "  ", f"columns misaligned in {row!r}"
+    assert "1.50x [1.25-1.75]" in lines[4], f"ratio with p10-p90 expected in {lines[4]!r}"
+    assert lines[3].startswith("a.onnx") and "(first)" in lines[3], lines[3]
+
+
+def test_display_names_fall_back_to_paths_when_file_names_clash():
+    """Same file name in two folders: the table shows the paths."""
+    names = display_names(["x/m.onnx", "y/m.onnx", "z/n.onnx"])
+    assert names == {"x/m.onnx": "x/m.onnx", "y/m.onnx": "y/m.onnx", "z/n.onnx": "n.onnx"}
