@@ -173,3 +173,18 @@ def test_display_names_fall_back_to_paths_when_file_names_clash():
     """Same file name in two folders: the table shows the paths."""
     names = display_names(["x/m.onnx", "y/m.onnx", "z/n.onnx"])
     assert names == {"x/m.onnx": "x/m.onnx", "y/m.onnx": "y/m.onnx", "z/n.onnx": "n.onnx"}
+
+
+class FakeTTY(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize(("progress", "tty", "drawn"), [
+    (True, True, True), (True, False, False), (False, True, False)])
+def test_progress_bar_only_on_a_terminal_and_when_asked(models, monkeypatch, progress, tty, drawn):
+    """The tqdm bar goes to stderr when it is a terminal and progress is on; otherwise nothing."""
+    err = FakeTTY() if tty else io.StringIO()
+    monkeypatch.setattr("sys.stderr", err)
+    benchmark([models.relu()], **{**FAST, "progress": progress})
+    assert ("batch 1:" in err.getvalue()) == drawn, f"stderr was {err.getvalue()!r}"

@@ -139,3 +139,26 @@ def test_parse_batches():
     for bad in ("", "0", "1,-2", "a", "1.5"):
         with pytest.raises(UsageError):
             parse_batches(bad)
+
+
+def test_quiet_hides_notes_but_not_warnings(tiny_paths):
+    """Without --quiet the batch default is noted on stderr; --quiet removes the note."""
+    loud = invoke(tiny_paths[0], "--runs", "2", "--warmup", "0", "--threads", "1")
+    quiet = invoke(tiny_paths[0], "--runs", "2", "--warmup", "0", "--threads", "1", "--quiet")
+    assert "note: dynamic batch dims set to 1" in loud.stderr, loud.stderr
+    assert quiet.stderr == "", f"--quiet should print nothing here, got {quiet.stderr!r}"
+
+
+def test_tools_script_prints_the_table(tiny_paths, capsys):
+    """tools/bench_latency.py compares the given files and prints the table (exit 0)."""
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "tools" / "bench_latency.py"
+    spec = importlib.util.spec_from_file_location("bench_latency_tool", script)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert tool.main([*tiny_paths, "--runs", "2", "--warmup", "0", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "slow.onnx" in out and "speedup" in out, f"table expected, got {out!r}"
+    assert tool.main(["/nonexistent.onnx"]) == 2, "missing file: exit code 2"
