@@ -16,8 +16,8 @@ import onnxruntime as ort
 
 from compressor.bench.inputs import (
     ShapeSpecs,
-    batch_from_specs,
     format_shape,
+    natural_batch,
     parse_input_shapes,
     random_feeds,
     shapes_for_batch,
@@ -53,11 +53,13 @@ def _as_specs(input_shapes: Iterable[str] | Mapping | None) -> ShapeSpecs:
     return parse_input_shapes(list(input_shapes))
 
 
-def _as_batches(batches: int | Sequence[int] | None, specs: ShapeSpecs) -> tuple[list[int], bool]:
-    """(batch sizes, whether the user chose them)."""
+def _as_batches(
+    batches: int | Sequence[int] | None, specs: ShapeSpecs, first_model: onnx.ModelProto
+) -> tuple[list[int], bool]:
+    """(batch sizes, whether the user chose them); None -> what the specs or the model imply."""
     if batches is None:
-        implied = batch_from_specs(specs)
-        return [implied or 1], implied is not None
+        implied = natural_batch(first_model, specs)
+        return [implied or 1], bool(specs) and implied is not None
     if isinstance(batches, int):
         batches = [batches]
     chosen = []
@@ -119,7 +121,8 @@ def benchmark(
 
     models: paths or onnx.ModelProto (in memory, < 2 GB). provider: 'cpu' | 'cuda' | 'tensorrt';
     a provider that cannot be created falls back (one line to `log`) unless `strict_provider`.
-    batches: batch sizes; None = dim 0 of `input_shapes` if given, else 1. runs / min_time: a
+    batches: batch sizes; None = dim 0 of `input_shapes` if given, else the first model's fixed
+    batch, else 1. runs / min_time: a
     fixed number of rounds, or rounds until every model ran `min_time` seconds (default: 1 s and
     at least 10 rounds). input_shapes: `--input-shape` strings or {name or None: shape}.
     Raises UsageError (exit 2) for bad models, shapes or options.
@@ -136,8 +139,8 @@ def benchmark(
         raise UsageError(f"--threads must be at least 1, got {threads}")
     provider_key(provider)  # validate before loading anything
     specs = _as_specs(input_shapes)
-    batch_sizes, batch_chosen = _as_batches(batches, specs)
     sources = [load_source(m, i) for i, m in enumerate(models)]
+    batch_sizes, batch_chosen = _as_batches(batches, specs, sources[0].signature)
 
     # Every shape first, so a usage mistake is reported before any session is built.
     plan: dict[tuple[int, int], tuple[dict, list[str]]] = {}

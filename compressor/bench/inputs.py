@@ -128,16 +128,6 @@ def _describe(dims: Sequence[int | str | None]) -> str:
     return "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
 
 
-def static_batch(model: onnx.ModelProto) -> dict[str, int]:
-    """{input name: dim 0} for the inputs whose dim 0 is fixed in the model."""
-    fixed = {}
-    for vi in graph_inputs(model):
-        dims = _model_dims(vi)
-        if dims and isinstance(dims[0], int):
-            fixed[vi.name] = dims[0]
-    return fixed
-
-
 def resolve_input_shapes(
     model: onnx.ModelProto,
     specs: Mapping[str | None, Sequence[int]] | None,
@@ -247,34 +237,69 @@ def _example(dims: Sequence[int | str | None], batch: int) -> str:
     return "x".join(parts)
 
 
+def _name_specs(
+    model: onnx.ModelProto, specs: Mapping[str | None, Sequence[int]] | None
+) -> dict[str | None, Shape]:
+    """Specs with the unnamed one given the single input's name (left as None if ambiguous)."""
+    named = {name: tuple(int(d) for d in shape) for name, shape in (specs or {}).items()}
+    inputs = graph_inputs(model)
+    if None in named and len(inputs) == 1:
+        named[inputs[0].name] = named.pop(None)
+    return named
+
+
+def _dim0(model: onnx.ModelProto) -> dict[str, int | str | None]:
+    """{input: its declared dim 0} for run-time inputs of known rank >= 1."""
+    out = {}
+    for vi in graph_inputs(model):
+        dims = _model_dims(vi)
+        if dims:
+            out[vi.name] = dims[0]
+    return out
+
+
+def natural_batch(
+    model: onnx.ModelProto, specs: Mapping[str | None, Sequence[int]] | None = None
+) -> int | None:
+    """The batch a run without --batch implies: dim 0 of the specs of dynamic-batch inputs if they
+    agree, else the model's own batch when every input fixes dim 0; None when nothing says."""
+    named = _name_specs(model, specs)
+    dim0 = _dim0(model)
+    given = {shape[0] for name, shape in named.items()
+             if shape and not isinstance(dim0.get(name), int)}
+    if len(given) == 1:
+        return given.pop()
+    if dim0 and all(isinstance(d, int) for d in dim0.values()):
+        return next(iter(dim0.values()))
+    return None
+
+
 def shapes_for_batch(
     model: onnx.ModelProto,
     specs: Mapping[str | None, Sequence[int]] | None,
     batch: int,
 ) -> tuple[dict[str, Shape], list[str]]:
-    """`resolve_input_shapes` for one `--batch` value: the batch replaces dim 0 of every spec.
+    """`resolve_input_shapes` for one `--batch` value.
 
-    A model whose dim 0 is fixed to another value cannot run at this batch: UsageError.
+    The batch replaces dim 0 of every spec whose input has a dynamic dim 0, and fills unknown
+    batch dims. Inputs with a static dim 0 keep it: when some input has a dynamic dim 0 they are
+    taken as unbatched (a scale, a table); when every input fixes dim 0, the model has a fixed
+    batch and `batch` must be one of those values, else UsageError.
     """
-    for name, fixed in static_batch(model).items():
-        if fixed != batch:
-            raise UsageError(
-                f"input {name!r} has a fixed batch size of {fixed}, so batch {batch} cannot run; "
-                f"pass --batch {fixed} (or export the model with a dynamic batch)"
-            )
+    named = _name_specs(model, specs)
+    dim0 = _dim0(model)
+    fixed = {name: d for name, d in dim0.items() if isinstance(d, int)}
+    if dim0 and len(fixed) == len(dim0) and batch not in fixed.values():
+        name, value = next(iter(fixed.items()))
+        raise UsageError(
+            f"input {name!r} has a fixed batch size of {value}, so batch {batch} cannot run; "
+            f"pass --batch {value} (or export the model with a dynamic batch)"
+        )
     with_batch = {
-        name: (batch, *tuple(shape)[1:]) if len(shape) else tuple(shape)
-        for name, shape in (specs or {}).items()
+        name: (batch, *shape[1:]) if shape and name not in fixed else shape
+        for name, shape in named.items()
     }
     return resolve_input_shapes(model, with_batch, default_batch=batch)
-
-
-def batch_from_specs(specs: Mapping[str | None, Sequence[int]] | None) -> int | None:
-    """The batch the user implied through --input-shape (dim 0, if all specs agree), else None."""
-    firsts = {tuple(shape)[0] for shape in (specs or {}).values() if len(shape)}
-    if len(firsts) == 1:
-        return firsts.pop()
-    return None
 
 
 # --------------------------------------------------------------------------- random feeds

@@ -22,7 +22,7 @@ class ModelSource:
     """One model to benchmark."""
 
     name: str  # path as given, or '<memory:graph-name>'
-    signature: onnx.ModelProto  # enough of the model to read its inputs (external data not loaded)
+    signature: onnx.ModelProto  # inputs, outputs, initializer names; no weights (signature_of)
     payload: str | bytes  # for onnxruntime.InferenceSession
 
     @property
@@ -40,8 +40,14 @@ def load_source(model: str | os.PathLike | onnx.ModelProto, index: int = 0) -> M
                 "saved with external data and given as a path"
             )
         graph_name = model.graph.name or f"model{index}"
+        if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
+            raise UsageError(
+                f"in-memory model <memory:{graph_name}> keeps weights in external data files, "
+                "which onnxruntime cannot find from bytes; pass the model's path instead"
+            )
         return ModelSource(
-            name=f"<memory:{graph_name}>", signature=model, payload=model.SerializeToString()
+            name=f"<memory:{graph_name}>", signature=signature_of(model),
+            payload=model.SerializeToString(),
         )
     if not isinstance(model, (str, os.PathLike)):
         raise UsageError(
@@ -59,4 +65,18 @@ def load_source(model: str | os.PathLike | onnx.ModelProto, index: int = 0) -> M
         raise ModelError(f"cannot read {path} as an ONNX model: {reason}") from exc
     if not signature.HasField("graph") or not signature.graph.node and not signature.graph.output:
         raise ModelError(f"cannot read {path} as an ONNX model: it has no graph")
-    return ModelSource(name=path, signature=signature, payload=path)
+    return ModelSource(name=path, signature=signature_of(signature), payload=path)
+
+
+def signature_of(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A weightless copy: graph inputs, outputs and initializer names (to tell inputs apart)."""
+    light = onnx.ModelProto(ir_version=model.ir_version)
+    light.opset_import.extend(model.opset_import)
+    light.graph.name = model.graph.name
+    light.graph.input.extend(model.graph.input)
+    light.graph.output.extend(model.graph.output)
+    for tensor in model.graph.initializer:
+        light.graph.initializer.add(name=tensor.name)
+    for sparse in model.graph.sparse_initializer:
+        light.graph.sparse_initializer.add().values.name = sparse.values.name
+    return light

@@ -59,6 +59,12 @@ def test_default_batch_comes_from_the_input_shape(models):
     assert (result.results[0].batch, result.results[0].input_shapes) == (2, {"x": (2, 3, 4, 4)})
 
 
+def test_fixed_batch_model_runs_at_its_own_batch_by_default(models):
+    """No batches given and a model fixed at batch 3: it is measured at 3 (no error)."""
+    result = benchmark([models.relu((3, 4))], **FAST)
+    assert result.results[0].batch == 3 and result.results[0].stats.throughput > 0, result
+
+
 def test_fallback_warning_is_logged_once_and_kept(tiny_paths):
     """Requesting CUDA without a GPU: one warning line for both models, rows report CPU."""
     lines = []
@@ -188,3 +194,27 @@ def test_progress_bar_only_on_a_terminal_and_when_asked(models, monkeypatch, pro
     monkeypatch.setattr("sys.stderr", err)
     benchmark([models.relu()], **{**FAST, "progress": progress})
     assert ("batch 1:" in err.getvalue()) == drawn, f"stderr was {err.getvalue()!r}"
+
+
+def test_signature_keeps_inputs_and_drops_weights(tiny_paths):
+    """A path's signature lists the inputs and initializer names, without the weight bytes."""
+    from compressor.bench.source import load_source
+
+    source = load_source(tiny_paths[0])
+    assert [vi.name for vi in source.signature.graph.input] == ["x"], "inputs kept"
+    assert [t.name for t in source.signature.graph.initializer] == ["w"], "names kept"
+    assert source.signature.ByteSize() < 1000, "weights dropped from the signature"
+
+
+def test_in_memory_model_with_external_data_is_refused(models):
+    """A ModelProto whose weights live in external files must be given by path: UsageError."""
+    from onnx import TensorProto, helper
+
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [1], [1.0])
+    weight.ClearField("float_data")
+    weight.data_location = TensorProto.EXTERNAL
+    weight.external_data.add(key="location", value="weights.bin")
+    model = models.build([("x", TensorProto.FLOAT, [1])],
+                         [helper.make_node("Add", ["x", "w"], ["y"])], ["y"], [weight])
+    with pytest.raises(UsageError, match="external data"):
+        benchmark([model], **FAST)

@@ -11,6 +11,7 @@ from onnx import TensorProto, helper
 from compressor.bench.inputs import (
     format_shape,
     graph_inputs,
+    natural_batch,
     parse_input_shape,
     parse_input_shapes,
     random_feeds,
@@ -185,6 +186,29 @@ def test_batch_replaces_dim_zero_of_specs(models):
     """shapes_for_batch puts --batch into dim 0 of every spec."""
     shapes, _ = shapes_for_batch(models.relu(("N", 3, "H", "W")), {None: (1, 3, 8, 8)}, batch=4)
     assert shapes == {"x": (4, 3, 8, 8)}, f"batch 4 should replace dim 0, got {shapes}"
+
+
+def image_and_scale_model(models):
+    """x[N, 4] * scale[1]: the scale input has a static dim 0 but is not batched."""
+    return models.build([("x", TensorProto.FLOAT, ["N", 4]), ("scale", TensorProto.FLOAT, [1])],
+                        [helper.make_node("Mul", ["x", "scale"], ["y"])], ["y"])
+
+
+def test_static_unbatched_input_keeps_its_dim_zero(models):
+    """With a dynamic-batch input present, a static dim 0 elsewhere is not a batch: kept as is."""
+    model = image_and_scale_model(models)
+    shapes, _ = shapes_for_batch(model, {"scale": (1,)}, batch=8)
+    assert shapes == {"x": (8, 4), "scale": (1,)}, f"scale must stay [1], got {shapes}"
+
+
+def test_natural_batch(models):
+    """No --batch: dim 0 of a dynamic input's spec, else a fixed model's own batch, else None."""
+    assert natural_batch(models.relu(("N", 4)), {None: (6, 4)}) == 6, "from the unnamed spec"
+    assert natural_batch(models.relu((3, 4)), {}) == 3, "the model's fixed batch"
+    assert natural_batch(models.relu(("N", 4)), {}) is None, "nothing implies a batch"
+    assert natural_batch(image_and_scale_model(models), {"scale": (1,)}) is None, (
+        "a spec of an unbatched static input implies no batch"
+    )
 
 
 def test_fixed_batch_model_rejects_another_batch(models):
