@@ -16,6 +16,7 @@ import onnx
 from compressor.analysis.groups import Analysis, analyze_index
 from compressor.errors import UsageError, VerificationError
 from compressor.importance import CRITERIA, score_groups
+from compressor.ir.fold import prepare
 from compressor.ir.graph import GraphIndex
 from compressor.ir.model_io import load_model, ort_max_ir_version, save_model, validate_model
 from compressor.ir.shapes import InputSpec, parse_shape_specs, resolve_inputs
@@ -28,10 +29,14 @@ ModelLike = "str | os.PathLike | onnx.ModelProto"
 
 
 def _as_model(model) -> tuple[onnx.ModelProto, str | None]:
+    """Load (or validate) a model and fold its constant subgraphs so weights are constants."""
     if isinstance(model, onnx.ModelProto):
         validate_model(model)
-        return model, None
-    return load_model(model), str(model)
+        proto, path = model, None
+    else:
+        proto, path = load_model(model), str(model)
+    prepared, _ = prepare(proto)
+    return prepared, path
 
 
 def _spec(model: onnx.ModelProto, input_shapes) -> InputSpec:

@@ -44,6 +44,9 @@ class SurgeryContext:
     def value(self, name: str) -> np.ndarray | None:
         return self.index.value(name)
 
+    def is_const(self, name: str) -> bool:
+        return self.index.is_const(name)
+
     @staticmethod
     def attr(node: onnx.NodeProto, name: str, default=None):
         for a in node.attribute:

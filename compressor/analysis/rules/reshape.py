@@ -85,19 +85,21 @@ def map_reshape(node, ctx: AnalysisContext, x: str, y: str) -> None:
             continue
         if len(bi) == 1:  # split: outer output axis carries blocks of the inner product
             t = math.prod(ys[a] for a in bj[1:])
-            out = []
             ok = True
-            for g, inner in lay:
-                if inner % t == 0:
-                    out.append((g, inner // t))
-                elif t % inner == 0 and ctx.table.size(g) % (t // inner) == 0:
-                    out.append((ctx.table.coarsen(g, t // inner), 1))
+            for g, inner in lay:  # first coarsen groups whose channels are finer than a block
+                if inner % t == 0 or ctx.table.find(g) in ctx.table.replaced:
+                    continue
+                if t % inner == 0 and ctx.table.size(g) % (t // inner) == 0:
+                    ctx.table.coarsen(g, t // inner)
                 else:
                     ok = False
                     break
+            lay = ctx.table.normalize(lay)
+            ok = ok and all(inner % t == 0 for _, inner in lay)
             if not ok:
                 ctx.freeze_layout(lay, f"{where} splits channel axis {ax} across blocks of {t}")
                 continue
+            out = [(g, inner // t) for g, inner in lay]
             ctx.set_layout(y, bj[0], tuple(out))
             continue
         ctx.freeze_layout(lay, f"{where} regroups channel axis {ax} with other axes")

@@ -1,0 +1,218 @@
+"""The `compress` command line: prune (the default command), inspect, bench.
+
+Exit codes: 0 success, 1 internal error, 2 bad input or usage, 3 verification failure.
+Errors are one line on stderr; `--debug` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+
+import click
+
+from compressor.errors import CompressorError, VerificationError
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class DefaultGroup(click.Group):
+    """A group whose first argument, when it is not a subcommand, goes to ``prune``."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("-h", "--help", "--version"):
+            args = ["prune", *args]
+        return super().parse_args(ctx, args)
+
+
+def _fail(exc: BaseException, debug: bool) -> None:
+    if debug:
+        traceback.print_exc()
+    if isinstance(exc, CompressorError):
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    click.echo(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", err=True)
+    sys.exit(1)
+
+
+def _human(n: float | None) -> str:
+    if n is None:
+        return "-"
+    for unit, div in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+def _table(rows: list[tuple[str, str, str, str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = []
+    for k, row in enumerate(rows):
+        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
+        if k == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def render_prune_report(r: dict) -> str:
+    rows = [("", "before", "after", "ratio")]
+    rows.append(("MACs", _human(r["macs_before"]), _human(r["macs_after"]),
+                 f"{r['macs_before'] / max(r['macs_after'], 1):.2f}x"))
+    rows.append(("params", _human(r["params_before"]), _human(r["params_after"]),
+                 f"{r['params_before'] / max(r['params_after'], 1):.2f}x"))
+    lat = r.get("latency")
+    if lat:
+        rows.append((f"latency ({lat['provider']})", f"{lat['before_ms']:.2f} ms", f"{lat['after_ms']:.2f} ms",
+                     f"{lat['speedup']:.2f}x"))
+    g, ch = r["groups"], r["channels"]
+    out = [_table(rows), ""]
+    out.append(f"groups: {g['pruned']} pruned of {g['prunable']} prunable ({g['total']} total); "
+               f"channels removed: {ch['removed']} of {ch['total']}")
+    v = r["verify"]
+    if v.get("skipped"):
+        out.append("verification: SKIPPED (--no-verify): this model has not been proven")
+    else:
+        status = "passed" if v["passed"] else "FAILED"
+        out.append(f"verification: {status}, max relative error {v['max_rel_err']:.2e} "
+                   f"(tolerance {v['tolerance']:g}, {v['trials']} random inputs, {v['provider']})")
+    if r.get("barriers"):
+        out.append(f"barriers: {len(r['barriers'])} (run `compress inspect` for details)")
+    for d in r.get("defaults_used", []):
+        out.append(f"default used: {d}")
+    if r.get("output"):
+        out.append(f"wrote {r['output']} in {r['seconds']:.2f} s")
+    return "\n".join(out)
+
+
+@click.group(cls=DefaultGroup, context_settings=CONTEXT)
+@click.version_option(package_name="compressor")
+def main() -> None:
+    """Structured pruning of ONNX models, proven numerically.
+
+    \b
+      compress MODEL.onnx -o small.onnx --ratio 0.5 [--json]
+      compress inspect MODEL.onnx [--json]
+      compress bench MODEL.onnx [OTHER.onnx ...]
+    """
+
+
+shape_option = click.option("--input-shape", "input_shapes", multiple=True, metavar="[NAME:]1x3x224x224",
+                            help="Concrete shape of a dynamic input (repeatable; bare form for single-input "
+                                 "models). Unknown batch dims default to 1.")
+
+
+@main.command("prune", context_settings=CONTEXT)
+@click.argument("model", type=click.Path(dir_okay=True))
+@click.option("-o", "--output", type=click.Path(), help="Where to write the pruned model (required unless "
+              "--dry-run).")
+@click.option("--ratio", type=float, default=0.5, show_default=True,
+              help="Fraction of channels removed from each prunable group (in [0, 1)).")
+@click.option("--global", "global_ranking", is_flag=True, help="Rank channels across all groups instead of "
+              "removing the same fraction from each.")
+@click.option("--round-to", type=int, default=1, show_default=True, help="Keep channel counts multiples of N.")
+@click.option("--min-channels", type=int, default=1, show_default=True, help="Never keep fewer channels in a group.")
+@click.option("--exclude", multiple=True, metavar="GLOB", help="Protect groups touching these node or tensor "
+              "names (repeatable).")
+@click.option("--importance", default="l2", show_default=True, help="Channel criterion: l1, l2, bn, random.")
+@shape_option
+@click.option("--plan-out", type=click.Path(), help="Write the pruning plan (JSON) here.")
+@click.option("--plan-in", type=click.Path(), help="Replay a plan written by --plan-out on the same model.")
+@click.option("--no-verify", is_flag=True, help="Skip the numerical proof (the model is then unverified).")
+@click.option("--tolerance", type=float, default=1e-4, show_default=True, help="Max relative error allowed.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for random inputs / random importance.")
+@click.option("--bench", is_flag=True, help="Also measure latency before/after (interleaved).")
+@click.option("--provider", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda", "tensorrt"]),
+              help="Provider for --bench.")
+@click.option("--dry-run", is_flag=True, help="Plan, prune and verify, but write no model.")
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON report on stdout.")
+@click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
+def prune_command(model, output, ratio, global_ranking, round_to, min_channels, exclude, importance,
+                  input_shapes, plan_out, plan_in, no_verify, tolerance, seed, bench, provider, dry_run,
+                  as_json, debug):
+    """Prune MODEL's channel groups and write a verified, smaller model."""
+    from compressor import api
+    from compressor.errors import UsageError
+
+    try:
+        if output is None and not dry_run:
+            raise UsageError("missing -o/--output (or pass --dry-run)")
+        res = api.prune(model, ratio=ratio, output=None if dry_run else output, input_shapes=input_shapes,
+                        global_ranking=global_ranking, round_to=round_to, min_channels=min_channels,
+                        exclude=exclude, importance=importance, plan_in=plan_in, verify_model=not no_verify,
+                        tolerance=tolerance, seed=seed)
+        report = res.report
+        if plan_out:
+            from compressor.ir.model_io import atomic_write_text
+
+            atomic_write_text(plan_out, res.plan.to_json())
+            report["plan_out"] = plan_out
+        if bench:
+            from compressor.bench.api import compare_latency
+
+            report["latency"] = compare_latency(model, res.model, provider=provider,
+                                                input_shapes=list(input_shapes) or None, progress=not as_json)
+    except VerificationError as exc:
+        if as_json and exc.report is not None:
+            click.echo(json.dumps(exc.report, indent=1))
+        _fail(exc, debug)
+    except BaseException as exc:  # noqa: BLE001 - the CLI reports every failure in one line
+        if isinstance(exc, SystemExit):
+            raise
+        _fail(exc, debug)
+    if as_json:
+        click.echo(json.dumps(report, indent=1))
+    else:
+        click.echo(render_prune_report(report))
+
+
+@main.command("inspect", context_settings=CONTEXT)
+@click.argument("model", type=click.Path(dir_okay=True))
+@shape_option
+@click.option("--exclude", multiple=True, metavar="GLOB", help="Groups to treat as protected.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
+@click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
+def inspect_command(model, input_shapes, exclude, as_json, debug):
+    """Show MODEL's channel groups, what blocks pruning and why, and MACs per layer."""
+    from compressor import api
+
+    try:
+        info = api.inspect(model, input_shapes=input_shapes, exclude=exclude)
+    except BaseException as exc:  # noqa: BLE001
+        if isinstance(exc, SystemExit):
+            raise
+        _fail(exc, debug)
+    if as_json:
+        click.echo(json.dumps(info, indent=1))
+        return
+    click.echo(f"{info['input']}: opset {info['opset']}, inputs "
+               + ", ".join(f"{k}={'x'.join(map(str, v))}" for k, v in info["input_shapes"].items()))
+    click.echo(f"MACs {_human(info['macs'])}, params {_human(info['params'])}; "
+               f"groups: {info['groups']['prunable']} prunable of {info['groups']['total']}")
+    click.echo("")
+    click.echo(f"{'group':>5}  {'channels':>8}  {'prunable':<8}  members / reason")
+    for g in info["group_list"]:
+        members = ", ".join(sorted({m["tensor"] for m in g["members"]}))
+        if len(members) > 70:
+            members = members[:67] + "..."
+        what = members if g["prunable"] else "; ".join(g["reasons"])[:160]
+        click.echo(f"{g['id']:>5}  {g['size']:>8}  {'yes' if g['prunable'] else 'no':<8}  {what}")
+    if info["barriers"]:
+        click.echo("")
+        click.echo("barriers:")
+        for b in info["barriers"]:
+            click.echo(f"  {b['op_type']} '{b['node']}': {b['reason']}")
+    for d in info["defaults_used"]:
+        click.echo(f"default used: {d}")
+
+
+def _register_bench() -> None:
+    from compressor.bench.cli import bench_command
+
+    main.add_command(bench_command)
+
+
+_register_bench()
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,124 @@
+"""Fold constant subgraphs (every input constant) into initializers before analysis.
+
+Exporters and model zoos sometimes compute weights at load time (ConstantOfShape, Cast,
+Reshape/Transpose/Identity of an initializer, DequantizeLinear of constant data). Pruning needs
+the values, so such nodes are evaluated once with onnx's reference evaluator and replaced by
+initializers under the same output names.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from compressor.ir.shapes import constant_node_value
+
+NEVER_FOLD = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
+              "Bernoulli", "Constant", "If", "Loop", "Scan", "Dropout"}
+MAX_FOLDED_BYTES = 1 << 30
+
+
+def prepare(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
+    """Normalise a model for analysis: IR >= 4 (initializers are constants, not inputs) and
+    constant subgraphs folded. Returns (model, notes)."""
+    notes = []
+    if model.ir_version < 4:
+        m = onnx.ModelProto()
+        m.CopyFrom(model)
+        inits = {t.name for t in m.graph.initializer}
+        inputs = [i for i in m.graph.input if i.name not in inits]
+        del m.graph.input[:]
+        m.graph.input.extend(inputs)
+        notes.append(f"IR version {model.ir_version} raised to 4: initializers are no longer listed as inputs")
+        m.ir_version = 4
+        model = m
+    model, folded = fold_constants(model)
+    if folded:
+        notes.append(f"folded {len(folded)} constant subgraph node(s) into initializers")
+    return model, notes
+
+
+def fold_constants(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
+    """A copy of the model with constant-only nodes folded; returns (model, folded node labels)."""
+    g = model.graph
+    values: dict[str, np.ndarray | None] = {t.name: None for t in g.initializer}
+    const_nodes = {n.output[0] for n in g.node if n.op_type == "Constant" and n.output}
+    graph_inputs = {i.name for i in g.input} - set(values)
+    foldable = []
+    known_const = set(values) | const_nodes
+    for node in g.node:
+        if node.op_type in NEVER_FOLD or node.domain not in ("", "ai.onnx"):
+            continue
+        if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
+            continue
+        ins = [i for i in node.input if i]
+        if ins and all(i in known_const and i not in graph_inputs for i in ins):
+            foldable.append(node)
+            known_const.update(o for o in node.output if o)
+    if not foldable:
+        return model, []
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    inits = {t.name: t for t in out.graph.initializer}
+    cnodes = {n.output[0]: n for n in out.graph.node if n.op_type == "Constant" and n.output}
+    cache: dict[str, np.ndarray] = {}
+
+    def get(name: str) -> np.ndarray:
+        if name not in cache:
+            cache[name] = numpy_helper.to_array(inits[name]) if name in inits else constant_node_value(cnodes[name])
+        return cache[name]
+
+    opset = [o for o in model.opset_import]
+    folded_names: set[int] = set()
+    labels = []
+    total = 0
+    for node in foldable:
+        try:
+            results = _evaluate(node, {i: get(i) for i in node.input if i}, opset)
+        except Exception:  # the reference evaluator lacks the op or the node is invalid: leave it
+            continue
+        outs = [o for o in node.output if o]
+        for name, val in zip(outs, results):
+            val = np.asarray(val)
+            total += val.nbytes
+            cache[name] = val
+            out.graph.initializer.append(numpy_helper.from_array(val, name))
+            inits[name] = out.graph.initializer[-1]
+        folded_names.add(id(node))
+        labels.append(node.name or f"{node.op_type}({outs[0]})")
+        if total > MAX_FOLDED_BYTES:
+            break
+    keep = [n for n, orig in zip(out.graph.node, g.node) if id(orig) not in folded_names]
+    del out.graph.node[:]
+    out.graph.node.extend(keep)
+    _drop_unused(out)
+    return out, labels
+
+
+def _evaluate(node: onnx.NodeProto, feeds: dict[str, np.ndarray], opset) -> list:
+    from onnx.reference import ReferenceEvaluator
+
+    inputs = [onnx.helper.make_tensor_value_info(k, onnx.helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
+              for k, v in feeds.items()]
+    outs = [onnx.helper.make_empty_tensor_value_info(o) for o in node.output if o]
+    m = onnx.helper.make_model(onnx.helper.make_graph([node], "fold", inputs, outs), opset_imports=opset)
+    return ReferenceEvaluator(m).run(None, feeds)
+
+
+def _drop_unused(model: onnx.ModelProto) -> None:
+    """Remove initializers and Constant nodes that nothing reads any more."""
+    g = model.graph
+    used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
+    from compressor.ir.graph import subgraph_outer_refs
+
+    for n in g.node:
+        used |= subgraph_outer_refs(n)
+    keep = [t for t in g.initializer if t.name in used]
+    dropped = {t.name for t in g.initializer} - {t.name for t in keep}
+    if dropped:
+        del g.initializer[:]
+        g.initializer.extend(keep)
+        inputs = [i for i in g.input if i.name not in dropped]
+        del g.input[:]
+        g.input.extend(inputs)
