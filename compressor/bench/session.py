@@ -69,7 +69,7 @@ def default_threads() -> int:
 
 
 def cuda_provider_options(device_id: int = 0) -> dict[str, str]:
-    """CUDA EP options for latency measurement: exhaustive cuDNN algorithm search, full workspace."""
+    """CUDA EP options for measurement: exhaustive cuDNN algorithm search, full workspace."""
     return {
         "device_id": str(device_id),
         "cudnn_conv_algo_search": "EXHAUSTIVE",

@@ -48,7 +48,7 @@ def test_session_options_disable_spinning_and_optimise_fully():
     for key in ("session.intra_op.allow_spinning", "session.inter_op.allow_spinning"):
         assert so.get_session_config_entry(key) == "0", f"{key} must be '0'"
     assert so.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL, "ENABLE_ALL"
-    assert so.intra_op_num_threads == 3, f"intra-op threads should be 3, got {so.intra_op_num_threads}"
+    assert so.intra_op_num_threads == 3, f"intra-op threads: {so.intra_op_num_threads}"
 
 
 def test_session_options_default_threads_are_the_available_cores():
@@ -100,7 +100,7 @@ class FakeSession:
 
 
 def fake_factory(behaviour):
-    """behaviour: first provider -> 'ok' | 'drop' (silently CPU, logs to fd 2) | 'raise' | 'model'."""
+    """behaviour: first provider -> 'ok'|'drop' (CPU instead, logs on fd 2) | 'raise' | 'model'."""
     calls = []
 
     def factory(payload, so, providers):
@@ -181,7 +181,7 @@ def test_native_log_summary_prefers_the_missing_library():
 
 
 def test_requesting_cuda_here_reports_the_provider_actually_used(models, capfd, cuda_works):
-    """Without a usable GPU, 'cuda' runs on CPU, says so in one line, and prints nothing on stdout."""
+    """Without a usable GPU, 'cuda' runs on CPU, says so in one line, prints nothing on stdout."""
     if cuda_works:
         pytest.skip("CUDA is usable on this machine: there is no fallback to observe")
     session, used, warning = make_session(models.relu(("N", 4)), "cuda", threads=1)
