@@ -122,9 +122,9 @@ def benchmark(
     models: paths or onnx.ModelProto (in memory, < 2 GB). provider: 'cpu' | 'cuda' | 'tensorrt';
     a provider that cannot be created falls back (one line to `log`) unless `strict_provider`.
     batches: batch sizes; None = dim 0 of `input_shapes` if given, else the first model's fixed
-    batch, else 1. runs / min_time: a
-    fixed number of rounds, or rounds until every model ran `min_time` seconds (default: 1 s and
-    at least 10 rounds). input_shapes: `--input-shape` strings or {name or None: shape}.
+    batch, else 1. runs / min_time: a fixed number of rounds, or rounds until every model ran
+    `min_time` seconds (default: 1 s and at least 10 rounds). input_shapes: `--input-shape`
+    strings or {name or None: shape}. seed: of the random inputs (the same for every model).
     Raises UsageError (exit 2) for bad models, shapes or options.
     """
     if not models:
@@ -132,7 +132,8 @@ def benchmark(
     try:
         stop = StopRule.make(runs=runs, min_time=min_time)
     except ValueError as exc:
-        raise UsageError(str(exc).replace("runs", "--runs").replace("min_time", "--min-time"))
+        message = str(exc).replace("runs", "--runs").replace("min_time", "--min-time")
+        raise UsageError(message) from exc
     if warmup < 0:
         raise UsageError(f"--warmup must be 0 or more, got {warmup}")
     if threads is not None and threads < 1:
@@ -151,7 +152,8 @@ def benchmark(
             except UsageError as exc:
                 prefix = f"{source.name}: " if len(sources) > 1 else ""
                 raise type(exc)(f"{prefix}{exc}") from exc
-    if log and not batch_chosen and any(plan[key][1] for key in plan):
+    batch_defaulted = any("(batch" in line for _, used in plan.values() for line in used)
+    if log and not batch_chosen and batch_defaulted:
         log(f"note: dynamic batch dims set to {batch_sizes[0]} (pass --batch to choose)")
 
     warnings: list[str] = []
