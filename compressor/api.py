@@ -21,7 +21,7 @@ from compressor.ir.graph import GraphIndex
 from compressor.ir.model_io import load_model, ort_max_ir_version, save_model, validate_model
 from compressor.ir.shapes import InputSpec, parse_shape_specs, resolve_inputs
 from compressor.metrics import count
-from compressor.planning import PlanOptions, PruningPlan, make_plan
+from compressor.planning import PlanOptions, PruningPlan, make_plan, plan_from_slices
 from compressor.surgery import apply_plan
 from compressor.verify import masked_original, verify
 
@@ -104,7 +104,7 @@ def prune(model, *, ratio: float = 0.5, output: str | os.PathLike | None = None,
     an = analyze_index(index, exclude=exclude)
 
     if plan_in is not None:
-        plan = plan_in if isinstance(plan_in, PruningPlan) else _read_plan(plan_in)
+        plan = plan_in if isinstance(plan_in, PruningPlan) else _read_plan(plan_in, an, opts)
         plan = plan.rebind(an)
     else:
         scores = score_groups(an, importance, seed=seed)
@@ -164,13 +164,16 @@ def _finalize(model: onnx.ModelProto) -> onnx.ModelProto:
     return inferred
 
 
-def _read_plan(path) -> PruningPlan:
+def _read_plan(path, analysis: Analysis, opts: PlanOptions) -> PruningPlan:
+    """A plan file (--plan-out) or a JSON report whose ``plan`` list is replayed."""
     try:
         data = json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise UsageError(f"plan file not found: {path}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UsageError(f"plan file {path} is not valid JSON: {exc}") from None
-    if isinstance(data, dict) and "plan_groups" in data:
-        data = data["plan_groups"]
+    if isinstance(data, dict) and isinstance(data.get("plan"), list):
+        return plan_from_slices(analysis, data["plan"], opts)
+    if not isinstance(data, dict):
+        raise UsageError(f"{path} is neither a plan file nor a JSON report")
     return PruningPlan.from_dict(data)

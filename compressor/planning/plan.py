@@ -88,6 +88,38 @@ class PruningPlan:
         return PruningPlan(self.options, out)
 
 
+def plan_from_slices(analysis: Analysis, slices: list[dict], opts: PlanOptions | None = None) -> PruningPlan:
+    """Rebuild a plan from a report's ``plan`` list ({tensor, axis, kept}); every member of a group
+    must agree on the channels kept, and every slice must belong to a known member."""
+    given = {(s["tensor"], int(s["axis"])): [int(k) for k in s["kept"]] for s in slices}
+    members = {(m.tensor, m.axis) for g in analysis.groups for m in g.members}
+    unknown = sorted(set(given) - members)
+    if unknown:
+        raise UsageError(f"the plan slices {unknown[0][0]} axis {unknown[0][1]}, which no channel group of this "
+                         "model carries")
+    decisions = []
+    for g in analysis.groups:
+        kept_sets = []
+        for m in g.members:
+            kept = given.get((m.tensor, m.axis))
+            if kept is None:
+                continue
+            pos = set(kept)
+            kept_sets.append(tuple(c for c in range(g.size) if m.offset + c * m.inner in pos))
+        if not kept_sets:
+            decisions.append(GroupDecision(g.id, g.size, list(range(g.size)), signature(g)))
+            continue
+        if len(set(kept_sets)) > 1:
+            raise UsageError(f"the plan keeps different channels in members of one group ({signature(g)[:2]})")
+        kept = list(kept_sets[0])
+        if len(kept) < g.size and not g.prunable:
+            raise UsageError(f"the plan prunes a group that is not prunable here: {'; '.join(g.reasons)}")
+        if not kept:
+            raise UsageError("the plan removes every channel of a group")
+        decisions.append(GroupDecision(g.id, g.size, kept, signature(g)))
+    return PruningPlan(opts or PlanOptions(), decisions)
+
+
 def signature(group: Group) -> list[str]:
     """A stable description of a group: its members as tensor:axis:offset."""
     return sorted(f"{m.tensor}:{m.axis}:{m.offset}" for m in group.members)

@@ -44,6 +44,9 @@ class SurgeryContext:
     def value(self, name: str) -> np.ndarray | None:
         return self.index.value(name)
 
+    def rank(self, name: str) -> int | None:
+        return self.index.rank(name)
+
     def is_const(self, name: str) -> bool:
         return self.index.is_const(name)
 

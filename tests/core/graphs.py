@@ -1,0 +1,78 @@
+"""Tiny ONNX graph builders for rule tests: a fluent helper over onnx.helper."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+
+class G:
+    """Accumulates nodes and random initializers, then builds a checked ModelProto."""
+
+    def __init__(self, seed: int = 0, opset: int = 17):
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+        self.inputs: list[onnx.ValueInfoProto] = []
+        self.rng = np.random.default_rng(seed)
+        self.opset = opset
+        self.n = 0
+
+    def name(self, base: str) -> str:
+        self.n += 1
+        return f"{base}{self.n}"
+
+    def input(self, name: str, shape, dtype=TensorProto.FLOAT) -> str:
+        self.inputs.append(helper.make_tensor_value_info(name, dtype, shape))
+        return name
+
+    def const(self, arr, base: str = "w") -> str:
+        name = self.name(base)
+        self.inits.append(numpy_helper.from_array(np.asarray(arr), name))
+        return name
+
+    def rand(self, *shape, base: str = "w", positive: bool = False) -> str:
+        a = self.rng.standard_normal(shape).astype(np.float32)
+        return self.const(np.abs(a) + 0.5 if positive else a, base)
+
+    def op(self, op_type: str, inputs, n_out: int = 1, **attrs):
+        outs = [self.name(op_type.lower()) for _ in range(n_out)]
+        self.nodes.append(helper.make_node(op_type, list(inputs), outs, name=self.name(op_type + "_"), **attrs))
+        return outs[0] if n_out == 1 else outs
+
+    # common blocks --------------------------------------------------------
+    def conv(self, x, cin, cout, k=3, group=1, bias=True, pad=None):
+        pad = k // 2 if pad is None else pad
+        ins = [x, self.rand(cout, cin // group, k, k)]
+        if bias:
+            ins.append(self.rand(cout, base="b"))
+        return self.op("Conv", ins, kernel_shape=[k, k], pads=[pad] * 4, group=group)
+
+    def bn(self, x, c):
+        return self.op("BatchNormalization", [x, self.rand(c, positive=True), self.rand(c), self.rand(c),
+                                              self.rand(c, positive=True)])
+
+    def cbr(self, x, cin, cout, k=3, group=1):
+        return self.op("Relu", [self.bn(self.conv(x, cin, cout, k, group, bias=False), cout)])
+
+    def model(self, outputs, ir_version: int = 10) -> onnx.ModelProto:
+        g = helper.make_graph(self.nodes, "test", self.inputs, [], self.inits)
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", self.opset)])
+        m.ir_version = ir_version
+        inferred = {vi.name: vi for vi in onnx.shape_inference.infer_shapes(m).graph.value_info}
+        missing = [o for o in outputs if o not in inferred]
+        if missing:  # onnx cannot infer (function ops): ask onnxruntime for the shapes
+            import onnxruntime as ort
+
+            probe = onnx.ModelProto()
+            probe.CopyFrom(m)
+            probe.graph.output.extend(helper.make_empty_tensor_value_info(o) for o in missing)
+            feeds = {i.name: np.zeros([d.dim_value for d in i.type.tensor_type.shape.dim], np.float32)
+                     for i in self.inputs}
+            sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+            for o, v in zip(missing, sess.run(missing, feeds)):
+                inferred[o] = helper.make_tensor_value_info(o, TensorProto.FLOAT, list(v.shape))
+        for o in outputs:
+            m.graph.output.append(inferred[o])
+        onnx.checker.check_model(m)
+        return m
