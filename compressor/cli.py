@@ -150,8 +150,13 @@ def prune_command(model, output, ratio, global_ranking, round_to, min_channels, 
         if bench:
             from compressor.bench.api import compare_latency
 
+            def warn_only(line: str) -> None:  # the report already lists the defaults used
+                if line.startswith("warning"):
+                    click.echo(line, err=True)
+
             report["latency"] = compare_latency(model, res.model, provider=provider,
-                                                input_shapes=list(input_shapes) or None, progress=not as_json)
+                                                input_shapes=list(input_shapes) or None, progress=not as_json,
+                                                log=warn_only)
     except VerificationError as exc:
         if as_json and exc.report is not None:
             click.echo(json.dumps(exc.report, indent=1))

@@ -32,28 +32,13 @@ def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
 
 
 def parse_shape_specs(specs: list[str] | tuple[str, ...] | None) -> dict[str | None, tuple[int, ...]]:
-    """Parse ``NAME:1x3x224x224`` (repeatable) or a bare ``1x3x224x224`` for a one-input model."""
-    out: dict[str | None, tuple[int, ...]] = {}
-    for spec in specs or ():
-        spec = spec.strip()
-        name: str | None = None
-        dims = spec
-        if ":" in spec:
-            name, dims = spec.rsplit(":", 1)
-            if not name:
-                raise UsageError(f"bad --input-shape '{spec}': empty input name")
-        try:
-            shape = tuple(int(d) for d in dims.replace(",", "x").split("x"))
-        except ValueError:
-            raise UsageError(
-                f"bad --input-shape '{spec}': expected NAME:1x3x224x224 or 1x3x224x224"
-            ) from None
-        if not shape or any(d <= 0 for d in shape):
-            raise UsageError(f"bad --input-shape '{spec}': dimensions must be positive integers")
-        if name in out:
-            raise UsageError(f"--input-shape given twice for {name or 'the model input'}")
-        out[name] = shape
-    return out
+    """Parse ``NAME:1x3x224x224`` (repeatable) or a bare ``1x3x224x224`` for a one-input model.
+
+    One grammar for every command: the bench package's parser is the implementation.
+    """
+    from compressor.bench.inputs import parse_input_shapes
+
+    return parse_input_shapes(list(specs or ()))
 
 
 def resolve_inputs(model: onnx.ModelProto, specs: dict[str | None, tuple[int, ...]] | None = None,
