@@ -1,0 +1,50 @@
+"""OrthoReg: the degree of orthogonality rises under the penalty; importance is the squared mean-gradient Taylor term."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from compressor.train.regularizers import OrthoReg
+from compressor.train.regularizers.orthoreg import smaller_gram
+
+from _nets import ConvNet, convnet_groups, teacher_data, train
+
+
+def test_penalty_uses_the_smaller_gram():
+    """Stem conv1 (8 x 27) uses P P^T (8x8); a wide layer would use the column Gram."""
+    assert smaller_gram(torch.randn(8, 27)).shape == (8, 8)
+    assert smaller_gram(torch.randn(16, 9)).shape == (9, 9)
+
+
+def test_orthogonality_rises_and_penalty_falls():
+    """OrthoReg claim: training with the penalty makes filters (near) orthonormal."""
+    model = ConvNet()
+    with torch.no_grad():  # start from strongly correlated filters
+        base = torch.randn(1, *model.conv2.weight.shape[1:])
+        model.conv2.weight.copy_(base + 0.1 * torch.randn_like(model.conv2.weight))
+    reg = OrthoReg(model, groups=convnet_groups(model), lam=1.0)
+    deg0, pen0 = reg.orthogonality(), reg.penalty()
+    train(model, reg, teacher_data(), steps=150, lr=0.01)
+    deg1, pen1 = reg.orthogonality(), reg.penalty()
+    assert deg1 > deg0 + 0.3 and deg1 > 0.8, f"degree of orthogonality should rise: {deg0:.3f} -> {deg1:.3f}"
+    assert pen1 < 0.3 * pen0, f"penalty should fall: {pen0:.3f} -> {pen1:.3f}"
+
+
+def test_importance_is_squared_dataset_mean_taylor_term():
+    """I_f = (<theta_f, mean gradient_f>)^2 in eval mode; grads and train mode are restored afterwards."""
+    model = ConvNet()
+    data = teacher_data(n_batches=3)
+    loss_fn = nn.CrossEntropyLoss()
+    reg = OrthoReg(model, groups=convnet_groups(model), data=data, loss_fn=loss_fn, num_samples=10**6)
+    model.conv1.weight.grad = torch.ones_like(model.conv1.weight)
+    scores = reg.importance()
+    assert model.training, "train mode must be restored"
+    assert torch.equal(model.conv1.weight.grad, torch.ones_like(model.conv1.weight)), "user grads must be restored"
+    model.eval()
+    model.zero_grad()
+    for x, y in data:
+        (loss_fn(model(x), y) * len(y)).backward()
+    mean = model.conv2.weight.grad / sum(len(y) for _, y in data)
+    want = (model.conv2.weight.detach() * mean).flatten(1).sum(1) ** 2
+    assert torch.allclose(scores[1].float(), want, rtol=1e-4, atol=1e-12), "group 1 score must be <theta, g_bar>^2"
