@@ -116,6 +116,14 @@ class TorchGroup:
             out.append(s)
         return out
 
+    def channel_slices(self, kinds: Iterable[str] | None = None, trainable: bool | None = None) -> list[ParamSlice]:
+        """Slices that belong to the channel itself (producer or param role, not consumers).
+
+        The analysis reports BN parameters as ``param`` (per-channel constants on the path), conv
+        biases as ``producer``; methods that need "the channel's own tensors" select both.
+        """
+        return [s for s in self.select(None, kinds, trainable) if s.role in (PRODUCER, PARAM)]
+
     @property
     def producer_kernels(self) -> list[ParamSlice]:
         """Conv/linear weights that create the channels (the "filters" of the papers)."""

@@ -9,6 +9,7 @@ from compressor.train.groups import make_group
 
 
 def bn_names(prefix: str) -> list[str]:
+    """BN tensors of a channel: the analysis reports them with role "param"."""
     return [f"{prefix}.{k}" for k in ("weight", "bias", "running_mean", "running_var")]
 
 
@@ -31,8 +32,8 @@ class ConvNet(nn.Module):
 
 def convnet_groups(model: ConvNet):
     return [
-        make_group(model, 0, producers=["conv1.weight", *bn_names("bn1")], consumers=["conv2.weight"]),
-        make_group(model, 1, producers=["conv2.weight", *bn_names("bn2")], consumers=["fc.weight"]),
+        make_group(model, 0, producers=["conv1.weight"], params=bn_names("bn1"), consumers=["conv2.weight"]),
+        make_group(model, 1, producers=["conv2.weight"], params=bn_names("bn2"), consumers=["fc.weight"]),
     ]
 
 
@@ -58,9 +59,9 @@ class TinyResNet(nn.Module):
 
 def tinyresnet_groups(model: TinyResNet):
     return [
-        make_group(model, 0, producers=["stem.weight", *bn_names("bn"), "conv2.weight", *bn_names("bn2")],
+        make_group(model, 0, producers=["stem.weight", "conv2.weight"], params=bn_names("bn") + bn_names("bn2"),
                    consumers=["conv1.weight", "fc.weight"]),
-        make_group(model, 1, producers=["conv1.weight", *bn_names("bn1")], consumers=["conv2.weight"]),
+        make_group(model, 1, producers=["conv1.weight"], params=bn_names("bn1"), consumers=["conv2.weight"]),
     ]
 
 
@@ -99,3 +100,22 @@ def train(model, reg, data, *, steps: int, lr: float = 0.05, momentum: float = 0
         if epoch_every and reg is not None and (i + 1) % epoch_every == 0:
             reg.epoch_end()
     return opt
+
+
+class ConcatNet(nn.Module):
+    """Two branches concatenated on channels, then BN, PReLU, a 1x1 conv and a flatten+linear head."""
+
+    def __init__(self, classes: int = 4) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 3, padding=1)
+        self.b = nn.Conv2d(3, 6, 3, padding=1)
+        self.bn = nn.BatchNorm2d(10)
+        self.act = nn.PReLU(10)
+        self.mix = nn.Conv2d(10, 8, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8 * 4 * 4, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.act(self.bn(torch.cat([self.a(x), self.b(x)], 1)))
+        y = torch.relu(self.bn2(self.mix(y)))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(y, 4), 1))

@@ -59,7 +59,7 @@ class Regularizer:
             return False
         if self.needs_kernels:
             return bool(g.producer_kernels)
-        return bool(g.select("producer"))
+        return bool(g.channel_slices(trainable=True))
 
     @staticmethod
     def per_group(value: float | dict[int, float], g: TorchGroup, default: float | None = None) -> float:

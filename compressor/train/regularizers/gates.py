@@ -76,12 +76,12 @@ class GroupGates(Regularizer):
             self.attach(optimizer)
 
     def accepts(self, g: TorchGroup) -> bool:
-        return super().accepts(g) and bool(g.select("producer", ("bn_weight",)))
+        return super().accepts(g) and bool(g.channel_slices(("bn_weight",)))
 
     # ------------------------------------------------------------------ insertion
     def _insert_gates(self) -> None:
         for g in self.groups:
-            for s in g.select("producer", ("bn_weight",)):
+            for s in g.channel_slices(("bn_weight",)):
                 bn_name = s.name.rpartition(".")[0]
                 if bn_name not in self.wrappers:
                     parent_name, _, attr = bn_name.rpartition(".")

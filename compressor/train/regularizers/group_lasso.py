@@ -52,7 +52,7 @@ class GroupLasso(Regularizer):
         if not self.proximal:
             return
         for g in self.groups:
-            lead = g.select("producer", trainable=True) or g.trainable_slices
+            lead = g.channel_slices(trainable=True) or g.trainable_slices
             thr = self.lr_of(lead[0].tensor) * self.lam
             norms = self._norms(g)
             factor = torch.clamp(1.0 - thr / norms.clamp_min(self.eps), min=0.0)

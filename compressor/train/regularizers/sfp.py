@@ -49,7 +49,7 @@ class SoftFilterBase(Regularizer):
     def scaled_slices(self, g: TorchGroup) -> list[ParamSlice]:
         if self.scope == "kernels":
             return g.producer_kernels
-        return g.select("producer", trainable=True)
+        return g.channel_slices(trainable=True)
 
     def count(self, g: TorchGroup, epoch: int) -> int:
         return min(int(math.floor(self.ratio_at(g, epoch) * g.size + 1e-9)), g.size - 1)

@@ -33,10 +33,10 @@ class NetworkSlimming(Regularizer):
         super().__init__(model, example_input, **kw)
 
     def accepts(self, g: TorchGroup) -> bool:
-        return super().accepts(g) and bool(g.select("producer", ("bn_weight",)))
+        return super().accepts(g) and bool(g.channel_slices(("bn_weight",)))
 
     def _gammas(self, g: TorchGroup):
-        return g.select("producer", ("bn_weight",), trainable=True)
+        return g.channel_slices(("bn_weight",), trainable=True)
 
     def _step(self) -> None:
         if self.proximal:
@@ -61,7 +61,7 @@ class NetworkSlimming(Regularizer):
         out = {}
         for g in self.groups:
             total = torch.zeros(g.size, dtype=torch.float64)
-            for sl in g.select("producer", ("bn_weight",)):
+            for sl in g.channel_slices(("bn_weight",)):
                 total += sl.rows(g.size).double().abs().sum(1).cpu()
             out[g.id] = total
         return out
