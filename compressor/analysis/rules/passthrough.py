@@ -8,6 +8,7 @@ import onnx
 
 from compressor.analysis.context import AnalysisContext
 from compressor.analysis.registry import Rule, register_rule
+from compressor.analysis.rules._shape_source import adapts, rewrite_literal, trace
 
 
 @register_rule("Constant", "Shape", "Size", "ConstantOfShape", "EyeLike", "RandomNormal", "RandomUniform",
@@ -36,11 +37,29 @@ class Resize(Rule):
         ctx.copy_layouts(x, y, node=node)
         if node.op_type == "Resize" and len(node.input) > 3 and node.input[3]:
             if ctx.layouts(x) and not ctx.is_const(node.input[3]):
-                for lay in ctx.layouts(x).values():
-                    ctx.freeze_layout(lay, f"Resize '{ctx.label(node)}' takes its sizes from a run-time tensor")
+                # computed sizes: fine where the entry for a channel axis is read from a tensor
+                # with the same channels (F.interpolate(x, size=...) copies N, C from x.shape)
+                entries = trace(ctx, node.input[3])
+                axes = ctx.attr(node, "axes", None)
+                rank = ctx.rank(x) or 0
+                order = list(range(rank)) if axes is None else [int(a) % rank for a in axes]
+                for ax, lay in ctx.layouts(x).items():
+                    pos = order.index(ax) if ax in order else None
+                    e = entries[pos] if entries is not None and pos is not None and pos < len(entries) else None
+                    if e is None or not adapts(ctx, e, lay, f"Resize '{ctx.label(node)}' sizes"):
+                        ctx.freeze_layout(lay, f"Resize '{ctx.label(node)}' takes its sizes from a run-time tensor")
 
     def rewrite(self, node, ctx) -> None:
         if node.op_type == "Resize" and len(node.input) > 3 and node.input[3]:
+            if not ctx.is_const(node.input[3]):
+                entries = trace(ctx.analysis.ctx, node.input[3]) or []
+                new_shape = ctx.new_shape(node.output[0])
+                axes = ctx.attr(node, "axes", None)
+                order = list(range(len(new_shape))) if axes is None else [int(a) for a in axes]
+                for pos, e in enumerate(entries):
+                    if pos < len(order):
+                        rewrite_literal(ctx, e, int(new_shape[order[pos]]))
+                return
             sizes = ctx.value(node.input[3])
             new = np.array(ctx.new_shape(node.output[0]), dtype=np.int64)
             axes = ctx.attr(node, "axes", None)

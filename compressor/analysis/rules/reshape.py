@@ -16,6 +16,7 @@ import onnx
 
 from compressor.analysis.context import AnalysisContext
 from compressor.analysis.registry import Rule, register_rule
+from compressor.analysis.rules._shape_source import adapts, rewrite_literal, trace
 
 
 def factor_blocks(ins: tuple[int, ...], outs: tuple[int, ...]) -> list[tuple[list[int], list[int]]] | None:
@@ -123,14 +124,26 @@ class Reshape(Rule):
             if target is None:
                 ctx.freeze_tensor(y, f"Reshape '{ctx.label(node)}' target unknown")
             return
-        # A computed target adapts to a pruned input only where it says -1 (or copies with 0).
+        # A computed target adapts to a pruned input where it says -1 (or copies with 0), where
+        # the entry is read from a tensor with the same channels (Shape(t)[k]), or where it is a
+        # literal in a Concat operand that surgery rewrites.
+        entries = trace(ctx, node.input[1])
         for ax, lay in ctx.layouts(y).items():
-            if ax < len(target) and int(target[ax]) not in (-1, 0):
+            if ax >= len(target) or int(target[ax]) in (-1, 0):
+                continue
+            e = entries[ax] if entries is not None and ax < len(entries) else None
+            if e is None or not adapts(ctx, e, lay, f"Reshape '{ctx.label(node)}' target"):
                 ctx.freeze_layout(lay, f"Reshape '{ctx.label(node)}' computes a literal size for channel axis {ax}")
 
     def rewrite(self, node: onnx.NodeProto, ctx) -> None:
         x, y = node.input[0], node.output[0]
         if not ctx.is_const(node.input[1]):
+            old, new = ctx.old_shape(y), ctx.new_shape(y)
+            if old != new:
+                entries = trace(ctx.analysis.ctx, node.input[1]) or []
+                for ax, e in enumerate(entries):
+                    if ax < len(new) and old[ax] != new[ax]:
+                        rewrite_literal(ctx, e, int(new[ax]))
             return
         target = np.array(ctx.value(node.input[1]))
         old, new = ctx.old_shape(y), ctx.new_shape(y)

@@ -1,0 +1,135 @@
+"""Where the entries of a computed shape vector come from (a helper for rules, not a rule).
+
+Exporters compute Reshape targets and Resize sizes at run time: ``Shape -> Gather -> Unsqueeze ->
+Concat`` (``x.view(x.size(0), -1)``), ``Shape -> Slice -> Concat`` (``F.interpolate(size=...)``),
+with literal constants mixed in (``x.view(n, 12, 64)``). Each entry of such a vector is traced to
+one of:
+
+- ``dim``: ``Shape(tensor)[axis]``, which adapts by itself when that axis is pruned;
+- ``const``: a literal; ``where`` names the constant operand of a Concat that holds it, so surgery
+  can rewrite it when the channel count it states changes;
+- ``unknown``: arithmetic or anything else not followed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from compressor.analysis.context import AnalysisContext
+
+MAX_DEPTH = 12
+
+
+@dataclass(frozen=True)
+class Entry:
+    kind: str  # "dim" | "const" | "unknown"
+    value: int | None = None
+    tensor: str | None = None
+    axis: int | None = None
+    #: (node index of the Concat, its input slot, flat index in that operand) for literals
+    where: tuple[int, int, int] | None = None
+
+
+def _attr(node, name, default=None):
+    return AnalysisContext.attr(node, name, default)
+
+
+def trace(ctx: AnalysisContext, name: str, depth: int = 0) -> list[Entry] | None:
+    """Entries of the 1-D (or scalar) int tensor ``name``, or None when its length is unknown."""
+    index = ctx.index
+    if index.is_const(name):
+        v = np.asarray(index.const(name)).reshape(-1)
+        return [Entry("const", int(a)) for a in v]
+    prod = index.producer.get(name)
+    known = index.value(name)
+    fallback = None if known is None else [Entry("unknown") for _ in np.asarray(known).reshape(-1)]
+    if prod is None or depth > MAX_DEPTH:
+        return fallback
+    idx, node = prod
+    op = node.op_type
+    if op == "Shape":
+        shape = ctx.shape(node.input[0])
+        if shape is None:
+            return fallback
+        r = len(shape)
+        start = int(_attr(node, "start", 0))
+        end = _attr(node, "end", None)
+        start = max(0, start + r if start < 0 else start)
+        end = r if end is None else max(0, min(r, int(end) + r if int(end) < 0 else int(end)))
+        return [Entry("dim", tensor=node.input[0], axis=a) for a in range(start, end)]
+    if op in ("Cast", "Identity", "Squeeze", "Unsqueeze"):
+        return trace(ctx, node.input[0], depth + 1)
+    if op == "Gather" and int(_attr(node, "axis", 0)) == 0:
+        src = trace(ctx, node.input[0], depth + 1)
+        ind = index.const(node.input[1])
+        if src is None or ind is None:
+            return fallback
+        try:
+            return [src[int(i)] for i in np.asarray(ind).reshape(-1)]
+        except IndexError:
+            return fallback
+    if op == "Slice":
+        src = trace(ctx, node.input[0], depth + 1)
+        vals = []
+        for k in (1, 2, 3, 4):
+            n = node.input[k] if len(node.input) > k else ""
+            vals.append(None if not n else index.const(n))
+        if ctx.opset < 10:
+            vals = [_attr(node, "starts"), _attr(node, "ends"), _attr(node, "axes"), None]
+        starts, ends, axes, steps = vals
+        if src is None or starts is None or ends is None:
+            return fallback
+        if axes is not None and [int(a) for a in np.asarray(axes).reshape(-1)] not in ([0], [-1]):
+            return fallback
+        step = 1 if steps is None else int(np.asarray(steps).reshape(-1)[0])
+        s, e = int(np.asarray(starts).reshape(-1)[0]), int(np.asarray(ends).reshape(-1)[0])
+        return src[slice(s, e, step)]
+    if op == "Concat" and int(_attr(node, "axis", 0)) in (0, -1):
+        out: list[Entry] = []
+        for slot, x in enumerate(node.input):
+            part = trace(ctx, x, depth + 1)
+            if part is None:
+                return fallback
+            if index.is_const(x):
+                part = [Entry("const", e.value, where=(idx, slot, i)) for i, e in enumerate(part)]
+            out.extend(part)
+        return out
+    return fallback
+
+
+def adapts(ctx: AnalysisContext, entry: Entry, layout, where: str) -> bool:
+    """Can ``entry`` state the pruned length of an axis with ``layout``?
+
+    A ``Shape(t)[k]`` entry does when t's axis k carries the same channels: the two layouts are
+    unified so they lose the same channels. A literal does when surgery can rewrite it.
+    """
+    if entry.kind == "dim":
+        src = ctx.layout(entry.tensor, entry.axis)
+        if src is None:
+            return False
+        ctx.unify(src, layout, where)
+        return True
+    if entry.kind == "const":
+        return entry.value == -1 or entry.where is not None
+    return False
+
+
+def rewrite_literal(ctx, entry: Entry, new_value: int) -> None:
+    """Surgery: make the Concat operand that holds ``entry`` state ``new_value``."""
+    if entry.kind != "const" or entry.where is None or entry.value in (-1, new_value):
+        return
+    node_idx, slot, flat = entry.where
+    node = ctx.model.graph.node[node_idx]
+    cur = ctx.value(node.input[slot]) if ctx.index.is_const(node.input[slot]) else None
+    if cur is None:
+        # an earlier rewrite already replaced it: read the replacement
+        from onnx import numpy_helper
+
+        init = {t.name: t for t in ctx.model.graph.initializer}
+        cur = numpy_helper.to_array(init[node.input[slot]])
+    arr = np.array(cur, copy=True)
+    flat_view = arr.reshape(-1)
+    flat_view[flat] = new_value
+    ctx.replace_input(node, slot, flat_view.reshape(arr.shape))
