@@ -73,3 +73,22 @@ def test_corrupt_gzip_is_reported(tmp_path):
     path.write_bytes(gzip.compress(encode_idx(np.zeros(100, np.uint8)))[:20])
     with pytest.raises(IdxFormatError, match="corrupt gzip"):
         read_idx(path)
+
+
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import given, settings  # noqa: E402
+from hypothesis.extra import numpy as hnp  # noqa: E402
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    hnp.arrays(
+        dtype=hypothesis.strategies.sampled_from([np.dtype(t) for t in ("u1", "i1", ">i2", "<i4", "<f4", ">f8")]),
+        shape=hnp.array_shapes(min_dims=1, max_dims=4, min_side=0, max_side=5),
+    )
+)
+def test_encode_parse_round_trip_property(array):
+    """For any array of a storable dtype and shape, parse(encode(a)) == a bit for bit."""
+    out = parse_idx(encode_idx(array))
+    assert out.shape == array.shape and out.dtype == array.dtype.newbyteorder("=")
+    assert out.tobytes() == array.astype(out.dtype).tobytes()
