@@ -84,6 +84,15 @@ def map_reshape(node, ctx: AnalysisContext, x: str, y: str) -> None:
             factor = math.prod(xs[a] for a in bi[1:])
             ctx.set_layout(y, bj[0], tuple((g, inner * factor) for g, inner in lay))
             continue
+        if len(bi) == 1 and len(bj) == 2 and _swapped_next(ctx, y, bj[0], bj[1]):
+            # channel shuffle: [C] -> [g, C/g], then a Transpose swaps the two. Exact when the g
+            # slices lose the same channels: the inner axis carries one group J, and the input's
+            # channels are J repeated g times; after the swap and merge, J owns g positions each.
+            g, inner_n = ys[bj[0]], ys[bj[1]]
+            j = ctx.table.new(inner_n, origin=ctx.label(node))
+            ctx.unify(lay, ((j, 1),) * g, f"{where} (channel shuffle)")  # freezes both if impossible
+            ctx.set_layout(y, bj[1], ((j, 1),))
+            continue
         if len(bi) == 1:  # split: outer output axis carries blocks of the inner product
             t = math.prod(ys[a] for a in bj[1:])
             ok = True
@@ -104,6 +113,20 @@ def map_reshape(node, ctx: AnalysisContext, x: str, y: str) -> None:
             ctx.set_layout(y, bj[0], tuple(out))
             continue
         ctx.freeze_layout(lay, f"{where} regroups channel axis {ax} with other axes")
+
+
+def _swapped_next(ctx: AnalysisContext, y: str, outer: int, inner: int) -> bool:
+    """Is ``y`` read only by Transposes that put axis ``inner`` before axis ``outer``?"""
+    users = ctx.index.consumers.get(y, [])
+    if not users or y in ctx.index.output_names:
+        return False
+    for node, _ in users:
+        if node.op_type != "Transpose":
+            return False
+        perm = list(ctx.attr(node, "perm", []))
+        if outer not in perm or inner not in perm or perm.index(inner) > perm.index(outer):
+            return False
+    return True
 
 
 @register_rule("Flatten", "Squeeze", "Unsqueeze")
