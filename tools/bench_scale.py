@@ -1,0 +1,204 @@
+"""How the engine scales: time per stage and peak memory for pruning one real-size model.
+
+Stages: load (read + fold constants) -> analyze (shapes, groups) -> plan (importance + plan) ->
+surgery (slice weights, rewrite shapes, re-infer and check) -> verify (masked original vs pruned,
+onnxruntime) -> save. Each model runs in a fresh subprocess so that its peak resident memory
+(ru_maxrss) is its own; the RSS after imports is reported too, so the model's share is visible.
+
+    python tools/bench_scale.py out/zoo/resnet50_dynamo.onnx out/zoo/vit_b_16_dynamo.onnx
+    python tools/bench_scale.py --markdown docs/coverage.md MODEL.onnx ...
+    python tools/bench_scale.py --profile out/prof.txt MODEL.onnx   # cProfile of one run
+
+The exported models come from ``tools/zoo_coverage.py`` (its cache, ``out/zoo/``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODELS = [ROOT / "out" / "zoo" / "resnet50_dynamo.onnx", ROOT / "out" / "zoo" / "vit_b_16_dynamo.onnx"]
+#: Targets from the coverage issue: seconds for the whole pipeline and peak memory / model size.
+TARGET_SECONDS = {"resnet50": 3.0, "vit_b_16": 15.0}
+TARGET_MEMORY_FACTOR = 3.0
+
+
+def _rss_mib() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+
+
+def run_one(path: str, ratio: float, profile: str | None = None) -> dict:
+    """The pipeline of ``api.prune`` stage by stage, in this process."""
+    from compressor import api
+    from compressor.analysis.groups import analyze_index
+    from compressor.importance import score_groups
+    from compressor.ir.fold import prepare
+    from compressor.ir.graph import GraphIndex
+    from compressor.ir.model_io import load_model, ort_max_ir_version, save_model
+    from compressor.planning import PlanOptions, make_plan
+    from compressor.surgery import apply_plan
+    from compressor.verify import masked_original, verify
+
+    import onnxruntime  # noqa: F401  (count its import in the baseline, not in a stage)
+
+    base_rss = _rss_mib()
+    prof = None
+    if profile:
+        import cProfile
+
+        prof = cProfile.Profile()
+        prof.enable()
+    t: dict[str, float] = {}
+    t0 = time.perf_counter()
+    proto, _ = prepare(load_model(path))
+    t["load"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    spec = api._spec(proto, None)
+    index = GraphIndex(proto, spec)
+    an = analyze_index(index)
+    t["analyze"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    opts = PlanOptions(ratio=ratio)
+    plan = make_plan(an, score_groups(an, "l2", seed=0), opts)
+    t["plan"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    surgery = apply_plan(an, plan.keep)
+    pruned = surgery.model
+    pruned.ir_version = min(pruned.ir_version, ort_max_ir_version())
+    pruned = api._finalize(pruned)
+    t["surgery"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    reference = masked_original(an, plan.keep)
+    reference.ir_version = pruned.ir_version
+    ver = verify(reference, pruned, spec)
+    del reference
+    t["verify"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        save_model(pruned, Path(tmp) / "pruned.onnx")
+    t["save"] = time.perf_counter() - t0
+    if prof is not None:
+        import pstats
+
+        prof.disable()
+        with open(profile, "w") as fh:
+            pstats.Stats(prof, stream=fh).sort_stats("cumulative").print_stats(60)
+    size_mib = os.path.getsize(path) / 2**20
+    peak = _rss_mib()
+    return {
+        "model": Path(path).stem, "path": str(path), "size_mib": round(size_mib, 1),
+        "nodes": len(index.nodes), "groups": len(an.groups), "prunable": len(an.prunable),
+        "seconds": {k: round(v, 3) for k, v in t.items()}, "total_s": round(sum(t.values()), 3),
+        "rss_base_mib": round(base_rss, 1), "rss_peak_mib": round(peak, 1),
+        "model_peak_mib": round(peak - base_rss, 1),
+        "memory_factor": round((peak - base_rss) / size_mib, 2) if size_mib else None,
+        "verify_passed": ver.passed, "max_rel_err": ver.max_rel_err,
+    }
+
+
+def run_subprocess(path: str, ratio: float, profile: str | None) -> dict:
+    cmd = [sys.executable, __file__, "--child", "--ratio", str(ratio), str(path)]
+    if profile:
+        cmd += ["--profile", profile]
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        return {"model": Path(path).stem, "path": str(path), "error": out.stderr.strip().splitlines()[-1:]}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def target_for(name: str) -> float | None:
+    for key, val in TARGET_SECONDS.items():
+        if name.startswith(key):
+            return val
+    return None
+
+
+def markdown(results: list[dict], command: str) -> str:
+    stages = ["load", "analyze", "plan", "surgery", "verify", "save"]
+    head = ["model", "size MiB", "nodes"] + [f"{s} s" for s in stages] + [
+        "total s", "target s", "peak RSS - base MiB", "x model size", "verify"]
+    lines = [f"Generated by `{command}`", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in results:
+        if "error" in r:
+            lines.append(f"| {r['model']} | error: {' '.join(r['error'])} |")
+            continue
+        tgt = target_for(r["model"])
+        cells = [r["model"], f"{r['size_mib']:.0f}", str(r["nodes"])]
+        cells += [f"{r['seconds'][s]:.2f}" for s in stages]
+        cells += [f"{r['total_s']:.2f}", "" if tgt is None else f"{tgt:g}",
+                  f"{r['model_peak_mib']:.0f} (base {r['rss_base_mib']:.0f})", f"{r['memory_factor']:.2f}",
+                  "pass" if r["verify_passed"] else f"FAIL {r['max_rel_err']:.1e}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+BEGIN, END = "<!-- scale-table:begin -->", "<!-- scale-table:end -->"
+
+
+def write_markdown(path: Path, table: str) -> None:
+    block = f"{BEGIN}\n{table}{END}\n"
+    text = path.read_text() if path.exists() else "# Coverage\n"
+    if BEGIN in text and END in text:
+        pre, rest = text.split(BEGIN, 1)
+        text = pre + block + rest.split(END, 1)[1].lstrip("\n")
+    else:
+        text = text.rstrip("\n") + "\n\n" + block
+    path.write_text(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("models", nargs="*", help="ONNX files (default: resnet50 and vit_b_16 from out/zoo/)")
+    ap.add_argument("--ratio", type=float, default=0.5)
+    ap.add_argument("--markdown", help="write the table into this markdown file")
+    ap.add_argument("--profile", help="write a cProfile listing (cumulative) of the run here")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        print(json.dumps(run_one(args.models[0], args.ratio, args.profile)))
+        return 0
+    models = args.models or [str(p) for p in DEFAULT_MODELS]
+    missing = [m for m in models if not Path(m).exists()]
+    if missing:
+        print(f"missing model file(s) {missing}: export them first, e.g. "
+              f".venv-zoo/bin/python tools/zoo_coverage.py --models resnet50,vit_b_16 --exporters dynamo "
+              f"--no-torch-pruning", file=sys.stderr)
+        return 2
+    results = []
+    for m in models:
+        print(f"{Path(m).stem} ...", flush=True)
+        r = run_subprocess(m, args.ratio, args.profile)
+        results.append(r)
+        if "error" in r:
+            print(f"  error: {r['error']}")
+            continue
+        tgt = target_for(r["model"])
+        print(f"  {' '.join(f'{k} {v:.2f}s' for k, v in r['seconds'].items())} | total {r['total_s']:.2f}s"
+              + (f" (target {tgt:g}s)" if tgt else "")
+              + f" | peak RSS {r['rss_peak_mib']:.0f} MiB (base {r['rss_base_mib']:.0f}, model "
+              f"{r['size_mib']:.0f} MiB, x{r['memory_factor']:.2f}) | verify {'pass' if r['verify_passed'] else 'FAIL'}",
+              flush=True)
+    if args.markdown:
+        cmd = "python tools/bench_scale.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        write_markdown(Path(args.markdown), markdown(results, cmd.strip()))
+        print(f"wrote {args.markdown}")
+    return 0 if all("error" not in r for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
