@@ -78,11 +78,24 @@ def build_model(name: str, seed: int = 0):
 
 
 def randomize_norms(model, seed: int = 0) -> None:
-    """BatchNorm statistics and affine drawn at random, so BN folds into non-trivial scales."""
+    """BatchNorm statistics and affine drawn at random, so BN folds into non-trivial scales.
+
+    Parameters that initialise to one constant (zero biases, ConvNeXt's layer scale of 1e-6, class
+    tokens) are drawn at random too, as in a trained model: exporters deduplicate identical
+    constants, which would tie unrelated layers together, and a 1e-6 layer scale would hide every
+    block's contribution from the oracle.
+    """
     import torch
 
     gen = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
+        for name, p in model.named_parameters():
+            flat = p.detach().reshape(-1)
+            if flat.numel() > 1 and bool((flat == flat[0]).all()):
+                if "scale" in name.rsplit(".", 1)[-1]:
+                    p.copy_(torch.rand(p.shape, generator=gen) * 0.5 + 0.25)
+                else:
+                    p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
         for m in model.modules():
             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
                 n = m.num_features
