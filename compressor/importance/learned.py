@@ -119,9 +119,9 @@ def learned_groups(model: onnx.ModelProto, analysis) -> tuple[dict[int, dict], l
             notes.append(f"{label}: analysis group {target} already has learned scores; kept the first")
             continue
         entry = {"importance": np.asarray(stored["importance"], dtype=np.float64), "method": method}
-        for key in ("clusters", "gates"):
+        for key in ("clusters", "gates", "keep_ratio"):
             if key in stored:
-                entry[key] = stored[key] if key == "clusters" else np.asarray(stored[key], dtype=np.float64)
+                entry[key] = np.asarray(stored[key], dtype=np.float64) if key == "gates" else stored[key]
         matched[target] = entry
         notes.append(f"{label} -> analysis group {target}: matched by {how}")
     for g in analysis.groups:

@@ -17,6 +17,7 @@ under the key ``compressor.learned``. Schema ``compressor.learned/1``::
         "importance": [float] * size,         # higher = keep
         "clusters": [[0, 3], [1], ...],       # optional (C-SGD): merge map, keep the first index
         "gates": [float] * size,              # optional (gating): max |gate| over coupled producers
+        "keep_ratio": float,                  # optional (DSA): the learned keep fraction of the group
         "fingerprint": {"tensor": "conv1.weight", "shape": [8, 3, 3, 3], "l1": float, "l2": float}
       }, ...]
     }

@@ -46,6 +46,7 @@ def create(name: str, model: Any, example_input: Any = None, **kwargs: Any) -> R
 from compressor.train.regularizers import (  # noqa: E402,F401
     asrfp,
     csgd,
+    dsa,
     gates,
     greg1,
     greg2,
@@ -59,6 +60,7 @@ from compressor.train.regularizers import (  # noqa: E402,F401
 )
 from compressor.train.regularizers.asrfp import ASRFP  # noqa: E402
 from compressor.train.regularizers.csgd import CentripetalSGD  # noqa: E402
+from compressor.train.regularizers.dsa import DSA  # noqa: E402
 from compressor.train.regularizers.gates import GatedBatchNorm, GroupGates  # noqa: E402
 from compressor.train.regularizers.greg1 import GReg1  # noqa: E402
 from compressor.train.regularizers.greg2 import GReg2  # noqa: E402
@@ -71,7 +73,7 @@ from compressor.train.regularizers.slimming import NetworkSlimming  # noqa: E402
 from compressor.train.regularizers.srfp import SRFP  # noqa: E402
 
 __all__ = [
-    "ASRFP", "CentripetalSGD", "GReg1", "GReg2", "GatedBatchNorm", "GroupGates", "GroupLasso", "IncReg",
+    "ASRFP", "CentripetalSGD", "DSA", "GReg1", "GReg2", "GatedBatchNorm", "GroupGates", "GroupLasso", "IncReg",
     "L1Norm", "NetworkSlimming", "OrthoReg", "Regularizer", "SRFP", "SoftFilterPruning",
     "create", "get", "names", "register",
 ]
