@@ -7,7 +7,7 @@ from torch import nn
 
 from compressor.train import regularizers
 
-from _nets import ConvNet, convnet_groups
+from ._nets import ConvNet, convnet_groups
 
 METHODS = {
     "csgd": {"keep_ratio": 0.5, "centri_strength": 0.3},

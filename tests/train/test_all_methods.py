@@ -10,7 +10,7 @@ from compressor.importance.learned import learned_scores
 from compressor.train import regularizers
 from compressor.train.export import export
 
-from _nets import TinyResNet, teacher_data
+from ._nets import TinyResNet, teacher_data
 
 api = pytest.importorskip("compressor.api")
 

@@ -9,7 +9,7 @@ from compressor.errors import UsageError
 from compressor.train import regularizers
 from compressor.train.regularizers import GroupLasso, L1Norm, NetworkSlimming
 
-from _nets import ConvNet, TinyResNet, convnet_groups, teacher_data, tinyresnet_groups, train
+from ._nets import ConvNet, TinyResNet, convnet_groups, teacher_data, tinyresnet_groups, train
 
 
 def test_registry_lists_every_method_and_rejects_duplicates():

@@ -8,7 +8,7 @@ import torch
 from compressor.train.regularizers import CentripetalSGD
 from compressor.train.regularizers.csgd import clusters_from_labels, kmeans
 
-from _nets import ConvNet, TinyResNet, convnet_groups, teacher_data, tinyresnet_groups, train
+from ._nets import ConvNet, TinyResNet, convnet_groups, teacher_data, tinyresnet_groups, train
 
 
 def test_kmeans_is_deterministic_and_finds_obvious_clusters():

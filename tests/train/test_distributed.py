@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-import _ddp_worker
+from . import _ddp_worker
 
 dist = pytest.importorskip("torch.distributed")
 

@@ -7,7 +7,7 @@ import torch
 from compressor.train.regularizers import DSA
 from compressor.train.regularizers.dsa import KeepProbability
 
-from _nets import TinyResNet, teacher_data, tinyresnet_groups, train
+from ._nets import TinyResNet, teacher_data, tinyresnet_groups, train
 
 
 def test_keep_probability_mean_and_implicit_gradient():

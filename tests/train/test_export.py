@@ -13,7 +13,7 @@ from compressor.importance.learned import KEY, SCHEMA, learned_groups, learned_s
 from compressor.train.export import export
 from compressor.train.regularizers import CentripetalSGD, GroupGates, L1Norm, OrthoReg
 
-from _nets import ConcatNet, TinyResNet, teacher_data, train
+from ._nets import ConcatNet, TinyResNet, teacher_data, train
 
 ort = pytest.importorskip("onnxruntime")
 api = pytest.importorskip("compressor.api")

@@ -7,7 +7,7 @@ import torch
 
 from compressor.train.regularizers import GatedBatchNorm, GroupGates
 
-from _nets import TinyResNet, ConvNet, convnet_groups, teacher_data, tinyresnet_groups, train
+from ._nets import TinyResNet, ConvNet, convnet_groups, teacher_data, tinyresnet_groups, train
 
 
 @pytest.mark.parametrize("penalty,lam,sigma", [("l1", 0.5, 0.1), ("bounded_l1", 0.5, 0.5)])

@@ -8,7 +8,7 @@ import torch
 from compressor.train.groups import export_proto, from_model, make_group
 from compressor.train.regularizers import CentripetalSGD, GroupGates
 
-from _nets import ConcatNet, ConvNet, TinyResNet, teacher_data, train
+from ._nets import ConcatNet, ConvNet, TinyResNet, teacher_data, train
 
 pytest.importorskip("compressor.api")
 

@@ -10,7 +10,7 @@ from torch import nn
 from compressor.train.groups import make_group
 from compressor.train.regularizers import GReg1, GReg2, IncReg
 
-from _nets import ConvNet, convnet_groups, teacher_data
+from ._nets import ConvNet, convnet_groups, teacher_data
 
 
 def _filter_norms(model: ConvNet) -> dict[int, torch.Tensor]:

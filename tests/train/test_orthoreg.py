@@ -8,7 +8,7 @@ from torch import nn
 from compressor.train.regularizers import OrthoReg
 from compressor.train.regularizers.orthoreg import smaller_gram
 
-from _nets import ConvNet, convnet_groups, teacher_data, train
+from ._nets import ConvNet, convnet_groups, teacher_data, train
 
 
 def test_penalty_uses_the_smaller_gram():

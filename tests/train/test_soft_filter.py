@@ -9,7 +9,7 @@ import torch
 from compressor.train.regularizers import ASRFP, SRFP, SoftFilterPruning
 from compressor.train.regularizers.asrfp import _X
 
-from _nets import ConvNet, convnet_groups, teacher_data, train
+from ._nets import ConvNet, convnet_groups, teacher_data, train
 
 
 def _zero_filters(model):

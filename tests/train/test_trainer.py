@@ -9,7 +9,7 @@ from torch import nn
 from compressor.train import regularizers
 from compressor.train.trainer import Trainer
 
-from _nets import ConvNet, convnet_groups, teacher_data
+from ._nets import ConvNet, convnet_groups, teacher_data
 
 KWARGS = {
     "csgd": {"keep_ratio": 0.5, "centri_strength": 0.1},

@@ -6,9 +6,11 @@ No official code exists; the formulas are recalled and the integration is [desig
   :class:`GatedBatchNorm` (Conv -> BN -> gate -> activation; a gate between Conv and BN would be
   renormalised away). Gates start at 1. The wrapper changes ``state_dict`` names
   (``bn1.weight`` -> ``bn1.bn.weight``, plus ``bn1.gate`` and ``bn1.gate_mask``): build the
-  regularizer *before* the optimizer (or pass ``optimizer=``: the gates are then added to it as a new
-  param group with ``weight_decay=0``) and before loading a gated checkpoint. Convs without BN are
-  not gated.
+  regularizer *before* the optimizer (or pass ``optimizer=``/``attach()``: missing gates are then
+  added to it as a new param group with ``weight_decay=0``) and before loading a gated checkpoint.
+  An optimizer built afterwards from ``model.parameters()`` also weight-decays the gates (an extra L2
+  pull towards 0); exclude ``reg.gate_parameters()`` from its decayed group if that is unwanted.
+  Convs without BN are not gated.
 - Penalty on the gates, ``lam * sum rho(g)``: ``penalty="l1"`` (rho = |g|) or ``"bounded_l1"``
   (rho = 1 - exp(-|g|/sigma); the bounded variant barely penalises gates far above sigma).
 - Exact zeros [design, VERIFY the paper's mechanism]: the gate penalty is applied as a proximal step

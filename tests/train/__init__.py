@@ -1,0 +1,1 @@
+"""Training-side tests (need the [train] extra)."""
