@@ -100,3 +100,25 @@ def test_make_group_validates_names_and_sizes():
         make_group(model, 0, producers=["nope.weight"])
     with pytest.raises(ValueError):
         make_group(model, 0, producers=["conv1.weight"], consumers=[("fc.weight", 1, 4)])
+
+
+class _LiteralScale(torch.nn.Module):
+    """A per-channel literal in forward becomes an ONNX Constant: no torch tensor behind it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.head = torch.nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        return self.head(self.conv(x) * torch.tensor([1.0, 2.0, 3.0, 4.0]).reshape(1, 4, 1, 1))
+
+
+def test_constant_members_are_noted_not_mapped():
+    """Members that are ONNX Constants (literals) are skipped with a note; the rest of the group maps."""
+    model = _LiteralScale()
+    groups = _by_producers(from_model(model, torch.randn(1, 3, 8, 8)))
+    g = groups[("conv.weight",)]
+    assert {s.name for s in g.slices} >= {"conv.weight", "conv.bias", "head.weight"}, [s.name for s in g.slices]
+    assert all(s.name in dict(model.named_parameters()) for s in g.slices), "only real tensors become slices"
+    assert any("ONNX Constant" in n for n in g.notes), f"the literal must be reported: {g.notes}"
