@@ -19,7 +19,7 @@ from compressor.importance import CRITERIA, score_groups
 from compressor.ir.fold import prepare
 from compressor.ir.graph import GraphIndex
 from compressor.ir.model_io import load_model, ort_max_ir_version, save_model, validate_model
-from compressor.ir.shapes import InputSpec, parse_shape_specs, resolve_inputs
+from compressor.ir.shapes import InputSpec, parse_shape_specs, resolve_inputs, weightless
 from compressor.metrics import count
 from compressor.planning import PlanOptions, PruningPlan, make_plan, plan_from_slices
 from compressor.surgery import apply_plan
@@ -154,14 +154,16 @@ def prune(model, *, ratio: float = 0.5, output: str | os.PathLike | None = None,
 def _finalize(model: onnx.ModelProto) -> onnx.ModelProto:
     """Re-infer shapes on the pruned graph and run the full checker."""
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+        inferred = onnx.shape_inference.infer_shapes(weightless(model), check_type=True, strict_mode=True)
     except Exception as exc:
         raise VerificationError(f"pruned model fails shape inference: {str(exc).splitlines()[0]}") from None
+    declared = {i.name for i in model.graph.input} | {o.name for o in model.graph.output}
+    model.graph.value_info.extend(vi for vi in inferred.graph.value_info if vi.name not in declared)
     try:
-        onnx.checker.check_model(inferred, full_check=True)
+        onnx.checker.check_model(model, full_check=True)
     except Exception as exc:
         raise VerificationError(f"pruned model fails onnx.checker: {str(exc).splitlines()[0]}") from None
-    return inferred
+    return model
 
 
 def _read_plan(path, analysis: Analysis, opts: PlanOptions) -> PruningPlan:

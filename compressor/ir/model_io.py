@@ -79,7 +79,7 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
         onnx.load_external_data_for_model(model, str(p.parent))
     except Exception as exc:
         raise ModelError(f"cannot read external data of {p}: {exc}") from None
-    validate_model(model, str(p))
+    validate_model(model, str(p), path=p)
     return model
 
 
@@ -90,7 +90,7 @@ def default_opset(model: onnx.ModelProto) -> int:
     return 0
 
 
-def validate_model(model: onnx.ModelProto, label: str = "model") -> None:
+def validate_model(model: onnx.ModelProto, label: str = "model", path: Path | None = None) -> None:
     """Structural checks with messages a user can act on."""
     opset = default_opset(model)
     if opset and opset < MIN_OPSET:
@@ -119,8 +119,8 @@ def validate_model(model: onnx.ModelProto, label: str = "model") -> None:
     for out in g.output:
         if out.name not in known:
             raise ModelError(f"{label}: graph output '{out.name}' is not produced by any node")
-    try:
-        onnx.checker.check_model(model, full_check=False)
+    try:  # checking the file avoids serialising the whole model again
+        onnx.checker.check_model(str(path) if path is not None else model, full_check=False)
     except onnx.checker.ValidationError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid model"
         raise ModelError(f"{label}: invalid ONNX graph: {first}") from None

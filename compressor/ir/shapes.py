@@ -121,6 +121,32 @@ def random_feeds(spec: InputSpec, seed: int = 0) -> dict[str, np.ndarray]:
     return feeds
 
 
+def weightless(model: onnx.ModelProto, max_bytes: int = 4096) -> onnx.ModelProto:
+    """A copy of the model for shape inference: large initializers become typed graph inputs.
+
+    Shape inference needs their shapes, not their values; serialising 100 MB of weights for
+    each inference call is what made it slow. Small constants (shape operands) are kept.
+    """
+    m = onnx.ModelProto()
+    for field_name in ("ir_version", "producer_name", "producer_version", "domain", "model_version"):
+        setattr(m, field_name, getattr(model, field_name))
+    m.opset_import.extend(model.opset_import)
+    m.functions.extend(model.functions)
+    g = m.graph
+    g.name = model.graph.name
+    g.node.extend(model.graph.node)
+    g.input.extend(model.graph.input)
+    g.output.extend(model.graph.output)
+    g.value_info.extend(model.graph.value_info)
+    declared = {i.name for i in model.graph.input}
+    for t in model.graph.initializer:
+        if t.ByteSize() <= max_bytes:
+            g.initializer.append(t)
+        elif t.name not in declared:
+            g.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    return m
+
+
 def with_fixed_inputs(model: onnx.ModelProto, spec: InputSpec) -> onnx.ModelProto:
     """A shallow-weights copy of the model whose graph inputs have the concrete shapes."""
     m = onnx.ModelProto()
@@ -143,7 +169,7 @@ def infer_shapes(model: onnx.ModelProto, spec: InputSpec,
     Returns (shapes, values, dtypes). Tensors missing from onnx's static inference and every name in
     ``value_names`` are read from one onnxruntime run.
     """
-    fixed = with_fixed_inputs(model, spec)
+    fixed = with_fixed_inputs(weightless(model), spec)
     shapes: dict[str, tuple[int, ...]] = {}
     dtypes: dict[str, np.dtype] = dict(spec.dtypes)
     try:
@@ -169,7 +195,7 @@ def infer_shapes(model: onnx.ModelProto, spec: InputSpec,
     probe = sorted(set(missing) | wanted)
     values: dict[str, np.ndarray] = {}
     if probe:
-        values = _ort_probe(fixed, spec, probe)
+        values = _ort_probe(with_fixed_inputs(model, spec), spec, probe)
         for name, arr in values.items():
             shapes.setdefault(name, tuple(arr.shape))
             dtypes.setdefault(name, arr.dtype)
