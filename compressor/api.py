@@ -5,12 +5,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from compressor.analysis.groups import Analysis, analyze_index
@@ -22,6 +24,7 @@ from compressor.ir.model_io import load_model, ort_max_ir_version, save_model, v
 from compressor.ir.shapes import InputSpec, parse_shape_specs, resolve_inputs, weightless
 from compressor.metrics import count
 from compressor.planning import PlanOptions, PruningPlan, make_plan, plan_from_slices
+from compressor.planning.budget import plan_cost, plan_for_fraction, plan_for_latency
 from compressor.surgery import apply_plan
 from compressor.verify import masked_original, verify
 
@@ -86,29 +89,57 @@ class PruneResult:
 
 
 def prune(model, *, ratio: float = 0.5, output: str | os.PathLike | None = None, input_shapes=None,
-          global_ranking: bool = False, round_to: int = 1, min_channels: int = 1, exclude=(),
-          importance: str = "l2", plan_in: str | os.PathLike | PruningPlan | None = None,
+          global_ranking: bool = False, round_to: int | str = 1, min_channels: int = 1, exclude=(),
+          importance: str = "auto", plan_in: str | os.PathLike | PruningPlan | None = None,
+          target_macs: float | None = None, target_params: float | None = None,
+          target_latency: float | None = None, provider: str = "cpu", latency_tolerance: float = 0.05,
           verify_model: bool = True, tolerance: float = 1e-4, seed: int = 0) -> PruneResult:
     """Prune a model; verify it against the masked original; write it atomically if ``output``."""
     t0 = time.perf_counter()
     proto, path = _as_model(model)
     if output is not None and path is not None and Path(output).resolve() == Path(path).resolve():
         raise UsageError(f"refusing to overwrite the input model {path}; choose another output path")
-    if importance not in CRITERIA:
-        raise UsageError(f"unknown --importance '{importance}' (choose from {', '.join(sorted(CRITERIA))})")
-    opts = PlanOptions(ratio=ratio, global_ranking=global_ranking, round_to=round_to,
+    budgets = [b for b in (target_macs, target_params, target_latency) if b is not None]
+    if len(budgets) > 1:
+        raise UsageError("give at most one of --target-macs, --target-params, --target-latency")
+    auto_round = round_to == "auto"
+    if not auto_round:
+        try:
+            round_to = int(round_to)
+        except (TypeError, ValueError):
+            raise UsageError(f"--round-to must be a positive integer or 'auto', got {round_to!r}") from None
+    importance, importance_notes = _resolve_importance(proto, importance)
+    opts = PlanOptions(ratio=ratio, global_ranking=global_ranking, round_to=1 if auto_round else round_to,
                        min_channels=min_channels, importance=importance)
     opts.validate()
     spec = _spec(proto, input_shapes)
     index = GraphIndex(proto, spec)
     an = analyze_index(index, exclude=exclude)
 
+    extra: dict = {}
     if plan_in is not None:
         plan = plan_in if isinstance(plan_in, PruningPlan) else _read_plan(plan_in, an, opts)
         plan = plan.rebind(an)
     else:
-        scores = score_groups(an, importance, seed=seed)
-        plan = make_plan(an, scores, opts)
+        scores, notes = _scores(proto, an, importance, seed)
+        importance_notes += notes
+
+        def choose(o: PlanOptions) -> PruningPlan:
+            if target_macs is not None or target_params is not None:
+                kind, frac = ("macs", target_macs) if target_macs is not None else ("params", target_params)
+                res = plan_for_fraction(an, scores, o, kind, frac)
+                extra["budget"] = res.to_dict()
+                return res.plan
+            if target_latency is not None:
+                res = _latency_plan(proto, an, scores, o, target_latency, provider, spec, latency_tolerance)
+                extra["budget"] = res.to_dict()
+                return res.plan
+            return make_plan(an, scores, o)
+
+        if auto_round:
+            plan, extra["round_to_auto"] = _auto_round(proto, an, opts, choose, provider, spec)
+        else:
+            plan = choose(opts)
     keep = plan.keep
     surgery = apply_plan(an, keep)
     pruned = surgery.model
@@ -128,6 +159,7 @@ def prune(model, *, ratio: float = 0.5, output: str | os.PathLike | None = None,
         "input_shapes": {k: list(v) for k, v in spec.shapes.items()},
         "defaults_used": spec.defaults_used,
         "importance": importance,
+        "importance_notes": importance_notes,
         "options": plan.to_dict()["options"],
         "macs_before": macs_b, "macs_after": macs_a,
         "params_before": params_b, "params_after": params_a,
@@ -139,6 +171,7 @@ def prune(model, *, ratio: float = 0.5, output: str | os.PathLike | None = None,
         "barriers": [b.__dict__ for b in an.barriers],
         "verify": ver.to_dict() if ver else {"passed": None, "skipped": True},
         "plan": [s.to_dict() for s in surgery.slices],
+        **extra,
     }
     if ver is not None and not ver.passed:
         report["seconds"] = round(time.perf_counter() - t0, 3)
@@ -149,6 +182,90 @@ def prune(model, *, ratio: float = 0.5, output: str | os.PathLike | None = None,
         save_model(pruned, output, forbid=path)
     report["seconds"] = round(time.perf_counter() - t0, 3)
     return PruneResult(model=pruned, report=report, plan=plan, analysis=an)
+
+
+def _resolve_importance(proto: onnx.ModelProto, importance: str) -> tuple[str, list[str]]:
+    """'auto' means learned importances when the model carries them, else L2 magnitude."""
+    from compressor.importance.learned import read_learned
+
+    names = sorted(CRITERIA) + ["auto", "learned"]
+    if importance not in names:
+        raise UsageError(f"unknown --importance '{importance}' (choose from {', '.join(names)})")
+    has_learned = read_learned(proto) is not None
+    if importance == "auto":
+        return ("learned", ["the model carries learned importances"]) if has_learned else ("l2", [])
+    if importance == "learned" and not has_learned:
+        raise UsageError("--importance learned: the model carries no learned importances "
+                         "(export it with compressor.train.export)")
+    return importance, []
+
+
+def _scores(proto, an: Analysis, importance: str, seed: int) -> tuple[dict, list[str]]:
+    if importance != "learned":
+        return score_groups(an, importance, seed=seed), []
+    from compressor.importance.learned import learned_scores
+
+    learned, notes = learned_scores(proto, an)
+    scores = score_groups(an, "l2")
+    missing = [g.id for g in an.prunable if g.id not in learned or len(learned[g.id]) != g.size]
+    for gid in scores:
+        if gid not in missing:
+            scores[gid] = np.asarray(learned[gid], dtype=np.float64)
+    if missing:
+        notes.append(f"{len(missing)} prunable group(s) had no learned importance; L2 magnitude used for them")
+    return scores, notes
+
+
+def _pruned_for_timing(an: Analysis, plan: PruningPlan) -> onnx.ModelProto:
+    m = apply_plan(an, plan.keep).model
+    m.ir_version = min(m.ir_version, ort_max_ir_version())
+    return m
+
+
+def _latency_plan(proto, an, scores, opts, target_ms, provider, spec, tol):
+    from compressor.bench.api import benchmark
+
+    shapes = [f"{k}:{'x'.join(map(str, v))}" for k, v in spec.shapes.items()]
+    base = benchmark([proto], provider=provider, input_shapes=shapes, progress=False, log=None,
+                     min_time=1.0).results[0].stats.p50_ms
+
+    def measure(plan: PruningPlan) -> float:
+        res = benchmark([proto, _pruned_for_timing(an, plan)], provider=provider, input_shapes=shapes,
+                        progress=False, log=None, min_time=1.0)
+        # the dense model runs interleaved as a drift check: scale by its drift from the first measurement
+        dense, pruned = (r.stats.p50_ms for r in res.results)
+        return pruned * base / dense
+
+    return plan_for_latency(an, scores, opts, target_ms, measure, base, tolerance=tol)
+
+
+AUTO_ROUND_CANDIDATES = (1, 4, 8, 16, 32)
+
+
+def _auto_round(proto, an, opts, choose, provider, spec):
+    """Plan with each channel multiple, time them all interleaved, keep the fastest."""
+    from compressor.bench.api import benchmark
+
+    candidates = []
+    for r in AUTO_ROUND_CANDIDATES:
+        try:
+            plan = choose(dataclasses.replace(opts, round_to=r))
+        except UsageError:
+            continue
+        candidates.append((r, plan))
+    if not candidates:
+        raise UsageError("--round-to auto: no channel multiple meets the budget")
+    shapes = [f"{k}:{'x'.join(map(str, v))}" for k, v in spec.shapes.items()]
+    res = benchmark([_pruned_for_timing(an, p) for _, p in candidates], provider=provider, input_shapes=shapes,
+                    progress=False, log=None, min_time=1.0)
+    table = []
+    for (r, plan), m in zip(candidates, res.results):
+        table.append({"round_to": r, "macs": plan_cost(an, plan.keep)[0], "latency_ms": m.stats.p50_ms,
+                      "provider": m.provider})
+    best = min(range(len(table)), key=lambda i: table[i]["latency_ms"])
+    plan = candidates[best][1]
+    plan.options = dataclasses.replace(plan.options, round_to=candidates[best][0])
+    return plan, {"chosen": candidates[best][0], "measured": table}
 
 
 def _finalize(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -78,6 +78,16 @@ def render_prune_report(r: dict) -> str:
                    f"(tolerance {v['tolerance']:g}, {v['trials']} random inputs, {v['provider']})")
     if r.get("barriers"):
         out.append(f"barriers: {len(r['barriers'])} (run `compress inspect` for details)")
+    if r.get("budget"):
+        b = r["budget"]
+        unit = " ms" if b["kind"] == "latency" else " of the original"
+        out.append(f"budget: {b['kind']} target {b['target']:g}{unit}, reached {b['achieved']:.4g}{unit} "
+                   f"({len(b['steps'])} candidate plans)")
+    if r.get("round_to_auto"):
+        ra = r["round_to_auto"]
+        out.append("round-to auto: " + ", ".join(f"{m['round_to']}: {m['latency_ms']:.3f} ms" for m in ra["measured"])
+                   + f" -> {ra['chosen']}")
+    out.append(f"importance: {r['importance']}" + "".join(f"; {n}" for n in r.get("importance_notes", [])))
     for d in r.get("defaults_used", []):
         out.append(f"default used: {d}")
     if r.get("output"):
@@ -110,11 +120,17 @@ shape_option = click.option("--input-shape", "input_shapes", multiple=True, meta
               help="Fraction of channels removed from each prunable group (in [0, 1)).")
 @click.option("--global", "global_ranking", is_flag=True, help="Rank channels across all groups instead of "
               "removing the same fraction from each.")
-@click.option("--round-to", type=int, default=1, show_default=True, help="Keep channel counts multiples of N.")
+@click.option("--round-to", default="1", show_default=True, metavar="N|auto",
+              help="Keep channel counts multiples of N; 'auto' times 1/4/8/16/32 on --provider and keeps the fastest.")
+@click.option("--target-macs", type=float, metavar="F", help="Keep at most fraction F of the MACs (instead of --ratio).")
+@click.option("--target-params", type=float, metavar="F", help="Keep at most fraction F of the parameters.")
+@click.option("--target-latency", type=float, metavar="MS",
+              help="Prune until the measured latency on --provider is within 5%% of MS milliseconds.")
 @click.option("--min-channels", type=int, default=1, show_default=True, help="Never keep fewer channels in a group.")
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Protect groups touching these node or tensor "
               "names (repeatable).")
-@click.option("--importance", default="l2", show_default=True, help="Channel criterion: l1, l2, bn, random.")
+@click.option("--importance", default="auto", show_default=True,
+              help="Channel criterion: auto (learned when the model carries it, else l2), learned, l1, l2, bn, random.")
 @shape_option
 @click.option("--plan-out", type=click.Path(), help="Write the pruning plan (JSON) here.")
 @click.option("--plan-in", type=click.Path(), help="Replay a plan written by --plan-out on the same model.")
@@ -123,11 +139,12 @@ shape_option = click.option("--input-shape", "input_shapes", multiple=True, meta
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for random inputs / random importance.")
 @click.option("--bench", is_flag=True, help="Also measure latency before/after (interleaved).")
 @click.option("--provider", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda", "tensorrt"]),
-              help="Provider for --bench.")
+              help="Provider for --bench, --target-latency and --round-to auto.")
 @click.option("--dry-run", is_flag=True, help="Plan, prune and verify, but write no model.")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report on stdout.")
 @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
-def prune_command(model, output, ratio, global_ranking, round_to, min_channels, exclude, importance,
+def prune_command(model, output, ratio, global_ranking, round_to, target_macs, target_params, target_latency,
+                  min_channels, exclude, importance,
                   input_shapes, plan_out, plan_in, no_verify, tolerance, seed, bench, provider, dry_run,
                   as_json, debug):
     """Prune MODEL's channel groups and write a verified, smaller model."""
@@ -139,6 +156,8 @@ def prune_command(model, output, ratio, global_ranking, round_to, min_channels, 
             raise UsageError("missing -o/--output (or pass --dry-run)")
         res = api.prune(model, ratio=ratio, output=None if dry_run else output, input_shapes=input_shapes,
                         global_ranking=global_ranking, round_to=round_to, min_channels=min_channels,
+                        target_macs=target_macs, target_params=target_params, target_latency=target_latency,
+                        provider=provider,
                         exclude=exclude, importance=importance, plan_in=plan_in, verify_model=not no_verify,
                         tolerance=tolerance, seed=seed)
         report = res.report

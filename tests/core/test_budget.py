@@ -1,0 +1,76 @@
+"""Budgets: MACs/params targets are met with the least pruning; latency targets converge on a
+(simulated) measurement; impossible budgets are refused with nothing written."""
+
+from __future__ import annotations
+
+import pytest
+
+from compressor import api
+from compressor.errors import UsageError
+from compressor.planning import PlanOptions
+from compressor.planning.budget import plan_cost, plan_for_fraction, plan_for_latency
+from compressor.importance import score_groups
+from tests.core.graphs import G
+
+
+def net():
+    g = G()
+    x = g.input("x", [1, 3, 8, 8])
+    h = g.cbr(x, 3, 32)
+    h = g.op("Add", [h, g.cbr(h, 32, 32)])
+    h = g.cbr(h, 32, 48)
+    return g.model([g.conv(h, 48, 4)])
+
+
+@pytest.mark.parametrize("kind,fraction,global_ranking", [("macs", 0.5, False), ("macs", 0.25, True),
+                                                          ("params", 0.4, False)])
+def test_fraction_budget_is_met_closely(kind, fraction, global_ranking):
+    res = api.prune(net(), **{f"target_{kind}": fraction}, global_ranking=global_ranking)
+    r = res.report
+    got = (r["macs_after"] / r["macs_before"]) if kind == "macs" else (r["params_after"] / r["params_before"])
+    assert got <= fraction + 1e-9, f"budget {fraction} exceeded: {got}"
+    assert got >= fraction - 0.08, f"pruned far more than needed: {got} for {fraction}"
+    assert r["verify"]["passed"] and r["budget"]["kind"] == kind
+
+
+def test_unreachable_budget_is_a_usage_error():
+    with pytest.raises(UsageError, match="unreachable"):
+        api.prune(net(), target_macs=0.001)
+
+
+def test_two_budgets_conflict():
+    with pytest.raises(UsageError, match="at most one"):
+        api.prune(net(), target_macs=0.5, target_params=0.5)
+
+
+def test_latency_search_converges_on_a_latency_model():
+    """With latency = 0.2 ms + 1 ms per GMAC-fraction (a stand-in for onnxruntime), the search lands
+    within 5% of the target."""
+    an = api.analyze(net())
+    scores = score_groups(an, "l2")
+    base_macs = plan_cost(an, {})[0]
+
+    def measure(plan):
+        return 0.2 + plan_cost(an, plan.keep)[0] / base_macs
+
+    res = plan_for_latency(an, scores, PlanOptions(), 0.6, measure, base_ms=1.2)
+    assert abs(res.achieved - 0.6) / 0.6 <= 0.05, res.steps
+    with pytest.raises(UsageError, match="unreachable"):
+        plan_for_latency(an, scores, PlanOptions(), 0.1, measure, base_ms=1.2)
+
+
+def test_round_to_auto_measures_candidates_and_keeps_multiples():
+    res = api.prune(net(), ratio=0.5, round_to="auto")
+    ra = res.report["round_to_auto"]
+    assert {m["round_to"] for m in ra["measured"]} >= {1, 4, 8}
+    chosen = ra["chosen"]
+    assert min(ra["measured"], key=lambda m: m["latency_ms"])["round_to"] == chosen
+    for g in res.plan.groups:
+        if g.removed:
+            assert len(g.kept) % chosen == 0 or len(g.kept) == g.size
+
+
+def test_fraction_rejects_out_of_range():
+    an = api.analyze(net())
+    with pytest.raises(UsageError):
+        plan_for_fraction(an, score_groups(an, "l2"), PlanOptions(), "macs", 1.5)
