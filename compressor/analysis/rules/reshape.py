@@ -84,10 +84,12 @@ def map_reshape(node, ctx: AnalysisContext, x: str, y: str) -> None:
             factor = math.prod(xs[a] for a in bi[1:])
             ctx.set_layout(y, bj[0], tuple((g, inner * factor) for g, inner in lay))
             continue
-        if len(bi) == 1 and len(bj) == 2 and _swapped_next(ctx, y, bj[0], bj[1]):
-            # channel shuffle: [C] -> [g, C/g], then a Transpose swaps the two. Exact when the g
-            # slices lose the same channels: the inner axis carries one group J, and the input's
-            # channels are J repeated g times; after the swap and merge, J owns g positions each.
+        if len(bi) == 1 and len(bj) == 2 and (_swapped_next(ctx, y, bj[0], bj[1])
+                                              or _outer_selected(ctx, y, bj[0])):
+            # [C] -> [g, C/g] where the g slices are then swapped inward (a channel shuffle) or
+            # taken apart (packed Q/K/V: [3E] -> [3, E], then select 0, 1, 2). Exact when the g
+            # slices lose the same channels: the inner axis carries one group J and the input's
+            # channels are J repeated g times (after a shuffle's swap and merge, J owns g positions).
             g, inner_n = ys[bj[0]], ys[bj[1]]
             j = ctx.table.new(inner_n, origin=ctx.label(node))
             ctx.unify(lay, ((j, 1),) * g, f"{where} (channel shuffle)")  # freezes both if impossible
@@ -125,6 +127,60 @@ def _swapped_next(ctx: AnalysisContext, y: str, outer: int, inner: int) -> bool:
             return False
         perm = list(ctx.attr(node, "perm", []))
         if outer not in perm or inner not in perm or perm.index(inner) > perm.index(outer):
+            return False
+    return True
+
+
+def _axes_operand(ctx: AnalysisContext, node) -> list[int] | None:
+    axes = ctx.attr(node, "axes", None)
+    if axes is None and len(node.input) > 1 and node.input[1]:
+        v = ctx.value(node.input[1])
+        axes = None if v is None else [int(a) for a in np.asarray(v).reshape(-1)]
+    return None if axes is None else list(axes)
+
+
+def _outer_selected(ctx: AnalysisContext, t: str, axis: int, depth: int = 0) -> bool:
+    """Is axis ``axis`` of ``t`` (through Unsqueeze/Squeeze/Transpose) only ever taken apart by a
+    constant Gather, Split or Slice along it on every path?"""
+    users = ctx.index.consumers.get(t, [])
+    if not users or depth > 6 or t in ctx.index.output_names:
+        return False
+    for node, slot in users:
+        if slot != 0:
+            return False
+        op = node.op_type
+        out = node.output[0]
+        if op == "Transpose":
+            perm = list(ctx.attr(node, "perm", []))
+            if axis not in perm or not _outer_selected(ctx, out, perm.index(axis), depth + 1):
+                return False
+        elif op in ("Unsqueeze", "Squeeze"):
+            axes = _axes_operand(ctx, node)
+            r_in, r_out = ctx.rank(t), ctx.rank(out)
+            if axes is None or r_in is None or r_out is None:
+                return False
+            if op == "Unsqueeze":
+                axes = sorted(a % r_out for a in axes)
+                keep = [a for a in range(r_out) if a not in axes]
+                new_axis = keep[axis]
+            else:
+                axes = sorted(a % r_in for a in axes)
+                if axis in axes:
+                    return False
+                new_axis = axis - sum(1 for a in axes if a < axis)
+            if not _outer_selected(ctx, out, new_axis, depth + 1):
+                return False
+        elif op == "Gather":
+            r = ctx.rank(t)
+            if r is None or int(ctx.attr(node, "axis", 0)) % r != axis or ctx.const(node.input[1]) is None:
+                return False
+            if np.asarray(ctx.const(node.input[1])).size != 1:
+                return False
+        elif op == "Split":
+            r = ctx.rank(t)
+            if r is None or int(ctx.attr(node, "axis", 0)) % r != axis:
+                return False
+        else:
             return False
     return True
 
