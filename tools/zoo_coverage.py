@@ -128,6 +128,8 @@ def export(name: str, exporter: str, cache: Path, fresh: bool = False) -> Path:
     model = build_model(name)
     x = example_input(name)
     tmp = cache / f".{name}_{exporter}.tmp.onnx"
+    # nn.MultiheadAttention's eval fast path is one fused op that the TorchScript exporter lacks
+    torch.backends.mha.set_fastpath_enabled(False)
     with torch.no_grad(), _quiet():
         if exporter == "dynamo":
             torch.onnx.export(model, (x,), str(tmp), dynamo=True, input_names=["input"],
