@@ -6,10 +6,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-from onnx import helper
 
 from compressor.analysis.layout import GroupTable, Layout, LayoutError
-from compressor.ir.graph import GraphIndex, subgraph_outer_refs
+from compressor.ir.graph import GraphIndex, node_attr, subgraph_outer_refs
 
 #: Roles of constants that carry a group's channels.
 PRODUCER, CONSUMER, PARAM = "producer", "consumer", "param"
@@ -69,12 +68,7 @@ class AnalysisContext:
     def value(self, name: str) -> np.ndarray | None:
         return self.index.value(name)
 
-    @staticmethod
-    def attr(node: onnx.NodeProto, name: str, default=None):
-        for a in node.attribute:
-            if a.name == name:
-                return helper.get_attribute_value(a)
-        return default
+    attr = staticmethod(node_attr)
 
     def label(self, node: onnx.NodeProto) -> str:
         return self.index.node_label(node)
@@ -136,6 +130,30 @@ class AnalysisContext:
                 self.members[key] = MemberRecord(name, axis, role, self.label(node), node.op_type, slot)
         for g, _ in self.table.normalize(layout):
             self.group_nodes.setdefault(self.table.find(g), set()).add(self.label(node))
+
+    def join(self, node: onnx.NodeProto, operands: list[tuple[str, int]], out: str | None, out_axis: int,
+             what: str) -> Layout | None:
+        """Operands ``(tensor, axis)`` that carry the same channels (residual adds, concat's other
+        axes, batch axes): tracked layouts are unified, constants become PARAM members, an untracked
+        run-time operand freezes the channels. The result is set on ``out`` at ``out_axis``."""
+        lays = [(x, ax, self.layout(x, ax)) for x, ax in operands]
+        tracked = [lay for _, _, lay in lays if lay is not None]
+        if not tracked:
+            return None
+        where = f"{node.op_type} '{self.label(node)}' {what}"
+        lay = tracked[0]
+        for other in tracked[1:]:
+            lay = self.unify(lay, other, where)
+        for x, ax, cur in lays:
+            if cur is not None:
+                continue
+            if self.is_const(x):
+                self.bind(x, ax, lay, PARAM, node, list(node.input).index(x))
+            else:
+                self.freeze_layout(lay, f"{where} combines channels with untracked tensor '{x}'")
+        if out is not None:
+            self.set_layout(out, out_axis, lay)
+        return lay
 
     def copy_layouts(self, src: str, dst: str, axis_map: dict[int, int] | None = None,
                      node: onnx.NodeProto | None = None) -> None:

@@ -22,6 +22,14 @@ SHAPE_OPERANDS: dict[str, tuple[int, ...]] = {
 }
 
 
+def node_attr(node: onnx.NodeProto, name: str, default=None):
+    """A node attribute's Python value, or ``default``."""
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
 def subgraph_outer_refs(node: onnx.NodeProto) -> set[str]:
     """Names a control-flow node's subgraphs read from the enclosing scope."""
     refs: set[str] = set()

@@ -8,6 +8,7 @@ from onnx import helper, numpy_helper
 
 from compressor.analysis.groups import Analysis
 from compressor.analysis.layout import positions
+from compressor.ir.graph import node_attr
 
 
 class SurgeryContext:
@@ -50,12 +51,7 @@ class SurgeryContext:
     def is_const(self, name: str) -> bool:
         return self.index.is_const(name)
 
-    @staticmethod
-    def attr(node: onnx.NodeProto, name: str, default=None):
-        for a in node.attribute:
-            if a.name == name:
-                return helper.get_attribute_value(a)
-        return default
+    attr = staticmethod(node_attr)
 
     # ---- editing -----------------------------------------------------------
     def set_attr(self, node: onnx.NodeProto, name: str, value) -> None:

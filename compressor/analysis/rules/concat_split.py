@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from compressor.analysis.context import PARAM, AnalysisContext
+from compressor.analysis.context import AnalysisContext
 from compressor.analysis.layout import LayoutError
 from compressor.analysis.registry import Rule, register_rule
 
@@ -19,20 +19,7 @@ def _unify_other_axes(node, ctx: AnalysisContext, inputs, out, skip_axis) -> Non
     for a in range(rank):
         if a == skip_axis:
             continue
-        lays = [(x, ctx.layout(x, a)) for x in inputs]
-        tracked = [lay for _, lay in lays if lay is not None]
-        if not tracked:
-            continue
-        lay = tracked[0]
-        for other in tracked[1:]:
-            lay = ctx.unify(lay, other, f"{node.op_type} '{ctx.label(node)}' axis {a}")
-        for x, cur in lays:
-            if cur is None:
-                if ctx.is_const(x):
-                    ctx.bind(x, a, lay, PARAM, node, list(node.input).index(x))
-                else:
-                    ctx.freeze_layout(lay, f"{node.op_type} '{ctx.label(node)}' joins an untracked tensor '{x}'")
-        ctx.set_layout(out, a, lay)
+        ctx.join(node, [(x, a) for x in inputs], out, a, f"axis {a}")
 
 
 @register_rule("Concat")

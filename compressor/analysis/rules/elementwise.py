@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import onnx
 
-from compressor.analysis.context import PARAM, AnalysisContext
+from compressor.analysis.context import AnalysisContext
 from compressor.analysis.registry import Rule, register_rule
 
 UNARY = (
@@ -57,20 +57,4 @@ class Broadcast(Rule):
                 if ax < 0 or (xs[ax] == 1 and out_shape[a] != 1):
                     continue
                 operands.append((x, ax))
-            layouts = [(x, ax, ctx.layout(x, ax)) for x, ax in operands]
-            tracked = [(x, ax, lay) for x, ax, lay in layouts if lay is not None]
-            if not tracked:
-                continue
-            lay = tracked[0][2]
-            for x, ax, other in tracked[1:]:
-                lay = ctx.unify(lay, other, f"{node.op_type} node '{ctx.label(node)}'")
-            for x, ax, cur in layouts:
-                if cur is not None:
-                    continue
-                if ctx.is_const(x):
-                    ctx.bind(x, ax, lay, PARAM, node, list(node.input).index(x))
-                else:
-                    ctx.freeze_layout(
-                        lay, f"{node.op_type} node '{ctx.label(node)}' combines channels with "
-                        f"untracked tensor '{x}'")
-            ctx.set_layout(out, a, lay)
+            ctx.join(node, operands, out, a, f"axis {a}")

@@ -106,17 +106,6 @@ class MatMul(Rule):
             ctx.set_layout(y, ry - 1, ctx.layout(b, rb - 1))
         ys = ctx.shape(y)
         for ay in range(ry - 2):
-            lays = []
-            for x, r in ((a, ra), (b, rb)):
-                ax = ay - (ry - r)
-                if ax >= 0 and ctx.shape(x)[ax] == ys[ay]:
-                    lays.append((x, ctx.layout(x, ax)))
-            tracked = [lay for _, lay in lays if lay is not None]
-            if not tracked:
-                continue
-            lay = tracked[0]
-            for other in tracked[1:]:
-                lay = ctx.unify(lay, other, f"MatMul '{ctx.label(node)}' batch axis {ay}")
-            if len(tracked) < len(lays):
-                ctx.freeze_layout(lay, f"MatMul '{ctx.label(node)}' batch axis {ay} meets an untracked tensor")
-            ctx.set_layout(y, ay, lay)
+            operands = [(x, ay - (ry - r)) for x, r in ((a, ra), (b, rb))
+                        if ay - (ry - r) >= 0 and ctx.shape(x)[ay - (ry - r)] == ys[ay]]
+            ctx.join(node, operands, y, ay, f"batch axis {ay}")
