@@ -294,3 +294,18 @@ def test_round_to_and_min_channels_are_respected():
     assert shapes(res.model)[w][0] == 8, "20 * 0.3 = 6 kept, rounded up to 8"
     res = prune_ok(g.model([y]), ratio=0.9, min_channels=5)
     assert shapes(res.model)[w][0] == 5
+
+
+def test_exclude_protects_matching_groups_and_says_why():
+    g = G()
+    x = g.input("x", [1, 3, 8, 8])
+    a = g.cbr(x, 3, 8)
+    b = g.cbr(a, 8, 8)
+    y = g.conv(b, 8, 2)
+    m = g.model([y])
+    first_conv = m.graph.node[0].name
+    res = prune_ok(m, exclude=[first_conv])
+    excluded = [grp for grp in res.analysis.groups if any("excluded" in r for r in grp.reasons)]
+    assert len(excluded) == 1 and first_conv in excluded[0].reasons[0]
+    w0 = m.graph.node[0].input[1]
+    assert shapes(res.model)[w0][0] == 8, "the excluded conv keeps all its filters"
