@@ -146,13 +146,15 @@ def prune(model, *, ratio: float = 0.5, output: str | os.PathLike | None = None,
     pruned.ir_version = min(pruned.ir_version, ort_max_ir_version())
     pruned = _finalize(pruned)
 
+    macs_b, params_b, _ = count(index)
+    macs_a, params_a, _ = count(index, surgery.context.new_shape)
+    index.release_values()  # the weights' numpy copies are not needed past this point
     ver = None
     if verify_model:
         reference = masked_original(an, keep)
         reference.ir_version = pruned.ir_version
         ver = verify(reference, pruned, spec, tolerance=tolerance, seed=seed)
-    macs_b, params_b, _ = count(index)
-    macs_a, params_a, _ = count(index, surgery.context.new_shape)
+        del reference
     report = {
         "input": path,
         "output": str(output) if output is not None else None,

@@ -95,6 +95,10 @@ class GraphIndex:
         self._const_cache[name] = v
         return v
 
+    def release_values(self) -> None:
+        """Drop cached numpy copies of the constants (they are rebuilt on demand)."""
+        self._const_cache.clear()
+
     def value(self, name: str) -> np.ndarray | None:
         """A constant's value, or the probed run-time value of a shape operand."""
         v = self.const(name)

@@ -80,11 +80,16 @@ def _dtype_of(analysis: Analysis, name: str) -> np.dtype:
 def _session(model: onnx.ModelProto):
     import onnxruntime as ort
 
+    data = model.SerializeToString()
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    opts.add_session_config_entry("session.use_device_allocator_for_initializers", "1")
+    try:
+        return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+    finally:
+        del data
 
 
 def verify(reference: onnx.ModelProto, pruned: onnx.ModelProto, spec: InputSpec, *,
