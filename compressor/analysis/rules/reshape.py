@@ -84,17 +84,20 @@ def map_reshape(node, ctx: AnalysisContext, x: str, y: str) -> None:
             factor = math.prod(xs[a] for a in bi[1:])
             ctx.set_layout(y, bj[0], tuple((g, inner * factor) for g, inner in lay))
             continue
-        if len(bi) == 1 and len(bj) == 2 and (_swapped_next(ctx, y, bj[0], bj[1])
+        if len(bi) == 1 and len(bj) >= 2 and ((len(bj) == 2 and _swapped_next(ctx, y, bj[0], bj[1]))
                                               or _outer_selected(ctx, y, bj[0])):
-            # [C] -> [g, C/g] where the g slices are then swapped inward (a channel shuffle) or
-            # taken apart (packed Q/K/V: [3E] -> [3, E], then select 0, 1, 2). Exact when the g
-            # slices lose the same channels: the inner axis carries one group J and the input's
-            # channels are J repeated g times (after a shuffle's swap and merge, J owns g positions).
-            g, inner_n = ys[bj[0]], ys[bj[1]]
-            j = ctx.table.new(inner_n, origin=ctx.label(node))
-            ctx.unify(lay, ((j, 1),) * g, f"{where} (channel shuffle)")  # freezes both if impossible
-            ctx.set_layout(y, bj[1], ((j, 1),))
-            continue
+            # [C] -> [g, C/g, ...] where the g slices are then swapped inward (a channel shuffle)
+            # or taken apart (packed Q/K/V: [3E] -> [3, E] or [3, heads, head_dim], then select
+            # 0, 1, 2). Exact when the g slices lose the same channels: the rest carries one
+            # group J and the input's channels are J repeated g times (after a shuffle's swap and
+            # merge, J owns g positions). J itself is then split over the remaining axes.
+            g = ys[bj[0]]
+            j = ctx.table.new(ctx.table.length(lay) // g, origin=ctx.label(node))
+            ctx.unify(lay, ((j, 1),) * g, f"{where} (slices of channel axis {ax})")  # freezes if impossible
+            lay, bj = ((j, 1),), bj[1:]
+            if len(bj) == 1:
+                ctx.set_layout(y, bj[0], lay)
+                continue
         if len(bi) == 1:  # split: outer output axis carries blocks of the inner product
             t = math.prod(ys[a] for a in bj[1:])
             ok = True
