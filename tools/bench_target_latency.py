@@ -1,0 +1,202 @@
+"""Does ``--target-latency`` meet its target? Prune to fractions of the dense latency, re-measure.
+
+For each model (default resnet50 and mobilenet_v2, the dense ONNX that tools/bench_peers.py
+exported, else out/zoo/<model>_legacy.onnx) this measures the dense latency on the CPU provider
+(2 threads, spinning off), asks ``compressor.api.prune(target_latency=f * dense)`` for each
+fraction f (default 0.6 and 0.4), and re-measures the pruned model independently afterwards,
+interleaved with the dense model. It prints and writes one row per (model, f):
+
+    target ms | achieved ms (re-measured) | error | MACs fraction | steps | seconds
+
+"achieved" is the dense latency measured before the run times the re-measured per-round
+pruned/dense ratio, so load changes between the run and the re-measurement cancel; the raw p50 of
+the re-measurement is shown beside it. The goal is |error| <= 5%.
+
+    .venv-zoo/bin/python tools/bench_target_latency.py            # appends its table to docs/benchmarks.md
+    .venv-zoo/bin/python tools/bench_target_latency.py --models mobilenet_v2 --fractions 0.5 --no-doc
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import shlex
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "out" / "peers"
+DOC = ROOT / "docs" / "benchmarks.md"
+MODELS = ["resnet50", "mobilenet_v2"]
+FRACTIONS = [0.6, 0.4]
+THREADS = 2
+TOLERANCE = 0.05
+
+
+@dataclass
+class Row:
+    model: str
+    fraction: float
+    dense_ms: float
+    target_ms: float
+    status: str = "ok"
+    engine_ms: float | None = None  # what the engine measured for the plan it chose
+    achieved_ms: float | None = None  # dense_ms * re-measured (pruned / dense)
+    raw_p50_ms: float | None = None  # re-measured p50, no drift correction
+    remeasured_dense_ms: float | None = None
+    macs_fraction: float | None = None
+    steps: list = field(default_factory=list)
+    seconds: float | None = None
+    note: str = ""
+
+    @property
+    def error(self) -> float | None:
+        return None if self.achieved_ms is None else self.achieved_ms / self.target_ms - 1.0
+
+    @property
+    def raw_error(self) -> float | None:
+        return None if self.raw_p50_ms is None else self.raw_p50_ms / self.target_ms - 1.0
+
+
+def dense_path(name: str) -> Path:
+    for p in (OUT / name / "dense.onnx", ROOT / "out" / "zoo" / f"{name}_legacy.onnx"):
+        if p.exists():
+            return p
+    sys.path.insert(0, str(ROOT / "tools"))
+    import bench_peers  # needs torchvision: the zoo venv
+    import zoo_coverage
+
+    p = OUT / name / "dense.onnx"
+    p.parent.mkdir(parents=True, exist_ok=True)
+    bench_peers.export_onnx(zoo_coverage.build_model(name), zoo_coverage.example_input(name), p)
+    return p
+
+
+def run(name: str, fractions: list[float], min_time: float) -> list[Row]:
+    from compressor import api
+    from compressor.bench import benchmark
+
+    dense = dense_path(name)
+    base = benchmark([str(dense)], provider="cpu", threads=THREADS, min_time=min_time, progress=False,
+                     log=None).results[0].stats.p50_ms
+    rows = []
+    for f in fractions:
+        row = Row(model=name, fraction=f, dense_ms=base, target_ms=f * base)
+        out = OUT / name / f"target_latency_{f:g}.onnx"
+        t0 = time.perf_counter()
+        try:
+            rep = api.prune(str(dense), target_latency=row.target_ms, provider="cpu", output=str(out)).report
+        except Exception as exc:  # noqa: BLE001 - a row per failure
+            row.seconds = time.perf_counter() - t0
+            row.status, row.note = "error", f"{type(exc).__name__}: {' '.join(str(exc).split())[:240]}"
+            if os.environ.get("DEBUG"):
+                traceback.print_exc()
+            rows.append(row)
+            print(f"  {name} x{f:g}: {row.note}", flush=True)
+            continue
+        row.seconds = time.perf_counter() - t0
+        row.engine_ms = rep["budget"]["achieved"]
+        row.steps = rep["budget"]["steps"]
+        row.macs_fraction = rep["macs_after"] / rep["macs_before"]
+        res = benchmark([str(dense), str(out)], provider="cpu", threads=THREADS, min_time=min_time,
+                        progress=False, log=None)
+        d, p = res.results
+        row.remeasured_dense_ms = d.stats.p50_ms
+        row.raw_p50_ms = p.stats.p50_ms
+        row.achieved_ms = base / p.ratio_to_first.median
+        rows.append(row)
+        print(f"  {name} x{f:g}: target {row.target_ms:.2f} ms, achieved {row.achieved_ms:.2f} ms "
+              f"({row.error:+.1%}; raw p50 {row.raw_p50_ms:.2f}, {row.raw_error:+.1%}), MACs {row.macs_fraction:.3f}, "
+              f"{len(row.steps)} steps, {row.seconds:.0f}s", flush=True)
+    return rows
+
+
+def _f(v, spec):
+    return "–" if v is None else format(v, spec)
+
+
+def markdown(rows: list[Row], meta: dict) -> str:
+    lines = [
+        "<!-- generated by tools/bench_target_latency.py -->",
+        f"Generated by `{meta['command']}` on {meta['date']}; onnxruntime {meta['onnxruntime']}, CPU provider, "
+        f"{THREADS} threads, spinning off; load (1-min) {meta['load_before']:.1f} → {meta['load_after']:.1f}.",
+        "",
+        "target = fraction × the dense p50 measured just before; achieved = that dense p50 × the re-measured "
+        "per-round pruned/dense ratio (an independent interleaved run after pruning); raw = the re-measured "
+        "pruned p50 as is (includes load drift since the target was set); engine = what the search measured "
+        "for the plan it kept. Goal: |error| ≤ 5%.",
+        "",
+        "| model | fraction | dense ms | target ms | achieved ms | error | raw p50 ms (error) | engine ms "
+        "| MACs fraction | steps (MACs frac → ms) | seconds | met |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        steps = ", ".join(f"{s['macs_fraction']:.3f}→{s['latency_ms']:.1f}" for s in r.steps)
+        if r.status != "ok":
+            lines.append(f"| {r.model} | {r.fraction:g} | {r.dense_ms:.2f} | {r.target_ms:.2f} | – | – | – | – | – "
+                         f"| – | {_f(r.seconds, '.0f')} | ✗ {r.note} |")
+            continue
+        met = "✓" if abs(r.error) <= TOLERANCE else "✗"
+        lines.append(
+            f"| {r.model} | {r.fraction:g} | {r.dense_ms:.2f} | {r.target_ms:.2f} | {r.achieved_ms:.2f} | "
+            f"{r.error:+.1%} | {r.raw_p50_ms:.2f} ({r.raw_error:+.1%}) | {_f(r.engine_ms, '.2f')} | "
+            f"{r.macs_fraction:.3f} | {len(r.steps)}: {steps} | {r.seconds:.0f} | {met} |")
+    ok = sum(1 for r in rows if r.status == "ok" and abs(r.error) <= TOLERANCE)
+    lines += ["", f"{ok}/{len(rows)} targets met within ±{TOLERANCE:.0%} (drift-corrected)."]
+    return "\n".join(lines) + "\n"
+
+
+BEGIN, END = "<!-- target-latency:begin -->", "<!-- target-latency:end -->"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--fractions", default=",".join(f"{f:g}" for f in FRACTIONS),
+                    help="targets as fractions of the dense latency")
+    ap.add_argument("--min-time", type=float, default=3.0, help="seconds per model in each measurement")
+    ap.add_argument("--doc", default=str(DOC))
+    ap.add_argument("--no-doc", action="store_true")
+    args = ap.parse_args(argv)
+    try:
+        fractions = [float(f) for f in args.fractions.split(",") if f.strip()]
+    except ValueError:
+        ap.error(f"--fractions must be numbers like 0.6,0.4, got {args.fractions!r}")
+    if not fractions or not all(0 < f < 1 for f in fractions):
+        ap.error("--fractions must be in (0, 1)")
+    os.environ.setdefault("COMPRESSOR_STRICT_RULES", "0")
+    import onnxruntime as ort
+
+    load_before = os.getloadavg()[0]
+    rows: list[Row] = []
+    for i, name in enumerate(m.strip() for m in args.models.split(",") if m.strip()):
+        print(f"[{i + 1}] {name}", flush=True)
+        rows += run(name, fractions, args.min_time)
+    shown = sys.argv[1:] if argv is None else argv
+    meta = {
+        "command": (".venv-zoo/bin/python tools/bench_target_latency.py " + " ".join(shlex.quote(a) for a in shown)).strip(),
+        "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "onnxruntime": ort.__version__,
+        "load_before": load_before,
+        "load_after": os.getloadavg()[0],
+    }
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "target_latency.json").write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=1))
+    text = markdown(rows, meta)
+    print(text)
+    if not args.no_doc:
+        sys.path.insert(0, str(ROOT / "tools"))
+        from bench_peers import write_block
+
+        write_block(Path(args.doc), BEGIN, END, text, "## `--target-latency` on the CPU provider")
+        print(f"wrote {args.doc}")
+    return 0 if all(r.status == "ok" and abs(r.error) <= TOLERANCE for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
