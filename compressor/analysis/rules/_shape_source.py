@@ -6,14 +6,16 @@ with literal constants mixed in (``x.view(n, 12, 64)``). Each entry of such a ve
 one of:
 
 - ``dim``: ``Shape(tensor)[axis]``, which adapts by itself when that axis is pruned;
-- ``const``: a literal; ``where`` names the constant operand of a Concat that holds it, so surgery
-  can rewrite it when the channel count it states changes;
+- ``const``: a literal;
 - ``unknown``: arithmetic or anything else not followed.
+
+``where`` names the Concat operand that holds an entry (a constant, or a computed one-element
+operand), so surgery can state the pruned channel count there, which is static.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -44,7 +46,11 @@ def trace(ctx: AnalysisContext, name: str, depth: int = 0) -> list[Entry] | None
         return [Entry("const", int(a)) for a in v]
     prod = index.producer.get(name)
     known = index.value(name)
-    fallback = None if known is None else [Entry("unknown") for _ in np.asarray(known).reshape(-1)]
+    if known is not None:
+        fallback = [Entry("unknown") for _ in np.asarray(known).reshape(-1)]
+    else:  # the length alone, from the inferred shape (a scalar counts as one entry)
+        shape = ctx.shape(name)
+        fallback = None if shape is None or len(shape) > 1 else [Entry("unknown")] * (shape[0] if shape else 1)
     if prod is None or depth > MAX_DEPTH:
         return fallback
     idx, node = prod
@@ -94,6 +100,8 @@ def trace(ctx: AnalysisContext, name: str, depth: int = 0) -> list[Entry] | None
                 return fallback
             if index.is_const(x):
                 part = [Entry("const", e.value, where=(idx, slot, i)) for i, e in enumerate(part)]
+            elif len(part) == 1:  # a computed one-element operand can be replaced by a literal
+                part = [replace(part[0], where=(idx, slot, 0))]
             out.extend(part)
         return out
     return fallback
@@ -102,33 +110,42 @@ def trace(ctx: AnalysisContext, name: str, depth: int = 0) -> list[Entry] | None
 def adapts(ctx: AnalysisContext, entry: Entry, layout, where: str) -> bool:
     """Can ``entry`` state the pruned length of an axis with ``layout``?
 
-    A ``Shape(t)[k]`` entry does when t's axis k carries the same channels: the two layouts are
-    unified so they lose the same channels. A literal does when surgery can rewrite it.
+    A literal -1 does. An entry that surgery can replace (a literal, or any one-element operand of
+    the Concat that builds the vector: ``x.reshape(B, N, C)`` with C read from another tensor) does:
+    the channel count after pruning is static. Otherwise a ``Shape(t)[k]`` entry does when t's
+    axis k carries the same channels: the two layouts are unified so they lose the same channels.
     """
+    if entry.kind == "const" and entry.value == -1:
+        return True
+    if entry.where is not None:
+        return True
     if entry.kind == "dim":
         src = ctx.layout(entry.tensor, entry.axis)
         if src is None:
             return False
         ctx.unify(src, layout, where)
         return True
-    if entry.kind == "const":
-        return entry.value == -1 or entry.where is not None
     return False
 
 
 def rewrite_literal(ctx, entry: Entry, new_value: int) -> None:
     """Surgery: make the Concat operand that holds ``entry`` state ``new_value``."""
-    if entry.kind != "const" or entry.where is None or entry.value in (-1, new_value):
+    if entry.where is None or (entry.kind == "const" and entry.value in (-1, new_value)):
         return
     node_idx, slot, flat = entry.where
     node = ctx.model.graph.node[node_idx]
-    cur = ctx.value(node.input[slot]) if ctx.index.is_const(node.input[slot]) else None
+    name = node.input[slot]
+    if entry.kind != "const":  # a computed one-element operand becomes a literal
+        shape = ctx.index.shape(name)
+        ctx.replace_input(node, slot, np.full(shape if shape is not None else (1,), new_value, np.int64))
+        return
+    cur = ctx.value(name) if ctx.index.is_const(name) else None
     if cur is None:
         # an earlier rewrite already replaced it: read the replacement
         from onnx import numpy_helper
 
         init = {t.name: t for t in ctx.model.graph.initializer}
-        cur = numpy_helper.to_array(init[node.input[slot]])
+        cur = numpy_helper.to_array(init[name])
     arr = np.array(cur, copy=True)
     flat_view = arr.reshape(-1)
     flat_view[flat] = new_value
