@@ -2,7 +2,8 @@
 
 Two flavours: opset 17 (LayerNormalization, constant Reshape targets) and opset 13 as older
 HuggingFace exports look (LayerNorm decomposed into ReduceMean/Sub/Pow/Sqrt/Div, GELU as Erf,
-Reshape targets computed from Shape with literal head counts in a Concat).
+Reshape targets computed from Shape with literal head counts in a Concat, and the merge back
+reading its width from the residual stream's Shape, as Swin/timm do).
 
 Property: the MLP hidden units (MatMul -> Gelu -> MatMul) and whole attention heads (Q/K/V
 outputs and the output projection's input together, in blocks of head_dim) are pruned; the
@@ -40,14 +41,17 @@ def gelu(g: GraphBuilder, x: str) -> str:
     return g.op("Mul", [g.op("Mul", [x, g.const(np.float32(0.5))]), g.op("Add", [e, g.const(np.float32(1))])])
 
 
-def target(g: GraphBuilder, x: str, tail: list[int], computed: bool) -> str:
-    """[1, S, *tail] as a constant, or HF-style: Shape(x)[0], Shape(x)[1] and literal tail."""
+def target(g: GraphBuilder, x: str, tail: list[int], computed: bool, width_from: str | None = None) -> str:
+    """[1, S, *tail] as a constant, or HF-style: Shape(x)[0], Shape(x)[1] and literal tail; with
+    ``width_from``, Swin/timm-style ``x.reshape(B, N, C)`` where C is read from another tensor."""
     if not computed:
         return g.ints([1, S, *tail])
-    shape = g.op("Shape", [x])
-    dims = [g.op("Unsqueeze", [g.op("Gather", [shape, g.ints(i, "i")], axis=0), g.ints([0], "ax")]) for i in (0, 1)]
-    lits = [g.ints([t], "lit") for t in tail]
-    return g.op("Concat", dims + lits, axis=0)
+
+    def dim(t: str, i: int) -> str:
+        return g.op("Unsqueeze", [g.op("Gather", [g.op("Shape", [t]), g.ints(i, "i")], axis=0), g.ints([0], "ax")])
+
+    lits = [dim(width_from, 2)] if width_from else [g.ints([t], "lit") for t in tail]
+    return g.op("Concat", [dim(x, 0), dim(x, 1)] + lits, axis=0)
 
 
 def encoder_layer(g: GraphBuilder, h: str, mask: str, computed: bool) -> str:
@@ -61,7 +65,7 @@ def encoder_layer(g: GraphBuilder, h: str, mask: str, computed: bool) -> str:
     s = g.op("Div", [g.op("MatMul", [q, k]), g.const(np.float32(np.sqrt(DH)))])
     p = g.op("Softmax", [g.op("Add", [s, mask])], axis=-1)
     ctx = g.op("Transpose", [g.op("MatMul", [p, v])], perm=[0, 2, 1, 3])
-    ctx = g.op("Reshape", [ctx, target(g, ctx, [D], computed)])
+    ctx = g.op("Reshape", [ctx, target(g, ctx, [D], computed, width_from=h)])   # C from the residual
     h = layer_norm(g, g.op("Add", [h, g.linear(ctx, D, D)]))
     m = g.linear(gelu(g, g.linear(h, D, FF)), FF, D)
     return layer_norm(g, g.op("Add", [h, m]))
