@@ -46,19 +46,16 @@ def _rows(analysis: Analysis, member, size: int) -> np.ndarray:
 
 
 def cluster_deviation(analysis: Analysis, group: Group, clusters: Clusters) -> float:
-    """Largest relative difference max|s_r - s_j| / max(|s_r|, |s_j|) between a cluster's first member r
-    and another member j, over every producer and param member of the group (0 = bit-identical)."""
+    """Largest ``max|s_r - s_j| / max|tensor|`` between a cluster's first channel r and another member j,
+    over every producer and param member of the group (0 = bit-identical). The scale is the whole
+    member tensor's magnitude, so a bias or BN entry near 0 does not inflate the measure."""
     worst = 0.0
     for m in _identity_members(group):
         rows = _rows(analysis, m, group.size)
+        scale = max(float(np.max(np.abs(rows), initial=0.0)), 1e-30)
         for cl in clusters:
-            r = cl[0]
             for j in cl[1:]:
-                diff = float(np.max(np.abs(rows[r] - rows[j]), initial=0.0))
-                if diff:
-                    scale = max(float(np.max(np.abs(rows[r]), initial=0.0)),
-                                float(np.max(np.abs(rows[j]), initial=0.0)), 1e-30)
-                    worst = max(worst, diff / scale)
+                worst = max(worst, float(np.max(np.abs(rows[cl[0]] - rows[j]), initial=0.0)) / scale)
     return worst
 
 
@@ -67,23 +64,19 @@ def _group_clusters(analysis: Analysis, group: Group, tol: float) -> Clusters:
     if not members:
         return [[c] for c in range(group.size)]
     feats = [_rows(analysis, m, group.size) for m in members]
-    inf = [np.max(np.abs(f), axis=1, initial=0.0) for f in feats]
+    scales = [max(float(np.max(np.abs(f), initial=0.0)), 1e-30) for f in feats]
     l2 = [np.linalg.norm(f, axis=1) for f in feats]
     reps: list[int] = []
     clusters: Clusters = []
     for c in range(group.size):
         cand = np.asarray(reps, dtype=np.int64)
-        for f, mx, nrm in zip(feats, inf, l2):
+        for f, scale, nrm in zip(feats, scales, l2):
             if not cand.size:
                 break
-            scale = np.maximum(np.maximum(mx[cand], mx[c]), 1e-30)
             # cheap bound first: |‖a‖ - ‖b‖| <= ‖a - b‖ <= sqrt(d) * max|a - b|
-            ok = np.abs(nrm[cand] - nrm[c]) <= tol * scale * np.sqrt(f.shape[1]) + 1e-300
-            cand, scale = cand[ok], scale[ok]
-            if not cand.size:
-                break
-            diff = np.max(np.abs(f[cand] - f[c]), axis=1, initial=0.0)
-            cand = cand[diff <= tol * scale]
+            cand = cand[np.abs(nrm[cand] - nrm[c]) <= tol * scale * np.sqrt(f.shape[1]) * (1 + 1e-9)]
+            if cand.size:
+                cand = cand[np.max(np.abs(f[cand] - f[c]), axis=1, initial=0.0) <= tol * scale]
         if cand.size:
             clusters[reps.index(int(cand[0]))].append(c)
         else:
@@ -94,7 +87,7 @@ def _group_clusters(analysis: Analysis, group: Group, tol: float) -> Clusters:
 
 def find_identical(analysis: Analysis, tol: float = 1e-6, groups=None) -> dict[int, Clusters]:
     """Clusters of channels whose producer and param slices agree within relative ``tol``
-    (``max|a - b| <= tol * max(|a|, |b|)`` for every member), for every prunable group (or the ids in
+    (``max|a - b| <= tol * max|tensor|`` for every member), for every prunable group (or the ids in
     ``groups``). Each cluster is sorted; the first channel is its representative."""
     out = {}
     for g in analysis.groups:
