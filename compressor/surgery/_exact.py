@@ -14,7 +14,7 @@ from compressor.analysis.context import CONSUMER, PRODUCER
 from compressor.analysis.groups import Analysis, Group, analyze_index
 from compressor.errors import VerificationError
 from compressor.ir.fold import prepare
-from compressor.ir.graph import GraphIndex
+from compressor.ir.graph import GraphIndex, subgraph_outer_refs
 from compressor.ir.model_io import load_model, ort_max_ir_version, validate_model
 from compressor.ir.shapes import InputSpec, parse_shape_specs, resolve_inputs, weightless
 from compressor.metrics import count
@@ -168,12 +168,8 @@ class ConstEditor:
 def drop_unused_initializers(model: onnx.ModelProto) -> None:
     used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
     for n in model.graph.node:  # names used inside subgraphs
-        for a in n.attribute:
-            if a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
-                from compressor.ir.graph import subgraph_outer_refs
-
-                used |= subgraph_outer_refs(n)
-                break
+        if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in n.attribute):
+            used |= subgraph_outer_refs(n)
     keep = [t for t in model.graph.initializer if t.name in used]
     if len(keep) != len(model.graph.initializer):
         del model.graph.initializer[:]

@@ -37,8 +37,8 @@ from compressor.ir.graph import GraphIndex
 from compressor.ir.shapes import InputSpec, random_feeds
 from compressor.metrics import count
 from compressor.surgery._exact import (
-    EXACT_TOLERANCE, ConstEditor, Loaded, base_report, channel_slice, close_report, consume_points_of,
-    copy_model, finalize, index_along, is_bias, load, prove, reanalyze, remove_channels,
+    EXACT_TOLERANCE, ConstEditor, base_report, channel_slice, close_report, consume_points_of, copy_model,
+    drop_unused_initializers, finalize, index_along, is_bias, load, prove, reanalyze, remove_channels,
 )
 
 #: Activations f with f(g x) = g f(x) for every g >= 0 (a non-negative gate may move before them).
@@ -195,8 +195,6 @@ def fold_gates(model, input_shapes=None, *, tolerance: float = EXACT_TOLERANCE) 
     report = base_report("fold_gates", loaded)
     work = copy_model(loaded.original)
     report["gates"] = _fold_gates_into(work, loaded.analysis)
-    from compressor.surgery._exact import drop_unused_initializers
-
     drop_unused_initializers(work)
     macs, params, _ = count(GraphIndex(work, loaded.spec))
     close_report(report, macs, params)
@@ -415,8 +413,6 @@ def fold_constant_channels(model, input_shapes=None, zero_tol: float = 0.0, *, g
     if remove:
         result, macs, params = remove_channels(work, loaded.spec, remove, by_id)
     else:
-        from compressor.surgery._exact import drop_unused_initializers
-
         drop_unused_initializers(work)
         result = work
         macs, params, _ = count(GraphIndex(work, loaded.spec))

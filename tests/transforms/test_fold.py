@@ -46,7 +46,9 @@ def test_zero_filter_and_zero_gate_fold_into_1x1_conv_and_gemm():
     biases; gate channel 1 (gate 0, folded into BN) is a constant 0. Both are removed; error <= 1e-5."""
     gate = [0.5, 0.0, 1.0, 1.5, 2.0, 0.7]
     model, n = _head_graph(gate_values=gate)
+    before = model.SerializeToString()
     out, report = fold_constant_channels(model)
+    assert model.SerializeToString() == before, "the input model must not be edited"
     assert [e["status"] for e in report["gates"]] == ["folded"] and report["gates"][0]["zero_channels"] == [1]
     g0, g1 = _entry(report, 0), _entry(report, 1)
     assert g0["folded"] == [2] and g0["values"][2] > 0, g0

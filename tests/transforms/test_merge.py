@@ -22,7 +22,9 @@ def test_exact_copies_merge_and_macs_drop():
     6 filters, MACs drop, and the merged model reproduces the original within 1e-5."""
     model, n = chain()
     copy_channels(model, [n["w1"], n["b1"], *n["bn1"]], 0, [3, 5])
+    before = model.SerializeToString()
     merged, report = merge_identical(model)
+    assert model.SerializeToString() == before, "the input model must not be edited"
     g0 = _entry(report, 0)
     assert g0["status"] == "merged" and g0["clusters"] == [[0, 3, 5]], g0
     assert report["channels_removed"] == 2
