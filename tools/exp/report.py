@@ -1,0 +1,131 @@
+"""Tables (markdown) and plots (PNG) from the result JSONs under ``runs/``.
+
+``write_report(runs, out_md, plot_dir)`` writes one table per (table, setting) and two plots per
+table: accuracy vs MACs fraction and accuracy vs measured batch-1 latency. Every row names its
+result JSON and its run log so each number can be traced.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+
+def load_results(runs: Path) -> list[dict]:
+    out = []
+    for p in sorted(runs.glob("*/*.json")):
+        try:
+            d = json.loads(p.read_text())
+        except json.JSONDecodeError:
+            continue
+        if d.get("schema") == "compressor.experiment/1" and d.get("status") == "done":
+            d["_path"] = str(p)
+            out.append(d)
+    return out
+
+
+def _pct(x) -> str:
+    return "–" if x is None else f"{100 * x:.2f}"
+
+
+def _rel(path: str, root: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(root.resolve()))
+    except ValueError:
+        return path
+
+
+def table_md(rows: list[dict], root: Path) -> str:
+    head = ("| model | method | cut | seed | before pruning % | right after pruning % | after fine-tuning % | "
+            "MACs (M) | MACs % | params (k) | speedup b1 | speedup b32 | wall (s) | result |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+    lines = []
+    for r in rows:
+        c = r["config"]
+        lat = r.get("latency") or {}
+        sp32 = lat.get("batch32", {}).get("speedup")
+        cut = "–" if c["method"] == "dense" else f"{c['cut']:g}x"
+        lines.append(
+            f"| {c['model']} | {c['method']} | {cut} | {c['seed']} | "
+            f"{_pct(r.get('acc_phase_a') if c['method'] != 'dense' else None)} | {_pct(r.get('acc_pruned'))} | "
+            f"{_pct(r.get('acc_finetuned'))} | {r['macs'] / 1e6:.2f} | {100 * r['macs_fraction']:.1f} | "
+            f"{r['params'] / 1e3:.1f} | {r['speedup']:.2f} | {'–' if sp32 is None else f'{sp32:.2f}'} | "
+            f"{r['wall_s']:.0f} | `{_rel(r['_path'], root)}` |")
+    return head + "\n".join(lines) + "\n"
+
+
+def plots(rows: list[dict], plot_dir: Path, stem: str) -> list[Path]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    made = []
+    dense = [r for r in rows if r["config"]["method"] == "dense"]
+    pruned = [r for r in rows if r["config"]["method"] != "dense"]
+    for xkey, xlabel, fname in (("macs_fraction", "MACs (fraction of dense)", f"{stem}_acc_vs_macs.png"),
+                                ("latency_ms", "ORT CPU latency, batch 1, 1 thread (ms)", f"{stem}_acc_vs_latency.png")):
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+
+        def xval(r):
+            if xkey == "macs_fraction":
+                return r["macs_fraction"]
+            lat = (r.get("latency") or {}).get("batch1")
+            return lat["after_ms"] if lat else None
+
+        for r in pruned:
+            x = xval(r)
+            if x is None:
+                continue
+            ax.scatter([x], [100 * r["acc_finetuned"]], marker="o")
+            ax.annotate(r["config"]["method"], (x, 100 * r["acc_finetuned"]), fontsize=7,
+                        xytext=(3, 3), textcoords="offset points")
+            if r.get("acc_pruned") is not None:
+                ax.scatter([x], [100 * r["acc_pruned"]], marker="x", color="grey")
+        for r in dense:
+            if xkey == "macs_fraction":
+                ax.axhline(100 * r["acc_finetuned"], color="k", ls="--", lw=0.8, label=f"dense seed {r['config']['seed']}")
+            else:
+                ref = [p for p in pruned if (p.get("latency") or {}).get("batch1")]
+                if ref:
+                    before = sorted(p["latency"]["batch1"]["before_ms"] for p in ref)[len(ref) // 2]
+                    ax.scatter([before], [100 * r["acc_finetuned"]], marker="*", s=120, color="k", label="dense")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("test accuracy % (o: fine-tuned, x: right after pruning)")
+        ax.set_title(stem)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+        fig.tight_layout()
+        path = plot_dir / fname
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        made.append(path)
+    return made
+
+
+def write_report(runs: Path, out_md: Path, plot_dir: Path, header: str = "") -> str:
+    results = load_results(runs)
+    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for r in results:
+        groups[(r["config"]["table"], r["config"]["setting"]["name"])].append(r)
+    root = out_md.parent.parent
+    parts = [header] if header else []
+    for (table, setting), rows in sorted(groups.items()):
+        rows.sort(key=lambda r: (r["config"]["model"], r["config"]["cut"], r["config"]["method"] != "dense",
+                                 r["config"]["method"], r["config"]["seed"]))
+        stem = f"{table}_{setting}"
+        parts.append(f"### Table `{table}`, setting `{setting}`\n\n" + table_md(rows, root))
+        for p in plots(rows, plot_dir, stem):
+            parts.append(f"![{p.stem}]({_rel(str(p), out_md.parent)})\n")
+    text = "\n".join(parts)
+    begin, end = "<!-- BEGIN GENERATED (tools/experiments.py report) -->", "<!-- END GENERATED -->"
+    block = f"{begin}\n{text}\n{end}"
+    old = out_md.read_text() if out_md.exists() else ""
+    if begin in old and end in old:
+        new = old[: old.index(begin)] + block + old[old.index(end) + len(end):]
+    else:
+        new = (old + "\n\n" if old else "# Results\n\n") + block + "\n"
+    out_md.parent.mkdir(parents=True, exist_ok=True)
+    out_md.write_text(new)
+    return text
