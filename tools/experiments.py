@@ -5,6 +5,7 @@
     python tools/experiments.py run main --full       # the anchor protocol (full data; for a GPU)
     python tools/experiments.py run cut4 --methods l1,csgd --seeds 0
     python tools/experiments.py list main             # the runs of a table and whether they are done
+    python tools/experiments.py widths                # MACs + ORT latency of each width policy (runs/widths)
     python tools/experiments.py report                # docs/results.md tables + docs/results/*.png
     python tools/experiments.py demo-model RUN_JSON   # copy a run's model + a test slice into models/
 
@@ -74,6 +75,12 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_widths(args) -> int:
+    from exp.probe import probe
+    probe(Path(args.runs_dir), min_time=args.min_time)
+    return 0
+
+
 def cmd_demo_model(args) -> int:
     """Copy the fine-tuned or dense model of a run to models/demo_fmnist.onnx and a test slice."""
     import numpy as np
@@ -110,6 +117,10 @@ def main(argv=None) -> int:
     r.add_argument("--out", default=str(ROOT / "docs" / "results.md"))
     r.add_argument("--plots", default=str(ROOT / "docs" / "results"))
     r.set_defaults(fn=cmd_report)
+    w = sub.add_parser("widths", help="measure MACs and ORT latency of the width policies")
+    w.add_argument("--runs-dir", default=str(ROOT / "runs"))
+    w.add_argument("--min-time", type=float, default=3.0)
+    w.set_defaults(fn=cmd_widths)
     d = sub.add_parser("demo-model")
     d.add_argument("run_json")
     d.add_argument("--which", default="dense.onnx", help="dense.onnx (with learned importances) or final.onnx")
