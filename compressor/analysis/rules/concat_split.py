@@ -142,6 +142,10 @@ class Slice(Rule):
             ctx.barrier(node, "slice bounds unknown")
             return
         starts, ends, axes, steps, const = params
+        # Run-time bounds (x.chunk(2, dim=1) in TorchScript exports computes C // 2) are replaced
+        # by constants in surgery, which is exact because the channel counts are static; that is
+        # only done when every sliced axis carries channels, so no dynamic axis is pinned.
+        const = const or all(a in lays for a in axes)
         sliced = {a: (s, e, st) for s, e, a, st in zip(starts, ends, axes, steps)}
         xs = ctx.shape(x)
         for ax, lay in lays.items():
