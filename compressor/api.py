@@ -93,12 +93,30 @@ def prune(model, *, ratio: float = 0.5, output: str | os.PathLike | None = None,
           importance: str = "auto", plan_in: str | os.PathLike | PruningPlan | None = None,
           target_macs: float | None = None, target_params: float | None = None,
           target_latency: float | None = None, provider: str = "cpu", latency_tolerance: float = 0.05,
+          merge_identical: float | None = None, merge_learned: bool = False, fold_constants: bool = False,
           verify_model: bool = True, tolerance: float = 1e-4, seed: int = 0) -> PruneResult:
-    """Prune a model; verify it against the masked original; write it atomically if ``output``."""
+    """Prune a model; verify it against the masked original; write it atomically if ``output``.
+
+    Exact transforms run first when asked (each proven against its own input): ``merge_learned``
+    (C-SGD clusters from training), ``merge_identical`` (tolerance), ``fold_constants``.
+    """
     t0 = time.perf_counter()
     proto, path = _as_model(model)
     if output is not None and path is not None and Path(output).resolve() == Path(path).resolve():
         raise UsageError(f"refusing to overwrite the input model {path}; choose another output path")
+    transforms = []
+    if merge_learned or merge_identical is not None or fold_constants:
+        from compressor import surgery
+
+        if merge_learned:
+            proto, rep = surgery.merge_learned(proto, input_shapes, exclude=exclude)
+            transforms.append(rep)
+        if merge_identical is not None:
+            proto, rep = surgery.merge_identical(proto, input_shapes, tol=merge_identical, exclude=exclude)
+            transforms.append(rep)
+        if fold_constants:
+            proto, rep = surgery.fold_constant_channels(proto, input_shapes)
+            transforms.append(rep)
     budgets = [b for b in (target_macs, target_params, target_latency) if b is not None]
     if len(budgets) > 1:
         raise UsageError("give at most one of --target-macs, --target-params, --target-latency")
@@ -173,6 +191,10 @@ def prune(model, *, ratio: float = 0.5, output: str | os.PathLike | None = None,
         "barriers": [b.__dict__ for b in an.barriers],
         "verify": ver.to_dict() if ver else {"passed": None, "skipped": True},
         "plan": [s.to_dict() for s in surgery.slices],
+        # the slices name tensors of the model they were applied to: after exact transforms that is
+        # the transformed model (merges also changed consumer weights), not the input file
+        "plan_applies_to": "model after transforms" if transforms else "input model",
+        **({"transforms": transforms} if transforms else {}),
         **extra,
     }
     if ver is not None and not ver.passed:

@@ -78,6 +78,10 @@ def render_prune_report(r: dict) -> str:
                    f"(tolerance {v['tolerance']:g}, {v['trials']} random inputs, {v['provider']})")
     if r.get("barriers"):
         out.append(f"barriers: {len(r['barriers'])} (run `compress inspect` for details)")
+    for t in r.get("transforms", []):
+        out.append(f"{t['transform']}: {t['channels_removed']} channel(s) removed exactly, "
+                   f"MACs {_human(t['macs_before'])} -> {_human(t['macs_after'])}, max relative error "
+                   f"{t['max_rel_err']:.2e} against its input")
     if r.get("budget"):
         b = r["budget"]
         unit = " ms" if b["kind"] == "latency" else " of the original"
@@ -134,6 +138,11 @@ shape_option = click.option("--input-shape", "input_shapes", multiple=True, meta
 @shape_option
 @click.option("--plan-out", type=click.Path(), help="Write the pruning plan (JSON) here.")
 @click.option("--plan-in", type=click.Path(), help="Replay a plan written by --plan-out on the same model.")
+@click.option("--merge-identical", "merge_tol", type=float, default=None, metavar="TOL",
+              help="First merge channels whose filters are identical within relative TOL (exact, proven).")
+@click.option("--merge-learned", is_flag=True, help="First merge the C-SGD clusters stored by training (exact, proven).")
+@click.option("--fold-constants", is_flag=True,
+              help="First fold gates and constant-output channels into the next layer's bias where exact.")
 @click.option("--no-verify", is_flag=True, help="Skip the numerical proof (the model is then unverified).")
 @click.option("--tolerance", type=float, default=1e-4, show_default=True, help="Max relative error allowed.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for random inputs / random importance.")
@@ -144,9 +153,8 @@ shape_option = click.option("--input-shape", "input_shapes", multiple=True, meta
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report on stdout.")
 @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
 def prune_command(model, output, ratio, global_ranking, round_to, target_macs, target_params, target_latency,
-                  min_channels, exclude, importance,
-                  input_shapes, plan_out, plan_in, no_verify, tolerance, seed, bench, provider, dry_run,
-                  as_json, debug):
+                  min_channels, exclude, importance, input_shapes, plan_out, plan_in, merge_tol, merge_learned,
+                  fold_constants, no_verify, tolerance, seed, bench, provider, dry_run, as_json, debug):
     """Prune MODEL's channel groups and write a verified, smaller model."""
     from compressor import api
     from compressor.errors import UsageError
@@ -157,7 +165,8 @@ def prune_command(model, output, ratio, global_ranking, round_to, target_macs, t
         res = api.prune(model, ratio=ratio, output=None if dry_run else output, input_shapes=input_shapes,
                         global_ranking=global_ranking, round_to=round_to, min_channels=min_channels,
                         target_macs=target_macs, target_params=target_params, target_latency=target_latency,
-                        provider=provider,
+                        provider=provider, merge_identical=merge_tol, merge_learned=merge_learned,
+                        fold_constants=fold_constants,
                         exclude=exclude, importance=importance, plan_in=plan_in, verify_model=not no_verify,
                         tolerance=tolerance, seed=seed)
         report = res.report

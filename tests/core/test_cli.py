@@ -225,3 +225,28 @@ def test_cli_starts_without_torch(model_path, tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "verification: passed" in r.stdout
+
+
+def test_merge_identical_and_fold_constants_flags(tmp_path):
+    """Duplicated filters are merged exactly before pruning; the report carries the transform."""
+    g = G()
+    x = g.input("x", [1, 3, 8, 8])
+    h = g.conv(x, 3, 6)
+    m = g.model([g.conv(g.op("Relu", [h]), 6, 2)])
+    w = {t.name: t for t in m.graph.initializer}[m.graph.node[0].input[1]]
+    arr = onnx.numpy_helper.to_array(w).copy()
+    arr[3] = arr[0]
+    w.CopyFrom(onnx.numpy_helper.from_array(arr, w.name))
+    b = {t.name: t for t in m.graph.initializer}[m.graph.node[0].input[2]]
+    barr = onnx.numpy_helper.to_array(b).copy()
+    barr[3] = barr[0]
+    b.CopyFrom(onnx.numpy_helper.from_array(barr, b.name))
+    src = tmp_path / "dup.onnx"
+    onnx.save(m, src)
+    res = run(src, "-o", tmp_path / "o.onnx", "--ratio", "0", "--merge-identical", "1e-6", "--fold-constants", "--json")
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.output)
+    merge = report["transforms"][0]
+    assert merge["channels_removed"] == 1 and merge["max_rel_err"] <= 1e-5, merge
+    assert report["plan_applies_to"] == "model after transforms"
+    assert report["verify"]["passed"]
