@@ -86,4 +86,4 @@ def test_target_latency_error_and_table():
     assert row.error == pytest.approx(0.04), "error = achieved / target - 1"
     meta = {"command": "c", "date": "d", "onnxruntime": "1", "load_before": 1.0, "load_after": 2.0}
     text = tl.markdown([row], meta)
-    assert "+4.0%" in text and "✓" in text and "1/1 targets met" in text
+    assert "+4.0%" in text and "✓" in text and "1/1 targets met" in text, "error and verdict rendered"
