@@ -3,8 +3,9 @@
 For each model (default resnet50 and mobilenet_v2, the dense ONNX that tools/bench_peers.py
 exported, else out/zoo/<model>_legacy.onnx) this measures the dense latency on the CPU provider
 (2 threads, spinning off), asks ``compressor.api.prune(target_latency=f * dense)`` for each
-fraction f (default 0.6 and 0.4), and re-measures the pruned model independently afterwards,
-interleaved with the dense model. It prints and writes one row per (model, f):
+fraction f (default 0.6 and 0.4) and channel multiple (``--round-to``, default 1 and 8), and
+re-measures the pruned model independently afterwards, interleaved with the dense model. It prints
+and writes one row per (model, round-to, f):
 
     target ms | achieved ms (re-measured) | error | MACs fraction | steps | seconds
 
@@ -46,6 +47,7 @@ class Row:
     fraction: float
     dense_ms: float
     target_ms: float
+    round_to: str = "1"
     status: str = "ok"
     engine_ms: float | None = None  # what the engine measured for the plan it chose
     engine_base_ms: float | None = None  # the engine's own dense measurement (its reference)
@@ -128,7 +130,7 @@ class EngineProbe:
         return base, probes
 
 
-def run(name: str, fractions: list[float], min_time: float) -> list[Row]:
+def run(name: str, fractions: list[float], min_time: float, round_tos: list[str]) -> list[Row]:
     from compressor import api
     from compressor.bench import benchmark
 
@@ -140,15 +142,16 @@ def run(name: str, fractions: list[float], min_time: float) -> list[Row]:
 
     dense_ms()  # warm-up: the first measurement in a process reads slow
     rows = []
-    for f in fractions:
+    for f, rt in [(f, rt) for rt in round_tos for f in fractions]:
         base = dense_ms()  # just before each run: the machine's load drifts over minutes
-        row = Row(model=name, fraction=f, dense_ms=base, target_ms=f * base)
-        out = OUT / name / f"target_latency_{f:g}.onnx"
+        row = Row(model=name, fraction=f, dense_ms=base, target_ms=f * base, round_to=rt)
+        out = OUT / name / f"target_latency_{f:g}_r{rt}.onnx"
         t0 = time.perf_counter()
         probe = EngineProbe()
         try:
             with probe:
-                rep = api.prune(str(dense), target_latency=row.target_ms, provider="cpu", output=str(out)).report
+                rep = api.prune(str(dense), target_latency=row.target_ms, provider="cpu", output=str(out),
+                                round_to=rt if rt == "auto" else int(rt)).report
         except Exception as exc:  # noqa: BLE001 - a row per failure
             row.engine_base_ms, row.probes = probe.summary()
             row.seconds = time.perf_counter() - t0
@@ -156,7 +159,7 @@ def run(name: str, fractions: list[float], min_time: float) -> list[Row]:
             if os.environ.get("DEBUG"):
                 traceback.print_exc()
             rows.append(row)
-            print(f"  {name} x{f:g}: {row.note}", flush=True)
+            print(f"  {name} x{f:g} round-to {rt}: {row.note}", flush=True)
             continue
         row.seconds = time.perf_counter() - t0
         row.engine_base_ms, row.probes = probe.summary()
@@ -171,7 +174,7 @@ def run(name: str, fractions: list[float], min_time: float) -> list[Row]:
         # the engine's own dense reference times the re-measured per-round pruned/dense ratio
         row.achieved_ms = (row.engine_base_ms or base) / p.ratio_to_first.median
         rows.append(row)
-        print(f"  {name} x{f:g}: target {row.target_ms:.2f} ms, achieved {row.achieved_ms:.2f} ms "
+        print(f"  {name} x{f:g} round-to {rt}: target {row.target_ms:.2f} ms, achieved {row.achieved_ms:.2f} ms "
               f"({row.error:+.1%}; raw p50 {row.raw_p50_ms:.2f}, {row.raw_error:+.1%}), MACs {row.macs_fraction:.3f}, "
               f"{len(row.steps)} steps, {row.seconds:.0f}s", flush=True)
     return rows
@@ -205,12 +208,12 @@ def markdown(rows: list[Row], meta: dict) -> str:
         "- steps: MACs fraction → latency (ms, scaled to the engine ref) of every plan the search measured; for a "
         "failed search only the measured latencies are known (`?→ms`). Goal: |error| ≤ 5%.",
         "",
-        "| model | fraction | dense ms | target ms | engine ref ms | achieved ms | error | raw p50 ms (error) "
+        "| model | round-to | fraction | dense ms | target ms | engine ref ms | achieved ms | error | raw p50 ms (error) "
         "| MACs fraction | steps | seconds | met |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        head = f"| {r.model} | {r.fraction:g} | {r.dense_ms:.2f} | {r.target_ms:.2f} | {_f(r.engine_base_ms, '.2f')} "
+        head = f"| {r.model} | {r.round_to} | {r.fraction:g} | {r.dense_ms:.2f} | {r.target_ms:.2f} | {_f(r.engine_base_ms, '.2f')} "
         if r.status != "ok":
             lines.append(head + f"| – | – | – | – | {_steps(r)} | {_f(r.seconds, '.0f')} | ✗ {r.note} |")
             continue
@@ -241,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fractions", default=",".join(f"{f:g}" for f in FRACTIONS),
                     help="targets as fractions of the dense latency")
     ap.add_argument("--min-time", type=float, default=3.0, help="seconds per model in each measurement")
+    ap.add_argument("--round-to", default="1,8", help="channel multiples to run the search with (1,8,auto)")
     ap.add_argument("--doc", default=str(DOC))
     ap.add_argument("--no-doc", action="store_true")
     ap.add_argument("--render", action="store_true",
@@ -257,6 +261,9 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--fractions must be numbers like 0.6,0.4, got {args.fractions!r}")
     if not fractions or not all(0 < f < 1 for f in fractions):
         ap.error("--fractions must be in (0, 1)")
+    round_tos = [r.strip() for r in args.round_to.split(",") if r.strip()]
+    if not round_tos or not all(r == "auto" or (r.isdigit() and int(r) > 0) for r in round_tos):
+        ap.error(f"--round-to must be positive integers or 'auto', got {args.round_to!r}")
     os.environ.setdefault("COMPRESSOR_STRICT_RULES", "0")
     import onnxruntime as ort
 
@@ -264,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = []
     for i, name in enumerate(m.strip() for m in args.models.split(",") if m.strip()):
         print(f"[{i + 1}] {name}", flush=True)
-        rows += run(name, fractions, args.min_time)
+        rows += run(name, fractions, args.min_time, round_tos)
     shown = sys.argv[1:] if argv is None else argv
     meta = {
         "command": (".venv-zoo/bin/python tools/bench_target_latency.py " + " ".join(shlex.quote(a) for a in shown)).strip(),
