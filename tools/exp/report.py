@@ -19,7 +19,7 @@ def load_results(runs: Path) -> list[dict]:
             d = json.loads(p.read_text())
         except json.JSONDecodeError:
             continue
-        if d.get("schema") == "compressor.experiment/1" and d.get("status") == "done":
+        if isinstance(d, dict) and d.get("schema") == "compressor.experiment/1" and d.get("status") == "done":
             d["_path"] = str(p)
             out.append(d)
     return out
@@ -55,6 +55,20 @@ def table_md(rows: list[dict], root: Path) -> str:
     return head + "\n".join(lines) + "\n"
 
 
+def widths_md(rows: list[dict], source: str) -> str:
+    out = [f"### Width policies (`{source}`)\n",
+           "| cut | policy | round_to | kept widths | MACs % | speedup b1 | speedup b32 | ms b1 (dense → pruned) |",
+           "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            out.append(f"| {r['cut']:g}x | {r['policy']} | {r['round_to']} | {r['error']} | | | | |")
+            continue
+        out.append(f"| {r['cut']:g}x | {r['policy']} | {r['round_to']} | {'/'.join(map(str, r['widths']))} | "
+                   f"{100 * r['macs_fraction']:.1f} | {r['speedup_b1']:.2f} | {r['speedup_b32']:.2f} | "
+                   f"{r['ms_b1'][0]:.3f} → {r['ms_b1'][1]:.3f} |")
+    return "\n".join(out) + "\n"
+
+
 def plots(rows: list[dict], plot_dir: Path, stem: str) -> list[Path]:
     import matplotlib
     matplotlib.use("Agg")
@@ -65,14 +79,15 @@ def plots(rows: list[dict], plot_dir: Path, stem: str) -> list[Path]:
     dense = [r for r in rows if r["config"]["method"] == "dense"]
     pruned = [r for r in rows if r["config"]["method"] != "dense"]
     for xkey, xlabel, fname in (("macs_fraction", "MACs (fraction of dense)", f"{stem}_acc_vs_macs.png"),
-                                ("latency_ms", "ORT CPU latency, batch 1, 1 thread (ms)", f"{stem}_acc_vs_latency.png")):
+                                ("latency", "latency as a fraction of the dense model's (ORT CPU, batch 1, 1 thread, interleaved)",
+                                 f"{stem}_acc_vs_latency.png")):
         fig, ax = plt.subplots(figsize=(7, 4.5))
 
         def xval(r):
             if xkey == "macs_fraction":
                 return r["macs_fraction"]
             lat = (r.get("latency") or {}).get("batch1")
-            return lat["after_ms"] if lat else None
+            return 1.0 / lat["speedup"] if lat else None  # absolute ms drift with machine load
 
         for r in pruned:
             x = xval(r)
@@ -84,13 +99,8 @@ def plots(rows: list[dict], plot_dir: Path, stem: str) -> list[Path]:
             if r.get("acc_pruned") is not None:
                 ax.scatter([x], [100 * r["acc_pruned"]], marker="x", color="grey")
         for r in dense:
-            if xkey == "macs_fraction":
-                ax.axhline(100 * r["acc_finetuned"], color="k", ls="--", lw=0.8, label=f"dense seed {r['config']['seed']}")
-            else:
-                ref = [p for p in pruned if (p.get("latency") or {}).get("batch1")]
-                if ref:
-                    before = sorted(p["latency"]["batch1"]["before_ms"] for p in ref)[len(ref) // 2]
-                    ax.scatter([before], [100 * r["acc_finetuned"]], marker="*", s=120, color="k", label="dense")
+            ax.axhline(100 * r["acc_finetuned"], color="k", ls="--", lw=0.8, label=f"dense seed {r['config']['seed']}")
+            ax.scatter([1.0], [100 * r["acc_finetuned"]], marker="*", s=120, color="k")
         ax.set_xlabel(xlabel)
         ax.set_ylabel("test accuracy % (o: fine-tuned, x: right after pruning)")
         ax.set_title(stem)
@@ -111,6 +121,9 @@ def write_report(runs: Path, out_md: Path, plot_dir: Path, header: str = "") -> 
         groups[(r["config"]["table"], r["config"]["setting"]["name"])].append(r)
     root = out_md.parent.parent
     parts = [header] if header else []
+    probe = runs / "widths" / "probe.json"
+    if probe.exists():
+        parts.append(widths_md(json.loads(probe.read_text()), _rel(str(probe), root)))
     for (table, setting), rows in sorted(groups.items()):
         rows.sort(key=lambda r: (r["config"]["model"], r["config"]["cut"], r["config"]["method"] != "dense",
                                  r["config"]["method"], r["config"]["seed"]))
