@@ -127,8 +127,10 @@ def main(argv=None) -> int:
     d.add_argument("--n", type=int, default=1000)
     d.set_defaults(fn=cmd_demo_model)
     args = p.parse_args(argv)
+    import os
+
     import torch
-    torch.set_num_threads(2)
+    torch.set_num_threads(int(os.environ.get("EXP_THREADS") or 2))
     return args.fn(args)
 
 

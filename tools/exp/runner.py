@@ -37,6 +37,12 @@ from exp.shrink import load_onnx_weights, shrink
 from exp.widths import counts_for_cut, is_trunk, plan_from_counts
 
 
+def run_threads(s) -> int:
+    """Threads for torch and the accuracy sessions: ``EXP_THREADS`` overrides the setting (not part
+    of the run key: it changes speed, not results beyond float summation order)."""
+    return int(os.environ.get("EXP_THREADS") or s.threads)
+
+
 class Log:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -152,13 +158,15 @@ def run(cfg: RunConfig, runs_dir: Path, *, keep_artifacts: bool = True) -> dict:
     art.mkdir(parents=True, exist_ok=True)
     log = Log(art / "run.log")
     t_start = time.perf_counter()
-    torch.set_num_threads(s.threads)
+    threads = run_threads(s)
+    torch.set_num_threads(threads)
     spec = METHODS[cfg.method]
     log(f"run {cfg.name}: {json.dumps(cfg.to_dict(), sort_keys=True)}")
     result: dict = {"schema": SCHEMA, "name": cfg.name, "key": cfg.key, "config": cfg.to_dict(),
                     "command": " ".join([Path(sys.executable).name, *sys.argv]),
                     "log": str(art / "run.log"), "host": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                                                          "torch": torch.__version__, "onnxruntime": ort.__version__}}
+                                                          "torch": torch.__version__, "onnxruntime": ort.__version__,
+                                                          "threads": threads}}
     train, test = load_data(cfg)
     xt, yt = test_arrays(test)
     loader = make_loader(train, s.batch, shuffle=True, seed=cfg.seed, drop_last=True)
@@ -229,12 +237,12 @@ def run(cfg: RunConfig, runs_dir: Path, *, keep_artifacts: bool = True) -> dict:
     if cfg.method == "csgd":
         # the merged export is only meaningful once pruned: take the "before" accuracy first
         export(model, example, art / "premerge.onnx", dynamic_batch=True)
-        acc_a = onnx_accuracy(art / "premerge.onnx", xt, yt, s.threads)
+        acc_a = onnx_accuracy(art / "premerge.onnx", xt, yt, threads)
         result["csgd"] = csgd_merge(reg)
         log(f"C-SGD merge: {result['csgd']}")
     export(model, example, dense_onnx, regularizer=reg, dynamic_batch=True)
     if cfg.method != "csgd":
-        acc_a = onnx_accuracy(dense_onnx, xt, yt, s.threads)
+        acc_a = onnx_accuracy(dense_onnx, xt, yt, threads)
     log(f"accuracy after phase A (ONNX): {acc_a:.4f}")
     result["acc_phase_a"] = acc_a
 
@@ -244,7 +252,7 @@ def run(cfg: RunConfig, runs_dir: Path, *, keep_artifacts: bool = True) -> dict:
         model.eval()
         final_onnx = art / "final.onnx"
         export(model, example, final_onnx, dynamic_batch=True)
-        acc = onnx_accuracy(final_onnx, xt, yt, s.threads)
+        acc = onnx_accuracy(final_onnx, xt, yt, threads)
         log(f"dense accuracy after {s.epochs_a}+{s.epochs_b} epochs: {acc:.4f}")
         m = api.inspect(final_onnx)
         result.update(acc_dense=acc, acc_pruned=None, acc_finetuned=acc, macs=m["macs"], params=m["params"],
@@ -268,7 +276,7 @@ def run(cfg: RunConfig, runs_dir: Path, *, keep_artifacts: bool = True) -> dict:
         pr = api.prune(dense_onnx, plan_in=plan, output=pruned_onnx)
         rep = pr.report
         phases["prune_seconds"] = round(time.perf_counter() - t0, 2)
-        acc_p = onnx_accuracy(pruned_onnx, xt, yt, s.threads)
+        acc_p = onnx_accuracy(pruned_onnx, xt, yt, threads)
         log(f"accuracy right after ONNX pruning: {acc_p:.4f}; MACs {rep['macs_after']}/{rep['macs_before']}; "
             f"verify {rep['verify'].get('passed')}")
         # torch copy of the pruned model: plain architecture + exported weights + plan slices
@@ -287,7 +295,7 @@ def run(cfg: RunConfig, runs_dir: Path, *, keep_artifacts: bool = True) -> dict:
         small.eval()
         final_onnx = art / "final.onnx"
         export(small, example, final_onnx, dynamic_batch=True)
-        acc_f = onnx_accuracy(final_onnx, xt, yt, s.threads)
+        acc_f = onnx_accuracy(final_onnx, xt, yt, threads)
         log(f"accuracy after fine-tuning: {acc_f:.4f}")
         lat = {}
         for b in (1, 32):

@@ -148,7 +148,7 @@ PRIORITY = ["dense", "l1", "csgd", "gates", "greg1", "slimming", "greg2", "incre
 TABLES = {
     # table name -> (models, cuts, methods, seeds)
     "main": (["resnet20"], [2.0], PRIORITY, [0]),
-    "cut4": (["resnet20"], [4.0], PRIORITY[1:], [0]),
+    "cut4": (["resnet20"], [4.0], PRIORITY, [0]),
     "seeds": (["resnet20"], [2.0], ["dense", "l1", "csgd", "gates"], [1, 2]),
 }
 
