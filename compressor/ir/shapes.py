@@ -110,12 +110,13 @@ def random_feeds(spec: InputSpec, seed: int = 0) -> dict[str, np.ndarray]:
     feeds = {}
     for name, shape in spec.shapes.items():
         dt = np.dtype(spec.dtypes[name])
+        # np.asarray: for a scalar input (shape ()) numpy returns scalars, which onnxruntime rejects
         if dt.kind == "f":
-            feeds[name] = rng.standard_normal(shape).astype(dt)
+            feeds[name] = np.asarray(rng.standard_normal(shape), dtype=dt)
         elif dt.kind in "iu":
-            feeds[name] = rng.integers(0, 8, size=shape).astype(dt)
+            feeds[name] = np.asarray(rng.integers(0, 8, size=shape), dtype=dt)
         elif dt.kind == "b":
-            feeds[name] = rng.random(shape) > 0.5
+            feeds[name] = np.asarray(rng.random(shape) > 0.5)
         else:
             raise UsageError(f"input '{name}' has dtype {dt}, which random inputs cannot be made for")
     return feeds

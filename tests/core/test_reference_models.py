@@ -48,3 +48,22 @@ def test_reference_model_prunes_and_verifies(exported, ratio, global_ranking, ro
     assert r["macs_after"] < r["macs_before"], f"{name}: MACs did not drop"
     if not global_ranking and ratio >= 0.5:
         assert r["macs_before"] / r["macs_after"] > 1.5, f"{name}: MACs ratio {r['macs_before'] / r['macs_after']:.2f}"
+
+
+@pytest.mark.parametrize("name", models.list_models())
+def test_reference_model_dynamo_export_prunes(name, tmp_path):
+    """The CI share of the torchvision zoo (`make zoo`): the same architectures through torch's
+    default dynamo-based exporter (ReduceMean pooling, Reshape flatten, opset 18), BN kept and folded."""
+    pytest.importorskip("onnxscript")
+    torch.manual_seed(0)
+    try:
+        net = models.create_model(name, in_channels=1, num_classes=10, input_size=28, **SMALL)
+    except TypeError:
+        net = models.create_model(name, in_channels=1, num_classes=10, input_size=28)
+    _randomize_bn(net)
+    path = tmp_path / f"{name}.onnx"
+    export_onnx(net, path, input_shape=(1, 1, 28, 28), opset=18, dynamo=True, keep_bn=name.startswith("vgg"))
+    r = api.prune(path, ratio=0.5, round_to=8).report
+    assert r["verify"]["passed"] and r["verify"]["max_rel_err"] < 1e-4, f"{name}: {r['verify']}"
+    assert r["groups"]["prunable"] > 0, f"{name}: nothing prunable; barriers: {r['barriers']}"
+    assert r["macs_before"] / r["macs_after"] > 1.3, f"{name}: MACs ratio {r['macs_before'] / r['macs_after']:.2f}"
