@@ -189,6 +189,10 @@ def prune(model, *, ratio: float = 0.5, output: str | os.PathLike | None = None,
         "channels": {"total": sum(g.size for g in an.prunable),
                      "removed": sum(g.removed for g in plan.groups)},
         "barriers": [b.__dict__ for b in an.barriers],
+        # groups a rule froze without its node being a whole barrier (LayerNorm over channels, an
+        # untracked operand, a graph output, ...): left as they are, each with its reasons
+        "unprunable": [{"group": g.id, "channels": g.size, "reasons": g.reasons}
+                       for g in an.groups if not g.prunable],
         "verify": ver.to_dict() if ver else {"passed": None, "skipped": True},
         "plan": [s.to_dict() for s in surgery.slices],
         # the slices name tensors of the model they were applied to: after exact transforms that is

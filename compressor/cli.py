@@ -71,6 +71,22 @@ def _summarise_notes(notes: list[str]) -> list[str]:
     return kept[:1] + summary + kept[1:]
 
 
+def _unprunable_line(groups: list[dict]) -> str:
+    """One line: how many groups stay whole and the commonest reasons (op and cause, names dropped)."""
+    kinds: dict[str, int] = {}
+    for g in groups:
+        seen = set()
+        for reason in g["reasons"]:
+            kind = re.sub(r"\s*\([^()]*\)", "", re.sub(r"'[^']*'", "'…'", reason))
+            if kind not in seen:
+                seen.add(kind)
+                kinds[kind] = kinds.get(kind, 0) + 1
+    top = sorted(kinds.items(), key=lambda kv: -kv[1])[:3]
+    return (f"left whole: {len(groups)} group(s), {sum(g['channels'] for g in groups)} channels ("
+            + "; ".join(f"{k} x{n}" for k, n in top) + ("; ..." if len(kinds) > 3 else "")
+            + "); `compress inspect` lists each")
+
+
 def render_prune_report(r: dict) -> str:
     rows = [("", "before", "after", "ratio")]
     rows.append(("MACs", _human(r["macs_before"]), _human(r["macs_after"]),
@@ -94,6 +110,8 @@ def render_prune_report(r: dict) -> str:
                    f"(tolerance {v['tolerance']:g}, {v['trials']} random inputs, {v['provider']})")
     if r.get("barriers"):
         out.append(f"barriers: {len(r['barriers'])} (run `compress inspect` for details)")
+    if r.get("unprunable"):
+        out.append(_unprunable_line(r["unprunable"]))
     for t in r.get("transforms", []):
         out.append(f"{t['transform']}: {t['channels_removed']} channel(s) removed exactly, "
                    f"MACs {_human(t['macs_before'])} -> {_human(t['macs_after'])}, max relative error "

@@ -246,6 +246,10 @@ def test_channel_mixing_normalisations_are_barriers(norm):
     frozen = [grp for grp in an.groups if grp.size == 8]
     assert frozen and not any(grp.prunable for grp in frozen), f"{norm} over channels must freeze the group"
     assert any(norm in r for grp in frozen for r in grp.reasons), [grp.reasons for grp in frozen]
+    # the prune report says what was left whole and why, not only whole-node barriers
+    report = api.prune(g.model([y]), ratio=0.5).report
+    left = [u for u in report["unprunable"] if u["channels"] == 8]
+    assert left and any(norm in r for u in left for r in u["reasons"]), report["unprunable"]
 
 
 def test_analysis_of_custom_op_reports_barrier_without_running(monkeypatch):
