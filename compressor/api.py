@@ -283,14 +283,25 @@ def _auto_round(proto, an, opts, choose, provider, spec):
         candidates.append((r, plan))
     if not candidates:
         raise UsageError("--round-to auto: no channel multiple meets the budget")
+    # multiples that give the same widths (16 and 32 on a 48-channel net, say) are timed once
+    unique: dict[tuple, int] = {}
+    for i, (_, plan) in enumerate(candidates):
+        unique.setdefault(tuple(sorted((g, tuple(k)) for g, k in plan.keep.items())), i)
+    first = sorted(unique.values())
     shapes = [f"{k}:{'x'.join(map(str, v))}" for k, v in spec.shapes.items()]
-    res = benchmark([_pruned_for_timing(an, p) for _, p in candidates], provider=provider, input_shapes=shapes,
-                    progress=False, log=None, min_time=1.0)
+    res = benchmark([_pruned_for_timing(an, candidates[i][1]) for i in first], provider=provider,
+                    input_shapes=shapes, progress=False, log=None, min_time=1.0)
+    timed = dict(zip(first, res.results))
     table = []
-    for (r, plan), m in zip(candidates, res.results):
-        table.append({"round_to": r, "macs": plan_cost(an, plan.keep)[0], "latency_ms": m.stats.p50_ms,
-                      "provider": m.provider})
-    best = min(range(len(table)), key=lambda i: table[i]["latency_ms"])
+    for r, plan in candidates:
+        i = unique[tuple(sorted((g, tuple(k)) for g, k in plan.keep.items()))]
+        m = timed[i]
+        row = {"round_to": r, "macs": plan_cost(an, plan.keep)[0], "latency_ms": m.stats.p50_ms,
+               "provider": m.provider}
+        if candidates[i][0] != r:
+            row["same_plan_as"] = candidates[i][0]
+        table.append(row)
+    best = min(range(len(table)), key=lambda i: (table[i]["latency_ms"], "same_plan_as" in table[i]))
     plan = candidates[best][1]
     plan.options = dataclasses.replace(plan.options, round_to=candidates[best][0])
     return plan, {"chosen": candidates[best][0], "measured": table}

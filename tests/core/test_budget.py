@@ -65,6 +65,10 @@ def test_round_to_auto_measures_candidates_and_keeps_multiples():
     assert {m["round_to"] for m in ra["measured"]} >= {1, 4, 8}
     chosen = ra["chosen"]
     assert min(ra["measured"], key=lambda m: m["latency_ms"])["round_to"] == chosen
+    # at ratio 0.5 the 32/48-channel groups keep 16/24 under 1, 4 and 8 alike: timed once, not thrice
+    by_r = {m["round_to"]: m for m in ra["measured"]}
+    assert by_r[4].get("same_plan_as") == 1 and by_r[8].get("same_plan_as") == 1
+    assert by_r[4]["latency_ms"] == by_r[1]["latency_ms"] and "same_plan_as" not in by_r[chosen]
     for g in res.plan.groups:
         if g.removed:
             assert len(g.kept) % chosen == 0 or len(g.kept) == g.size
