@@ -190,7 +190,19 @@ def run(cfg: RunConfig, runs_dir: Path, *, keep_artifacts: bool = True) -> dict:
 
     # phase A
     reg = None
-    if spec["reg"] is None:
+    if spec.get("tp"):
+        # Torch-Pruning anchor: TP's regularizer in phase A (optimizer weight decay 0 while it
+        # regularizes, as in TP's reproduce/main.py), same widths as our runs of this cut
+        from exp import tp_anchor
+
+        def tp_factory(opt, steps, sum_lr):
+            anchor = tp_anchor.TPAnchor(cfg.method, model, example, by_shape, steps=steps, sum_lr=sum_lr)
+            result["regularizer"] = anchor.describe()
+            log(f"Torch-Pruning {json.dumps(result['regularizer'], default=str)[:600]}")
+            return anchor
+
+        reg, info = train_phase(model, loader, s.epochs_a, s.lr, 0.0, log, "A", reg_factory=tp_factory)
+    elif spec["reg"] is None:
         ckpt = runs_dir / "cache" / f"phaseA-{cfg.model}-{cfg.phase_a_key()}.pt"
         if ckpt.exists():
             model.load_state_dict(torch.load(ckpt, weights_only=True))
@@ -240,7 +252,7 @@ def run(cfg: RunConfig, runs_dir: Path, *, keep_artifacts: bool = True) -> dict:
         acc_a = onnx_accuracy(art / "premerge.onnx", xt, yt, threads)
         result["csgd"] = csgd_merge(reg)
         log(f"C-SGD merge: {result['csgd']}")
-    export(model, example, dense_onnx, regularizer=reg, dynamic_batch=True)
+    export(model, example, dense_onnx, regularizer=None if spec.get("tp") else reg, dynamic_batch=True)
     if cfg.method != "csgd":
         acc_a = onnx_accuracy(dense_onnx, xt, yt, threads)
     log(f"accuracy after phase A (ONNX): {acc_a:.4f}")
@@ -257,6 +269,10 @@ def run(cfg: RunConfig, runs_dir: Path, *, keep_artifacts: bool = True) -> dict:
         m = api.inspect(final_onnx)
         result.update(acc_dense=acc, acc_pruned=None, acc_finetuned=acc, macs=m["macs"], params=m["params"],
                       macs_dense=m["macs"], params_dense=m["params"], macs_fraction=1.0, speedup=1.0)
+    elif spec.get("tp"):
+        small, acc_p, rep, diff = _tp_prune(cfg, reg, model, example, an0, counts, dense_onnx, art, xt, yt,
+                                            threads, log, phases)
+        result["tp_pruned"] = rep.pop("tp_pruned")
     else:
         # prune the ONNX with the method's importance at the cut's widths
         an = api.analyze(dense_onnx)
@@ -290,6 +306,7 @@ def run(cfg: RunConfig, runs_dir: Path, *, keep_artifacts: bool = True) -> dict:
         log(f"torch shrink vs pruned ONNX: max |logit diff| {diff:.2e} (missing weights: {missing_w})")
         if diff > 1e-3:
             raise RuntimeError(f"shrunk torch model differs from the pruned ONNX by {diff}")
+    if cfg.method != "dense":
         _, info = train_phase(small, loader, s.epochs_b, s.lr_ft, s.weight_decay, log, "B")
         phases["b"] = info
         small.eval()
@@ -308,7 +325,8 @@ def run(cfg: RunConfig, runs_dir: Path, *, keep_artifacts: bool = True) -> dict:
                       macs_dense=rep["macs_before"], params_dense=rep["params_before"],
                       macs_fraction=rep["macs_after"] / rep["macs_before"], verify=rep["verify"],
                       torch_vs_onnx_max_abs=diff, latency=lat, speedup=lat["batch1"]["speedup"],
-                      kept=[{"tensor": x["tensor"], "axis": x["axis"], "n": len(x["kept"])} for x in rep["plan"]])
+                      kept=rep.get("kept") or [{"tensor": x["tensor"], "axis": x["axis"], "n": len(x["kept"])}
+                                                for x in rep["plan"]])
         if reg is not None and hasattr(reg, "deviation") and cfg.method != "csgd":
             result["deviation"] = reg.deviation()
     result["phases"] = phases
@@ -322,6 +340,40 @@ def run(cfg: RunConfig, runs_dir: Path, *, keep_artifacts: bool = True) -> dict:
         for p in art.glob("*.onnx"):
             p.unlink()
     return result
+
+
+def _tp_prune(cfg, anchor, model, example, an0, counts, dense_onnx, art, xt, yt, threads, log, phases):
+    """Torch-Pruning prunes the phase-A torch model in place to the cut's widths; the pruned model
+    is exported and evaluated (right after pruning); its MACs/params must equal those of our runs
+    (the ONNX widths ``counts``). Returns (model, accuracy, report-like dict, torch-vs-ONNX diff)."""
+    from exp.tp_anchor import kept_list
+    from compressor.planning.budget import plan_cost
+
+    dense_state = {k: v.clone() for k, v in model.state_dict().items()}
+    t0 = time.perf_counter()
+    got = anchor.prune()
+    phases["prune_seconds"] = round(time.perf_counter() - t0, 2)
+    model.eval()
+    pruned_onnx = art / "pruned.onnx"
+    export(model, example, pruned_onnx, dynamic_batch=True)
+    acc_p = onnx_accuracy(pruned_onnx, xt, yt, threads)
+    m0, m1 = api.inspect(dense_onnx), api.inspect(pruned_onnx)
+    want_macs, want_params = plan_cost(an0, {gid: list(range(n)) for gid, n in counts.items()})
+    log(f"accuracy right after Torch-Pruning: {acc_p:.4f}; MACs {m1['macs']}/{m0['macs']} (our widths: "
+        f"{want_macs}); params {m1['params']} (ours {want_params})")
+    if (m1["macs"], m1["params"]) != (want_macs, want_params):
+        raise RuntimeError(f"TP-pruned model has MACs/params {m1['macs']}/{m1['params']}, "
+                           f"our runs of this cut {want_macs}/{want_params}")
+    with torch.no_grad():
+        diff = float(np.abs(model(torch.from_numpy(xt[:64])).numpy() - onnx_logits(pruned_onnx, xt[:64])).max())
+    log(f"TP-pruned torch vs its ONNX export: max |logit diff| {diff:.2e}")
+    if diff > 1e-3:
+        raise RuntimeError(f"TP-pruned torch model differs from its ONNX export by {diff}")
+    rep = {"macs_after": m1["macs"], "params_after": m1["params"], "macs_before": m0["macs"],
+           "params_before": m0["params"], "kept": kept_list(dense_state, model), "tp_pruned": got,
+           "verify": {"passed": None, "note": "pruned by Torch-Pruning in torch (no ONNX equivalence oracle); "
+                      "MACs/params checked equal to our runs of this cut"}}
+    return model, acc_p, rep, diff
 
 
 def counts_for_id(an, g, by_shape) -> int:

@@ -69,6 +69,10 @@ METHODS: dict[str, dict] = {
     "orthoreg": {"reg": "orthoreg", "importance": "learned"},
     "sfp": {"reg": "sfp", "importance": "learned"},
     "asrfp": {"reg": "asrfp", "importance": "learned"},
+    # Torch-Pruning 1.6.1 anchors (tools/exp/tp_anchor.py): TP regularizes and prunes the torch model
+    # to the same widths; needs `pip install torch-pruning==1.6.1` (not a project dependency)
+    "tp_groupnorm": {"reg": "tp_groupnorm", "importance": "tp", "tp": True},
+    "tp_growingreg": {"reg": "tp_growingreg", "importance": "tp", "tp": True},
 }
 
 
@@ -143,7 +147,7 @@ class RunConfig:
 
 
 PRIORITY = ["dense", "l1", "csgd", "gates", "greg1", "slimming", "greg2", "increg", "group_lasso", "sfp",
-            "asrfp", "orthoreg"]
+            "asrfp", "orthoreg", "tp_groupnorm", "tp_growingreg"]
 
 TABLES = {
     # table name -> (models, cuts, methods, seeds)
