@@ -69,6 +69,57 @@ def widths_md(rows: list[dict], source: str) -> str:
     return "\n".join(out) + "\n"
 
 
+ANCHORS = ("tp_groupnorm", "tp_growingreg")
+
+
+def cuts_md(results: list[dict], setting: str = "cpu", seed: int = 0) -> str:
+    """One row per method, both cuts side by side (tables ``main`` = 2x and ``cut4`` = 4x): accuracy
+    right after pruning and after fine-tuning, and the fine-tuned difference to the dense baseline
+    and to the Torch-Pruning GroupNorm anchor of the same cut."""
+    cell: dict[tuple[str, float], dict] = {}
+    table_cut = {"main": 2.0, "cut4": 4.0}
+    for r in results:
+        c = r["config"]
+        if c["setting"]["name"] != setting or c["seed"] != seed or c["table"] not in table_cut:
+            continue
+        if c["method"] == "dense":  # one dense run per table (same phase-A checkpoint)
+            cell[("dense", table_cut[c["table"]])] = r
+            continue
+        cell[(c["method"], c["cut"])] = r
+    if not cell:
+        return ""
+    cuts = [2.0, 4.0]
+    methods = sorted({m for m, _ in cell if m != "dense"}, key=lambda m: (m in ANCHORS, m))
+    dense_note = "; ".join(f"{c:g}x: {_pct(cell[('dense', c)]['acc_finetuned'])} % "
+                           f"(`{Path(cell[('dense', c)]['_path']).name}`)" for c in cuts if ("dense", c) in cell)
+
+    def d(a, b):
+        return "–" if a is None or b is None else f"{100 * (a - b):+.2f}"
+
+    out = [f"### Both cuts side by side (setting `{setting}`, seed {seed}; tables `main` = 2x, `cut4` = 4x)\n",
+           "Accuracy % right after pruning (no fine-tuning) → after fine-tuning; Δ = fine-tuned minus the dense "
+           "baseline / minus the Torch-Pruning GroupNorm anchor at the same cut (pt). "
+           + (f"Dense baseline (8 epochs, the dense run of each table): {dense_note}." if dense_note
+              else "No dense run.") + "\n",
+           "| method | " + " | ".join(f"{c:g}x right after → fine-tuned | {c:g}x Δ dense | {c:g}x Δ TP-GroupNorm"
+                                     for c in cuts) + " |",
+           "|---|" + "---|---|---|" * len(cuts)]
+    for m in methods:
+        cells = []
+        for c in cuts:
+            r = cell.get((m, c))
+            if r is None:
+                cells += ["not run", "", ""]
+                continue
+            anchor, dense = cell.get(("tp_groupnorm", c)), cell.get(("dense", c))
+            cells += [f"{_pct(r.get('acc_pruned'))} → {_pct(r.get('acc_finetuned'))}",
+                      d(r.get("acc_finetuned"), dense and dense.get("acc_finetuned")),
+                      d(r.get("acc_finetuned"), anchor and anchor.get("acc_finetuned"))]
+        name = f"{m} (anchor)" if m in ANCHORS else m
+        out.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
 def plots(rows: list[dict], plot_dir: Path, stem: str) -> list[Path]:
     import matplotlib
     matplotlib.use("Agg")
@@ -93,7 +144,8 @@ def plots(rows: list[dict], plot_dir: Path, stem: str) -> list[Path]:
             x = xval(r)
             if x is None:
                 continue
-            ax.scatter([x], [100 * r["acc_finetuned"]], marker="o")
+            anchor = r["config"]["method"] in ANCHORS  # Torch-Pruning rows: squares
+            ax.scatter([x], [100 * r["acc_finetuned"]], marker="s" if anchor else "o")
             ax.annotate(r["config"]["method"], (x, 100 * r["acc_finetuned"]), fontsize=7,
                         xytext=(3, 3), textcoords="offset points")
             if r.get("acc_pruned") is not None:
@@ -102,8 +154,9 @@ def plots(rows: list[dict], plot_dir: Path, stem: str) -> list[Path]:
             ax.axhline(100 * r["acc_finetuned"], color="k", ls="--", lw=0.8, label=f"dense seed {r['config']['seed']}")
             ax.scatter([1.0], [100 * r["acc_finetuned"]], marker="*", s=120, color="k")
         ax.set_xlabel(xlabel)
-        ax.set_ylabel("test accuracy % (o: fine-tuned, x: right after pruning)")
-        ax.set_title(stem)
+        ax.set_ylabel("test accuracy % (o: fine-tuned, x: right after pruning)", fontsize=8)
+        ax.set_title(stem + " (squares: Torch-Pruning anchors)" if any(
+            r["config"]["method"] in ANCHORS for r in pruned) else stem)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower right")
         fig.tight_layout()
@@ -124,6 +177,9 @@ def write_report(runs: Path, out_md: Path, plot_dir: Path, header: str = "") -> 
     probe = runs / "widths" / "probe.json"
     if probe.exists():
         parts.append(widths_md(json.loads(probe.read_text()), _rel(str(probe), root)))
+    both = cuts_md(results)
+    if both:
+        parts.append(both)
     for (table, setting), rows in sorted(groups.items()):
         rows.sort(key=lambda r: (r["config"]["model"], r["config"]["cut"], r["config"]["method"] != "dense",
                                  r["config"]["method"], r["config"]["seed"]))
