@@ -21,12 +21,13 @@ from compressor.importance import CRITERIA, score_groups
 from compressor.ir.fold import prepare
 from compressor.ir.graph import GraphIndex
 from compressor.ir.model_io import load_model, ort_max_ir_version, save_model, validate_model
-from compressor.ir.shapes import InputSpec, parse_shape_specs, resolve_inputs, weightless
+from compressor.ir.shapes import InputSpec, parse_shape_specs, resolve_inputs
 from compressor.metrics import count
 from compressor.planning import PlanOptions, PruningPlan, make_plan, plan_from_slices
 from compressor.planning.budget import plan_cost, plan_for_fraction, plan_for_latency
 from compressor.surgery import apply_plan
-from compressor.verify import masked_original, verify
+from compressor.surgery.finalize import finalize
+from compressor.verify import masked_reference, verify
 
 ModelLike = "str | os.PathLike | onnx.ModelProto"
 
@@ -161,18 +162,18 @@ def prune(model, *, ratio: float = 0.5, output: str | os.PathLike | None = None,
     keep = plan.keep
     surgery = apply_plan(an, keep)
     pruned = surgery.model
-    pruned.ir_version = min(pruned.ir_version, ort_max_ir_version())
-    pruned = _finalize(pruned)
+    pruned = finalize(pruned, what="pruned")
 
     macs_b, params_b, _ = count(index)
     macs_a, params_a, _ = count(index, surgery.context.new_shape)
-    index.release_values()  # the weights' numpy copies are not needed past this point
     ver = None
     if verify_model:
-        reference = masked_original(an, keep)
-        reference.ir_version = pruned.ir_version
+        # the masked original feeds onnxruntime the index's weight arrays in place (no copy)
+        reference = masked_reference(an, keep)
+        reference.model.ir_version = pruned.ir_version
         ver = verify(reference, pruned, spec, tolerance=tolerance, seed=seed)
         del reference
+    index.release_values()  # the weights' numpy copies are not needed past this point
     report = {
         "input": path,
         "output": str(output) if output is not None else None,
@@ -251,20 +252,23 @@ def _pruned_for_timing(an: Analysis, plan: PruningPlan) -> onnx.ModelProto:
 
 
 def _latency_plan(proto, an, scores, opts, target_ms, provider, spec, tol):
-    from compressor.bench.api import benchmark
+    """Read the target against the dense model measured here, then search on interleaved ratios."""
+    from compressor.bench.ratio import RatioMeter, RatioPrecision, median_interval
+    from compressor.planning.budget import LatencySearch
 
-    shapes = [f"{k}:{'x'.join(map(str, v))}" for k, v in spec.shapes.items()]
-    base = benchmark([proto], provider=provider, input_shapes=shapes, progress=False, log=None,
-                     min_time=1.0).results[0].stats.p50_ms
+    meter = RatioMeter(proto, provider=provider, input_shapes={k: list(v) for k, v in spec.shapes.items()})
+    dense = meter.reference_ms(min_time_s=3.0)
+    lo, reference, hi = median_interval(dense)
+    search_precision = RatioPrecision(rel_halfwidth=0.025, min_time_s=1.0, max_time_s=6.0)
+    confirm_precision = RatioPrecision(rel_halfwidth=0.015, min_time_s=3.0, max_time_s=20.0)
 
-    def measure(plan: PruningPlan) -> float:
-        res = benchmark([proto, _pruned_for_timing(an, plan)], provider=provider, input_shapes=shapes,
-                        progress=False, log=None, min_time=1.0)
-        # the dense model runs interleaved as a drift check: scale by its drift from the first measurement
-        dense, pruned = (r.stats.p50_ms for r in res.results)
-        return pruned * base / dense
+    def measure(plan: PruningPlan, confirm: bool):
+        return meter.measure(_pruned_for_timing(an, plan), confirm_precision if confirm else search_precision)
 
-    return plan_for_latency(an, scores, opts, target_ms, measure, base, tolerance=tol)
+    res = plan_for_latency(an, scores, opts, target_ms, measure, reference, LatencySearch(tolerance=tol))
+    res.details.update({"reference_interval_ms": [lo, hi], "reference_runs": len(dense),
+                        "provider": meter.provider_used, "threads": meter.threads})
+    return res
 
 
 AUTO_ROUND_CANDIDATES = (1, 4, 8, 16, 32)
@@ -305,21 +309,6 @@ def _auto_round(proto, an, opts, choose, provider, spec):
     plan = candidates[best][1]
     plan.options = dataclasses.replace(plan.options, round_to=candidates[best][0])
     return plan, {"chosen": candidates[best][0], "measured": table}
-
-
-def _finalize(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Re-infer shapes on the pruned graph and run the full checker."""
-    try:
-        inferred = onnx.shape_inference.infer_shapes(weightless(model), check_type=True, strict_mode=True)
-    except Exception as exc:
-        raise VerificationError(f"pruned model fails shape inference: {str(exc).splitlines()[0]}") from None
-    declared = {i.name for i in model.graph.input} | {o.name for o in model.graph.output}
-    model.graph.value_info.extend(vi for vi in inferred.graph.value_info if vi.name not in declared)
-    try:
-        onnx.checker.check_model(model, full_check=True)
-    except Exception as exc:
-        raise VerificationError(f"pruned model fails onnx.checker: {str(exc).splitlines()[0]}") from None
-    return model
 
 
 def _read_plan(path, analysis: Analysis, opts: PlanOptions) -> PruningPlan:

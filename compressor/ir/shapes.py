@@ -43,65 +43,20 @@ def parse_shape_specs(specs: list[str] | tuple[str, ...] | None) -> dict[str | N
 
 def resolve_inputs(model: onnx.ModelProto, specs: dict[str | None, tuple[int, ...]] | None = None,
                    default_batch: int = 1) -> InputSpec:
-    """Concrete input shapes: user specs, then static dims, then batch dims defaulted to 1."""
-    specs = dict(specs or {})
-    inputs = graph_inputs(model)
-    names = [i.name for i in inputs]
-    if None in specs:
-        if len(inputs) != 1:
-            raise UsageError(
-                f"a bare --input-shape needs a single-input model; this one has inputs {names}: "
-                "use NAME:1x3x224x224"
-            )
-        specs[names[0]] = specs.pop(None)
-    for name in specs:
-        if name not in names:
-            raise UsageError(f"--input-shape names '{name}', which is not a model input (inputs: {names})")
-    shapes: dict[str, tuple[int, ...]] = {}
-    dtypes: dict[str, np.dtype] = {}
-    defaults: list[str] = []
-    for vi in inputs:
-        tt = vi.type.tensor_type
+    """Concrete input shapes: user specs, then static dims, symbolic dims bound by another input's
+    spec, then batch dims defaulted to ``default_batch``; dtypes from the model.
+
+    One resolution for every command: the bench package's resolver is the implementation.
+    """
+    from compressor.bench.inputs import resolve_input_shapes
+
+    for vi in graph_inputs(model):
         if not vi.type.HasField("tensor_type"):
             raise UsageError(f"input '{vi.name}' is not a tensor; only tensor inputs are supported")
-        dtypes[vi.name] = helper.tensor_dtype_to_np_dtype(tt.elem_type)
-        model_dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
-        given = specs.get(vi.name)
-        if given is not None:
-            if tt.HasField("shape") and len(given) != len(model_dims):
-                raise UsageError(
-                    f"--input-shape for '{vi.name}' has rank {len(given)} but the model's input has "
-                    f"rank {len(model_dims)} ({_fmt(model_dims)})"
-                )
-            for i, (g, m) in enumerate(zip(given, model_dims)):
-                if m is not None and m > 0 and g != m:
-                    raise UsageError(
-                        f"--input-shape for '{vi.name}' sets dim {i} to {g} but the model fixes it "
-                        f"to {m} ({_fmt(model_dims)})"
-                    )
-            shapes[vi.name] = tuple(given)
-            continue
-        if not tt.HasField("shape"):
-            raise UsageError(f"input '{vi.name}' has no shape: pass --input-shape {vi.name}:DIMS")
-        dims = []
-        for i, m in enumerate(model_dims):
-            if m is not None and m > 0:
-                dims.append(m)
-            elif i == 0:
-                dims.append(default_batch)
-                label = tt.shape.dim[0].dim_param or "?"
-                defaults.append(f"{vi.name}: batch dim '{label}' = {default_batch}")
-            else:
-                raise UsageError(
-                    f"input '{vi.name}' has a dynamic dim {i} ({_fmt(model_dims)}): pass "
-                    f"--input-shape {vi.name}:" + "x".join(str(d or 'N') for d in model_dims)
-                )
-        shapes[vi.name] = tuple(dims)
+    shapes, defaults = resolve_input_shapes(model, specs, default_batch=default_batch)
+    dtypes = {vi.name: helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)
+              for vi in graph_inputs(model)}
     return InputSpec(shapes, dtypes, defaults)
-
-
-def _fmt(dims) -> str:
-    return "x".join("?" if d is None else str(d) for d in dims)
 
 
 def random_feeds(spec: InputSpec, seed: int = 0) -> dict[str, np.ndarray]:

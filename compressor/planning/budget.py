@@ -2,20 +2,26 @@
 target while removing the least important channels.
 
 MACs/params targets search the pruning ratio (uniform, or global with --global) by bisection;
-each candidate plan is costed exactly from its new shapes without building a model. A latency
-target starts from the MACs fraction that the target suggests and refines it by measuring the
-whole pruned model on the provider until the measurement is within the tolerance.
+each candidate plan is costed exactly from its new shapes without building a model.
+
+A latency target in ms is read against the dense model's latency measured by the caller in the
+same process (the reference): the search looks for the plan whose latency *ratio* to the dense
+model, timed interleaved with it, is within the tolerance of target / reference, and confirms it
+with a second measurement. Ratios of interleaved runs survive the load drift of a shared machine;
+absolute milliseconds measured seconds apart do not.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 
 from compressor.analysis.groups import Analysis
+from compressor.bench.ratio import RatioSample
 from compressor.errors import UsageError
 from compressor.metrics import count
 from compressor.planning.plan import PlanOptions, PruningPlan, make_plan
@@ -38,9 +44,11 @@ class BudgetResult:
     target: float
     achieved: float
     steps: list[dict] = field(default_factory=list)
+    details: dict = field(default_factory=dict)  # latency: reference, ratio, confirmation
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, "target": self.target, "achieved": self.achieved, "steps": self.steps}
+        return {"kind": self.kind, "target": self.target, "achieved": self.achieved, **self.details,
+                "steps": self.steps}
 
 
 def _plan_at(analysis, scores, opts: PlanOptions, ratio: float) -> PruningPlan:
@@ -85,54 +93,206 @@ def plan_for_fraction(analysis: Analysis, scores: dict[int, np.ndarray], opts: P
     return BudgetResult(best_plan, kind, fraction, best_v / base, steps)
 
 
+# --------------------------------------------------------------------------- latency targets
+
+
+class LatencyTargetError(UsageError):
+    """A latency target that was not met (unreachable, or not found within the measuring budget).
+    ``budget`` holds what the search measured, for tools and tests; nothing is written."""
+
+    def __init__(self, message: str, budget: dict):
+        super().__init__(message)
+        self.budget = budget
+
+
+@dataclass
+class LatencySearch:
+    """How the latency search measures and when it gives up (see ``plan_for_latency``)."""
+
+    tolerance: float = 0.05
+    max_measurements: int = 12  # search and confirmation measurements together
+    time_budget_s: float = 300.0
+    aim: float = 0.5  # trigger a confirmation when within aim * tolerance (tolerance in the last third)
+
+
+@dataclass
+class _Point:
+    """One plan the search measured; repeated measurements of the same plan are pooled."""
+
+    macs_fraction: float
+    plan: PruningPlan
+    sample: RatioSample
+    measurements: int = 1
+
+
+def _plan_key(plan: PruningPlan) -> tuple:
+    """Plans with the same widths run alike: key by kept channel counts."""
+    return tuple(sorted((gid, len(kept)) for gid, kept in plan.keep.items()))
+
+
+def monotone_fit(xs: list[float], ys: list[float], weights: list[float]) -> list[float]:
+    """Weighted least-squares non-decreasing fit of ys over increasing xs (pool adjacent violators)."""
+    blocks: list[list[float]] = []  # [weighted mean, weight, count]
+    for y, w in zip(ys, weights):
+        blocks.append([y, w, 1])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            y2, w2, n2 = blocks.pop()
+            y1, w1, n1 = blocks.pop()
+            blocks.append([(y1 * w1 + y2 * w2) / (w1 + w2), w1 + w2, n1 + n2])
+    fit: list[float] = []
+    for y, _, n in blocks:
+        fit += [y] * n
+    return fit
+
+
+def next_fraction(points: list[tuple[float, float, float]], target: float, floor: float) -> float:
+    """The MACs fraction at which a monotone fit of the measured (fraction, ratio, weight) points
+    reaches the target ratio. The dense model, (1, 1), is an exact point. Between measured points
+    the fit is interpolated linearly; below the smallest one it is extrapolated along the line
+    through it and (1, 1) (latency affine in MACs), or proportionally when that line is flat."""
+    pts = sorted(p for p in points if p[0] < 1.0) + [(1.0, 1.0, 1e9)]
+    xs = [p[0] for p in pts]
+    fit = monotone_fit(xs, [p[1] for p in pts], [p[2] for p in pts])
+    i = next(k for k, y in enumerate(fit) if y >= target)  # fit[-1] == 1 > target
+    if i == 0:
+        x0, y0 = xs[0], fit[0]
+        slope = (1.0 - y0) / (1.0 - x0) if x0 < 1.0 else 0.0
+        f = x0 - (y0 - target) / slope if slope > 1e-6 else x0 * target / y0
+    else:
+        xa, ya, xb, yb = xs[i - 1], fit[i - 1], xs[i], fit[i]
+        f = xa + (target - ya) * (xb - xa) / (yb - ya) if yb > ya else (xa + xb) / 2
+    return float(min(1.0, max(floor, f)))
+
+
 def plan_for_latency(analysis: Analysis, scores: dict[int, np.ndarray], opts: PlanOptions, target_ms: float,
-                     measure: Callable[[PruningPlan], float], base_ms: float, tolerance: float = 0.05,
-                     max_steps: int = 8) -> BudgetResult:
-    """Refine a MACs fraction until the measured latency of the pruned model is within
-    ``tolerance`` of ``target_ms``. ``measure(plan)`` returns the pruned model's latency (ms)."""
+                     measure: Callable[[PruningPlan, bool], RatioSample], reference_ms: float,
+                     search: LatencySearch | None = None, clock: Callable[[], float] = time.monotonic
+                     ) -> BudgetResult:
+    """The plan whose measured latency ratio to the dense model is within the tolerance of
+    ``target_ms / reference_ms``, confirmed by a second measurement.
+
+    ``reference_ms`` is the dense model's latency measured by the caller; the target is read
+    against it. ``measure(plan, confirm)`` times the pruned model interleaved with the dense one
+    and returns the per-round ratios pruned / dense (``confirm`` asks for the longer, more precise
+    measurement). The search keeps every (MACs fraction, ratio) pair, pools repeated measurements
+    of the same widths, and picks the next MACs fraction from a monotone fit of all of them. A plan
+    measured within ``aim * tolerance`` of the target (within the tolerance in the last third of
+    the budget) is measured again; it is accepted when that confirmation and the pooled ratio are
+    both within the tolerance. Raises LatencyTargetError (a UsageError: exit 2, nothing written)
+    when the most pruned plan allowed is measured slower than the target, or when no plan was
+    confirmed within ``max_measurements`` / ``time_budget_s``.
+    """
+    search = search or LatencySearch()
+    tol = search.tolerance
     if target_ms <= 0:
         raise UsageError(f"--target-latency must be positive, got {target_ms}")
-    if target_ms >= base_ms * (1 - tolerance):
-        raise UsageError(f"--target-latency {target_ms:g} ms is not below the model's measured "
-                         f"{base_ms:.3g} ms: nothing to prune")
+    if reference_ms <= 0:
+        raise UsageError(f"the dense model's latency measured {reference_ms} ms; cannot read a target against it")
+    target = target_ms / reference_ms
+    if target >= 1 - tol:
+        raise UsageError(f"--target-latency {target_ms:g} ms is not below the dense model's {reference_ms:.4g} ms "
+                         f"measured here (within {tol:.0%}): nothing to prune")
+    base = max(plan_cost(analysis, {})[0], 1)
+    floor_plan = _plan_at(analysis, scores, opts, MAX_RATIO)
+    if not floor_plan.keep:
+        raise UsageError(f"--target-latency {target_ms:g} ms is unreachable: no group can be pruned")
+    floor_f = plan_cost(analysis, floor_plan.keep)[0] / base
+    floor_key = _plan_key(floor_plan)
+    points: dict[tuple, _Point] = {}
     steps: list[dict] = []
-    fraction = min(1.0, target_ms / base_ms)
-    lo_f, hi_f = 0.0, 1.0  # fraction bracket: lo too slow? (we track by measurement)
-    best: tuple[float, PruningPlan, float] | None = None
-    floor = None
-    for _ in range(max_steps):
-        try:
+    start = clock()
+
+    def details() -> dict:
+        return {"reference_ms": reference_ms, "target_ratio": target, "tolerance": tol}
+
+    def log_step(fraction: float, sample: RatioSample, role: str) -> None:
+        steps.append({"macs_fraction": round(fraction, 4), "latency_ms": round(reference_ms * sample.median, 4),
+                      "role": role, **sample.to_dict()})
+
+    planned: dict[float, tuple[PruningPlan, float]] = {}
+
+    def plan_near(fraction: float) -> tuple[PruningPlan, float]:
+        if fraction <= floor_f:
+            return floor_plan, floor_f
+        if fraction not in planned:
             res = plan_for_fraction(analysis, scores, opts, "macs", fraction)
-        except UsageError:
-            res = None
-        if res is None:
-            if floor is None:
-                floor = _plan_at(analysis, scores, opts, MAX_RATIO)
-            plan, achieved = floor, plan_cost(analysis, floor.keep)[0] / max(plan_cost(analysis, {})[0], 1)
+            planned[fraction] = res.plan, res.achieved
+        return planned[fraction]
+
+    def off(ratio: float) -> float:
+        return ratio / target - 1
+
+    fraction = float(min(1.0, max(floor_f, target)))  # first guess: latency proportional to MACs
+    measured = 0
+    while measured < search.max_measurements and clock() - start < search.time_budget_s:
+        plan, achieved = plan_near(fraction)
+        key = _plan_key(plan)
+        sample = measure(plan, False)
+        measured += 1
+        log_step(achieved, sample, "search")
+        point = points.get(key)
+        if point is None:
+            point = points[key] = _Point(achieved, plan, sample)
         else:
-            plan, achieved = res.plan, res.achieved
-        ms = measure(plan)
-        steps.append({"macs_fraction": round(achieved, 4), "latency_ms": round(ms, 4)})
-        err = abs(ms - target_ms) / target_ms
-        if best is None or err < best[0]:
-            best = (err, plan, ms)
-        if err <= tolerance:
-            break
-        if ms > target_ms:
-            hi_f = min(hi_f, achieved)
-            if res is None:
-                raise UsageError(
-                    f"--target-latency {target_ms:g} ms is unreachable: the most pruned model measured "
-                    f"{ms:.3g} ms (dense {base_ms:.3g} ms)")
-        else:
-            lo_f = max(lo_f, achieved)
-        # latency is roughly affine in MACs: scale the fraction, stay inside the bracket
-        new = fraction * target_ms / ms
-        if not (lo_f < new < hi_f):
-            new = (lo_f + hi_f) / 2
-        fraction = float(np.clip(new, 1e-4, 1.0))
-    err, plan, ms = best
-    if err > tolerance:
-        raise UsageError(f"--target-latency {target_ms:g} ms: the closest measured plan ran {ms:.3g} ms "
-                         f"({err:.1%} off, tolerance {tolerance:.0%}); nothing written")
-    return BudgetResult(plan, "latency", target_ms, ms, steps)
+            point.sample, point.measurements = point.sample.pooled(sample), point.measurements + 1
+        # aim near the target first; accept the edge of the tolerance late or for a plan measured again
+        late = measured >= search.max_measurements * 2 / 3 or point.measurements >= 2
+        band = tol if late else search.aim * tol
+        if abs(off(point.sample.median)) <= band and measured < search.max_measurements:
+            confirmation = measure(plan, True)
+            measured += 1
+            log_step(achieved, confirmation, "confirm")
+            point.sample, point.measurements = point.sample.pooled(confirmation), point.measurements + 1
+            if abs(off(confirmation.median)) <= tol and abs(off(point.sample.median)) <= tol:
+                return BudgetResult(plan, "latency", target_ms, reference_ms * confirmation.median, steps, {
+                    **details(), "ratio": confirmation.median, "ratio_interval": list(confirmation.interval),
+                    "macs_fraction": achieved, "confirmation": confirmation.to_dict(),
+                    "pooled": point.sample.to_dict(), "measurements": measured,
+                    "seconds": round(clock() - start, 2)})
+        if key == floor_key and off(point.sample.median) > tol and (
+                point.measurements >= 2 or off(point.sample.interval[0]) > tol):
+            raise LatencyTargetError(
+                f"--target-latency {target_ms:g} ms is unreachable: the most pruned plan allowed (MACs "
+                f"{floor_f:.3f} of the dense model, min-channels {opts.min_channels}, round-to {opts.round_to}) "
+                f"measured {point.sample.median:.3f}x the dense model's {reference_ms:.4g} ms = "
+                f"{reference_ms * point.sample.median:.4g} ms; nothing written", {**details(), "steps": steps})
+        fit_points = [(p.macs_fraction, p.sample.median, p.sample.rounds) for p in points.values()]
+        fraction = next_fraction(fit_points, target, floor_f)
+        revisit = points.get(_plan_key(plan_near(fraction)[0]))
+        if revisit is not None and revisit.measurements >= 2:
+            # measured twice and not accepted: try the widths between it and its neighbour instead
+            fraction = _step_past(revisit, list(points.values()), target, floor_f)
+            again = points.get(_plan_key(plan_near(fraction)[0]))
+            if again is not None and again.measurements >= 2:
+                # the fit points between adjacent plans. Latency is not monotone in MACs at odd widths
+                # (ORT's blocked CPU kernels), so untried plans nearby may land closer: try those
+                closest = min(points.values(), key=lambda p: abs(off(p.sample.median)))
+                toward = -1.0 if closest.sample.median > target else 1.0
+                scan = [closest.macs_fraction * (1 + sign * toward * 0.02 * k) for k in range(1, 7) for sign in (1, -1)]
+                fraction = next((f for f in scan if floor_f <= f < 1.0 and _plan_key(plan_near(f)[0]) not in points),
+                                None)
+                if fraction is None:
+                    exhausted = True
+                    break
+    else:
+        exhausted = False
+    closest = min(points.values(), key=lambda p: abs(off(p.sample.median)))
+    why = "no untried plans near the target" if exhausted else "the measuring budget ran out"
+    raise LatencyTargetError(
+        f"--target-latency {target_ms:g} ms (ratio {target:.3f} to the dense model's {reference_ms:.4g} ms "
+        f"measured here) was not met within {tol:.0%} after {measured} measurements "
+        f"({clock() - start:.0f} s; {why}): the closest plan "
+        f"(MACs {closest.macs_fraction:.3f}) measured "
+        f"{closest.sample.median:.3f}x = {reference_ms * closest.sample.median:.4g} ms "
+        f"({off(closest.sample.median):+.1%}); nothing written", {**details(), "steps": steps})
+
+
+def _step_past(point: _Point, points: list[_Point], target: float, floor: float) -> float:
+    """A fraction between a plan measured repeatedly without success and its measured neighbour
+    on the side of the target (so the search tries other widths instead of re-measuring it)."""
+    x = point.macs_fraction
+    if point.sample.median > target:  # too slow: prune more
+        lower = [p.macs_fraction for p in points if p.macs_fraction < x]
+        return (x + max(lower, default=floor)) / 2
+    higher = [p.macs_fraction for p in points if p.macs_fraction > x]
+    return (x + min(higher, default=1.0)) / 2

@@ -15,10 +15,11 @@ from compressor.analysis.groups import Analysis, Group, analyze_index
 from compressor.errors import VerificationError
 from compressor.ir.fold import prepare
 from compressor.ir.graph import GraphIndex, subgraph_outer_refs
-from compressor.ir.model_io import load_model, ort_max_ir_version, validate_model
-from compressor.ir.shapes import InputSpec, parse_shape_specs, resolve_inputs, weightless
+from compressor.ir.model_io import load_model, validate_model
+from compressor.ir.shapes import InputSpec, parse_shape_specs, resolve_inputs
 from compressor.metrics import count
 from compressor.surgery.apply import apply_plan
+from compressor.surgery.finalize import finalize as _finalize
 from compressor.verify import verify
 
 #: Relative error the exact transforms must meet against the original (float32 round-off only).
@@ -177,20 +178,7 @@ def drop_unused_initializers(model: onnx.ModelProto) -> None:
 
 
 def finalize(model: onnx.ModelProto) -> onnx.ModelProto:
-    """IR version onnxruntime can load, shapes re-inferred, full checker."""
-    model.ir_version = min(model.ir_version, ort_max_ir_version())
-    del model.graph.value_info[:]
-    try:
-        inferred = onnx.shape_inference.infer_shapes(weightless(model), check_type=True, strict_mode=True)
-    except Exception as exc:
-        raise VerificationError(f"transformed model fails shape inference: {str(exc).splitlines()[0]}") from None
-    declared = {i.name for i in model.graph.input} | {o.name for o in model.graph.output}
-    model.graph.value_info.extend(vi for vi in inferred.graph.value_info if vi.name not in declared)
-    try:
-        onnx.checker.check_model(model, full_check=True)
-    except Exception as exc:
-        raise VerificationError(f"transformed model fails onnx.checker: {str(exc).splitlines()[0]}") from None
-    return model
+    return _finalize(model, what="transformed")
 
 
 def remove_channels(model: onnx.ModelProto, spec: InputSpec, remove: dict[int, list[int]],

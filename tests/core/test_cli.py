@@ -148,7 +148,7 @@ def test_ratio_out_of_range(model_path, tmp_path, ratio):
 
 
 def test_input_shape_contradicting_model(model_path, tmp_path):
-    assert_error(run(model_path, "-o", tmp_path / "o.onnx", "--input-shape", "1x4x8x8"), 2, "fixes it")
+    assert_error(run(model_path, "-o", tmp_path / "o.onnx", "--input-shape", "1x4x8x8"), 2, "contradicts the model")
 
 
 def test_bad_input_shape_syntax(model_path, tmp_path):

@@ -1,0 +1,182 @@
+"""Latency of candidate models as a ratio to one reference model, timed interleaved with it.
+
+`RatioMeter` builds the reference session once and keeps it. Each candidate is timed round by
+round against it (A B, B A, ... as in runner.py, spinning off) and the result is the list of
+per-round ratios candidate / reference: slow drift of the machine hits both runs of a round alike
+and cancels in the ratio. A measurement runs in chunks of rounds until the median ratio is known
+to a requested relative precision (a distribution-free 95% interval of the median, see
+`median_interval`) or a time cap is reached. The --target-latency search (planning/budget.py)
+works on these ratios; `RatioSample` is plain data so the search can be tested with a fake meter.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+Z95 = 1.96
+
+
+def median_interval(values: Sequence[float], z: float = Z95) -> tuple[float, float, float]:
+    """(low, median, high): the median and its distribution-free confidence interval.
+
+    The interval runs between the order statistics n/2 -+ z*sqrt(n)/2 (the binomial interval of
+    the median; 95% for z = 1.96), clamped to the sample. It needs no assumption about the shape
+    of the distribution, so a few slow rounds (a neighbour's burst) widen it only as much as they
+    make the median uncertain.
+    """
+    x = np.sort(np.asarray(values, dtype=np.float64))
+    n = x.size
+    if n == 0:
+        raise ValueError("median_interval needs at least one value")
+    median = float(np.median(x))
+    half = z * math.sqrt(n) / 2
+    lo = max(0, int(math.floor(n / 2 - half)))
+    hi = min(n - 1, int(math.ceil(n / 2 + half)) - 1)
+    return float(x[lo]), median, float(x[hi])
+
+
+@dataclass
+class RatioSample:
+    """Per-round ratios candidate / reference of one or more interleaved measurements."""
+
+    ratios: list[float]
+    reference_ms: list[float] = field(default_factory=list)
+    candidate_ms: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def rounds(self) -> int:
+        return len(self.ratios)
+
+    @property
+    def median(self) -> float:
+        return median_interval(self.ratios)[1]
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        lo, _, hi = median_interval(self.ratios)
+        return lo, hi
+
+    @property
+    def rel_halfwidth(self) -> float:
+        """Half the width of the median's 95% interval, relative to the median."""
+        lo, med, hi = median_interval(self.ratios)
+        return (hi - lo) / (2 * med) if med > 0 else math.inf
+
+    def pooled(self, other: RatioSample) -> RatioSample:
+        """Both measurements as one sample (the same plan measured twice)."""
+        return RatioSample(self.ratios + other.ratios, self.reference_ms + other.reference_ms,
+                           self.candidate_ms + other.candidate_ms, self.seconds + other.seconds)
+
+    def to_dict(self) -> dict:
+        lo, med, hi = median_interval(self.ratios)
+        return {
+            "ratio": round(med, 5),
+            "ratio_interval": [round(lo, 5), round(hi, 5)],
+            "rounds": self.rounds,
+            "reference_p50_ms": round(float(np.median(self.reference_ms)), 4) if self.reference_ms else None,
+            "candidate_p50_ms": round(float(np.median(self.candidate_ms)), 4) if self.candidate_ms else None,
+            "seconds": round(self.seconds, 2),
+        }
+
+
+@dataclass(frozen=True)
+class RatioPrecision:
+    """When a ratio measurement stops: once the median's interval is within `rel_halfwidth` of it
+    (after at least `min_rounds` rounds and `min_time_s` seconds), or after `max_time_s`."""
+
+    rel_halfwidth: float = 0.02
+    min_rounds: int = 10
+    min_time_s: float = 1.0
+    max_time_s: float = 8.0
+    chunk: int = 4
+
+    def done(self, sample: RatioSample, elapsed_s: float) -> bool:
+        if elapsed_s >= self.max_time_s:
+            return True
+        if sample.rounds < self.min_rounds or elapsed_s < self.min_time_s:
+            return False
+        return sample.rel_halfwidth <= self.rel_halfwidth
+
+
+class RatioMeter:
+    """Times models interleaved against one reference model whose session is kept.
+
+    ``reference`` and candidates: paths or onnx.ModelProto. ``input_shapes``: `--input-shape`
+    strings or {name: shape}; the batch is dim 0 of those shapes, else the model's own, else 1.
+    The candidates must take the same inputs as the reference (a pruned copy does).
+    """
+
+    def __init__(self, reference, provider: str = "cpu", input_shapes: Iterable[str] | Mapping | None = None,
+                 threads: int | None = None, warmup: int = 5, seed: int = 0,
+                 timer: Callable[[], float] = time.perf_counter,
+                 log: Callable[[str], None] | None = None):
+        from compressor.bench.api import _as_specs, _check_runs
+        from compressor.bench.inputs import natural_batch, random_feeds, shapes_for_batch
+        from compressor.bench.session import default_threads, make_run_fn, make_session
+        from compressor.bench.source import load_source
+
+        self._make_session, self._make_run_fn, self._check_runs = make_session, make_run_fn, _check_runs
+        self.provider, self.warmup, self.timer = provider, warmup, timer
+        self.threads = int(threads) if threads else default_threads()
+        source = load_source(reference)
+        specs = _as_specs(input_shapes)
+        self.batch = natural_batch(source.signature, specs) or 1
+        self.shapes, _ = shapes_for_batch(source.signature, specs, self.batch)
+        self.feeds = random_feeds(source.signature, self.shapes, seed=seed)
+        session, self.provider_used, warning = make_session(source, provider, self.threads)
+        if warning and log:
+            log(f"warning: {warning}")
+        self._reference = make_run_fn(session, self.feeds, self.provider_used)
+        self._session = session
+        _check_runs(self._reference, source.name, self.shapes)
+        self._warm = False
+
+    def _warm_up_reference(self, min_time_s: float = 0.5) -> None:
+        """The first runs in a process read slow: run the reference `warmup` times and 0.5 s."""
+        if not self._warm:
+            start, runs = time.monotonic(), 0
+            while runs < max(1, self.warmup) or time.monotonic() - start < min_time_s:
+                self._reference()
+                runs += 1
+            self._warm = True
+
+    def reference_ms(self, min_time_s: float = 2.0, min_rounds: int = 10) -> list[float]:
+        """Times (ms) of the reference alone, after its warm-up, for at least ``min_time_s``."""
+        from compressor.bench.runner import StopRule, measure_interleaved
+
+        self._warm_up_reference()
+        stop = StopRule.make(min_time=min_time_s, min_runs=min_rounds)
+        return measure_interleaved([self._reference], stop, warmup=0, timer=self.timer)[0]
+
+    def measure(self, candidate, precision: RatioPrecision = RatioPrecision()) -> RatioSample:
+        """Per-round ratios candidate / reference until ``precision`` says stop."""
+        from compressor.bench.runner import StopRule, measure_interleaved
+        from compressor.bench.source import load_source
+
+        if precision.chunk < 2 or precision.chunk % 2:
+            raise ValueError(f"chunk must be even (each model first as often), got {precision.chunk}")
+        source = load_source(candidate, 1)
+        session, _, _ = self._make_session(source, self.provider, self.threads)
+        run = self._make_run_fn(session, self.feeds, self.provider_used)
+        self._check_runs(run, source.name, self.shapes)
+        self._warm_up_reference()
+        start = time.monotonic()
+        sample = RatioSample([])
+        first = True
+        while True:
+            times = measure_interleaved([self._reference, run], StopRule.make(runs=precision.chunk),
+                                        warmup=self.warmup if first else 0, timer=self.timer)
+            first = False
+            ref, cand = times
+            sample.reference_ms += ref
+            sample.candidate_ms += cand
+            sample.ratios += [c / r for c, r in zip(cand, ref)]
+            sample.seconds = time.monotonic() - start
+            if precision.done(sample, sample.seconds):
+                return sample

@@ -1,0 +1,31 @@
+"""The last step of every graph edit: an IR version onnxruntime loads, shapes re-inferred, full check."""
+
+from __future__ import annotations
+
+import onnx
+
+from compressor.errors import VerificationError
+from compressor.ir.model_io import ort_max_ir_version
+from compressor.ir.shapes import weightless
+
+
+def finalize(model: onnx.ModelProto, what: str = "pruned") -> onnx.ModelProto:
+    """Cap the IR version at what the installed onnxruntime accepts, drop every ``value_info``
+    (stale after an edit) and re-infer it, then run ``onnx.checker`` with full checks.
+
+    A failure is a VerificationError naming ``what`` model failed: an edit that produces an
+    invalid graph is a bug of the edit, never something to write out.
+    """
+    model.ir_version = min(model.ir_version, ort_max_ir_version())
+    del model.graph.value_info[:]
+    try:
+        inferred = onnx.shape_inference.infer_shapes(weightless(model), check_type=True, strict_mode=True)
+    except Exception as exc:
+        raise VerificationError(f"{what} model fails shape inference: {str(exc).splitlines()[0]}") from None
+    declared = {i.name for i in model.graph.input} | {o.name for o in model.graph.output}
+    model.graph.value_info.extend(vi for vi in inferred.graph.value_info if vi.name not in declared)
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as exc:
+        raise VerificationError(f"{what} model fails onnx.checker: {str(exc).splitlines()[0]}") from None
+    return model

@@ -1,0 +1,256 @@
+"""--target-latency search, made deterministic with a fake latency meter: it reads the target
+against the dense reference, finds a plan whose measured ratio to the dense model is within the
+tolerance, confirms it with a second measurement before accepting, interpolates a monotone fit of
+every measured point, and refuses unreachable or unmet targets with exit 2 and nothing written."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import compressor.bench.ratio as ratio_module
+from compressor import api
+from compressor.bench.ratio import RatioSample, median_interval
+from compressor.cli import main
+from compressor.errors import UsageError
+from compressor.importance import score_groups
+from compressor.planning import PlanOptions
+from compressor.planning.budget import (
+    LatencySearch,
+    LatencyTargetError,
+    monotone_fit,
+    next_fraction,
+    plan_cost,
+    plan_for_latency,
+)
+from tests.core.graphs import G
+
+
+def net():
+    g = G()
+    x = g.input("x", [1, 3, 8, 8])
+    h = g.cbr(x, 3, 32)
+    h = g.op("Add", [h, g.cbr(h, 32, 32)])
+    h = g.cbr(h, 32, 48)
+    return g.model([g.conv(h, 48, 4)])
+
+
+class FakeMeter:
+    """Latency ratio pruned/dense as a function of the plan's MACs fraction, plus optional noise.
+
+    ``first_reading`` maps the true ratio of a plan's first measurement to what is read (a lucky or
+    unlucky reading); later measurements of the same plan read the truth (with noise)."""
+
+    def __init__(self, an, ratio_of_fraction, noise: float = 0.0, seed: int = 0, first_reading=None):
+        self.an, self.ratio_of_fraction, self.noise = an, ratio_of_fraction, noise
+        self.rng = np.random.default_rng(seed)
+        self.base = plan_cost(an, {})[0]
+        self.first_reading = first_reading
+        self.calls: list[tuple[float, bool, float]] = []  # (MACs fraction, confirm, median read)
+        self.seen: set = set()
+
+    def true_ratio(self, plan) -> float:
+        return self.ratio_of_fraction(plan_cost(self.an, plan.keep)[0] / self.base)
+
+    def __call__(self, plan, confirm: bool) -> RatioSample:
+        truth = self.true_ratio(plan)
+        key = tuple(sorted((g, len(k)) for g, k in plan.keep.items()))
+        read = truth
+        if self.first_reading is not None and key not in self.seen:
+            read = self.first_reading(truth)
+        self.seen.add(key)
+        n = 40 if confirm else 16
+        ratios = list(read * (1 + self.noise * self.rng.standard_normal(n)))
+        self.calls.append((plan_cost(self.an, plan.keep)[0] / self.base, confirm, float(np.median(ratios))))
+        return RatioSample(ratios, [10.0] * n, [10.0 * r for r in ratios], seconds=1.0)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    an = api.analyze(net())
+    return an, score_groups(an, "l2")
+
+
+def affine(overhead: float):
+    return lambda f: overhead + (1 - overhead) * f
+
+
+def test_search_meets_the_ratio_and_confirms_before_accepting(setup):
+    an, scores = setup
+    meter = FakeMeter(an, affine(0.2))
+    res = plan_for_latency(an, scores, PlanOptions(), 6.0, meter, reference_ms=10.0)
+    d = res.to_dict()
+    assert d["kind"] == "latency" and d["reference_ms"] == 10.0 and d["target_ratio"] == pytest.approx(0.6)
+    assert abs(d["ratio"] / 0.6 - 1) <= 0.05, f"accepted ratio {d['ratio']} not within 5% of 0.6: {d['steps']}"
+    assert d["achieved"] == pytest.approx(10.0 * d["ratio"]), "achieved ms = reference x confirmed ratio"
+    assert abs(meter.true_ratio(res.plan) / 0.6 - 1) <= 0.05, "the accepted plan really is within 5%"
+    roles = [s["role"] for s in d["steps"]]
+    assert roles[-1] == "confirm" and roles.count("confirm") >= 1, f"accepted without confirmation: {roles}"
+    assert meter.calls[-1][1] and meter.calls[-2][0] == meter.calls[-1][0], "the confirmed plan is the accepted one"
+    assert d["confirmation"]["rounds"] == 40 and "ratio_interval" in d
+
+
+def test_a_lucky_reading_is_not_accepted_when_its_confirmation_disagrees(setup):
+    """First readings of every plan come out 8% fast; confirmations read the truth. A plan whose
+    lucky reading is on target really is 8% slow, so its confirmation must reject it."""
+    an, scores = setup
+    meter = FakeMeter(an, affine(0.2), first_reading=lambda t: t * 0.92)
+    res = plan_for_latency(an, scores, PlanOptions(), 6.0, meter, reference_ms=10.0)
+    assert abs(meter.true_ratio(res.plan) / 0.6 - 1) <= 0.05, (
+        f"accepted a plan whose true ratio is {meter.true_ratio(res.plan):.3f}: {res.steps}")
+    assert abs(res.details["confirmation"]["ratio"] / 0.6 - 1) <= 0.05
+
+
+def test_search_survives_noise_within_the_tolerance(setup):
+    an, scores = setup
+    for seed in range(5):
+        meter = FakeMeter(an, affine(0.3), noise=0.06, seed=seed)
+        res = plan_for_latency(an, scores, PlanOptions(), 5.5, meter, reference_ms=10.0)
+        assert abs(meter.true_ratio(res.plan) / 0.55 - 1) <= 0.06, (seed, res.steps)
+
+
+def test_non_monotone_latency_still_converges(setup):
+    """Odd widths slower than the dense model (as on ORT's CPU convs): ratio 1.5 between 0.45 and
+    0.6 MACs. The monotone fit pools that bump instead of stepping off it."""
+    an, scores = setup
+
+    def bumpy(f):
+        return 1.5 if 0.45 <= f <= 0.6 else 0.15 + 0.85 * f
+
+    meter = FakeMeter(an, bumpy)
+    res = plan_for_latency(an, scores, PlanOptions(), 4.0, meter, reference_ms=10.0)
+    assert abs(meter.true_ratio(res.plan) / 0.4 - 1) <= 0.05, res.steps
+
+
+def test_unreachable_target_is_a_usage_error_with_the_floor_measured(setup):
+    an, scores = setup
+    meter = FakeMeter(an, affine(0.5))
+    with pytest.raises(LatencyTargetError, match="unreachable") as info:
+        plan_for_latency(an, scores, PlanOptions(), 2.0, meter, reference_ms=10.0)
+    assert isinstance(info.value, UsageError) and info.value.exit_code == 2
+    steps = info.value.budget["steps"]
+    assert len(steps) <= 4, f"an unreachable target should be recognised quickly: {steps}"
+    assert steps[-1]["ratio"] > 0.5, "the last measurement is the most pruned plan (slower than the target)"
+
+
+def test_a_target_between_plans_is_not_met_and_the_search_stops(setup):
+    """Latency jumps from 0.75 to 0.3 at MACs 0.5: no plan is within 5% of 0.5."""
+    an, scores = setup
+    meter = FakeMeter(an, lambda f: 0.75 if f > 0.5 else 0.3)
+    search = LatencySearch(max_measurements=8)
+    with pytest.raises(LatencyTargetError, match="not met") as info:
+        plan_for_latency(an, scores, PlanOptions(), 5.0, meter, reference_ms=10.0, search=search)
+    assert len(meter.calls) <= 8, "the measurement budget is respected"
+    assert "closest plan" in str(info.value)
+
+
+def test_untried_plans_near_the_bracket_are_scanned(setup):
+    """As above, but one plan below the jump (MACs ~0.458 in this net) happens to run at the target,
+    as odd widths do on ORT's CPU kernels: once the fit's bracket is exhausted the search scans
+    untried plans around the closest one and finds it."""
+    an, scores = setup
+    meter = FakeMeter(an, lambda f: 0.5 if 0.45 < f < 0.47 else (0.75 if f > 0.5 else 0.3))
+    res = plan_for_latency(an, scores, PlanOptions(), 5.0, meter, reference_ms=10.0)
+    assert meter.true_ratio(res.plan) == 0.5, res.steps
+
+
+def test_time_budget_stops_the_search(setup):
+    an, scores = setup
+    clock = iter(range(0, 10_000, 100))
+    meter = FakeMeter(an, lambda f: 0.75 if f > 0.5 else 0.3)
+    with pytest.raises(LatencyTargetError, match="not met"):
+        plan_for_latency(an, scores, PlanOptions(), 5.0, meter, reference_ms=10.0,
+                         search=LatencySearch(time_budget_s=250), clock=lambda: next(clock))
+    assert len(meter.calls) <= 3, f"a 250 s budget at 100 s per measurement allows 3: {meter.calls}"
+
+
+def test_target_not_below_the_dense_model_is_refused(setup):
+    an, scores = setup
+    with pytest.raises(UsageError, match="not below"):
+        plan_for_latency(an, scores, PlanOptions(), 9.8, FakeMeter(an, affine(0.2)), reference_ms=10.0)
+    with pytest.raises(UsageError, match="positive"):
+        plan_for_latency(an, scores, PlanOptions(), -1.0, FakeMeter(an, affine(0.2)), reference_ms=10.0)
+
+
+def test_monotone_fit_pools_violators():
+    assert monotone_fit([0.1, 0.2, 0.3], [0.3, 0.2, 0.5], [1, 1, 1]) == pytest.approx([0.25, 0.25, 0.5])
+    assert monotone_fit([0.1, 0.2], [0.3, 0.1], [3, 1]) == pytest.approx([0.25, 0.25]), "weighted mean"
+    assert monotone_fit([0.1, 0.2, 0.3], [0.1, 0.2, 0.3], [1, 1, 1]) == [0.1, 0.2, 0.3], "monotone data kept"
+
+
+def test_next_fraction_interpolates_and_extrapolates():
+    # between two measured points: linear interpolation of the fit
+    assert next_fraction([(0.2, 0.4, 10), (0.6, 0.8, 10)], 0.6, 0.05) == pytest.approx(0.4)
+    # below every point: along the line through the lowest point and the dense model (1, 1)
+    assert next_fraction([(0.5, 0.6, 10)], 0.4, 0.05) == pytest.approx(0.25)
+    # never below the most pruned plan allowed
+    assert next_fraction([(0.5, 0.6, 10)], 0.1, 0.2) == pytest.approx(0.2)
+    # a point slower than the dense model is pooled with (1, 1); the fit then interpolates from below
+    f = next_fraction([(0.2, 0.3, 10), (0.5, 1.6, 10)], 0.5, 0.05)
+    assert 0.2 < f < 0.5, f
+
+
+def test_median_interval_is_distribution_free_and_narrows():
+    rng = np.random.default_rng(0)
+    x = rng.lognormal(0, 0.2, 400)
+    lo, med, hi = median_interval(x)
+    assert lo <= med <= hi and med == pytest.approx(np.median(x))
+    lo10, _, hi10 = median_interval(x[:20])
+    assert hi - lo < hi10 - lo10, "more rounds, a narrower interval"
+    assert median_interval([2.0]) == (2.0, 2.0, 2.0)
+
+
+class _FakeRatioMeter:
+    """Stands in for compressor.bench.ratio.RatioMeter inside api.prune: dense 10 ms, the pruned
+    model's ratio = 0.1 + 0.9 * its MACs fraction (counted from its Conv weights)."""
+
+    overhead = 0.1
+
+    def __init__(self, reference, provider="cpu", input_shapes=None, threads=None, **_):
+        self.provider_used, self.threads = "CPUExecutionProvider", threads or 2
+        self.dense_macs = _conv_macs(reference)
+
+    def reference_ms(self, min_time_s=2.0, min_rounds=10):
+        return [10.0] * 20
+
+    def measure(self, candidate, precision=None):
+        ratio = self.overhead + (1 - self.overhead) * _conv_macs(candidate) / self.dense_macs
+        return RatioSample([ratio] * 20, [10.0] * 20, [10.0 * ratio] * 20, 1.0)
+
+
+def _conv_macs(model) -> float:
+    from compressor.ir.graph import GraphIndex
+    from compressor.ir.shapes import resolve_inputs
+    from compressor.metrics import count
+
+    return float(count(GraphIndex(model, resolve_inputs(model, {})))[0])
+
+
+@pytest.fixture
+def fake_meter(monkeypatch):
+    monkeypatch.setattr(ratio_module, "RatioMeter", _FakeRatioMeter)
+
+
+def test_prune_reports_reference_ratio_and_confirmation(fake_meter):
+    res = api.prune(net(), target_latency=5.0)
+    b = res.report["budget"]
+    assert b["kind"] == "latency" and b["reference_ms"] == 10.0 and b["target_ratio"] == pytest.approx(0.5)
+    assert abs(b["ratio"] / 0.5 - 1) <= 0.05 and b["achieved"] == pytest.approx(10.0 * b["ratio"])
+    assert b["confirmation"]["ratio"] == pytest.approx(b["ratio"], rel=1e-4) and b["threads"] == 2
+    assert b["steps"][-1]["role"] == "confirm" and res.report["verify"]["passed"]
+
+
+def test_cli_unreachable_latency_exits_2_and_writes_nothing(fake_meter, tmp_path):
+    import onnx
+
+    src, out = tmp_path / "m.onnx", tmp_path / "small.onnx"
+    onnx.save(net(), src)
+    res = CliRunner().invoke(main, [str(src), "-o", str(out), "--target-latency", "0.5", "--provider", "cpu"])
+    assert res.exit_code == 2, res.output
+    assert "unreachable" in res.output and not out.exists(), res.output
+    ok = CliRunner().invoke(main, [str(src), "-o", str(out), "--target-latency", "6", "--json"])
+    assert ok.exit_code == 0, ok.output
+    assert json.loads(ok.output)["budget"]["reference_ms"] == 10.0 and out.exists()
