@@ -1,5 +1,5 @@
 """The equivalence oracle: prove numerically that a pruned model computes what it should."""
 
-from compressor.verify.oracle import VerifyResult, masked_original, verify
+from compressor.verify.oracle import OracleModel, VerifyResult, masked_original, masked_reference, oracle_model, verify
 
-__all__ = ["VerifyResult", "masked_original", "verify"]
+__all__ = ["OracleModel", "VerifyResult", "masked_original", "masked_reference", "oracle_model", "verify"]

@@ -4,11 +4,20 @@ The masked original is the input model with every removed channel multiplied by 
 each node that consumes (sums over) it. Removing channels must not change anything else, so the
 pruned model has to reproduce the masked original on any input. Masking on the consumer side is
 exact where producer-side masking is not (BatchNorm's beta, sigmoid(0) = 0.5 leak through).
+
+Memory: a verification session never holds a second copy of the weights. Each model is handed to
+onnxruntime as an :class:`OracleModel`, a graph without its large constants (a few KiB to
+serialise) plus those constants as numpy arrays, which are fed as graph inputs: onnxruntime reads
+a contiguous numpy array in place, so the session adds only its activations. The masked original
+built by :func:`masked_reference` shares the original's weight arrays (those the analysis already
+decoded) and differs only by its small mask constants. The two sessions run one after the other,
+each created, run on every trial and released before the next exists.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from typing import Callable
 
 import numpy as np
 import onnx
@@ -17,6 +26,18 @@ from onnx import helper, numpy_helper
 from compressor.analysis.groups import Analysis
 from compressor.analysis.layout import positions
 from compressor.ir.shapes import InputSpec, random_feeds
+
+#: Constants of at least this many bytes are fed to onnxruntime as numpy buffers rather than
+#: serialised into the session's model bytes; smaller ones (shape operands, masks) stay embedded.
+FEED_MIN_BYTES = 1024
+
+#: Element types that onnxruntime takes from numpy as they are (no conversion, no copy).
+_FEEDABLE = {
+    onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
+    onnx.TensorProto.INT8, onnx.TensorProto.INT16, onnx.TensorProto.INT32, onnx.TensorProto.INT64,
+    onnx.TensorProto.UINT8, onnx.TensorProto.UINT16, onnx.TensorProto.UINT32, onnx.TensorProto.UINT64,
+    onnx.TensorProto.BOOL,
+}
 
 
 @dataclass
@@ -33,20 +54,47 @@ class VerifyResult:
         return asdict(self)
 
 
-def masked_original(analysis: Analysis, keep: dict[int, list[int]]) -> onnx.ModelProto:
-    """The input model with removed channels zeroed at every consumer."""
+@dataclass
+class OracleModel:
+    """A model as a verification session runs it: ``model`` without its large constants, each of
+    which is a graph input of that name, and ``weights``, their values (fed on every run)."""
+
+    model: onnx.ModelProto
+    weights: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def embedded(self) -> onnx.ModelProto:
+        """The same model with the weights written back as initializers (one full copy)."""
+        m = onnx.ModelProto()
+        m.CopyFrom(self.model)
+        inputs = [i for i in m.graph.input if i.name not in self.weights]
+        del m.graph.input[:]
+        m.graph.input.extend(inputs)
+        m.graph.initializer.extend(numpy_helper.from_array(a, n) for n, a in self.weights.items())
+        return m
+
+
+@dataclass
+class _Mask:
+    """Multiply input ``input_index`` of node ``node_index`` (tensor ``tensor``) by ``value``."""
+
+    node_index: int
+    input_index: int
+    tensor: str
+    name: str
+    out: str
+    value: np.ndarray
+
+
+def _masks(analysis: Analysis, keep: dict[int, list[int]]) -> list[_Mask]:
+    """One mask per consume point of a pruned layout: ones on kept channels, zeros elsewhere."""
     src = analysis.index.model
-    model = onnx.ModelProto()
-    model.CopyFrom(src)
-    del model.graph.value_info[:]
     table = analysis.ctx.table
-    inserts: dict[int, list[onnx.NodeProto]] = {}
-    nodes = list(model.graph.node)
-    existing = {o for n in nodes for o in n.output} | {t.name for t in model.graph.initializer}
+    nodes = analysis.index.nodes
+    existing = {o for n in src.graph.node for o in n.output} | {t.name for t in src.graph.initializer}
+    masks = []
     counter = 0
     for cp in analysis.consume_points:
-        node = nodes[cp.node_index]
-        x = node.input[cp.input_index]
+        x = nodes[cp.node_index].input[cp.input_index]
         lay = analysis.ctx.layout_map[x][cp.axis]
         kept = positions(table, lay, keep)
         if kept is None:
@@ -62,47 +110,174 @@ def masked_original(analysis: Analysis, keep: dict[int, list[int]]) -> onnx.Mode
         while mask_name in existing or out_name in existing:
             counter += 1
             mask_name, out_name = f"{x}__oracle_mask{counter}", f"{x}__oracle_masked{counter}"
-        model.graph.initializer.append(numpy_helper.from_array(mask.reshape(bshape), mask_name))
-        inserts.setdefault(cp.node_index, []).append(helper.make_node("Mul", [x, mask_name], [out_name]))
-        node.input[cp.input_index] = out_name
-    if inserts:
-        del model.graph.node[:]
-        for i, node in enumerate(nodes):
-            model.graph.node.extend(inserts.get(i, []))
-            model.graph.node.append(node)
+        masks.append(_Mask(cp.node_index, cp.input_index, x, mask_name, out_name, mask.reshape(bshape)))
+    return masks
+
+
+def masked_original(analysis: Analysis, keep: dict[int, list[int]]) -> onnx.ModelProto:
+    """The input model with removed channels zeroed at every consumer (a full copy, weights included).
+
+    :func:`masked_reference` is the same model for :func:`verify` without copying the weights."""
+    src = analysis.index.model
+    model = onnx.ModelProto()
+    model.CopyFrom(src)
+    del model.graph.value_info[:]
+    masks = _masks(analysis, keep)
+    if not masks:
+        return model
+    nodes = list(model.graph.node)
+    inserts: dict[int, list[onnx.NodeProto]] = {}
+    for mk in masks:
+        model.graph.initializer.append(numpy_helper.from_array(mk.value, mk.name))
+        inserts.setdefault(mk.node_index, []).append(helper.make_node("Mul", [mk.tensor, mk.name], [mk.out]))
+        nodes[mk.node_index].input[mk.input_index] = mk.out
+    del model.graph.node[:]
+    for i, node in enumerate(nodes):
+        model.graph.node.extend(inserts.get(i, []))
+        model.graph.node.append(node)
     return model
+
+
+def masked_reference(analysis: Analysis, keep: dict[int, list[int]]) -> OracleModel:
+    """The masked original as :func:`verify` runs it: the graph of :func:`masked_original` without
+    its weights, which are the analysed model's own arrays (``analysis.index.const``), not copies."""
+    return oracle_model(analysis.index.model, values=analysis.index.const, masks=_masks(analysis, keep),
+                        drop_value_info=True)
+
+
+def oracle_model(model: onnx.ModelProto, *, values: Callable[[str], np.ndarray | None] | None = None,
+                 masks: list[_Mask] = (), drop_value_info: bool = False,
+                 min_bytes: int = FEED_MIN_BYTES) -> OracleModel:
+    """Split ``model`` into a weightless graph and its large constants (initializers and Constant
+    nodes of at least ``min_bytes`` whose element type numpy feeds as is).
+
+    ``values(name)`` supplies a constant's array (e.g. arrays already decoded elsewhere, which are
+    then shared); without it, or where it returns nothing, the tensor is decoded once here. The
+    model itself is not modified; ``masks`` (from :func:`_masks`) are inserted on the way."""
+    m = onnx.ModelProto()
+    _copy_fields(m, model, skip={"graph"})
+    g = m.graph
+    _copy_fields(g, model.graph, skip={"node", "initializer"} | ({"value_info"} if drop_value_info else set()))
+    declared = {i.name for i in g.input}
+    outputs = {o.name for o in g.output}
+    weights: dict[str, np.ndarray] = {}
+
+    def take(name: str, tensor: onnx.TensorProto) -> bool:
+        """Feed ``tensor`` as input ``name`` if it is large and numpy holds it exactly."""
+        if (name in outputs or tensor.data_type not in _FEEDABLE or tensor.HasField("segment")
+                or tensor.data_location == onnx.TensorProto.EXTERNAL):
+            return False
+        dtype = helper.tensor_dtype_to_np_dtype(tensor.data_type)
+        if int(np.prod(tensor.dims, dtype=np.int64)) * dtype.itemsize < min_bytes:
+            return False
+        arr = values(name) if values is not None else None
+        if arr is None:
+            arr = numpy_helper.to_array(tensor)
+        if arr.dtype != dtype or arr.shape != tuple(tensor.dims):
+            return False
+        weights[name] = np.ascontiguousarray(arr)
+        if name not in declared:
+            g.input.append(helper.make_tensor_value_info(name, tensor.data_type, list(tensor.dims)))
+            declared.add(name)
+        return True
+
+    for t in model.graph.initializer:
+        if not take(t.name, t):
+            g.initializer.append(t)
+    for mk in masks:
+        g.initializer.append(numpy_helper.from_array(mk.value, mk.name))
+    inserts: dict[int, list[_Mask]] = {}
+    for mk in masks:
+        inserts.setdefault(mk.node_index, []).append(mk)
+    for i, node in enumerate(model.graph.node):
+        if _is_plain_constant(node) and node.output[0] not in declared and take(node.output[0], node.attribute[0].t):
+            continue
+        for mk in inserts.get(i, ()):
+            g.node.append(helper.make_node("Mul", [mk.tensor, mk.name], [mk.out]))
+        g.node.append(node)
+        for mk in inserts.get(i, ()):
+            g.node[-1].input[mk.input_index] = mk.out
+    return OracleModel(m, weights)
+
+
+def _is_plain_constant(node: onnx.NodeProto) -> bool:
+    return (node.op_type == "Constant" and node.domain in ("", "ai.onnx") and len(node.output) == 1
+            and len(node.attribute) == 1 and node.attribute[0].name == "value")
+
+
+def _copy_fields(dst, src, skip: set[str]) -> None:
+    """Copy every set field of a protobuf message except those named in ``skip``."""
+    for fd, value in src.ListFields():
+        if fd.name in skip:
+            continue
+        if hasattr(value, "extend"):  # repeated
+            getattr(dst, fd.name).extend(value)
+        elif fd.message_type is not None:
+            getattr(dst, fd.name).CopyFrom(value)
+        else:
+            setattr(dst, fd.name, value)
 
 
 def _dtype_of(analysis: Analysis, name: str) -> np.dtype:
     return analysis.index.tensor_dtype(name)
 
 
+def session_options():
+    """onnxruntime options of a verification session: no graph rewrites (the models are run as
+    written, and nothing is spent optimising a graph that runs twice), no weight prepacking (it
+    would copy the weights), no spinning threads (other work shares the machine)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.add_session_config_entry("session.disable_prepacking", "1")
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return opts
+
+
 def _session(model: onnx.ModelProto):
     import onnxruntime as ort
 
-    data = model.SerializeToString()
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    opts.add_session_config_entry("session.use_device_allocator_for_initializers", "1")
+    return ort.InferenceSession(model.SerializeToString(), session_options(), providers=["CPUExecutionProvider"])
+
+
+def _run(om: OracleModel, names: list[str] | None, feeds: list[dict[str, np.ndarray]]):
+    """Create a session for ``om``, run it on every feed, release it. Returns (names, outputs per
+    feed, provider). Should onnxruntime refuse a weight as a graph input (a kernel that insists on
+    a constant), the model runs once more with its weights embedded: slower, same numbers."""
     try:
-        return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
-    finally:
-        del data
+        sess = _session(om.model)
+        names = names or [o.name for o in sess.get_outputs()]
+        outs = [sess.run(names, {**f, **om.weights}) for f in feeds]
+    except Exception:
+        if not om.weights:
+            raise
+        sess = _session(om.embedded())
+        names = names or [o.name for o in sess.get_outputs()]
+        outs = [sess.run(names, f) for f in feeds]
+    provider = sess.get_providers()[0]
+    del sess
+    return names, outs, provider
 
 
-def verify(reference: onnx.ModelProto, pruned: onnx.ModelProto, spec: InputSpec, *,
+def verify(reference: onnx.ModelProto | OracleModel, pruned: onnx.ModelProto | OracleModel, spec: InputSpec, *,
            tolerance: float = 1e-4, trials: int = 2, seed: int = 0) -> VerifyResult:
-    """Run both models on the same random inputs; relative error = max|a-b| / max|a| per output."""
-    ref_sess, new_sess = _session(reference), _session(pruned)
-    names = [o.name for o in ref_sess.get_outputs()]
+    """Run both models on the same random inputs; relative error = max|a-b| / max|a| per output.
+
+    The reference runs first on every trial and its session is released before the pruned
+    model's session is created; only the outputs are kept in between."""
+    feeds = [random_feeds(spec, seed=seed + t) for t in range(trials)]
+    ref = reference if isinstance(reference, OracleModel) else oracle_model(reference)
+    names, ref_outs, _ = _run(ref, None, feeds)
+    del ref, reference
+    new = pruned if isinstance(pruned, OracleModel) else oracle_model(pruned)
+    _, new_outs, provider = _run(new, names, feeds)
+    del new
     worst: dict[str, float] = {n: 0.0 for n in names}
     max_abs = 0.0
-    for t in range(trials):
-        feeds = random_feeds(spec, seed=seed + t)
-        a = ref_sess.run(names, feeds)
-        b = new_sess.run(names, feeds)
+    for a, b in zip(ref_outs, new_outs):
         for n, x, y in zip(names, a, b):
             x = np.asarray(x, dtype=np.float64)
             y = np.asarray(y, dtype=np.float64)
@@ -117,5 +292,4 @@ def verify(reference: onnx.ModelProto, pruned: onnx.ModelProto, spec: InputSpec,
             max_abs = max(max_abs, diff)
     max_rel = max(worst.values()) if worst else 0.0
     return VerifyResult(passed=bool(max_rel <= tolerance), max_rel_err=max_rel, max_abs_err=max_abs,
-                        tolerance=tolerance, trials=trials, outputs=worst,
-                        provider=new_sess.get_providers()[0])
+                        tolerance=tolerance, trials=trials, outputs=worst, provider=provider)
