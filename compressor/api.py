@@ -39,7 +39,7 @@ def _as_model(model) -> tuple[onnx.ModelProto, str | None]:
         proto, path = model, None
     else:
         proto, path = load_model(model), str(model)
-    prepared, _ = prepare(proto)
+    prepared, _ = prepare(proto, inplace=path is not None)  # a model loaded here is ours to edit
     return prepared, path
 
 

@@ -43,10 +43,11 @@ def run_one(path: str, ratio: float, profile: str | None = None) -> dict:
     from compressor.importance import score_groups
     from compressor.ir.fold import prepare
     from compressor.ir.graph import GraphIndex
-    from compressor.ir.model_io import load_model, ort_max_ir_version, save_model
+    from compressor.ir.model_io import load_model, save_model
     from compressor.planning import PlanOptions, make_plan
     from compressor.surgery import apply_plan
-    from compressor.verify import masked_original, verify
+    from compressor.surgery.finalize import finalize
+    from compressor.verify import masked_reference, verify
 
     import onnxruntime  # noqa: F401  (count its import in the baseline, not in a stage)
 
@@ -60,7 +61,7 @@ def run_one(path: str, ratio: float, profile: str | None = None) -> dict:
     t: dict[str, float] = {}
     peaks: dict[str, float] = {}
     t0 = time.perf_counter()
-    proto, _ = prepare(load_model(path))
+    proto, _ = prepare(load_model(path), inplace=True)
     t["load"] = time.perf_counter() - t0
     peaks["load"] = _rss_mib()
 
@@ -80,16 +81,16 @@ def run_one(path: str, ratio: float, profile: str | None = None) -> dict:
     t0 = time.perf_counter()
     surgery = apply_plan(an, plan.keep)
     pruned = surgery.model
-    pruned.ir_version = min(pruned.ir_version, ort_max_ir_version())
-    pruned = api._finalize(pruned)
+    pruned = finalize(pruned, what="pruned")
     t["surgery"] = time.perf_counter() - t0
     peaks["surgery"] = _rss_mib()
 
     t0 = time.perf_counter()
-    reference = masked_original(an, plan.keep)
-    reference.ir_version = pruned.ir_version
+    reference = masked_reference(an, plan.keep)  # as api.prune: shares the index's weight arrays
+    reference.model.ir_version = pruned.ir_version
     ver = verify(reference, pruned, spec)
     del reference
+    index.release_values()
     t["verify"] = time.perf_counter() - t0
     peaks["verify"] = _rss_mib()
 

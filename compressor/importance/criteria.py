@@ -14,11 +14,13 @@ NORM_OPS = ("BatchNormalization", "InstanceNormalization")
 
 
 def member_values(analysis: Analysis, group: Group, m: Member) -> np.ndarray:
-    """The member's slice as [channels, inner * rest]."""
-    arr = analysis.index.const(m.tensor)
-    arr = np.moveaxis(np.asarray(arr, dtype=np.float64), m.axis, 0)
+    """The member's slice as a float64 [channels, inner * rest] array of its own.
+
+    Sliced before the conversion: only the group's part of the tensor is copied, once in its own
+    dtype (when the channel axis is not the leading one) and once to float64."""
+    arr = np.moveaxis(np.asarray(analysis.index.const(m.tensor)), m.axis, 0)
     block = arr[m.offset: m.offset + group.size * m.inner]
-    return block.reshape(group.size, -1)
+    return block.reshape(group.size, -1).astype(np.float64)
 
 
 def _is_weight(m: Member) -> bool:
@@ -34,7 +36,14 @@ def magnitude(p: int) -> Callable[[Analysis, Group], np.ndarray]:
         total = np.zeros(group.size)
         for m in group.members:
             if _is_weight(m) or _is_norm_scale(m):
-                total += (np.abs(member_values(analysis, group, m)) ** p).sum(axis=1)
+                v = member_values(analysis, group, m)  # a fresh array: powers are taken in place
+                if p == 2:
+                    np.square(v, out=v)
+                else:
+                    np.abs(v, out=v)
+                    if p != 1:
+                        np.power(v, p, out=v)
+                total += v.sum(axis=1)
         return total ** (1.0 / p)
 
     return score

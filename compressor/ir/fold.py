@@ -19,47 +19,57 @@ NEVER_FOLD = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUnifor
 MAX_FOLDED_BYTES = 1 << 30
 
 
-def prepare(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
+def prepare(model: onnx.ModelProto, *, inplace: bool = False) -> tuple[onnx.ModelProto, list[str]]:
     """Normalise a model for analysis: IR >= 4 (initializers are constants, not inputs) and
-    constant subgraphs folded. Returns (model, notes)."""
+    constant subgraphs folded. Returns (model, notes).
+
+    The input is returned as it is when nothing changes. Otherwise it is copied first, unless
+    ``inplace`` (the caller owns the model, e.g. it has just loaded it), where it is edited in place.
+    """
     notes = []
     if model.ir_version < 4:
-        m = onnx.ModelProto()
-        m.CopyFrom(model)
-        inits = {t.name for t in m.graph.initializer}
-        inputs = [i for i in m.graph.input if i.name not in inits]
-        del m.graph.input[:]
-        m.graph.input.extend(inputs)
+        if not inplace:
+            m = onnx.ModelProto()
+            m.CopyFrom(model)
+            model, inplace = m, True
+        inits = {t.name for t in model.graph.initializer}
+        for i in reversed(range(len(model.graph.input))):
+            if model.graph.input[i].name in inits:
+                del model.graph.input[i]
         notes.append(f"IR version {model.ir_version} raised to 4: initializers are no longer listed as inputs")
-        m.ir_version = 4
-        model = m
-    model, folded = fold_constants(model)
+        model.ir_version = 4
+    model, folded = fold_constants(model, inplace=inplace)
     if folded:
         notes.append(f"folded {len(folded)} constant subgraph node(s) into initializers")
     return model, notes
 
 
-def fold_constants(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
-    """A copy of the model with constant-only nodes folded; returns (model, folded node labels)."""
+def fold_constants(model: onnx.ModelProto, *, inplace: bool = False) -> tuple[onnx.ModelProto, list[str]]:
+    """The model with constant-only nodes folded; returns (model, folded node labels).
+
+    A copy when something folds, unless ``inplace``; the model itself when nothing does."""
     g = model.graph
     values: dict[str, np.ndarray | None] = {t.name: None for t in g.initializer}
     const_nodes = {n.output[0] for n in g.node if n.op_type == "Constant" and n.output}
     graph_inputs = {i.name for i in g.input} - set(values)
-    foldable = []
+    foldable: list[int] = []
     known_const = set(values) | const_nodes
-    for node in g.node:
+    for i, node in enumerate(g.node):
         if node.op_type in NEVER_FOLD or node.domain not in ("", "ai.onnx"):
             continue
         if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
             continue
         ins = [i for i in node.input if i]
         if ins and all(i in known_const and i not in graph_inputs for i in ins):
-            foldable.append(node)
+            foldable.append(i)
             known_const.update(o for o in node.output if o)
     if not foldable:
         return model, []
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
+    if inplace:
+        out = model
+    else:
+        out = onnx.ModelProto()
+        out.CopyFrom(model)
     inits = {t.name: t for t in out.graph.initializer}
     cnodes = {n.output[0]: n for n in out.graph.node if n.op_type == "Constant" and n.output}
     cache: dict[str, np.ndarray] = {}
@@ -70,12 +80,13 @@ def fold_constants(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
         return cache[name]
 
     opset = [o for o in model.opset_import]
-    folded_names: set[int] = set()
+    folded: list[int] = []
     labels = []
     total = 0
-    for node in foldable:
+    for i in foldable:
+        node = out.graph.node[i]
         try:
-            results = _evaluate(node, {i: get(i) for i in node.input if i}, opset)
+            results = _evaluate(node, {x: get(x) for x in node.input if x}, opset)
         except Exception:  # the reference evaluator lacks the op or the node is invalid: leave it
             continue
         outs = [o for o in node.output if o]
@@ -85,13 +96,12 @@ def fold_constants(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
             cache[name] = val
             out.graph.initializer.append(numpy_helper.from_array(val, name))
             inits[name] = out.graph.initializer[-1]
-        folded_names.add(id(node))
+        folded.append(i)
         labels.append(node.name or f"{node.op_type}({outs[0]})")
         if total > MAX_FOLDED_BYTES:
             break
-    keep = [n for n, orig in zip(out.graph.node, g.node) if id(orig) not in folded_names]
-    del out.graph.node[:]
-    out.graph.node.extend(keep)
+    for i in reversed(folded):  # by index: rebuilding the list would copy every node
+        del out.graph.node[i]
     _drop_unused(out)
     return out, labels
 
@@ -114,11 +124,12 @@ def _drop_unused(model: onnx.ModelProto) -> None:
 
     for n in g.node:
         used |= subgraph_outer_refs(n)
-    keep = [t for t in g.initializer if t.name in used]
-    dropped = {t.name for t in g.initializer} - {t.name for t in keep}
+    dropped = {t.name for t in g.initializer if t.name not in used}
     if dropped:
-        del g.initializer[:]
-        g.initializer.extend(keep)
-        inputs = [i for i in g.input if i.name not in dropped]
-        del g.input[:]
-        g.input.extend(inputs)
+        # by index, from the end: clearing the list and extending it again would copy every weight
+        for i in reversed(range(len(g.initializer))):
+            if g.initializer[i].name in dropped:
+                del g.initializer[i]
+        for i in reversed(range(len(g.input))):
+            if g.input[i].name in dropped:
+                del g.input[i]

@@ -79,7 +79,7 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
         onnx.load_external_data_for_model(model, str(p.parent))
     except Exception as exc:
         raise ModelError(f"cannot read external data of {p}: {exc}") from None
-    validate_model(model, str(p), path=p)
+    validate_model(model, str(p))
     return model
 
 
@@ -90,8 +90,8 @@ def default_opset(model: onnx.ModelProto) -> int:
     return 0
 
 
-def validate_model(model: onnx.ModelProto, label: str = "model", path: Path | None = None) -> None:
-    """Structural checks with messages a user can act on."""
+def validate_model(model: onnx.ModelProto, label: str = "model") -> None:
+    """Structural checks with messages a user can act on, then ``onnx.checker`` (see _checkable)."""
     opset = default_opset(model)
     if opset and opset < MIN_OPSET:
         raise ModelError(f"{label}: opset {opset} is not supported (need opset >= {MIN_OPSET})")
@@ -119,11 +119,70 @@ def validate_model(model: onnx.ModelProto, label: str = "model", path: Path | No
     for out in g.output:
         if out.name not in known:
             raise ModelError(f"{label}: graph output '{out.name}' is not produced by any node")
-    try:  # checking the file avoids serialising the whole model again
-        onnx.checker.check_model(str(path) if path is not None else model, full_check=False)
+    try:  # the checker sees the model with its large weights replaced by stubs (see _checkable)
+        onnx.checker.check_model(_checkable(model, label), full_check=False)
     except onnx.checker.ValidationError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid model"
         raise ModelError(f"{label}: invalid ONNX graph: {first}") from None
+
+
+#: Initializers of at least this many bytes are checked here and stubbed for onnx.checker.
+STUB_MIN_BYTES = 1024
+#: Element types stored one value per whole byte(s): raw_data holds dims x itemsize bytes.
+_BYTE_ALIGNED = {
+    onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16,
+    onnx.TensorProto.INT8, onnx.TensorProto.INT16, onnx.TensorProto.INT32, onnx.TensorProto.INT64,
+    onnx.TensorProto.UINT8, onnx.TensorProto.UINT16, onnx.TensorProto.UINT32, onnx.TensorProto.UINT64,
+    onnx.TensorProto.BOOL, onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128,
+}
+
+
+def _checkable(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
+    """The model as ``onnx.checker`` needs to see it, without serialising its weights.
+
+    The checker's only test of a raw-data initializer's payload is that it is large enough for
+    the declared shape and type; that test is made here, and each large raw-data initializer is
+    handed to the checker as a one-element stub of the same name and type (every other check:
+    names, nodes, schemas, opsets, attributes, sub-graphs, small tensors, runs on the real thing).
+    Checking the full model instead would serialise it, and the checker's C++ copy would double
+    its memory for the duration.
+    """
+    m = onnx.ModelProto()
+    copy_fields(m, model, skip={"graph"})
+    copy_fields(m.graph, model.graph, skip={"initializer"})
+    for t in model.graph.initializer:
+        if (t.data_type not in _BYTE_ALIGNED or not t.HasField("raw_data") or t.HasField("segment")
+                or t.data_location == onnx.TensorProto.EXTERNAL or any(
+                    f.name.endswith("_data") and f.name != "raw_data" for f, _ in t.ListFields())):
+            m.graph.initializer.append(t)
+            continue
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+        need = itemsize
+        for d in t.dims:
+            need *= d
+        if need < STUB_MIN_BYTES:
+            m.graph.initializer.append(t)
+            continue
+        have = len(t.raw_data)
+        if have < need:
+            raise ModelError(f"{label}: invalid ONNX graph: tensor '{t.name}' raw_data size ({have} bytes) is "
+                             f"too small for the declared shape and type ({need} bytes required)")
+        m.graph.initializer.append(onnx.TensorProto(name=t.name, data_type=t.data_type, dims=[1],
+                                                    raw_data=bytes(itemsize)))
+    return m
+
+
+def copy_fields(dst, src, skip: set[str]) -> None:
+    """Copy every set field of protobuf message ``src`` into ``dst`` except those named in ``skip``."""
+    for fd, value in src.ListFields():
+        if fd.name in skip:
+            continue
+        if hasattr(value, "extend"):  # a repeated field
+            getattr(dst, fd.name).extend(value)
+        elif fd.message_type is not None:
+            getattr(dst, fd.name).CopyFrom(value)
+        else:
+            setattr(dst, fd.name, value)
 
 
 def save_model(model: onnx.ModelProto, path: str | os.PathLike, *, forbid: str | os.PathLike | None = None) -> Path:

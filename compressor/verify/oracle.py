@@ -25,6 +25,7 @@ from onnx import helper, numpy_helper
 
 from compressor.analysis.groups import Analysis
 from compressor.analysis.layout import positions
+from compressor.ir.model_io import copy_fields
 from compressor.ir.shapes import InputSpec, random_feeds
 
 #: Constants of at least this many bytes are fed to onnxruntime as numpy buffers rather than
@@ -155,9 +156,9 @@ def oracle_model(model: onnx.ModelProto, *, values: Callable[[str], np.ndarray |
     then shared); without it, or where it returns nothing, the tensor is decoded once here. The
     model itself is not modified; ``masks`` (from :func:`_masks`) are inserted on the way."""
     m = onnx.ModelProto()
-    _copy_fields(m, model, skip={"graph"})
+    copy_fields(m, model, skip={"graph"})
     g = m.graph
-    _copy_fields(g, model.graph, skip={"node", "initializer"} | ({"value_info"} if drop_value_info else set()))
+    copy_fields(g, model.graph, skip={"node", "initializer"} | ({"value_info"} if drop_value_info else set()))
     declared = {i.name for i in g.input}
     outputs = {o.name for o in g.output}
     weights: dict[str, np.ndarray] = {}
@@ -203,19 +204,6 @@ def oracle_model(model: onnx.ModelProto, *, values: Callable[[str], np.ndarray |
 def _is_plain_constant(node: onnx.NodeProto) -> bool:
     return (node.op_type == "Constant" and node.domain in ("", "ai.onnx") and len(node.output) == 1
             and len(node.attribute) == 1 and node.attribute[0].name == "value")
-
-
-def _copy_fields(dst, src, skip: set[str]) -> None:
-    """Copy every set field of a protobuf message except those named in ``skip``."""
-    for fd, value in src.ListFields():
-        if fd.name in skip:
-            continue
-        if hasattr(value, "extend"):  # repeated
-            getattr(dst, fd.name).extend(value)
-        elif fd.message_type is not None:
-            getattr(dst, fd.name).CopyFrom(value)
-        else:
-            setattr(dst, fd.name, value)
 
 
 def _dtype_of(analysis: Analysis, name: str) -> np.dtype:
