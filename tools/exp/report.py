@@ -69,7 +69,7 @@ def widths_md(rows: list[dict], source: str) -> str:
     return "\n".join(out) + "\n"
 
 
-ANCHORS = ("tp_groupnorm", "tp_growingreg")
+ANCHORS = ("tp_groupnorm", "tp_growingreg", "tp_groupnorm_weak")
 
 
 def cuts_md(results: list[dict], setting: str = "cpu", seed: int = 0) -> str:

@@ -196,7 +196,8 @@ def run(cfg: RunConfig, runs_dir: Path, *, keep_artifacts: bool = True) -> dict:
         from exp import tp_anchor
 
         def tp_factory(opt, steps, sum_lr):
-            anchor = tp_anchor.TPAnchor(cfg.method, model, example, by_shape, steps=steps, sum_lr=sum_lr)
+            anchor = tp_anchor.TPAnchor(spec["reg"], model, example, by_shape, steps=steps, sum_lr=sum_lr,
+                                        strength=spec.get("strength", 1.0))
             result["regularizer"] = anchor.describe()
             log(f"Torch-Pruning {json.dumps(result['regularizer'], default=str)[:600]}")
             return anchor

@@ -73,6 +73,8 @@ METHODS: dict[str, dict] = {
     # to the same widths; needs `pip install torch-pruning==1.6.1` (not a project dependency)
     "tp_groupnorm": {"reg": "tp_groupnorm", "importance": "tp", "tp": True},
     "tp_growingreg": {"reg": "tp_growingreg", "importance": "tp", "tp": True},
+    # sensitivity check (not in the tables' default method lists): GroupNorm at 1/10 of the strength
+    "tp_groupnorm_weak": {"reg": "tp_groupnorm", "importance": "tp", "tp": True, "strength": 0.1},
 }
 
 

@@ -36,6 +36,7 @@ from torch import nn
 #: Summed learning rate of TP's reference sparse-learning run (100 epochs x 390 steps; lr 0.01,
 #: x0.1 at epochs 60 and 80): 390 * (60 * 0.01 + 20 * 0.001 + 20 * 0.0001).
 TP_REF_SUM_LR = 390 * (60 * 0.01 + 20 * 0.001 + 20 * 0.0001)
+#: Each method's TP recipe; ``strength`` in ``settings.METHODS`` multiplies the rescaled coefficients.
 TP_REF = {
     "tp_groupnorm": {"pruner": "GroupNormPruner", "reg": 5e-4, "alpha": 2 ** 4},
     "tp_growingreg": {"pruner": "GrowingRegPruner", "reg": 1e-4, "delta_reg": 1e-5, "updates": 100},
@@ -63,14 +64,15 @@ class TPAnchor:
     run's cut; ``num_classes`` marks the classifier (never pruned, as in TP's reproduce script)."""
 
     def __init__(self, method: str, model: nn.Module, example: torch.Tensor, by_shape: dict, *,
-                 steps: int, sum_lr: float, num_classes: int = 10) -> None:
+                 steps: int, sum_lr: float, num_classes: int = 10, strength: float = 1.0) -> None:
         import torch_pruning as tp
 
         if method not in TP_REF:
             raise KeyError(method)
         self.method, self.model, self.steps = method, model, steps
         ref = TP_REF[method]
-        self.scale = TP_REF_SUM_LR / sum_lr
+        self.strength = strength  # multiplier on TP's (rescaled) reference coefficients
+        self.scale = TP_REF_SUM_LR / sum_lr * strength
         names = {m: n for n, m in model.named_modules()}
         was_training = model.training
         model.eval()  # tracing runs a forward pass: keep the zero example out of BN running stats
@@ -127,6 +129,7 @@ class TPAnchor:
     def describe(self) -> dict[str, Any]:
         return {"name": self.method, "torch_pruning": tp_version(), "pruner": TP_REF[self.method]["pruner"],
                 "importance": "GroupMagnitudeImportance(p=2)", "scale_vs_tp_reference": self.scale,
+                "strength_multiplier": self.strength,
                 "tp_reference": TP_REF[self.method], "tp_reference_sum_lr": TP_REF_SUM_LR,
                 "optimizer_weight_decay": 0.0, "hyperparameters": self.hparams,
                 "pruned_groups": {k: f"{v[1]}/{v[0]}" for k, v in self.targets.items()},
