@@ -136,6 +136,7 @@ class RatioMeter:
         self._session = session
         _check_runs(self._reference, source.name, self.shapes)
         self._warm = False
+        self.reference_history: list[float] = []  # every timed run of the reference (ms), alone or interleaved
 
     def _warm_up_reference(self, min_time_s: float = 0.5) -> None:
         """The first runs in a process read slow: run the reference `warmup` times and 0.5 s."""
@@ -152,7 +153,9 @@ class RatioMeter:
 
         self._warm_up_reference()
         stop = StopRule.make(min_time=min_time_s, min_runs=min_rounds)
-        return measure_interleaved([self._reference], stop, warmup=0, timer=self.timer)[0]
+        times = measure_interleaved([self._reference], stop, warmup=0, timer=self.timer)[0]
+        self.reference_history += times
+        return times
 
     def measure(self, candidate, precision: RatioPrecision = RatioPrecision()) -> RatioSample:
         """Per-round ratios candidate / reference until ``precision`` says stop."""
@@ -175,6 +178,7 @@ class RatioMeter:
             first = False
             ref, cand = times
             sample.reference_ms += ref
+            self.reference_history += ref
             sample.candidate_ms += cand
             sample.ratios += [c / r for c, r in zip(cand, ref)]
             sample.seconds = time.monotonic() - start

@@ -147,17 +147,25 @@ def monotone_fit(xs: list[float], ys: list[float], weights: list[float]) -> list
 
 def next_fraction(points: list[tuple[float, float, float]], target: float, floor: float) -> float:
     """The MACs fraction at which a monotone fit of the measured (fraction, ratio, weight) points
-    reaches the target ratio. The dense model, (1, 1), is an exact point. Between measured points
-    the fit is interpolated linearly; below the smallest one it is extrapolated along the line
-    through it and (1, 1) (latency affine in MACs), or proportionally when that line is flat."""
+    reaches the target ratio. The dense model, (1, 1), is an exact point.
+
+    Between measured points the fit is interpolated linearly. Below the smallest one it is
+    extrapolated along the secant of the two smallest points of the fit (with one point: the line
+    through it and (1, 1), latency affine in MACs), but never more than twice as far as scaling
+    the fraction in proportion to the ratio; proportionally when the secant is flat (a plan slower
+    than the dense model pools with (1, 1): then its measured ratio is used).
+    """
     pts = sorted(p for p in points if p[0] < 1.0) + [(1.0, 1.0, 1e9)]
     xs = [p[0] for p in pts]
     fit = monotone_fit(xs, [p[1] for p in pts], [p[2] for p in pts])
     i = next(k for k, y in enumerate(fit) if y >= target)  # fit[-1] == 1 > target
     if i == 0:
-        x0, y0 = xs[0], fit[0]
-        slope = (1.0 - y0) / (1.0 - x0) if x0 < 1.0 else 0.0
-        f = x0 - (y0 - target) / slope if slope > 1e-6 else x0 * target / y0
+        x0, y0 = xs[0], max(fit[0], pts[0][1])
+        proportional = x0 * target / y0
+        j = next((k for k in range(1, len(xs)) if fit[k] > fit[0]), None)
+        slope = (fit[j] - fit[0]) / (xs[j] - x0) if j is not None else 0.0
+        f = x0 - (fit[0] - target) / slope if slope > 1e-6 and fit[0] < 1.0 else proportional
+        f = max(f, proportional / 2)
     else:
         xa, ya, xb, yb = xs[i - 1], fit[i - 1], xs[i], fit[i]
         f = xa + (target - ya) * (xb - xa) / (yb - ya) if yb > ya else (xa + xb) / 2
@@ -165,13 +173,14 @@ def next_fraction(points: list[tuple[float, float, float]], target: float, floor
 
 
 def plan_for_latency(analysis: Analysis, scores: dict[int, np.ndarray], opts: PlanOptions, target_ms: float,
-                     measure: Callable[[PruningPlan, bool], RatioSample], reference_ms: float,
+                     measure: Callable[[PruningPlan, bool], RatioSample], reference_ms: float | Callable[[], float],
                      search: LatencySearch | None = None, clock: Callable[[], float] = time.monotonic
                      ) -> BudgetResult:
     """The plan whose measured latency ratio to the dense model is within the tolerance of
     ``target_ms / reference_ms``, confirmed by a second measurement.
 
-    ``reference_ms`` is the dense model's latency measured by the caller; the target is read
+    ``reference_ms`` is the dense model's latency measured by the caller, or a function returning
+    its current estimate (the api pools every dense run of the search into it); the target is read
     against it. ``measure(plan, confirm)`` times the pruned model interleaved with the dense one
     and returns the per-round ratios pruned / dense (``confirm`` asks for the longer, more precise
     measurement). The search keeps every (MACs fraction, ratio) pair, pools repeated measurements
@@ -184,6 +193,12 @@ def plan_for_latency(analysis: Analysis, scores: dict[int, np.ndarray], opts: Pl
     """
     search = search or LatencySearch()
     tol = search.tolerance
+    if callable(reference_ms):
+        current_reference = reference_ms
+    else:
+        fixed = float(reference_ms)
+        current_reference = lambda: fixed  # noqa: E731
+    reference_ms = current_reference()
     if target_ms <= 0:
         raise UsageError(f"--target-latency must be positive, got {target_ms}")
     if reference_ms <= 0:
@@ -207,7 +222,7 @@ def plan_for_latency(analysis: Analysis, scores: dict[int, np.ndarray], opts: Pl
 
     def log_step(fraction: float, sample: RatioSample, role: str) -> None:
         steps.append({"macs_fraction": round(fraction, 4), "latency_ms": round(reference_ms * sample.median, 4),
-                      "role": role, **sample.to_dict()})
+                      "role": role, **sample.to_dict(), "target_ratio": round(target, 5)})
 
     planned: dict[float, tuple[PruningPlan, float]] = {}
 
@@ -229,6 +244,8 @@ def plan_for_latency(analysis: Analysis, scores: dict[int, np.ndarray], opts: Pl
         key = _plan_key(plan)
         sample = measure(plan, False)
         measured += 1
+        reference_ms = current_reference()
+        target = target_ms / reference_ms
         log_step(achieved, sample, "search")
         point = points.get(key)
         if point is None:
@@ -241,6 +258,8 @@ def plan_for_latency(analysis: Analysis, scores: dict[int, np.ndarray], opts: Pl
         if abs(off(point.sample.median)) <= band and measured < search.max_measurements:
             confirmation = measure(plan, True)
             measured += 1
+            reference_ms = current_reference()
+            target = target_ms / reference_ms
             log_step(achieved, confirmation, "confirm")
             point.sample, point.measurements = point.sample.pooled(confirmation), point.measurements + 1
             if abs(off(confirmation.median)) <= tol and abs(off(point.sample.median)) <= tol:
@@ -252,7 +271,8 @@ def plan_for_latency(analysis: Analysis, scores: dict[int, np.ndarray], opts: Pl
         if key == floor_key and off(point.sample.median) > tol and (
                 point.measurements >= 2 or off(point.sample.interval[0]) > tol):
             raise LatencyTargetError(
-                f"--target-latency {target_ms:g} ms is unreachable: the most pruned plan allowed (MACs "
+                f"--target-latency {target_ms:g} ms (ratio {target:.3f} to the dense model's {reference_ms:.4g} ms "
+                f"measured here) is unreachable: the most pruned plan allowed (MACs "
                 f"{floor_f:.3f} of the dense model, min-channels {opts.min_channels}, round-to {opts.round_to}) "
                 f"measured {point.sample.median:.3f}x the dense model's {reference_ms:.4g} ms = "
                 f"{reference_ms * point.sample.median:.4g} ms; nothing written", {**details(), "steps": steps})

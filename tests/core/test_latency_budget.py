@@ -93,6 +93,19 @@ def test_search_meets_the_ratio_and_confirms_before_accepting(setup):
     assert d["confirmation"]["rounds"] == 40 and "ratio_interval" in d
 
 
+def test_target_ratio_follows_the_pooled_reference(setup):
+    """The api pools every dense run into the reference: when it settles at 12 ms instead of the
+    first 10 ms reading, 6 ms means ratio 0.5, and that is what the accepted plan must meet."""
+    an, scores = setup
+    readings = iter([10.0] + [12.0] * 100)
+    meter = FakeMeter(an, affine(0.2))
+    res = plan_for_latency(an, scores, PlanOptions(), 6.0, meter, reference_ms=lambda: next(readings))
+    d = res.to_dict()
+    assert d["reference_ms"] == 12.0 and d["target_ratio"] == pytest.approx(0.5)
+    assert abs(meter.true_ratio(res.plan) / 0.5 - 1) <= 0.05, d["steps"]
+    assert d["achieved"] == pytest.approx(12.0 * d["ratio"])
+
+
 def test_a_lucky_reading_is_not_accepted_when_its_confirmation_disagrees(setup):
     """First readings of every plan come out 8% fast; confirmations read the truth. A plan whose
     lucky reading is on target really is 8% slow, so its confirmation must reject it."""
@@ -191,6 +204,13 @@ def test_next_fraction_interpolates_and_extrapolates():
     # a point slower than the dense model is pooled with (1, 1); the fit then interpolates from below
     f = next_fraction([(0.2, 0.3, 10), (0.5, 1.6, 10)], 0.5, 0.05)
     assert 0.2 < f < 0.5, f
+    # the only plan measured is slower than the dense model (odd widths): scale by its measured ratio
+    assert next_fraction([(0.8, 2.0, 10)], 0.8, 0.01) == pytest.approx(0.32)
+    # below every point: the secant of the two lowest points of the fit, not the line to (1, 1)
+    f = next_fraction([(0.26, 0.86, 10), (0.31, 1.07, 10)], 0.83, 0.01)
+    assert 0.23 < f < 0.26, f"a small step along the steep local secant, got {f}"
+    # never more than twice the proportional cut in one step
+    assert next_fraction([(0.5, 0.6, 10)], 0.1, 0.01) == pytest.approx(0.5 * 0.1 / 0.6 / 2)
 
 
 def test_median_interval_is_distribution_free_and_narrows():
@@ -212,12 +232,15 @@ class _FakeRatioMeter:
     def __init__(self, reference, provider="cpu", input_shapes=None, threads=None, **_):
         self.provider_used, self.threads = "CPUExecutionProvider", threads or 2
         self.dense_macs = _conv_macs(reference)
+        self.reference_history: list[float] = []
 
     def reference_ms(self, min_time_s=2.0, min_rounds=10):
+        self.reference_history += [10.0] * 20
         return [10.0] * 20
 
     def measure(self, candidate, precision=None):
         ratio = self.overhead + (1 - self.overhead) * _conv_macs(candidate) / self.dense_macs
+        self.reference_history += [10.0] * 20
         return RatioSample([ratio] * 20, [10.0] * 20, [10.0 * ratio] * 20, 1.0)
 
 
@@ -241,6 +264,7 @@ def test_prune_reports_reference_ratio_and_confirmation(fake_meter):
     assert abs(b["ratio"] / 0.5 - 1) <= 0.05 and b["achieved"] == pytest.approx(10.0 * b["ratio"])
     assert b["confirmation"]["ratio"] == pytest.approx(b["ratio"], rel=1e-4) and b["threads"] == 2
     assert b["steps"][-1]["role"] == "confirm" and res.report["verify"]["passed"]
+    assert b["reference_initial_ms"] == 10.0 and b["reference_runs"] > 20, "every dense run pooled"
 
 
 def test_cli_unreachable_latency_exits_2_and_writes_nothing(fake_meter, tmp_path):

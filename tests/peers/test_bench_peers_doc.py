@@ -81,9 +81,15 @@ def test_write_block_replaces_its_block_and_keeps_the_rest(tmp_path):
 
 
 def test_target_latency_error_and_table():
-    row = tl.Row(model="m", fraction=0.5, dense_ms=10.0, target_ms=5.0, achieved_ms=5.2, raw_p50_ms=6.0,
-                 macs_fraction=0.4, steps=[{"macs_fraction": 0.5, "latency_ms": 5.2}], seconds=3.0)
-    assert row.error == pytest.approx(0.04), "error = achieved / target - 1"
+    """The verdict is the fresh-process ratio against target / engine reference, not raw ms."""
+    row = tl.Row(model="m", fraction=0.5, dense_ms=10.0, target_ms=5.0, reference_ms=12.5, target_ratio=0.4,
+                 engine_ratio=0.41, check_ratio=0.416, check_p10=0.39, check_p90=0.44, raw_p50_ms=6.0,
+                 macs_fraction=0.4, steps=[{"macs_fraction": 0.4, "ratio": 0.41, "role": "confirm"}], seconds=3.0)
+    assert row.error == pytest.approx(0.04), "error = check ratio / target ratio - 1"
+    assert row.raw_error == pytest.approx(0.2) and row.met, "raw ms drift does not decide the verdict"
+    failed = tl.Row(model="m", fraction=0.4, dense_ms=10.0, target_ms=4.0, status="exit 2",
+                    note="error: --target-latency 4 ms (ratio 0.320 to the dense model's 12.5 ms measured here) ...")
     meta = {"command": "c", "date": "d", "onnxruntime": "1", "load_before": 1.0, "load_after": 2.0}
-    text = tl.markdown([row], meta)
-    assert "+4.0%" in text and "✓" in text and "1/1 targets met" in text, "error and verdict rendered"
+    text = tl.markdown([row, failed], meta)
+    assert "**+4.0%**" in text and "✓" in text and "1/2 targets met" in text, "error and verdict rendered"
+    assert "✗ exit 2" in text and tl._ratio_in(failed.note) == pytest.approx(0.32)
