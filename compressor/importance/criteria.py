@@ -14,13 +14,22 @@ NORM_OPS = ("BatchNormalization", "InstanceNormalization")
 
 
 def member_values(analysis: Analysis, group: Group, m: Member) -> np.ndarray:
-    """The member's slice as a float64 [channels, inner * rest] array of its own.
-
-    Sliced before the conversion: only the group's part of the tensor is copied, once in its own
-    dtype (when the channel axis is not the leading one) and once to float64."""
+    """The member's slice as [channels, inner * rest] in the tensor's own dtype: a view of the
+    tensor where its layout allows (read it, never write it), else a copy of the slice only."""
     arr = np.moveaxis(np.asarray(analysis.index.const(m.tensor)), m.axis, 0)
     block = arr[m.offset: m.offset + group.size * m.inner]
-    return block.reshape(group.size, -1).astype(np.float64)
+    return block.reshape(group.size, -1)
+
+
+def _abs_powers(values: np.ndarray, p: int) -> np.ndarray:
+    """|values| ** p as a new float64 array. Converting inside the ufunc is exact (float32
+    squares fit a float64), so the numbers are those of converting first, minus one pass."""
+    if p == 2:
+        return np.square(values, dtype=np.float64)
+    out = np.abs(values, dtype=np.float64)
+    if p != 1:
+        np.power(out, p, out=out)
+    return out
 
 
 def _is_weight(m: Member) -> bool:
@@ -36,21 +45,14 @@ def magnitude(p: int) -> Callable[[Analysis, Group], np.ndarray]:
         total = np.zeros(group.size)
         for m in group.members:
             if _is_weight(m) or _is_norm_scale(m):
-                v = member_values(analysis, group, m)  # a fresh array: powers are taken in place
-                if p == 2:
-                    np.square(v, out=v)
-                else:
-                    np.abs(v, out=v)
-                    if p != 1:
-                        np.power(v, p, out=v)
-                total += v.sum(axis=1)
+                total += _abs_powers(member_values(analysis, group, m), p).sum(axis=1)
         return total ** (1.0 / p)
 
     return score
 
 
 def bn_scale(analysis: Analysis, group: Group) -> np.ndarray:
-    scales = [np.abs(member_values(analysis, group, m)).sum(axis=1) for m in group.members if _is_norm_scale(m)]
+    scales = [_abs_powers(member_values(analysis, group, m), 1).sum(axis=1) for m in group.members if _is_norm_scale(m)]
     if not scales:
         return magnitude(2)(analysis, group)
     return np.mean(scales, axis=0)
