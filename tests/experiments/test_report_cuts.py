@@ -18,13 +18,15 @@ def _r(table, method, cut, pruned, ft, seed=0, setting="cpu"):
 def test_cuts_table_rows_and_deltas():
     rows = [_r("main", "dense", 2.0, None, 0.80), _r("cut4", "dense", 4.0, None, 0.70),
             _r("main", "sfp", 2.0, 0.78, 0.79), _r("cut4", "sfp", 4.0, 0.60, 0.65),
-            _r("main", "tp_groupnorm", 2.0, 0.50, 0.77), _r("main", "l1", 2.0, 0.10, 0.76),
+            _r("main", "tp_groupnorm", 2.0, 0.50, 0.77), _r("main", "tp_growingreg", 2.0, 0.20, 0.78),
+            _r("main", "l1", 2.0, 0.10, 0.76),
             _r("main", "l1", 2.0, 0.10, 0.10, seed=1), _r("main", "l1", 2.0, 0.1, 0.1, setting="quick")]
     md = cuts_md(rows)
     lines = {ln.split(" | ")[0].lstrip("| "): ln for ln in md.splitlines() if ln.startswith("| ")}
-    assert "| 78.00 → 79.00 | -1.00 | +2.00 | 60.00 → 65.00 | -5.00 | – |" in lines["sfp"]
-    assert "not run" in lines["l1"] and "| -4.00 | -1.00 |" in lines["l1"]  # seed 1 / quick rows ignored
+    assert "| 78.00 → 79.00 | -1.00 | +2.00 | +1.00 | 60.00 → 65.00 | -5.00 | – | – |" in lines["sfp"]
+    assert "not run" in lines["l1"] and "| -4.00 | -1.00 | -2.00 |" in lines["l1"]  # seed 1 / quick rows ignored
+    assert "2x: tp_growingreg (78.00 %)" in md  # the best TP row names itself
     assert "tp_groupnorm (anchor)" in lines
-    assert list(lines)[-1] == "tp_groupnorm (anchor)", "anchors are listed after our methods"
+    assert list(lines)[-2:] == ["tp_groupnorm (anchor)", "tp_growingreg (anchor)"], "anchors come last"
     assert "80.00 %" in md and "70.00 %" in md
     assert cuts_md([_r("seeds", "l1", 2.0, 0.1, 0.7)]) == ""
