@@ -9,6 +9,14 @@ onnxruntime) -> save. Each model runs in a fresh subprocess so that its peak res
     python tools/bench_scale.py --markdown docs/coverage.md MODEL.onnx ...
     python tools/bench_scale.py --profile out/prof.txt MODEL.onnx   # cProfile of one run
 
+``--time-prune N`` times ``api.prune(MODEL, output=...)`` end to end instead (load -> verified
+save, as tools/bench_peers.py's "prune s"), each in a fresh process, N rounds; with
+``--torch-pruning NAME`` every round first times Torch-Pruning on torchvision NAME exactly as
+bench_peers does (dense export first, then dependency graph + ``step()``, then the ONNX export),
+in the zoo venv, so that both see the same machine load:
+
+    python tools/bench_scale.py --time-prune 5 --torch-pruning resnet50 out/peers/resnet50/dense.onnx
+
 The exported models come from ``tools/zoo_coverage.py`` (its cache, ``out/zoo/``).
 """
 
@@ -130,6 +138,71 @@ def run_subprocess(path: str, ratio: float, profile: str | None) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+ZOO_PYTHON = ROOT / ".venv-zoo" / "bin" / "python"
+
+_TIME_OURS = """
+import json, sys, time
+from compressor import api
+import onnxruntime
+t0 = time.perf_counter()
+rep = api.prune(sys.argv[1], output=sys.argv[2], ratio=float(sys.argv[3]), provider="cpu").report
+print(json.dumps({"seconds": time.perf_counter() - t0, "passed": rep["verify"]["passed"]}))
+"""
+
+_TIME_TP = """
+import copy, json, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+import torch
+import bench_peers as bp
+torch.set_num_threads(bp.THREADS)
+zoo = bp._zoo()
+model, x = zoo.build_model(sys.argv[2]), zoo.example_input(sys.argv[2])
+out = Path(sys.argv[3])
+bp.export_onnx(copy.deepcopy(model), x, out / "dense.onnx")  # run_model exports the dense model first
+row = bp.run_torch_pruning(sys.argv[2], model, x, out / "torch_pruning.onnx")
+print(json.dumps({"prune_s": row.prune_s, "export_s": row.export_s, "status": row.status, "note": row.note}))
+"""
+
+
+def _last_json(cmd: list[str], env: dict) -> dict:
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd[:2])} failed: {out.stderr.strip().splitlines()[-1:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def time_prune(path: str, ratio: float, rounds: int, torch_pruning: str | None) -> int:
+    """Interleaved end-to-end timings: ours (and Torch-Pruning's), one fresh process each."""
+    import statistics
+
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
+    ours_python = str(ZOO_PYTHON) if torch_pruning and ZOO_PYTHON.exists() else sys.executable
+    ours, tp = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(rounds):
+            load = os.getloadavg()[0]
+            line = f"round {r + 1}/{rounds} (load {load:.1f}):"
+            if torch_pruning:
+                res = _last_json([str(ZOO_PYTHON), "-c", _TIME_TP, str(ROOT / "tools"), torch_pruning, tmp], env)
+                if res["status"] != "ok":
+                    raise SystemExit(f"Torch-Pruning failed: {res['note']}")
+                tp.append(res["prune_s"] + res["export_s"])
+                line += f" Torch-Pruning {res['prune_s']:.2f} + export {res['export_s']:.2f} = {tp[-1]:.2f}s |"
+            res = _last_json([ours_python, "-c", _TIME_OURS, path, str(Path(tmp) / "ours.onnx"), str(ratio)], env)
+            if not res["passed"]:
+                raise SystemExit("our pruned model failed verification")
+            ours.append(res["seconds"])
+            print(f"{line} ours {ours[-1]:.2f}s", flush=True)
+    summary = f"ours: median {statistics.median(ours):.2f}s (min {min(ours):.2f}, max {max(ours):.2f})"
+    if tp:
+        summary += (f" | Torch-Pruning graph+prune+export: median {statistics.median(tp):.2f}s "
+                    f"(min {min(tp):.2f}, max {max(tp):.2f}) | ours faster in {sum(o < t for o, t in zip(ours, tp))}"
+                    f"/{rounds} rounds")
+    print(summary)
+    return 0
+
+
 def target_for(name: str) -> float | None:
     for key, val in TARGET_SECONDS.items():
         if name.startswith(key):
@@ -177,11 +250,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ratio", type=float, default=0.5)
     ap.add_argument("--markdown", help="write the table into this markdown file")
     ap.add_argument("--profile", help="write a cProfile listing (cumulative) of the run here")
+    ap.add_argument("--time-prune", type=int, metavar="N",
+                    help="time api.prune end to end (load -> verified save), N rounds, instead of the stages")
+    ap.add_argument("--torch-pruning", metavar="NAME",
+                    help="with --time-prune: also time Torch-Pruning on torchvision NAME each round (zoo venv)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
         print(json.dumps(run_one(args.models[0], args.ratio, args.profile)))
         return 0
+    if args.time_prune:
+        if len(args.models) != 1:
+            ap.error("--time-prune takes one model")
+        return time_prune(args.models[0], args.ratio, args.time_prune, args.torch_pruning)
     models = args.models or [str(p) for p in DEFAULT_MODELS]
     missing = [m for m in models if not Path(m).exists()]
     if missing:
