@@ -6,9 +6,10 @@ fraction f (default 0.6 and 0.4) and channel multiple (``--round-to``, default 1
 
 1. measure the dense model here (CPU provider, 2 threads, spinning off, after a warm-up
    measurement) and set the target T = f x dense ms;
-2. run the command a user would, in its own process:
+2. prune in a fresh process exactly as the command a user would run,
    ``compress dense.onnx -o out.onnx --target-latency T --provider cpu --input-shape 1x3x224x224
-   --round-to R --json``. The engine reads T against the dense latency it measures itself
+   --round-to R`` (``api.prune`` with the same arguments, so that a failed search still hands
+   back what it measured). The engine reads T against the dense latency it measures itself
    (``budget.reference_ms``), i.e. it aims for the ratio T / reference, and reports the ratio it
    confirmed; an unreachable or unmet target exits 2 and writes nothing;
 3. check independently, in a fresh process: ``compress bench dense.onnx out.onnx --threads
@@ -111,6 +112,33 @@ def _compress(*args: str) -> subprocess.CompletedProcess:
                           cwd=ROOT, env={**os.environ, "COMPRESSOR_STRICT_RULES": "0"})
 
 
+def prune_in_fresh_process(dense: Path, out: Path, target_ms: float, round_to: str) -> dict:
+    """What `compress DENSE -o OUT --target-latency T --provider cpu --input-shape 1x3x224x224
+    --round-to R` does (the CLI is a thin layer over api.prune), in a fresh process, returning the
+    report, or the error with the search's measurements (which the CLI's one error line omits)."""
+    job = {"dense": str(dense), "out": str(out), "target_ms": target_ms, "round_to": round_to}
+    res = subprocess.run([sys.executable, __file__, "--worker", json.dumps(job)], capture_output=True, text=True,
+                         cwd=ROOT, env={**os.environ, "COMPRESSOR_STRICT_RULES": "0"})
+    lines = [line for line in res.stdout.splitlines() if line.startswith("{")]
+    if res.returncode != 0 or not lines:
+        return {"ok": False, "exit_code": res.returncode, "error": res.stderr.strip()[-400:] or "no output"}
+    return json.loads(lines[-1])
+
+
+def worker(job: dict) -> None:
+    from compressor import api
+    from compressor.errors import CompressorError
+
+    rt = job["round_to"]
+    try:
+        rep = api.prune(job["dense"], output=job["out"], target_latency=job["target_ms"], provider="cpu",
+                        input_shapes=[INPUT_SHAPE], round_to=rt if rt == "auto" else int(rt)).report
+        print(json.dumps({"ok": True, "report": rep}))
+    except CompressorError as exc:  # what the CLI turns into one line and its exit code
+        print(json.dumps({"ok": False, "exit_code": exc.exit_code, "error": f"error: {exc}",
+                          "budget": getattr(exc, "budget", None)}))
+
+
 def check(dense: Path, pruned: Path, threads: int, check_time: float) -> dict:
     """pruned / dense re-measured in a fresh process with `compress bench` (interleaved)."""
     res = _compress("bench", str(dense), str(pruned), "--threads", str(threads), "--min-time", str(check_time),
@@ -140,17 +168,18 @@ def run(name: str, fractions: list[float], min_time: float, round_tos: list[str]
         out = OUT / name / f"target_latency_{f:g}_r{rt}.onnx"
         out.unlink(missing_ok=True)
         t0 = time.perf_counter()
-        res = _compress(str(dense), "-o", str(out), "--target-latency", f"{row.target_ms:g}", "--provider", "cpu",
-                        "--input-shape", INPUT_SHAPE, "--round-to", rt, "--json")
+        res = prune_in_fresh_process(dense, out, row.target_ms, rt)
         row.seconds = time.perf_counter() - t0
-        if res.returncode != 0:
-            row.status = f"exit {res.returncode}"
-            row.note = " ".join(res.stderr.strip().splitlines()[-1:])[:400]
-            row.target_ratio = _ratio_in(row.note)
+        if not res["ok"]:
+            row.status = f"exit {res['exit_code']}"
+            row.note = " ".join(res["error"].split())[:400]
+            b = res.get("budget") or {}
+            row.reference_ms, row.target_ratio = b.get("reference_ms"), b.get("target_ratio", _ratio_in(row.note))
+            row.steps = b.get("steps", [])
             rows.append(row)
             print(f"  {name} x{f:g} round-to {rt}: {row.status}: {row.note}", flush=True)
             continue
-        rep = json.loads(res.stdout)
+        rep = res["report"]
         b = rep["budget"]
         row.reference_ms, row.target_ratio, row.engine_ratio = b["reference_ms"], b["target_ratio"], b["ratio"]
         row.threads, row.steps = b.get("threads", THREADS), b["steps"]
@@ -212,7 +241,7 @@ def markdown(rows: list[Row], meta: dict) -> str:
         head = (f"| {r.model} | {r.round_to} | {r.fraction:g} | {r.dense_ms:.2f} | {r.target_ms:.2f} | "
                 f"{_f(r.reference_ms, '.2f')} | {_f(r.target_ratio, '.3f')} ")
         if r.status != "ok":
-            lines.append(head + f"| – | – | – | – | – | – | {_f(r.seconds, '.0f')} | ✗ {r.status}: {r.note} |")
+            lines.append(head + f"| – | – | – | – | – | {_steps(r)} | {_f(r.seconds, '.0f')} | ✗ {r.status}: {r.note} |")
             continue
         lines.append(head + f"| {r.engine_ratio:.3f} ({r.engine_error:+.1%}) | {r.check_ratio:.3f} "
                      f"[{r.check_p10:.3f}–{r.check_p90:.3f}] | **{r.error:+.1%}** | {r.raw_p50_ms:.2f} "
@@ -243,13 +272,17 @@ def main(argv: list[str] | None = None) -> int:
                     help="targets as fractions of the dense latency")
     ap.add_argument("--min-time", type=float, default=3.0, help="seconds per model in each measurement")
     ap.add_argument("--round-to", default="1", help="channel multiples to run the search with (1,8,auto)")
-    ap.add_argument("--check-time", type=float, default=10.0,
+    ap.add_argument("--check-time", type=float, default=15.0,
                     help="seconds per model in the fresh-process check (compress bench --min-time)")
     ap.add_argument("--doc", default=str(DOC))
     ap.add_argument("--no-doc", action="store_true")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)  # one prune, in a fresh process
     ap.add_argument("--render", action="store_true",
                     help="measure nothing: write the table from the last run (out/peers/target_latency.json)")
     args = ap.parse_args(argv)
+    if args.worker:
+        worker(json.loads(args.worker))
+        return 0
     if args.render:
         data = json.loads((OUT / "target_latency.json").read_text())
         rows = [Row(**r) for r in data["rows"]]

@@ -110,7 +110,7 @@ class LatencySearch:
     """How the latency search measures and when it gives up (see ``plan_for_latency``)."""
 
     tolerance: float = 0.05
-    max_measurements: int = 12  # search and confirmation measurements together
+    max_measurements: int = 16  # search and confirmation measurements together
     time_budget_s: float = 300.0
     aim: float = 0.5  # trigger a confirmation when within aim * tolerance (tolerance in the last third)
 
@@ -150,10 +150,11 @@ def next_fraction(points: list[tuple[float, float, float]], target: float, floor
     reaches the target ratio. The dense model, (1, 1), is an exact point.
 
     Between measured points the fit is interpolated linearly. Below the smallest one it is
-    extrapolated along the secant of the two smallest points of the fit (with one point: the line
-    through it and (1, 1), latency affine in MACs), but never more than twice as far as scaling
-    the fraction in proportion to the ratio; proportionally when the secant is flat (a plan slower
-    than the dense model pools with (1, 1): then its measured ratio is used).
+    extrapolated along the secant of the two smallest pruned points of the fit, but never more
+    than twice as far as scaling the fraction in proportion to the ratio; proportionally with one
+    pruned point or a flat secant (a plan slower than the dense model pools with (1, 1): then its
+    measured ratio is used). Pruned models pay per-op costs the dense one does not (odd widths miss
+    ORT's blocked CPU kernels), so the line to (1, 1) is a poor guide below the first point.
     """
     pts = sorted(p for p in points if p[0] < 1.0) + [(1.0, 1.0, 1e9)]
     xs = [p[0] for p in pts]
@@ -162,7 +163,7 @@ def next_fraction(points: list[tuple[float, float, float]], target: float, floor
     if i == 0:
         x0, y0 = xs[0], max(fit[0], pts[0][1])
         proportional = x0 * target / y0
-        j = next((k for k in range(1, len(xs)) if fit[k] > fit[0]), None)
+        j = next((k for k in range(1, len(xs) - 1) if fit[k] > fit[0]), None)  # not the (1, 1) anchor
         slope = (fit[j] - fit[0]) / (xs[j] - x0) if j is not None else 0.0
         f = x0 - (fit[0] - target) / slope if slope > 1e-6 and fit[0] < 1.0 else proportional
         f = max(f, proportional / 2)

@@ -197,8 +197,8 @@ def test_monotone_fit_pools_violators():
 def test_next_fraction_interpolates_and_extrapolates():
     # between two measured points: linear interpolation of the fit
     assert next_fraction([(0.2, 0.4, 10), (0.6, 0.8, 10)], 0.6, 0.05) == pytest.approx(0.4)
-    # below every point: along the line through the lowest point and the dense model (1, 1)
-    assert next_fraction([(0.5, 0.6, 10)], 0.4, 0.05) == pytest.approx(0.25)
+    # below a single pruned point: in proportion to its ratio (not along the line to (1, 1))
+    assert next_fraction([(0.5, 0.6, 10)], 0.4, 0.05) == pytest.approx(1 / 3)
     # never below the most pruned plan allowed
     assert next_fraction([(0.5, 0.6, 10)], 0.1, 0.2) == pytest.approx(0.2)
     # a point slower than the dense model is pooled with (1, 1); the fit then interpolates from below
@@ -206,11 +206,11 @@ def test_next_fraction_interpolates_and_extrapolates():
     assert 0.2 < f < 0.5, f
     # the only plan measured is slower than the dense model (odd widths): scale by its measured ratio
     assert next_fraction([(0.8, 2.0, 10)], 0.8, 0.01) == pytest.approx(0.32)
-    # below every point: the secant of the two lowest points of the fit, not the line to (1, 1)
+    # below several: the secant of the two lowest points of the fit
     f = next_fraction([(0.26, 0.86, 10), (0.31, 1.07, 10)], 0.83, 0.01)
     assert 0.23 < f < 0.26, f"a small step along the steep local secant, got {f}"
     # never more than twice the proportional cut in one step
-    assert next_fraction([(0.5, 0.6, 10)], 0.1, 0.01) == pytest.approx(0.5 * 0.1 / 0.6 / 2)
+    assert next_fraction([(0.5, 0.6, 10), (0.6, 0.61, 10)], 0.1, 0.01) == pytest.approx(0.5 * 0.1 / 0.6 / 2)
 
 
 def test_median_interval_is_distribution_free_and_narrows():
