@@ -252,29 +252,25 @@ def _pruned_for_timing(an: Analysis, plan: PruningPlan) -> onnx.ModelProto:
 
 
 def _latency_plan(proto, an, scores, opts, target_ms, provider, spec, tol):
-    """Read the target against the dense model measured here, then search on interleaved ratios.
-
-    The reference is the median of every dense run in this process: 3 s alone first, then the
-    dense half of every interleaved measurement, so one loaded moment does not set the target."""
+    """Read the target against the dense model measured here (3 s alone, after a warm-up), then
+    search on pruned/dense ratios timed interleaved. ``reference_pooled_ms``: the median of every
+    dense run of the search, to show how far the machine's load drifted meanwhile."""
     from compressor.bench.ratio import RatioMeter, RatioPrecision, median_interval
     from compressor.planning.budget import LatencySearch
 
     meter = RatioMeter(proto, provider=provider, input_shapes={k: list(v) for k, v in spec.shapes.items()})
-    initial = float(np.median(meter.reference_ms(min_time_s=3.0)))
+    dense = meter.reference_ms(min_time_s=3.0)
+    lo, reference, hi = median_interval(dense)
     search_precision = RatioPrecision(rel_halfwidth=0.025, min_time_s=1.0, max_time_s=6.0)
     confirm_precision = RatioPrecision(rel_halfwidth=0.015, min_time_s=3.0, max_time_s=20.0)
 
     def measure(plan: PruningPlan, confirm: bool):
         return meter.measure(_pruned_for_timing(an, plan), confirm_precision if confirm else search_precision)
 
-    def reference() -> float:
-        return float(np.median(meter.reference_history))
-
     res = plan_for_latency(an, scores, opts, target_ms, measure, reference, LatencySearch(tolerance=tol))
-    lo, _, hi = median_interval(meter.reference_history)
-    res.details.update({"reference_interval_ms": [lo, hi], "reference_runs": len(meter.reference_history),
-                        "reference_initial_ms": initial, "provider": meter.provider_used,
-                        "threads": meter.threads})
+    res.details.update({"reference_interval_ms": [lo, hi], "reference_runs": len(dense),
+                        "reference_pooled_ms": median_interval(meter.reference_history)[1],
+                        "provider": meter.provider_used, "threads": meter.threads})
     return res
 
 

@@ -174,15 +174,15 @@ def next_fraction(points: list[tuple[float, float, float]], target: float, floor
 
 
 def plan_for_latency(analysis: Analysis, scores: dict[int, np.ndarray], opts: PlanOptions, target_ms: float,
-                     measure: Callable[[PruningPlan, bool], RatioSample], reference_ms: float | Callable[[], float],
+                     measure: Callable[[PruningPlan, bool], RatioSample], reference_ms: float,
                      search: LatencySearch | None = None, clock: Callable[[], float] = time.monotonic
                      ) -> BudgetResult:
     """The plan whose measured latency ratio to the dense model is within the tolerance of
     ``target_ms / reference_ms``, confirmed by a second measurement.
 
-    ``reference_ms`` is the dense model's latency measured by the caller, or a function returning
-    its current estimate (the api pools every dense run of the search into it); the target is read
-    against it. ``measure(plan, confirm)`` times the pruned model interleaved with the dense one
+    ``reference_ms`` is the dense model's latency measured by the caller; the target is read
+    against it once, so the search aims at a fixed ratio (a reference that followed the machine's
+    load during the search would move the target under it). ``measure(plan, confirm)`` times the pruned model interleaved with the dense one
     and returns the per-round ratios pruned / dense (``confirm`` asks for the longer, more precise
     measurement). The search keeps every (MACs fraction, ratio) pair, pools repeated measurements
     of the same widths, and picks the next MACs fraction from a monotone fit of all of them. A plan
@@ -194,12 +194,6 @@ def plan_for_latency(analysis: Analysis, scores: dict[int, np.ndarray], opts: Pl
     """
     search = search or LatencySearch()
     tol = search.tolerance
-    if callable(reference_ms):
-        current_reference = reference_ms
-    else:
-        fixed = float(reference_ms)
-        current_reference = lambda: fixed  # noqa: E731
-    reference_ms = current_reference()
     if target_ms <= 0:
         raise UsageError(f"--target-latency must be positive, got {target_ms}")
     if reference_ms <= 0:
@@ -223,7 +217,7 @@ def plan_for_latency(analysis: Analysis, scores: dict[int, np.ndarray], opts: Pl
 
     def log_step(fraction: float, sample: RatioSample, role: str) -> None:
         steps.append({"macs_fraction": round(fraction, 4), "latency_ms": round(reference_ms * sample.median, 4),
-                      "role": role, **sample.to_dict(), "target_ratio": round(target, 5)})
+                      "role": role, **sample.to_dict()})
 
     planned: dict[float, tuple[PruningPlan, float]] = {}
 
@@ -245,8 +239,6 @@ def plan_for_latency(analysis: Analysis, scores: dict[int, np.ndarray], opts: Pl
         key = _plan_key(plan)
         sample = measure(plan, False)
         measured += 1
-        reference_ms = current_reference()
-        target = target_ms / reference_ms
         log_step(achieved, sample, "search")
         point = points.get(key)
         if point is None:
@@ -259,8 +251,6 @@ def plan_for_latency(analysis: Analysis, scores: dict[int, np.ndarray], opts: Pl
         if abs(off(point.sample.median)) <= band and measured < search.max_measurements:
             confirmation = measure(plan, True)
             measured += 1
-            reference_ms = current_reference()
-            target = target_ms / reference_ms
             log_step(achieved, confirmation, "confirm")
             point.sample, point.measurements = point.sample.pooled(confirmation), point.measurements + 1
             if abs(off(confirmation.median)) <= tol and abs(off(point.sample.median)) <= tol:
