@@ -262,7 +262,7 @@ def _latency_plan(proto, an, scores, opts, target_ms, provider, spec, tol):
     dense = meter.reference_ms(min_time_s=3.0)
     lo, reference, hi = median_interval(dense)
     search_precision = RatioPrecision(rel_halfwidth=0.025, min_time_s=1.0, max_time_s=6.0)
-    confirm_precision = RatioPrecision(rel_halfwidth=0.015, min_time_s=3.0, max_time_s=20.0)
+    confirm_precision = RatioPrecision(rel_halfwidth=0.015, min_time_s=6.0, max_time_s=24.0, sessions=3)
 
     def measure(plan: PruningPlan, confirm: bool):
         return meter.measure(_pruned_for_timing(an, plan), confirm_precision if confirm else search_precision)

@@ -1,12 +1,12 @@
 """Latency of candidate models as a ratio to one reference model, timed interleaved with it.
 
-`RatioMeter` builds the reference session once and keeps it. Each candidate is timed round by
-round against it (A B, B A, ... as in runner.py, spinning off) and the result is the list of
-per-round ratios candidate / reference: slow drift of the machine hits both runs of a round alike
-and cancels in the ratio. A measurement runs in chunks of rounds until the median ratio is known
-to a requested relative precision (a distribution-free 95% interval of the median, see
-`median_interval`) or a time cap is reached. The --target-latency search (planning/budget.py)
-works on these ratios; `RatioSample` is plain data so the search can be tested with a fake meter.
+`RatioMeter` times each candidate round by round against the reference (A B, B A, ... as in
+runner.py, spinning off) and returns the per-round ratios candidate / reference: slow drift of
+the machine hits both runs of a round alike and cancels in the ratio. A measurement runs in chunks
+of rounds over one or more pairs of fresh sessions until the median ratio is known to a requested
+relative precision (a distribution-free 95% interval of the median, see `median_interval`) or a
+time cap is reached. The --target-latency search (planning/budget.py) works on these ratios;
+`RatioSample` is plain data so the search can be tested with a fake meter.
 """
 
 from __future__ import annotations
@@ -88,24 +88,34 @@ class RatioSample:
 @dataclass(frozen=True)
 class RatioPrecision:
     """When a ratio measurement stops: once the median's interval is within `rel_halfwidth` of it
-    (after at least `min_rounds` rounds and `min_time_s` seconds), or after `max_time_s`."""
+    (after at least `min_rounds` rounds, `min_time_s` seconds and `sessions` session pairs), or
+    after `max_time_s`. A session pair runs about `min_time_s / sessions` seconds before the next
+    pair is built, so a long measurement also spans several sessions."""
 
     rel_halfwidth: float = 0.02
     min_rounds: int = 10
     min_time_s: float = 1.0
     max_time_s: float = 8.0
     chunk: int = 4
+    sessions: int = 1
 
-    def done(self, sample: RatioSample, elapsed_s: float) -> bool:
+    def done(self, sample: RatioSample, elapsed_s: float, sessions_done: int = 1) -> bool:
         if elapsed_s >= self.max_time_s:
             return True
-        if sample.rounds < self.min_rounds or elapsed_s < self.min_time_s:
+        if sample.rounds < self.min_rounds or elapsed_s < self.min_time_s or sessions_done < self.sessions:
             return False
         return sample.rel_halfwidth <= self.rel_halfwidth
 
 
 class RatioMeter:
-    """Times models interleaved against one reference model whose session is kept.
+    """Times candidate models interleaved against one reference model.
+
+    Every measurement builds fresh sessions for both models, and a measurement with
+    ``RatioPrecision.sessions > 1`` builds several pairs and pools their rounds. The ratio of two
+    sessions depends on the sessions themselves by a few percent (where their buffers land in
+    memory): two pairs measured back to back in one process disagreed by 5-7% on a 5-ms pruned
+    mobilenet_v2, while one pair re-measured agreed within 0.5%. Fresh pairs turn that bias into
+    noise that pooling averages out, instead of one kept reference session biasing every reading.
 
     ``reference`` and candidates: paths or onnx.ModelProto. ``input_shapes``: `--input-shape`
     strings or {name: shape}; the batch is dim 0 of those shapes, else the model's own, else 1.
@@ -116,34 +126,42 @@ class RatioMeter:
                  threads: int | None = None, warmup: int = 5, seed: int = 0,
                  timer: Callable[[], float] = time.perf_counter,
                  log: Callable[[str], None] | None = None):
-        from compressor.bench.api import _as_specs, _check_runs
+        from compressor.bench.api import _as_specs
         from compressor.bench.inputs import natural_batch, random_feeds, shapes_for_batch
-        from compressor.bench.session import default_threads, make_run_fn, make_session
+        from compressor.bench.session import default_threads
         from compressor.bench.source import load_source
 
-        self._make_session, self._make_run_fn, self._check_runs = make_session, make_run_fn, _check_runs
-        self.provider, self.warmup, self.timer = provider, warmup, timer
+        self.provider, self.warmup, self.timer, self._log = provider, warmup, timer, log
         self.threads = int(threads) if threads else default_threads()
-        source = load_source(reference)
+        self._source = load_source(reference)
         specs = _as_specs(input_shapes)
-        self.batch = natural_batch(source.signature, specs) or 1
-        self.shapes, _ = shapes_for_batch(source.signature, specs, self.batch)
-        self.feeds = random_feeds(source.signature, self.shapes, seed=seed)
-        session, self.provider_used, warning = make_session(source, provider, self.threads)
-        if warning and log:
-            log(f"warning: {warning}")
-        self._reference = make_run_fn(session, self.feeds, self.provider_used)
-        self._session = session
-        _check_runs(self._reference, source.name, self.shapes)
+        self.batch = natural_batch(self._source.signature, specs) or 1
+        self.shapes, _ = shapes_for_batch(self._source.signature, specs, self.batch)
+        self.feeds = random_feeds(self._source.signature, self.shapes, seed=seed)
+        self.provider_used: str | None = None
         self._warm = False
         self.reference_history: list[float] = []  # every timed run of the reference (ms), alone or interleaved
 
-    def _warm_up_reference(self, min_time_s: float = 0.5) -> None:
-        """The first runs in a process read slow: run the reference `warmup` times and 0.5 s."""
+    def _run_fn(self, source):
+        """A session for ``source`` and its run function (checked once)."""
+        from compressor.bench.api import _check_runs
+        from compressor.bench.session import make_run_fn, make_session
+
+        session, used, warning = make_session(source, self.provider, self.threads)
+        if self.provider_used is None:
+            self.provider_used = used
+            if warning and self._log:
+                self._log(f"warning: {warning}")
+        run = make_run_fn(session, self.feeds, used)
+        _check_runs(run, source.name, self.shapes)
+        return run
+
+    def _warm_up(self, run, min_time_s: float = 0.5) -> None:
+        """The first runs in a process read slow: the first session runs `warmup` times and 0.5 s."""
         if not self._warm:
             start, runs = time.monotonic(), 0
             while runs < max(1, self.warmup) or time.monotonic() - start < min_time_s:
-                self._reference()
+                run()
                 runs += 1
             self._warm = True
 
@@ -151,36 +169,42 @@ class RatioMeter:
         """Times (ms) of the reference alone, after its warm-up, for at least ``min_time_s``."""
         from compressor.bench.runner import StopRule, measure_interleaved
 
-        self._warm_up_reference()
+        run = self._run_fn(self._source)
+        self._warm_up(run)
         stop = StopRule.make(min_time=min_time_s, min_runs=min_rounds)
-        times = measure_interleaved([self._reference], stop, warmup=0, timer=self.timer)[0]
+        times = measure_interleaved([run], stop, warmup=self.warmup, timer=self.timer)[0]
         self.reference_history += times
         return times
 
     def measure(self, candidate, precision: RatioPrecision = RatioPrecision()) -> RatioSample:
-        """Per-round ratios candidate / reference until ``precision`` says stop."""
+        """Per-round ratios candidate / reference, over fresh session pairs, until ``precision``
+        says stop."""
         from compressor.bench.runner import StopRule, measure_interleaved
         from compressor.bench.source import load_source
 
         if precision.chunk < 2 or precision.chunk % 2:
             raise ValueError(f"chunk must be even (each model first as often), got {precision.chunk}")
         source = load_source(candidate, 1)
-        session, _, _ = self._make_session(source, self.provider, self.threads)
-        run = self._make_run_fn(session, self.feeds, self.provider_used)
-        self._check_runs(run, source.name, self.shapes)
-        self._warm_up_reference()
+        slice_s = max(1.5, precision.min_time_s / max(1, precision.sessions))
         start = time.monotonic()
         sample = RatioSample([])
-        first = True
+        sessions = 0
         while True:
-            times = measure_interleaved([self._reference, run], StopRule.make(runs=precision.chunk),
-                                        warmup=self.warmup if first else 0, timer=self.timer)
-            first = False
-            ref, cand = times
-            sample.reference_ms += ref
-            self.reference_history += ref
-            sample.candidate_ms += cand
-            sample.ratios += [c / r for c, r in zip(cand, ref)]
-            sample.seconds = time.monotonic() - start
-            if precision.done(sample, sample.seconds):
-                return sample
+            reference, run = self._run_fn(self._source), self._run_fn(source)
+            self._warm_up(reference)
+            sessions += 1
+            pair_start, first = time.monotonic(), True
+            while True:
+                ref, cand = measure_interleaved([reference, run], StopRule.make(runs=precision.chunk),
+                                                warmup=self.warmup if first else 0, timer=self.timer)
+                first = False
+                sample.reference_ms += ref
+                self.reference_history += ref
+                sample.candidate_ms += cand
+                sample.ratios += [c / r for c, r in zip(cand, ref)]
+                sample.seconds = time.monotonic() - start
+                if precision.done(sample, sample.seconds, sessions):
+                    return sample
+                if time.monotonic() - pair_start >= slice_s:
+                    break  # the next pair of fresh sessions
+            del reference, run

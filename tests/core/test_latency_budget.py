@@ -265,3 +265,22 @@ def test_cli_unreachable_latency_exits_2_and_writes_nothing(fake_meter, tmp_path
     ok = CliRunner().invoke(main, [str(src), "-o", str(out), "--target-latency", "6", "--json"])
     assert ok.exit_code == 0, ok.output
     assert json.loads(ok.output)["budget"]["reference_ms"] == 10.0 and out.exists()
+
+
+def test_ratio_meter_pools_fresh_session_pairs(tmp_path):
+    """A real (tiny) model against itself: the meter builds the requested number of session pairs,
+    stops at its time cap, and the ratio of a model to itself is about 1."""
+    import onnx
+
+    from compressor.bench.ratio import RatioMeter, RatioPrecision
+
+    path = tmp_path / "m.onnx"
+    onnx.save(net(), path)
+    meter = RatioMeter(str(path), threads=1)
+    built = []
+    original = meter._run_fn
+    meter._run_fn = lambda source: built.append(source.name) or original(source)
+    sample = meter.measure(str(path), RatioPrecision(rel_halfwidth=0.0, min_time_s=0.3, max_time_s=3.2, sessions=2))
+    assert len(built) >= 4, f"expected >= 2 fresh pairs (reference and candidate each), built {built}"
+    assert 3.2 <= sample.seconds < 6, f"the time cap ends the measurement: {sample.seconds:.2f} s"
+    assert 0.5 < sample.median < 2.0 and len(meter.reference_history) == sample.rounds

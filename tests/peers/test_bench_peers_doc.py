@@ -83,7 +83,7 @@ def test_write_block_replaces_its_block_and_keeps_the_rest(tmp_path):
 def test_target_latency_error_and_table():
     """The verdict is the fresh-process ratio against target / engine reference, not raw ms."""
     row = tl.Row(model="m", fraction=0.5, dense_ms=10.0, target_ms=5.0, reference_ms=12.5, target_ratio=0.4,
-                 engine_ratio=0.41, check_ratio=0.416, check_p10=0.39, check_p90=0.44, raw_p50_ms=6.0,
+                 engine_ratio=0.41, check_ratio=0.416, check_low=0.39, check_high=0.44, raw_p50_ms=6.0,
                  macs_fraction=0.4, steps=[{"macs_fraction": 0.4, "ratio": 0.41, "role": "confirm"}], seconds=3.0)
     assert row.error == pytest.approx(0.04), "error = check ratio / target ratio - 1"
     assert row.raw_error == pytest.approx(0.2) and row.met, "raw ms drift does not decide the verdict"
