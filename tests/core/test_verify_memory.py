@@ -155,3 +155,38 @@ def test_load_rejects_short_raw_data_without_the_checker_seeing_it(tmp_path, shr
     onnx.save(m, p)
     with pytest.raises(ModelError, match="too small for the declared shape"):
         load_model(p)
+
+
+def test_constant_node_weights_and_overridable_initializers_are_fed(tmp_path):
+    """A weight held by a Constant node, and an initializer that is also a graph input (IR >= 4
+    overridable default), are fed like any initializer; a cut through the Constant is still proven."""
+    from onnx import helper
+
+    from tests.core.graphs import G
+
+    g = G()
+    x = g.input("x", [1, 16, 8, 8])
+    h = g.cbr(x, 16, 32)
+    w = g.rand(8, 32, 3, 3)
+    out = g.op("Conv", [h, w], kernel_shape=[3, 3], pads=[1] * 4)
+    m = g.model([out])
+    t = next(i for i in m.graph.initializer if i.name == w)
+    m.graph.node.insert(0, helper.make_node("Constant", [], [w], value=t))
+    m.graph.initializer.remove(t)
+    onnx.checker.check_model(m)
+    p = tmp_path / "m.onnx"
+    onnx.save(m, p)
+    res = api.prune(p, ratio=0.5, importance="l2")
+    assert res.report["verify"]["passed"] and res.report["channels"]["removed"] > 0
+
+    bn_scale = next(n for n in m.graph.node if n.op_type == "BatchNormalization").input[1]
+    m.graph.input.append(helper.make_tensor_value_info(bn_scale, onnx.TensorProto.FLOAT, [32]))
+    om = oracle_model(m, min_bytes=64)
+    assert w in om.weights and all(n.op_type != "Constant" for n in om.model.graph.node), "Constant weight not fed"
+    assert bn_scale in om.weights and sum(i.name == bn_scale for i in om.model.graph.input) == 1
+    feeds = {"x": np.random.default_rng(0).standard_normal((1, 16, 8, 8)).astype(np.float32)}
+    opts = oracle.session_options()  # the same kernels for both (no fusions)
+    split = ort.InferenceSession(om.model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    whole = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    a, b = split.run(None, {**feeds, **om.weights})[0], whole.run(None, feeds)[0]
+    assert np.array_equal(a, b), f"the split model computes something else: max diff {np.abs(a - b).max()}"
