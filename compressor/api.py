@@ -27,7 +27,7 @@ from compressor.planning import PlanOptions, PruningPlan, make_plan, plan_from_s
 from compressor.planning.budget import plan_cost, plan_for_fraction, plan_for_latency
 from compressor.surgery import apply_plan
 from compressor.surgery.finalize import finalize
-from compressor.verify import masked_reference, verify
+from compressor.verify import masked_reference, pruned_norm_nodes, verify
 
 ModelLike = "str | os.PathLike | onnx.ModelProto"
 
@@ -51,20 +51,20 @@ def _spec(model: onnx.ModelProto, input_shapes) -> InputSpec:
     return resolve_inputs(model, specs)
 
 
-def analyze(model, input_shapes=None, exclude=()) -> Analysis:
+def analyze(model, input_shapes=None, exclude=(), prune_norms: bool = True) -> Analysis:
     """The coupled channel groups of a model (path or ModelProto)."""
     proto, _ = _as_model(model)
     spec = _spec(proto, input_shapes)
-    return analyze_index(GraphIndex(proto, spec), exclude=exclude)
+    return analyze_index(GraphIndex(proto, spec), exclude=exclude, prune_norms=prune_norms)
 
 
-def inspect(model, input_shapes=None, exclude=()) -> dict:
+def inspect(model, input_shapes=None, exclude=(), prune_norms: bool = True) -> dict:
     """What `compress inspect` reports: groups, barriers, MACs/params per layer."""
     t0 = time.perf_counter()
     proto, path = _as_model(model)
     spec = _spec(proto, input_shapes)
     index = GraphIndex(proto, spec)
-    an = analyze_index(index, exclude=exclude)
+    an = analyze_index(index, exclude=exclude, prune_norms=prune_norms)
     macs, params, per_node = count(index)
     return {
         "input": path,
@@ -95,11 +95,15 @@ def prune(model, *, ratio: float = 0.5, output: str | os.PathLike | None = None,
           target_macs: float | None = None, target_params: float | None = None,
           target_latency: float | None = None, provider: str = "cpu", latency_tolerance: float = 0.05,
           merge_identical: float | None = None, merge_learned: bool = False, fold_constants: bool = False,
-          verify_model: bool = True, tolerance: float = 1e-4, seed: int = 0) -> PruneResult:
+          prune_norms: bool = True, verify_model: bool = True, tolerance: float = 1e-4,
+          seed: int = 0) -> PruneResult:
     """Prune a model; verify it against the masked original; write it atomically if ``output``.
 
     Exact transforms run first when asked (each proven against its own input): ``merge_learned``
     (C-SGD clusters from training), ``merge_identical`` (tolerance), ``fold_constants``.
+
+    ``prune_norms``: a LayerNorm over the channel axis is pruned through (its statistics then run
+    over the kept channels; the oracle's reference computes it so); False freezes those groups.
     """
     t0 = time.perf_counter()
     proto, path = _as_model(model)
@@ -133,7 +137,7 @@ def prune(model, *, ratio: float = 0.5, output: str | os.PathLike | None = None,
     opts.validate()
     spec = _spec(proto, input_shapes)
     index = GraphIndex(proto, spec)
-    an = analyze_index(index, exclude=exclude)
+    an = analyze_index(index, exclude=exclude, prune_norms=prune_norms)
 
     extra: dict = {}
     if plan_in is not None:
@@ -194,6 +198,8 @@ def prune(model, *, ratio: float = 0.5, output: str | os.PathLike | None = None,
         # untracked operand, a graph output, ...): left as they are, each with its reasons
         "unprunable": [{"group": g.id, "channels": g.size, "reasons": g.reasons}
                        for g in an.groups if not g.prunable],
+        # LayerNorms whose channels were pruned: their statistics now run over the kept channels
+        "norms_pruned": pruned_norm_nodes(an, keep),
         "verify": ver.to_dict() if ver else {"passed": None, "skipped": True},
         "plan": [s.to_dict() for s in surgery.slices],
         # the slices name tensors of the model they were applied to: after exact transforms that is

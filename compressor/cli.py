@@ -112,6 +112,9 @@ def render_prune_report(r: dict) -> str:
         out.append(f"barriers: {len(r['barriers'])} (run `compress inspect` for details)")
     if r.get("unprunable"):
         out.append(_unprunable_line(r["unprunable"]))
+    if r.get("norms_pruned"):
+        out.append(f"layer norms pruned through: {len(r['norms_pruned'])} (their statistics now cover the kept "
+                   "channels; --freeze-norms keeps them whole)")
     for t in r.get("transforms", []):
         out.append(f"{t['transform']}: {t['channels_removed']} channel(s) removed exactly, "
                    f"MACs {_human(t['macs_before'])} -> {_human(t['macs_after'])}, max relative error "
@@ -177,6 +180,8 @@ shape_option = click.option("--input-shape", "input_shapes", multiple=True, meta
 @click.option("--merge-learned", is_flag=True, help="First merge the C-SGD clusters stored by training (exact, proven).")
 @click.option("--fold-constants", is_flag=True,
               help="First fold gates and constant-output channels into the next layer's bias where exact.")
+@click.option("--freeze-norms", is_flag=True, help="Keep the channels a LayerNorm normalises whole (by default they "
+              "are pruned and leave its statistics; the proof computes the reference that way).")
 @click.option("--no-verify", is_flag=True, help="Skip the numerical proof (the model is then unverified).")
 @click.option("--tolerance", type=float, default=1e-4, show_default=True, help="Max relative error allowed.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for random inputs / random importance.")
@@ -188,7 +193,8 @@ shape_option = click.option("--input-shape", "input_shapes", multiple=True, meta
 @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
 def prune_command(model, output, ratio, global_ranking, round_to, target_macs, target_params, target_latency,
                   min_channels, exclude, importance, input_shapes, plan_out, plan_in, merge_tol, merge_learned,
-                  fold_constants, no_verify, tolerance, seed, bench, provider, dry_run, as_json, debug):
+                  fold_constants, freeze_norms, no_verify, tolerance, seed, bench, provider, dry_run, as_json,
+                  debug):
     """Prune MODEL's channel groups and write a verified, smaller model."""
     from compressor import api
     from compressor.errors import UsageError
@@ -200,7 +206,7 @@ def prune_command(model, output, ratio, global_ranking, round_to, target_macs, t
                         global_ranking=global_ranking, round_to=round_to, min_channels=min_channels,
                         target_macs=target_macs, target_params=target_params, target_latency=target_latency,
                         provider=provider, merge_identical=merge_tol, merge_learned=merge_learned,
-                        fold_constants=fold_constants,
+                        fold_constants=fold_constants, prune_norms=not freeze_norms,
                         exclude=exclude, importance=importance, plan_in=plan_in, verify_model=not no_verify,
                         tolerance=tolerance, seed=seed)
         report = res.report
@@ -237,14 +243,15 @@ def prune_command(model, output, ratio, global_ranking, round_to, target_macs, t
 @click.argument("model", type=click.Path(dir_okay=True))
 @shape_option
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Groups to treat as protected.")
+@click.option("--freeze-norms", is_flag=True, help="Treat LayerNorms over channels as barriers (as prune does with it).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
 @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
-def inspect_command(model, input_shapes, exclude, as_json, debug):
+def inspect_command(model, input_shapes, exclude, freeze_norms, as_json, debug):
     """Show MODEL's channel groups, what blocks pruning and why, and MACs per layer."""
     from compressor import api
 
     try:
-        info = api.inspect(model, input_shapes=input_shapes, exclude=exclude)
+        info = api.inspect(model, input_shapes=input_shapes, exclude=exclude, prune_norms=not freeze_norms)
     except BaseException as exc:  # noqa: BLE001
         if isinstance(exc, SystemExit):
             raise

@@ -34,6 +34,18 @@ class ConsumePoint:
 
 
 @dataclass
+class NormPoint:
+    """A normalisation whose statistics run over a tracked axis (LayerNorm over the channels).
+
+    Removing channels removes them from the statistics; the oracle's reference therefore computes
+    this node over the kept channels only (a masked decomposition) instead of zero-masking its input.
+    """
+
+    node_index: int
+    axis: int
+
+
+@dataclass
 class Barrier:
     node: str
     op_type: str
@@ -48,6 +60,10 @@ class AnalysisContext:
     layout_map: dict[str, dict[int, Layout]] = field(default_factory=dict)
     members: dict[tuple[str, int], MemberRecord] = field(default_factory=dict)
     consume_points: list[ConsumePoint] = field(default_factory=list)
+    norm_points: list[NormPoint] = field(default_factory=list)
+    #: prune through LayerNorm over the channel axis (statistics over the kept channels) instead of
+    #: freezing the groups it normalises
+    prune_norms: bool = False
     barriers: list[Barrier] = field(default_factory=list)
     group_nodes: dict[int, set[str]] = field(default_factory=dict)
     node_index: int = -1
@@ -193,6 +209,10 @@ class AnalysisContext:
                 touched |= self.freeze_tensor(name, f"{node.op_type} node '{self.label(node)}': {reason}")
         if touched:
             self.barriers.append(Barrier(self.label(node), node.op_type, reason))
+
+    def norm_point(self, node: onnx.NodeProto, axis: int) -> None:
+        """This node normalises over ``axis`` of its first input, which carries channels."""
+        self.norm_points.append(NormPoint(self.node_index, axis))
 
     def consume(self, node: onnx.NodeProto, input_index: int, axis: int) -> None:
         rank = self.rank(node.input[input_index])

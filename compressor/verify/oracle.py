@@ -27,6 +27,7 @@ from compressor.analysis.groups import Analysis
 from compressor.analysis.layout import positions
 from compressor.ir.model_io import copy_fields
 from compressor.ir.shapes import InputSpec, random_feeds
+from compressor.verify.norms import masked_layernorm
 
 #: Constants of at least this many bytes are fed to onnxruntime as numpy buffers rather than
 #: serialised into the session's model bytes; smaller ones (shape operands, masks) stay embedded.
@@ -115,6 +116,46 @@ def _masks(analysis: Analysis, keep: dict[int, list[int]]) -> list[_Mask]:
     return masks
 
 
+@dataclass
+class _NormMask:
+    """Compute normalisation node ``node_index`` over the channels where ``mask`` is 1 only."""
+
+    node_index: int
+    prefix: str
+    mask: np.ndarray
+
+
+def _norm_masks(analysis: Analysis, keep: dict[int, list[int]]) -> list[_NormMask]:
+    """One per normalisation whose statistics run over a pruned layout (see verify/norms.py)."""
+    table = analysis.ctx.table
+    nodes = analysis.index.nodes
+    out = []
+    for k, npnt in enumerate(analysis.ctx.norm_points):
+        x = nodes[npnt.node_index].input[0]
+        kept = positions(table, analysis.ctx.layout_map[x][npnt.axis], keep)
+        if kept is None:
+            continue
+        mask = np.zeros(analysis.index.shape(x)[npnt.axis], dtype=np.float32)
+        mask[kept] = 1
+        out.append(_NormMask(npnt.node_index, f"{x}__oracle_norm{k}", mask))
+    return out
+
+
+def pruned_norm_nodes(analysis: Analysis, keep: dict[int, list[int]]) -> list[str]:
+    """Labels of the normalisations that lose channels (their statistics then cover fewer)."""
+    return [analysis.index.node_label(analysis.index.nodes[nm.node_index]) for nm in _norm_masks(analysis, keep)]
+
+
+def _emit(nodes_out, initializers_out, node: onnx.NodeProto, norm: _NormMask | None) -> None:
+    """Append ``node``, or its masked-statistics reference when ``norm`` says so."""
+    if norm is None:
+        nodes_out.append(node)
+        return
+    new_nodes, consts = masked_layernorm(node, norm.mask, norm.prefix)
+    initializers_out.extend(consts)
+    nodes_out.extend(new_nodes)
+
+
 def masked_original(analysis: Analysis, keep: dict[int, list[int]]) -> onnx.ModelProto:
     """The input model with removed channels zeroed at every consumer (a full copy, weights included).
 
@@ -124,7 +165,8 @@ def masked_original(analysis: Analysis, keep: dict[int, list[int]]) -> onnx.Mode
     model.CopyFrom(src)
     del model.graph.value_info[:]
     masks = _masks(analysis, keep)
-    if not masks:
+    norms = {nm.node_index: nm for nm in _norm_masks(analysis, keep)}
+    if not masks and not norms:
         return model
     nodes = list(model.graph.node)
     inserts: dict[int, list[onnx.NodeProto]] = {}
@@ -135,7 +177,7 @@ def masked_original(analysis: Analysis, keep: dict[int, list[int]]) -> onnx.Mode
     del model.graph.node[:]
     for i, node in enumerate(nodes):
         model.graph.node.extend(inserts.get(i, []))
-        model.graph.node.append(node)
+        _emit(model.graph.node, model.graph.initializer, node, norms.get(i))
     return model
 
 
@@ -143,18 +185,19 @@ def masked_reference(analysis: Analysis, keep: dict[int, list[int]]) -> OracleMo
     """The masked original as :func:`verify` runs it: the graph of :func:`masked_original` without
     its weights, which are the analysed model's own arrays (``analysis.index.const``), not copies."""
     return oracle_model(analysis.index.model, values=analysis.index.const, masks=_masks(analysis, keep),
-                        drop_value_info=True)
+                        norms=_norm_masks(analysis, keep), drop_value_info=True)
 
 
 def oracle_model(model: onnx.ModelProto, *, values: Callable[[str], np.ndarray | None] | None = None,
-                 masks: list[_Mask] = (), drop_value_info: bool = False,
+                 masks: list[_Mask] = (), norms: list[_NormMask] = (), drop_value_info: bool = False,
                  min_bytes: int = FEED_MIN_BYTES) -> OracleModel:
     """Split ``model`` into a weightless graph and its large constants (initializers and Constant
     nodes of at least ``min_bytes`` whose element type numpy feeds as is).
 
     ``values(name)`` supplies a constant's array (e.g. arrays already decoded elsewhere, which are
     then shared); without it, or where it returns nothing, the tensor is decoded once here. The
-    model itself is not modified; ``masks`` (from :func:`_masks`) are inserted on the way."""
+    model itself is not modified; ``masks`` (from :func:`_masks`) are inserted on the way and the
+    nodes named by ``norms`` (from :func:`_norm_masks`) replaced by their masked references."""
     m = onnx.ModelProto()
     copy_fields(m, model, skip={"graph"})
     g = m.graph
@@ -190,15 +233,24 @@ def oracle_model(model: onnx.ModelProto, *, values: Callable[[str], np.ndarray |
     inserts: dict[int, list[_Mask]] = {}
     for mk in masks:
         inserts.setdefault(mk.node_index, []).append(mk)
+    by_node = {nm.node_index: nm for nm in norms}
     for i, node in enumerate(model.graph.node):
         if _is_plain_constant(node) and node.output[0] not in declared and take(node.output[0], node.attribute[0].t):
             continue
         for mk in inserts.get(i, ()):
             g.node.append(helper.make_node("Mul", [mk.tensor, mk.name], [mk.out]))
-        g.node.append(node)
-        for mk in inserts.get(i, ()):
-            g.node[-1].input[mk.input_index] = mk.out
+        if inserts.get(i) or i in by_node:
+            node = _copy_node(node)
+            for mk in inserts.get(i, ()):
+                node.input[mk.input_index] = mk.out
+        _emit(g.node, g.initializer, node, by_node.get(i))
     return OracleModel(m, weights)
+
+
+def _copy_node(node: onnx.NodeProto) -> onnx.NodeProto:
+    c = onnx.NodeProto()
+    c.CopyFrom(node)
+    return c
 
 
 def _is_plain_constant(node: onnx.NodeProto) -> bool:

@@ -22,6 +22,8 @@ import numpy as np
 from compressor.analysis.context import AnalysisContext
 
 MAX_DEPTH = 12
+_UNARY = {"Neg", "Abs", "Floor", "Ceil", "Sqrt", "Reciprocal", "Round", "Exp", "Log"}
+_BINARY = {"Add", "Sub", "Mul", "Div", "Mod", "Pow", "Max", "Min"}
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,9 @@ class Entry:
     axis: int | None = None
     #: (node index of the Concat, its input slot, flat index in that operand) for literals
     where: tuple[int, int, int] | None = None
+    #: the ``(tensor, axis)`` lengths the value is computed from (a ``dim`` reads its own, a
+    #: literal none); None where the computation was not followed (see :func:`entry_deps`)
+    deps: frozenset | None = None
 
 
 def _attr(node, name, default=None):
@@ -43,7 +48,8 @@ def trace(ctx: AnalysisContext, name: str, depth: int = 0) -> list[Entry] | None
     index = ctx.index
     if index.is_const(name):
         v = np.asarray(index.const(name)).reshape(-1)
-        return [Entry("const", int(a)) for a in v]
+        return [Entry("const", int(a), deps=frozenset()) if float(a).is_integer() else
+                Entry("unknown", deps=frozenset()) for a in v]
     prod = index.producer.get(name)
     known = index.value(name)
     if known is not None:
@@ -64,9 +70,24 @@ def trace(ctx: AnalysisContext, name: str, depth: int = 0) -> list[Entry] | None
         end = _attr(node, "end", None)
         start = max(0, start + r if start < 0 else start)
         end = r if end is None else max(0, min(r, int(end) + r if int(end) < 0 else int(end)))
-        return [Entry("dim", tensor=node.input[0], axis=a) for a in range(start, end)]
+        return [Entry("dim", tensor=node.input[0], axis=a, deps=frozenset({(node.input[0], a)}))
+                for a in range(start, end)]
     if op in ("Cast", "Identity", "Squeeze", "Unsqueeze"):
         return trace(ctx, node.input[0], depth + 1)
+    if op in _UNARY or op in _BINARY:
+        # arithmetic on shape values (C // heads, sqrt(head_dim)): the result is computed, but
+        # which lengths it reads is known entry by entry
+        parts = [trace(ctx, x, depth + 1) for x in node.input[:2 if op in _BINARY else 1]]
+        if any(p is None for p in parts):
+            return fallback
+        n = max(len(p) for p in parts)
+        if any(len(p) not in (1, n) for p in parts):
+            return fallback
+        out = []
+        for i in range(n):
+            ds = [p[i if len(p) > 1 else 0].deps for p in parts]
+            out.append(Entry("unknown", deps=None if any(d is None for d in ds) else frozenset().union(*ds)))
+        return out
     if op == "Gather" and int(_attr(node, "axis", 0)) == 0:
         src = trace(ctx, node.input[0], depth + 1)
         ind = index.const(node.input[1])
@@ -99,12 +120,63 @@ def trace(ctx: AnalysisContext, name: str, depth: int = 0) -> list[Entry] | None
             if part is None:
                 return fallback
             if index.is_const(x):
-                part = [Entry("const", e.value, where=(idx, slot, i)) for i, e in enumerate(part)]
+                part = [replace(e, where=(idx, slot, i)) for i, e in enumerate(part)]
             elif len(part) == 1:  # a computed one-element operand can be replaced by a literal
                 part = [replace(part[0], where=(idx, slot, 0))]
             out.extend(part)
         return out
     return fallback
+
+
+def entry_deps(ctx: AnalysisContext, entry: Entry, source: str) -> set[tuple[str, int]]:
+    """The channel axes (tracked ``(tensor, axis)``) whose length the value of ``entry`` (an entry
+    of the vector ``source``) may read. Batch and spatial axes carry no channels and never count.
+
+    Known entry by entry where :func:`trace` followed the computation (``deps``); otherwise every
+    tracked axis a Shape node upstream reads (of the Concat operand holding the entry, or of the
+    whole vector): conservative, a read is a dependency.
+    """
+    if entry.deps is not None:
+        return {(t, a) for t, a in entry.deps if ctx.layout(t, a) is not None}
+    if entry.where is not None:
+        node_idx, slot, _ = entry.where
+        source = ctx.index.nodes[node_idx].input[slot]
+    return shape_reads(ctx, source)
+
+
+def value_deps(ctx: AnalysisContext, name: str) -> set[tuple[str, int]]:
+    """The channel axes whose lengths the small computed value ``name`` reads."""
+    entries = trace(ctx, name)
+    if entries is None:
+        return shape_reads(ctx, name)
+    out: set[tuple[str, int]] = set()
+    for e in entries:
+        out |= entry_deps(ctx, e, name)
+    return out
+
+
+def shape_reads(ctx: AnalysisContext, start: str) -> set[tuple[str, int]]:
+    """Every tracked ``(tensor, axis)`` that a Shape node upstream of ``start`` reads: the
+    conservative answer when the computation of ``start`` cannot be followed entry by entry."""
+    index = ctx.index
+    deps: set[tuple[str, int]] = set()
+    seen, stack = set(), [start]
+    while stack and len(seen) < 64 * MAX_DEPTH:
+        name = stack.pop()
+        if name in seen or not name or index.is_const(name):
+            continue
+        seen.add(name)
+        prod = index.producer.get(name)
+        if prod is None:
+            continue
+        node = prod[1]
+        if node.op_type == "Shape":
+            x = node.input[0]
+            for ax in ctx.layouts(x):
+                deps.add((x, ax))
+            continue
+        stack.extend(node.input)
+    return deps
 
 
 def adapts(ctx: AnalysisContext, entry: Entry, layout, where: str) -> bool:

@@ -1,10 +1,13 @@
-"""Normalisations and softmax. Per-channel ones (BatchNorm, InstanceNorm) slice their parameters;
-those that mix channels (LayerNorm/GroupNorm/LRN/Softmax over the channel axis) are barriers for
-the axes they normalise over, since removing a channel changes every other channel's output.
+"""Normalisations and softmax. Per-channel ones (BatchNorm, InstanceNorm) slice their parameters.
+LayerNorm over the last axis alone prunes through (statistics over the kept channels, proven
+against a reference that computes it so); the others that mix channels (GroupNorm/LRN/Softmax over
+the channel axis, LayerNorm over several axes) are barriers for the axes they normalise over,
+since removing a channel changes every other channel's output.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 
 from compressor.analysis.context import PARAM, AnalysisContext
@@ -48,10 +51,34 @@ def _freeze_axes(node, ctx: AnalysisContext, axes: set[int], why: str) -> None:
 
 @register_rule("LayerNormalization")
 class LayerNorm(Rule):
+    """Over one tracked axis (ConvNeXt's channels-last LayerNorm, a transformer's hidden size) the
+    channels stay prunable: scale and bias are sliced, and the removed channels leave the statistics
+    (a NormPoint tells the oracle so). Over several axes, or with run-time parameters or the
+    training outputs (mean, inverse std) in use, the normalised groups are frozen."""
+
     def analyze(self, node, ctx):
-        rank = ctx.rank(node.input[0]) or 0
+        x = node.input[0]
+        rank = ctx.rank(x) or 0
         axis = int(ctx.attr(node, "axis", -1)) % max(rank, 1)
+        lay = ctx.layout(x, axis) if rank else None
+        if lay is not None and ctx.prune_norms and axis == rank - 1 and self._params_ok(node, ctx, rank):
+            ctx.copy_layouts(x, node.output[0], node=node)
+            for slot in (1, 2):
+                if len(node.input) > slot and node.input[slot]:
+                    ctx.bind(node.input[slot], -1, lay, PARAM, node, slot)
+            ctx.norm_point(node, axis)
+            return
         _freeze_axes(node, ctx, set(range(axis, rank)), "normalises")
+
+    @staticmethod
+    def _params_ok(node, ctx: AnalysisContext, rank: int) -> bool:
+        if any(node.output[1:]) or ctx.index.tensor_dtype(node.input[0]) != np.float32:
+            return False  # the oracle's masked reference is written for float32
+        for name in node.input[1:3]:
+            if name and (not ctx.is_const(name) or ctx.shape(name) is None
+                         or any(d != 1 for d in ctx.shape(name)[:-1])):
+                return False
+        return True
 
 
 @register_rule("GroupNormalization", "LRN")

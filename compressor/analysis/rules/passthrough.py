@@ -8,7 +8,7 @@ import onnx
 
 from compressor.analysis.context import AnalysisContext
 from compressor.analysis.registry import Rule, register_rule
-from compressor.analysis.rules._shape_source import adapts, rewrite_literal, trace
+from compressor.analysis.rules._shape_source import adapts, entry_deps, rewrite_literal, trace
 
 
 @register_rule("Constant", "Shape", "Size", "ConstantOfShape", "EyeLike", "RandomNormal", "RandomUniform",
@@ -52,12 +52,16 @@ class Resize(Rule):
     def rewrite(self, node, ctx) -> None:
         if node.op_type == "Resize" and len(node.input) > 3 and node.input[3]:
             if not ctx.is_const(node.input[3]):
-                entries = trace(ctx.analysis.ctx, node.input[3]) or []
-                new_shape = ctx.new_shape(node.output[0])
+                actx = ctx.analysis.ctx
+                entries = trace(actx, node.input[3]) or []
+                old_shape, new_shape = ctx.old_shape(node.output[0]), ctx.new_shape(node.output[0])
                 axes = ctx.attr(node, "axes", None)
                 order = list(range(len(new_shape))) if axes is None else [int(a) for a in axes]
                 for pos, e in enumerate(entries):
-                    if pos < len(order):
+                    # only sizes that change or read a channel count are pinned: a batch size
+                    # read from the input stays dynamic
+                    if pos < len(order) and (old_shape[order[pos]] != new_shape[order[pos]]
+                                            or entry_deps(actx, e, node.input[3])):
                         rewrite_literal(ctx, e, int(new_shape[order[pos]]))
                 return
             sizes = ctx.value(node.input[3])
