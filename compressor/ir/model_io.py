@@ -9,6 +9,7 @@ from pathlib import Path
 import onnx
 
 from compressor.errors import ModelError, UsageError
+from compressor.ir.proto import copy_fields
 
 MIN_OPSET = 7
 #: Models above this size are written with their weights in an external data file.
@@ -91,7 +92,7 @@ def default_opset(model: onnx.ModelProto) -> int:
 
 
 def validate_model(model: onnx.ModelProto, label: str = "model") -> None:
-    """Structural checks with messages a user can act on, then ``onnx.checker`` (see _checkable)."""
+    """Structural checks with messages a user can act on, then ``onnx.checker`` (see checkable)."""
     opset = default_opset(model)
     if opset and opset < MIN_OPSET:
         raise ModelError(f"{label}: opset {opset} is not supported (need opset >= {MIN_OPSET})")
@@ -119,8 +120,8 @@ def validate_model(model: onnx.ModelProto, label: str = "model") -> None:
     for out in g.output:
         if out.name not in known:
             raise ModelError(f"{label}: graph output '{out.name}' is not produced by any node")
-    try:  # the checker sees the model with its large weights replaced by stubs (see _checkable)
-        onnx.checker.check_model(_checkable(model, label), full_check=False)
+    try:  # the checker sees the model with its large weights replaced by stubs (see checkable)
+        onnx.checker.check_model(checkable(model, label), full_check=False)
     except onnx.checker.ValidationError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid model"
         raise ModelError(f"{label}: invalid ONNX graph: {first}") from None
@@ -137,7 +138,7 @@ _BYTE_ALIGNED = {
 }
 
 
-def _checkable(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
+def checkable(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
     """The model as ``onnx.checker`` needs to see it, without serialising its weights.
 
     The checker's only test of a raw-data initializer's payload is that it is large enough for
@@ -170,19 +171,6 @@ def _checkable(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
         m.graph.initializer.append(onnx.TensorProto(name=t.name, data_type=t.data_type, dims=[1],
                                                     raw_data=bytes(itemsize)))
     return m
-
-
-def copy_fields(dst, src, skip: set[str]) -> None:
-    """Copy every set field of protobuf message ``src`` into ``dst`` except those named in ``skip``."""
-    for fd, value in src.ListFields():
-        if fd.name in skip:
-            continue
-        if hasattr(value, "extend"):  # a repeated field
-            getattr(dst, fd.name).extend(value)
-        elif fd.message_type is not None:
-            getattr(dst, fd.name).CopyFrom(value)
-        else:
-            setattr(dst, fd.name, value)
 
 
 def save_model(model: onnx.ModelProto, path: str | os.PathLike, *, forbid: str | os.PathLike | None = None) -> Path:

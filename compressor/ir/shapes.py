@@ -14,6 +14,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from compressor.errors import UsageError
+from compressor.ir.proto import tensor_nbytes
 
 
 @dataclass
@@ -96,7 +97,7 @@ def weightless(model: onnx.ModelProto, max_bytes: int = 4096) -> onnx.ModelProto
     g.value_info.extend(model.graph.value_info)
     declared = {i.name for i in model.graph.input}
     for t in model.graph.initializer:
-        if t.ByteSize() <= max_bytes:
+        if tensor_nbytes(t) <= max_bytes:
             g.initializer.append(t)
         elif t.name not in declared:
             g.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))

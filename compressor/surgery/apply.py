@@ -12,6 +12,7 @@ from compressor.analysis.groups import Analysis
 from compressor.analysis.registry import get_rule
 from compressor.errors import CompressorError
 from compressor.ir.model_io import default_opset
+from compressor.ir.proto import copy_without_initializers
 from compressor.surgery.context import SurgeryContext
 
 
@@ -37,8 +38,7 @@ class SurgeryResult:
 def apply_plan(analysis: Analysis, keep: dict[int, list[int]]) -> SurgeryResult:
     """Prune: ``keep`` maps group id -> sorted channel indices to keep (groups absent keep all)."""
     original = analysis.index.model
-    model = onnx.ModelProto()
-    model.CopyFrom(original)
+    model = copy_without_initializers(original)  # weights are added below: kept as is or sliced
     opset = default_opset(model)
     sctx = SurgeryContext(analysis, keep, model, opset)
     index = analysis.index
@@ -55,12 +55,18 @@ def apply_plan(analysis: Analysis, keep: dict[int, list[int]]) -> SurgeryResult:
         new_values[tensor] = np.take(arr, kept, axis=axis)
         slices.append(SliceEntry(tensor, axis, list(map(int, kept))))
 
-    inits = {t.name: i for i, t in enumerate(model.graph.initializer)}
+    inits = {t.name for t in original.graph.initializer}
+    for t in original.graph.initializer:
+        arr = new_values.get(t.name)
+        if arr is None:
+            model.graph.initializer.add().CopyFrom(t)
+        else:
+            model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(arr), t.name))
     const_nodes = {n.output[0]: n for n in model.graph.node if n.op_type == "Constant"}
     for name, arr in new_values.items():
         if name in inits:
-            model.graph.initializer[inits[name]].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(arr), name))
-        elif name in const_nodes:
+            continue
+        if name in const_nodes:
             node = const_nodes[name]
             del node.attribute[:]
             node.attribute.append(onnx.helper.make_attribute("value", numpy_helper.from_array(np.ascontiguousarray(arr), name)))

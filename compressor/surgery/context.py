@@ -20,7 +20,9 @@ class SurgeryContext:
         self.model = model
         self.opset = opset
         self._kept_cache: dict[tuple[str, int], list[int] | None] = {}
-        self._names = {t.name for t in model.graph.initializer} | {o for n in model.graph.node for o in n.output}
+        # names taken: the input model's initializers (apply_plan adds them to ``model`` after this)
+        self._names = ({t.name for t in analysis.index.model.graph.initializer}
+                       | {t.name for t in model.graph.initializer} | {o for n in model.graph.node for o in n.output})
         self._counter = 0
 
     # ---- reading -----------------------------------------------------------

@@ -25,7 +25,7 @@ from onnx import helper, numpy_helper
 
 from compressor.analysis.groups import Analysis
 from compressor.analysis.layout import positions
-from compressor.ir.model_io import copy_fields
+from compressor.ir.proto import copy_fields
 from compressor.ir.shapes import InputSpec, random_feeds
 from compressor.verify.norms import masked_layernorm
 
