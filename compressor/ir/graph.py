@@ -77,7 +77,7 @@ class GraphIndex:
             for k in SHAPE_OPERANDS.get(node.op_type, ()):
                 if k < len(node.input) and node.input[k] and not self.is_const(node.input[k]):
                     wanted.add(node.input[k])
-        self.shapes, self.values, self.dtypes = infer_shapes(model, spec, wanted)
+        self.shapes, self.values, self.dtypes = infer_shapes(model, spec, wanted, const=self.const)
 
     def is_const(self, name: str) -> bool:
         return name in self.initializers or name in self.constant_nodes

@@ -7,6 +7,7 @@ random inputs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -14,7 +15,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from compressor.errors import UsageError
-from compressor.ir.proto import tensor_nbytes
+from compressor.ir.proto import copy_without_initializers, tensor_nbytes
 
 
 @dataclass
@@ -105,9 +106,14 @@ def weightless(model: onnx.ModelProto, max_bytes: int = 4096) -> onnx.ModelProto
 
 
 def with_fixed_inputs(model: onnx.ModelProto, spec: InputSpec) -> onnx.ModelProto:
-    """A shallow-weights copy of the model whose graph inputs have the concrete shapes."""
+    """A copy of the model whose graph inputs have the concrete shapes (no value_info)."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
+    _fix_inputs(m, spec)
+    return m
+
+
+def _fix_inputs(m: onnx.ModelProto, spec: InputSpec) -> None:
     del m.graph.value_info[:]
     for vi in m.graph.input:
         if vi.name in spec.shapes:
@@ -115,16 +121,17 @@ def with_fixed_inputs(model: onnx.ModelProto, spec: InputSpec) -> onnx.ModelProt
             del shape.dim[:]
             for d in spec.shapes[vi.name]:
                 shape.dim.add().dim_value = d
-    return m
 
 
 def infer_shapes(model: onnx.ModelProto, spec: InputSpec,
-                 value_names: set[str] | None = None
+                 value_names: set[str] | None = None, const: Callable[[str], np.ndarray | None] | None = None,
                  ) -> tuple[dict[str, tuple[int, ...]], dict[str, np.ndarray], dict[str, np.dtype]]:
     """Shapes of all tensors at the given input shapes, and run-time values of ``value_names``.
 
     Returns (shapes, values, dtypes). Tensors missing from onnx's static inference and every name in
-    ``value_names`` are read from one onnxruntime run.
+    ``value_names`` are read from one onnxruntime run, which is given the large initializers as
+    inputs (``const(name)`` supplies their arrays, e.g. a GraphIndex's own decoded ones) instead of
+    a serialised copy of the model.
     """
     fixed = with_fixed_inputs(weightless(model), spec)
     shapes: dict[str, tuple[int, ...]] = {}
@@ -152,7 +159,7 @@ def infer_shapes(model: onnx.ModelProto, spec: InputSpec,
     probe = sorted(set(missing) | wanted)
     values: dict[str, np.ndarray] = {}
     if probe:
-        values = _ort_probe(with_fixed_inputs(model, spec), spec, probe)
+        values = _ort_probe(model, spec, probe, const)
         for name, arr in values.items():
             shapes.setdefault(name, tuple(arr.shape))
             dtypes.setdefault(name, arr.dtype)
@@ -170,22 +177,53 @@ def _static_shape(vi: onnx.ValueInfoProto) -> tuple[int, ...] | None:
     return tuple(dims)
 
 
-def _ort_probe(model: onnx.ModelProto, spec: InputSpec, names: list[str]) -> dict[str, np.ndarray]:
+#: Element types fed to the probe as numpy arrays (others stay embedded).
+_FEED_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.INT8,
+               onnx.TensorProto.INT16, onnx.TensorProto.INT32, onnx.TensorProto.INT64, onnx.TensorProto.UINT8}
+#: Initializers of at least this many bytes are fed to the probe instead of embedded.
+_PROBE_FEED_MIN_BYTES = 1024
+
+
+def _ort_probe(model: onnx.ModelProto, spec: InputSpec, names: list[str],
+               const: Callable[[str], np.ndarray | None] | None = None) -> dict[str, np.ndarray]:
     import onnxruntime as ort
 
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
+    m = copy_without_initializers(model)
+    _fix_inputs(m, spec)
     present = {o.name for o in m.graph.output}
     for name in names:
         if name not in present:
             m.graph.output.append(helper.make_empty_tensor_value_info(name))
+    feeds = random_feeds(spec)
+    declared = {i.name for i in m.graph.input}
+    weights: dict[str, np.ndarray] = {}
+    for t in model.graph.initializer:
+        if (t.data_type in _FEED_TYPES and t.data_location != onnx.TensorProto.EXTERNAL
+                and tensor_nbytes(t) >= _PROBE_FEED_MIN_BYTES and t.name not in present):
+            arr = const(t.name) if const is not None else None
+            weights[t.name] = numpy_helper.to_array(t) if arr is None else arr
+            if t.name not in declared:
+                m.graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+        else:
+            m.graph.initializer.append(t)
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     opts.log_severity_level = 3
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.add_session_config_entry("session.disable_prepacking", "1")
+    sess = None
     try:
-        sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-        outs = sess.run(names, random_feeds(spec))
+        try:
+            sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+            outs = sess.run(names, {**feeds, **weights})
+        except Exception:
+            if not weights:
+                raise
+            # a kernel that insists on a constant operand: run once more with the weights embedded
+            sess = None
+            sess = ort.InferenceSession(with_fixed_inputs(model, spec).SerializeToString(), opts,
+                                        providers=["CPUExecutionProvider"])
+            outs = sess.run(names, feeds)
     except Exception as exc:
         raise UsageError(f"onnxruntime cannot run the model at input shapes {spec.shapes}: {exc}".splitlines()[0]) from None
     return dict(zip(names, outs))

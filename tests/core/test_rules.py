@@ -276,7 +276,7 @@ def test_analysis_of_custom_op_reports_barrier_without_running(monkeypatch):
     assert any(grp.prunable for grp in an.groups), "the conv before the barrier still prunes"
 
 
-def _shapes_from_onnx(model, spec, wanted=None):
+def _shapes_from_onnx(model, spec, wanted=None, const=None):
     from compressor.ir.shapes import with_fixed_inputs
 
     inferred = onnx.shape_inference.infer_shapes(with_fixed_inputs(model, spec))

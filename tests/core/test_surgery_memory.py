@@ -68,3 +68,31 @@ def test_finalize_rejects_an_inconsistent_weight_shape():
     assert tensor_nbytes(w) >= 1024
     with pytest.raises(VerificationError, match="shape inference"):
         finalize(m)
+
+
+def test_shape_probe_feeds_large_weights_instead_of_embedding_them(monkeypatch):
+    """The onnxruntime probe of computed shape operands gets the weights as inputs (the index's own
+    arrays), not inside a serialised copy of the model."""
+    import onnxruntime as ort
+
+    g = G()
+    x = g.input("x", [1, 3, 16, 16])
+    h = g.cbr(x, 3, 64)
+    h = g.cbr(h, 64, 64)
+    n = g.op("Gather", [g.op("Shape", [h]), g.const(np.array([0], dtype=np.int64))], axis=0)
+    target = g.op("Concat", [n, g.const(np.array([-1], dtype=np.int64))], axis=0)
+    y = g.op("MatMul", [g.op("Reshape", [h, target]), g.rand(64 * 16 * 16, 8)])
+    m = g.model([y])
+    sizes = []
+    real = ort.InferenceSession
+
+    def spy(model_bytes, *a, **kw):
+        sizes.append(len(model_bytes))
+        return real(model_bytes, *a, **kw)
+
+    monkeypatch.setattr(ort, "InferenceSession", spy)
+    an = api.analyze(m)
+    weights = sum(tensor_nbytes(t) for t in m.graph.initializer)
+    assert sizes, "the computed Reshape target should have been probed"
+    assert max(sizes) < weights / 20, (sizes, weights)
+    assert any(grp.prunable for grp in an.groups)
