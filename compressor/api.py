@@ -31,6 +31,15 @@ from compressor.verify import masked_reference, pruned_norm_nodes, verify
 
 ModelLike = "str | os.PathLike | onnx.ModelProto"
 
+#: Channel multiple of a --target-latency search when --round-to is not given. Measured on the ORT
+#: CPU provider (tools/bench_target_latency.py, docs/benchmarks.md): with multiples of 1,
+#: mobilenet_v2 at MACs 0.62 ran 1.25x *slower* than dense and needed MACs 0.16 for a 0.6x latency
+#: target; with multiples of 8 it met the same target at MACs 0.51.
+LATENCY_ROUND_TO = 8
+#: Finer multiples the default search falls back to, in order, when no plan at the coarser one
+#: meets the target (narrow layers leave few widths to choose from).
+LATENCY_FALLBACK = (4, 1)
+
 
 def _as_model(model) -> tuple[onnx.ModelProto, str | None]:
     """Load (or validate) a model and fold its constant subgraphs so weights are constants."""
@@ -90,7 +99,7 @@ class PruneResult:
 
 
 def prune(model, *, ratio: float = 0.5, output: str | os.PathLike | None = None, input_shapes=None,
-          global_ranking: bool = False, round_to: int | str = 1, min_channels: int = 1, exclude=(),
+          global_ranking: bool = False, round_to: int | str | None = None, min_channels: int = 1, exclude=(),
           importance: str = "auto", plan_in: str | os.PathLike | PruningPlan | None = None,
           target_macs: float | None = None, target_params: float | None = None,
           target_latency: float | None = None, provider: str = "cpu", latency_tolerance: float = 0.05,
@@ -125,6 +134,11 @@ def prune(model, *, ratio: float = 0.5, output: str | os.PathLike | None = None,
     budgets = [b for b in (target_macs, target_params, target_latency) if b is not None]
     if len(budgets) > 1:
         raise UsageError("give at most one of --target-macs, --target-params, --target-latency")
+    round_defaulted = round_to is None
+    if round_to is None:
+        # A latency target searches on multiples of LATENCY_ROUND_TO unless told otherwise: at odd
+        # widths latency is not monotone in MACs on ORT's CPU kernels (docs/benchmarks.md)
+        round_to = LATENCY_ROUND_TO if target_latency is not None else 1
     auto_round = round_to == "auto"
     if not auto_round:
         try:
@@ -154,7 +168,8 @@ def prune(model, *, ratio: float = 0.5, output: str | os.PathLike | None = None,
                 extra["budget"] = res.to_dict()
                 return res.plan
             if target_latency is not None:
-                res = _latency_plan(proto, an, scores, o, target_latency, provider, spec, latency_tolerance)
+                res = _latency_plan(proto, an, scores, o, target_latency, provider, spec, latency_tolerance,
+                                    fallback_to_1=round_defaulted)
                 extra["budget"] = res.to_dict()
                 return res.plan
             return make_plan(an, scores, o)
@@ -257,12 +272,17 @@ def _pruned_for_timing(an: Analysis, plan: PruningPlan) -> onnx.ModelProto:
     return m
 
 
-def _latency_plan(proto, an, scores, opts, target_ms, provider, spec, tol):
+def _latency_plan(proto, an, scores, opts, target_ms, provider, spec, tol, fallback_to_1: bool = False):
     """Read the target against the dense model measured here (3 s alone, after a warm-up), then
     search on pruned/dense ratios timed interleaved. ``reference_pooled_ms``: the median of every
-    dense run of the search, to show how far the machine's load drifted meanwhile."""
+    dense run of the search, to show how far the machine's load drifted meanwhile.
+
+    ``fallback_to_1``: the channel multiple was the default (LATENCY_ROUND_TO), not the user's; if
+    no plan at that granularity meets the target (narrow layers leave few widths to choose from),
+    search again at the finer multiples of LATENCY_FALLBACK against the same reference.
+    ``budget.fallback`` then lists each missed search's multiple, error and measurements."""
     from compressor.bench.ratio import RatioMeter, RatioPrecision, median_interval
-    from compressor.planning.budget import LatencySearch
+    from compressor.planning.budget import LatencySearch, LatencyTargetError
 
     meter = RatioMeter(proto, provider=provider, input_shapes={k: list(v) for k, v in spec.shapes.items()})
     dense = meter.reference_ms(min_time_s=3.0)
@@ -273,7 +293,21 @@ def _latency_plan(proto, an, scores, opts, target_ms, provider, spec, tol):
     def measure(plan: PruningPlan, confirm: bool):
         return meter.measure(_pruned_for_timing(an, plan), confirm_precision if confirm else search_precision)
 
-    res = plan_for_latency(an, scores, opts, target_ms, measure, reference, LatencySearch(tolerance=tol))
+    multiples = [opts.round_to] + ([m for m in LATENCY_FALLBACK if m < opts.round_to] if fallback_to_1 else [])
+    missed = []
+    for i, multiple in enumerate(multiples):
+        try:
+            res = plan_for_latency(an, scores, dataclasses.replace(opts, round_to=multiple), target_ms, measure,
+                                   reference, LatencySearch(tolerance=tol))
+            break
+        except LatencyTargetError as exc:
+            if i == len(multiples) - 1:
+                if missed:
+                    exc.budget["fallback"] = missed
+                raise
+            missed.append({"round_to": multiple, "error": str(exc), "steps": exc.budget.get("steps", [])})
+    if missed:
+        res.details["fallback"] = missed
     res.details.update({"reference_interval_ms": [lo, hi], "reference_runs": len(dense),
                         "reference_pooled_ms": median_interval(meter.reference_history)[1],
                         "provider": meter.provider_used, "threads": meter.threads})

@@ -161,8 +161,9 @@ shape_option = click.option("--input-shape", "input_shapes", multiple=True, meta
               help="Fraction of channels removed from each prunable group (in [0, 1)).")
 @click.option("--global", "global_ranking", is_flag=True, help="Rank channels across all groups instead of "
               "removing the same fraction from each.")
-@click.option("--round-to", default="1", show_default=True, metavar="N|auto",
-              help="Keep channel counts multiples of N; 'auto' times 1/4/8/16/32 on --provider and keeps the fastest.")
+@click.option("--round-to", default=None, metavar="N|auto",
+              help="Keep channel counts multiples of N; 'auto' times 1/4/8/16/32 on --provider and keeps the fastest. "
+              "[default: 1; 8 with --target-latency]")
 @click.option("--target-macs", type=float, metavar="F", help="Keep at most fraction F of the MACs (instead of --ratio).")
 @click.option("--target-params", type=float, metavar="F", help="Keep at most fraction F of the parameters.")
 @click.option("--target-latency", type=float, metavar="MS",

@@ -2,7 +2,8 @@
 
 For each model (default resnet50 and mobilenet_v2, torchvision with random weights: the dense ONNX
 that tools/bench_peers.py exported, else out/zoo/<model>_legacy.onnx, else exported here) and each
-fraction f (default 0.6 and 0.4) and channel multiple (``--round-to``, default 1):
+fraction f (default 0.6 and 0.4) and channel multiple (``--round-to``: ``default`` runs without one,
+i.e. the engine's default for a latency target, multiples of 8 with fallbacks to 4 and 1; and 1):
 
 1. measure the dense model here (CPU provider, 2 threads, spinning off, after a warm-up
    measurement) and set the target T = f x dense ms;
@@ -133,8 +134,9 @@ def worker(job: dict) -> None:
 
     rt = job["round_to"]
     try:
+        round_to = None if rt == "default" else rt if rt == "auto" else int(rt)  # default: no --round-to
         rep = api.prune(job["dense"], output=job["out"], target_latency=job["target_ms"], provider="cpu",
-                        input_shapes=[INPUT_SHAPE], round_to=rt if rt == "auto" else int(rt)).report
+                        input_shapes=[INPUT_SHAPE], round_to=round_to).report
         print(json.dumps({"ok": True, "report": rep}))
     except CompressorError as exc:  # what the CLI turns into one line and its exit code
         print(json.dumps({"ok": False, "exit_code": exc.exit_code, "error": f"error: {exc}",
@@ -194,6 +196,10 @@ def run(name: str, fractions: list[float], min_time: float, round_tos: list[str]
         row.reference_ms, row.target_ratio, row.engine_ratio = b["reference_ms"], b["target_ratio"], b["ratio"]
         row.threads, row.steps = b.get("threads", THREADS), b["steps"]
         row.macs_fraction = rep["macs_after"] / rep["macs_before"]
+        if rt == "default":  # the multiple the engine used: its default, or 1 after a fallback
+            fb = b.get("fallback")
+            row.round_to = f"default: {rep['options']['round_to']}" + (
+                f" (after {', '.join(str(f['round_to']) for f in fb)} missed)" if fb else "")
         c = check(dense, out, row.threads, check_time)
         row.check_ratio, row.check_low, row.check_high, row.check_rounds = c["ratio"], c["low"], c["high"], c["rounds"]
         row.raw_p50_ms, row.check_dense_ms = c["pruned_p50"], c["dense_p50"]
@@ -282,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fractions", default=",".join(f"{f:g}" for f in FRACTIONS),
                     help="targets as fractions of the dense latency")
     ap.add_argument("--min-time", type=float, default=3.0, help="seconds per model in each measurement")
-    ap.add_argument("--round-to", default="1", help="channel multiples to run the search with (1,8,auto)")
+    ap.add_argument("--round-to", default="default,1", help="channel multiples to run the search with: 'default' "
+                    "(no --round-to: the engine's default for --target-latency, 8 with fallbacks to 4 and 1), 1, 8, auto")
     ap.add_argument("--check-time", type=float, default=15.0,
                     help="seconds per model in the fresh-process check (compress bench --min-time)")
     ap.add_argument("--doc", default=str(DOC))
@@ -306,8 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     if not fractions or not all(0 < f < 1 for f in fractions):
         ap.error("--fractions must be in (0, 1)")
     round_tos = [r.strip() for r in args.round_to.split(",") if r.strip()]
-    if not round_tos or not all(r == "auto" or (r.isdigit() and int(r) > 0) for r in round_tos):
-        ap.error(f"--round-to must be positive integers or 'auto', got {args.round_to!r}")
+    if not round_tos or not all(r in ("auto", "default") or (r.isdigit() and int(r) > 0) for r in round_tos):
+        ap.error(f"--round-to must be positive integers, 'auto' or 'default', got {args.round_to!r}")
     import onnxruntime as ort
 
     load_before = os.getloadavg()[0]
