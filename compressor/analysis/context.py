@@ -46,6 +46,17 @@ class NormPoint:
 
 
 @dataclass
+class ShapePin:
+    """Input ``slot`` of node ``node_index`` reads a small value computed from channel counts at run
+    time (Swin's attention scale ``(C // heads) ** -0.5`` from ``x.shape[-1]``). Surgery replaces
+    that input by the value the original model computes, so pruning the channels cannot change it."""
+
+    node_index: int
+    slot: int
+    value: np.ndarray
+
+
+@dataclass
 class Barrier:
     node: str
     op_type: str
@@ -61,6 +72,7 @@ class AnalysisContext:
     members: dict[tuple[str, int], MemberRecord] = field(default_factory=dict)
     consume_points: list[ConsumePoint] = field(default_factory=list)
     norm_points: list[NormPoint] = field(default_factory=list)
+    shape_pins: list[ShapePin] = field(default_factory=list)
     #: prune through LayerNorm over the channel axis (statistics over the kept channels) instead of
     #: freezing the groups it normalises
     prune_norms: bool = False

@@ -6,9 +6,9 @@ import fnmatch
 import os
 from dataclasses import dataclass, field
 
-import numpy as np
 
 from compressor.analysis.context import PRODUCER, AnalysisContext, Barrier, ConsumePoint
+from compressor.analysis.shape_reads import guard_shape_reads
 from compressor.analysis.layout import LayoutError, Layout
 from compressor.analysis.registry import get_rule
 from compressor.ir.graph import GraphIndex
@@ -97,66 +97,12 @@ def analyze_index(index: GraphIndex, exclude: list[str] | tuple[str, ...] = (), 
             if strict:
                 raise
             ctx.barrier(node, f"rule could not analyse this node ({type(exc).__name__}: {exc})")
-    _guard_shape_reads(ctx)
+    guard_shape_reads(ctx)
     for name in index.output_names:
         ctx.freeze_tensor(name, f"reaches graph output '{name}'")
     groups = _collect(ctx)
     _apply_exclude(groups, exclude)
     return Analysis(index=index, ctx=ctx, groups=groups, barriers=ctx.barriers)
-
-
-#: Operand slots whose rules check a computed shape vector entry by entry (they adapt, pin or
-#: freeze what it reads): Reshape's target, Resize's sizes, Slice's bounds.
-_CHECKED_SHAPE_SLOTS = {("Reshape", 1), ("Resize", 3), ("Slice", 1), ("Slice", 2), ("Slice", 3), ("Slice", 4)}
-#: A value of at most this many elements is shape arithmetic; a larger one is data.
-_SHAPE_VALUE_MAX = 16
-
-
-def _guard_shape_reads(ctx: AnalysisContext) -> None:
-    """Freeze channels whose count a Shape node reads into anything but a checked shape operand.
-
-    Pruning changes the value of ``Shape(x)[c]`` at run time. Where that value only builds a
-    Reshape target, Resize sizes or Slice bounds, those rules have made it adapt or pinned it;
-    anywhere else (the attention scale ``(C // heads) ** -0.5`` of torchvision's Swin, an Expand,
-    a graph output) it would silently change the model, so the channels it reads stay whole.
-    Which lengths reach such a use is traced entry by entry (ViT's ``sqrt(q.shape[-1])`` reads the
-    head size, not the head count); where it cannot be, every tracked axis read upstream counts.
-    """
-    from compressor.analysis.rules._shape_source import value_deps
-
-    index = ctx.index
-    seen: set[str] = set()
-    for node in index.nodes:
-        if node.op_type != "Shape" or not ctx.layouts(node.input[0]):
-            continue
-        for operand, use in _unchecked_uses(index, node.output[0], seen):
-            for t, a in sorted(value_deps(ctx, operand)):
-                ctx.freeze_layout(ctx.layout(t, a), f"its channel count (axis {a} of '{t}') is read into {use}")
-
-
-def _unchecked_uses(index: GraphIndex, start: str, seen: set[str]) -> list[tuple[str, str]]:
-    """Follow a shape value through small arithmetic; every (operand, use) that no rule checks."""
-    uses, stack = [], [start]
-    while stack:
-        name = stack.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        if name in index.output_names:
-            uses.append((name, f"graph output '{name}'"))
-        for consumer, slot in index.consumers.get(name, ()):
-            if (consumer.op_type, slot) in _CHECKED_SHAPE_SLOTS:
-                continue
-            small = []
-            for out in consumer.output:
-                shape = index.shape(out) if out else ()
-                small.append(shape is not None and len(shape) <= 1
-                             and int(np.prod(shape, dtype=np.int64)) <= _SHAPE_VALUE_MAX)
-            if slot < 0 or not all(small):
-                uses.append((name, f"{consumer.op_type} '{index.node_label(consumer)}'"))
-            else:
-                stack.extend(o for o in consumer.output if o)
-    return uses
 
 
 def _collect(ctx: AnalysisContext) -> list[Group]:

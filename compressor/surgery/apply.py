@@ -77,6 +77,10 @@ def apply_plan(analysis: Analysis, keep: dict[int, list[int]]) -> SurgeryResult:
         rule = get_rule(node.op_type, node.domain, opset)
         if rule is not None:
             rule.rewrite(node, sctx)
+    # small values computed from channel counts at run time keep the original model's value
+    # (analysis/shape_reads.py); the copy keeps the original node order
+    for pin in analysis.ctx.shape_pins:
+        sctx.replace_input(model.graph.node[pin.node_index], pin.slot, pin.value)
 
     # stale shape annotations would contradict the new channel counts
     del model.graph.value_info[:]

@@ -126,13 +126,16 @@ def test_layernorm_over_several_axes_stays_a_barrier():
 
 # --- channel counts read by Shape --------------------------------------------------------------
 
-def _shape_read_model(read_axis: int) -> onnx.ModelProto:
-    """conv -> h; Shape(h)[read_axis] -> Cast -> Sqrt -> Reciprocal scales h (an attention-scale idiom)."""
+def _shape_read_model(*read_axes: int, dynamic_batch: bool = False) -> onnx.ModelProto:
+    """conv -> h; prod(Shape(h)[read_axes]) -> Cast -> Sqrt -> Reciprocal scales h (an attention-scale
+    idiom: torchvision's Swin computes (C // heads) ** -0.5 from x.shape[-1] at run time)."""
     g = G(opset=17)
-    x = g.input("x", [1, 3, 8, 8])
+    x = g.input("x", ["N" if dynamic_batch else 1, 3, 8, 8])
     h = g.cbr(x, 3, 8)
     shp = g.op("Shape", [h])
-    n = g.op("Gather", [shp, g.const(np.array(read_axis, dtype=np.int64))], axis=0)
+    n = g.op("Gather", [shp, g.const(np.array(read_axes[0], dtype=np.int64))], axis=0)
+    for ax in read_axes[1:]:
+        n = g.op("Mul", [n, g.op("Gather", [shp, g.const(np.array(ax, dtype=np.int64))], axis=0)])
     f = g.op("Cast", [n], to=TensorProto.FLOAT)
     s = g.op("Reciprocal", [g.op("Sqrt", [f])])
     m = g.op("Mul", [h, s])
@@ -140,17 +143,44 @@ def _shape_read_model(read_axis: int) -> onnx.ModelProto:
     return g.model([y])
 
 
-def test_channel_count_read_into_arithmetic_freezes_the_group():
-    an = api.analyze(_shape_read_model(1))
+def test_channel_count_read_into_arithmetic_is_pinned_to_its_original_value():
+    """Pruning would change the scale 1/sqrt(C) at run time; the original value is fed instead."""
+    model = _shape_read_model(1)
+    an = api.analyze(model)
+    assert any(g.prunable for g in an.groups if g.size == 8)
+    assert len(an.ctx.shape_pins) == 1 and float(an.ctx.shape_pins[0].value) == pytest.approx(8 ** -0.5)
+    res = api.prune(model, ratio=0.5, importance="l1")
+    assert res.report["groups"]["pruned"] >= 1 and res.report["verify"]["passed"], res.report["verify"]
+    assert res.report["verify"]["max_rel_err"] <= 1e-5
+    mul = next(n for n in res.model.graph.node if n.op_type == "Mul")
+    inits = {t.name: numpy_helper.to_array(t) for t in res.model.graph.initializer}
+    assert float(inits[mul.input[1]]) == pytest.approx(8 ** -0.5), "the scale must stay the original model's"
+
+
+def test_channel_count_mixed_with_a_dynamic_size_is_frozen_not_pinned():
+    """C x H depends on the input's size too: a constant would be wrong at another input shape."""
+    an = api.analyze(_shape_read_model(1, 2))
     grp = [g for g in an.groups if g.size == 8]
-    assert grp and not any(g.prunable for g in grp), "pruning would change the scale sqrt(C) at run time"
+    assert grp and not any(g.prunable for g in grp)
     assert any("is read into Mul" in r for g in grp for r in g.reasons), [g.reasons for g in grp]
-    # and what is left is still a correct model
-    res = api.prune(_shape_read_model(1), ratio=0.5)
-    assert res.report["verify"]["passed"]
+    assert not an.ctx.shape_pins
+    assert api.prune(_shape_read_model(1, 2), ratio=0.5).report["verify"]["passed"]
+
+
+def test_channel_count_read_into_a_graph_output_is_frozen():
+    g = G(opset=17)
+    x = g.input("x", [1, 3, 8, 8])
+    h = g.cbr(x, 3, 8)
+    y = g.conv(h, 8, 2)
+    n = g.op("Shape", [h])
+    an = api.analyze(g.model([y, n]))
+    grp = [gr for gr in an.groups if gr.size == 8]
+    assert grp and not any(gr.prunable for gr in grp)
+    assert any("graph output" in r for gr in grp for r in gr.reasons)
 
 
 def test_spatial_size_read_by_shape_keeps_channels_prunable():
     res = api.prune(_shape_read_model(3), ratio=0.5, importance="l1")
     assert res.report["groups"]["pruned"] >= 1, res.report["unprunable"]
     assert res.report["verify"]["passed"] and res.report["verify"]["max_rel_err"] <= 1e-5
+    assert not api.analyze(_shape_read_model(3)).ctx.shape_pins, "a spatial size needs no pin"
