@@ -125,10 +125,28 @@ def signature(group: Group) -> list[str]:
     return sorted(f"{m.tensor}:{m.axis}:{m.offset}" for m in group.members)
 
 
-def _rounded_keep(size: int, keep: int, opts: PlanOptions) -> int:
+def channel_multiplier(group: Group) -> int:
+    """How many channels of the tensors a group's producers write each of its channels stands for:
+    a grouped conv's per-group channels repeat once per conv group (regnet: 8 per group x 6
+    groups), an attention head owns head_dim features. Rounding applies to those channel counts."""
+    counts: dict[tuple[str, int], int] = {}
+    inner: dict[tuple[str, int], int] = {}
+    for m in group.members:
+        if m.role == "producer":
+            key = (m.tensor, m.axis)
+            counts[key] = counts.get(key, 0) + 1
+            inner[key] = max(inner.get(key, 1), int(m.inner))
+    return max((counts[k] * inner[k] for k in counts), default=1)
+
+
+def _rounded_keep(size: int, keep: int, opts: PlanOptions, multiplier: int = 1) -> int:
+    """Channels kept: at least min-channels, and ``keep x multiplier`` a multiple of round-to (a
+    grouped conv keeping 4 of 8 channels per group in 6 groups has 24 channels: already a multiple
+    of 8, so rounding does not widen it back to 8 of 8)."""
     keep = max(keep, opts.min_channels, 1)
     if opts.round_to > 1:
-        keep = int(math.ceil(keep / opts.round_to) * opts.round_to)
+        step = opts.round_to // math.gcd(opts.round_to, max(multiplier, 1))
+        keep = int(math.ceil(keep / step) * step)
     return min(keep, size)
 
 
@@ -152,10 +170,12 @@ def make_plan(analysis: Analysis, scores: dict[int, np.ndarray], opts: PlanOptio
             if sizes[gid] - removed[gid] - 1 >= max(opts.min_channels, 1):
                 removed[gid] += 1
                 budget -= 1
-        n_keep = {g.id: _rounded_keep(g.size, g.size - removed[g.id], opts) for g in groups}
+        n_keep = {g.id: _rounded_keep(g.size, g.size - removed[g.id], opts, channel_multiplier(g))
+                  for g in groups}
     else:
         for g in groups:
-            n_keep[g.id] = _rounded_keep(g.size, g.size - int(math.floor(opts.ratio * g.size)), opts)
+            n_keep[g.id] = _rounded_keep(g.size, g.size - int(math.floor(opts.ratio * g.size)), opts,
+                                         channel_multiplier(g))
     decisions = []
     for g in analysis.groups:
         if g.id in n_keep:

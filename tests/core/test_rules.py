@@ -302,6 +302,24 @@ def test_round_to_and_min_channels_are_respected():
     assert shapes(res.model)[w][0] == 5
 
 
+def test_round_to_counts_the_channels_of_grouped_convs():
+    """RegNet-style grouped conv: 6 groups of 8. Keeping 4 per group is 24 channels, already a
+    multiple of 8: rounding must not widen it back to 8 per group (the whole layer)."""
+    g = G()
+    x = g.input("x", [1, 3, 8, 8])
+    h = g.cbr(x, 3, 48)
+    h = g.cbr(h, 48, 48, group=6)
+    y = g.conv(h, 48, 4)
+    m = g.model([y])
+    w_first, w_grouped = m.graph.node[0].input[1], next(n.input[1] for n in m.graph.node if n.op_type == "Conv"
+                                                         and any(a.name == "group" and a.i == 6 for a in n.attribute))
+    res = prune_ok(m, ratio=0.5, round_to=8)
+    s = shapes(res.model)
+    assert s[w_first][0] == 24 and s[w_grouped] == (24, 4, 3, 3), s
+    res = api.prune(m, ratio=0.5, round_to=16)
+    assert shapes(res.model)[w_first][0] == 48, "4 per group x 6 = 24 is no multiple of 16: 8 per group (48)"
+
+
 def test_exclude_protects_matching_groups_and_says_why():
     g = G()
     x = g.input("x", [1, 3, 8, 8])
