@@ -46,3 +46,7 @@ def test_three_line_integration_and_export(name):
     proto = export(model, x, None, regularizer=reg)
     mapped, notes = learned_scores(proto, api.analyze(proto))
     assert len(mapped) == len(reg.groups), f"{name}: every group must map back: {notes}"
+    # the round trip: the learned importances drive `compress`, and the oracle proves the cut
+    res = api.prune(proto, ratio=0.5)
+    assert res.report["importance"] == "learned", f"{name}: {res.report['importance_notes']}"
+    assert res.report["verify"]["passed"] and res.report["groups"]["pruned"] >= 1, (name, res.report["verify"])
