@@ -20,6 +20,7 @@ from compressor.errors import UsageError, VerificationError
 from compressor.importance import CRITERIA, score_groups
 from compressor.ir.fold import prepare
 from compressor.ir.graph import GraphIndex
+from compressor.ir.proto import detach_weights
 from compressor.ir.model_io import load_model, ort_max_ir_version, save_model, validate_model
 from compressor.ir.shapes import InputSpec, parse_shape_specs, resolve_inputs
 from compressor.metrics import count
@@ -150,7 +151,14 @@ def prune(model, *, ratio: float = 0.5, output: str | os.PathLike | None = None,
                        min_channels=min_channels, importance=importance)
     opts.validate()
     spec = _spec(proto, input_shapes)
-    index = GraphIndex(proto, spec)
+    detached = None
+    if (path is not None or transforms) and target_latency is None and not auto_round:
+        # The model was loaded (or rebuilt) here, so nobody else holds it: its large weights are
+        # kept once, as arrays, and the parsed protobuf is dropped (ir.proto.detach_weights). The
+        # latency search and round-to auto time the dense model itself, so they keep it whole.
+        proto, detached = detach_weights(proto)
+    index = GraphIndex(proto, spec, detached)
+    del detached
     an = analyze_index(index, exclude=exclude, prune_norms=prune_norms)
 
     extra: dict = {}

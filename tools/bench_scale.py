@@ -52,6 +52,7 @@ def run_one(path: str, ratio: float, profile: str | None = None) -> dict:
     from compressor.ir.fold import prepare
     from compressor.ir.graph import GraphIndex
     from compressor.ir.model_io import load_model, save_model
+    from compressor.ir.proto import detach_weights
     from compressor.planning import PlanOptions, make_plan
     from compressor.surgery import apply_plan
     from compressor.surgery.finalize import finalize
@@ -75,7 +76,9 @@ def run_one(path: str, ratio: float, profile: str | None = None) -> dict:
 
     t0 = time.perf_counter()
     spec = api._spec(proto, None)
-    index = GraphIndex(proto, spec)
+    proto, detached = detach_weights(proto)  # as api.prune does with a model it loaded itself
+    index = GraphIndex(proto, spec, detached)
+    del detached
     an = analyze_index(index)
     t["analyze"] = time.perf_counter() - t0
     peaks["analyze"] = _rss_mib()

@@ -111,7 +111,8 @@ def learned_groups(model: onnx.ModelProto, analysis) -> tuple[dict[int, dict], l
         if target is None and "fingerprint" in stored:
             if constants is None:
                 constants = _constants(model)
-            target, how = _by_fingerprint(stored, constants, by_member)
+            target, how = _by_fingerprint(stored, constants, by_member,
+                                          analysis.index.const if analysis.index.model is model else None)
         if target is None:
             notes.append(f"{label}: not matched to any analysis group (names and fingerprint differ)")
             continue
@@ -130,14 +131,16 @@ def learned_groups(model: onnx.ModelProto, analysis) -> tuple[dict[int, dict], l
     return matched, notes
 
 
-def _by_fingerprint(stored: dict, constants: dict[str, onnx.TensorProto], by_member) -> tuple[int | None, str]:
+def _by_fingerprint(stored: dict, constants: dict[str, onnx.TensorProto], by_member,
+                    value=None) -> tuple[int | None, str]:
     fp = stored["fingerprint"]
     ref = next((m for m in stored["members"] if m["tensor"] == fp.get("tensor")), stored["members"][0])
     shape = [int(d) for d in fp["shape"]]
     for name, tensor in constants.items():
         if list(tensor.dims) != shape:
             continue
-        got = tensor_fingerprint(name, numpy_helper.to_array(tensor))
+        arr = value(name) if value is not None else None
+        got = tensor_fingerprint(name, numpy_helper.to_array(tensor) if arr is None else arr)
         if not (_same(got["l1"], fp["l1"]) and _same(got["l2"], fp["l2"])):
             continue
         for g in by_member.get((name, int(ref["axis"]), int(ref["offset"]), int(ref["inner"])), []):

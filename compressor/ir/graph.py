@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from compressor.errors import CompressorError
 from compressor.ir.shapes import InputSpec, constant_node_value, graph_inputs, infer_shapes
 
 #: Node inputs that hold shapes/indices/parameters rather than data; their run-time values are
@@ -48,8 +49,11 @@ def subgraph_outer_refs(node: onnx.NodeProto) -> set[str]:
 class GraphIndex:
     """Producer/consumer maps, constant lookup and shapes for one model at fixed input shapes."""
 
-    def __init__(self, model: onnx.ModelProto, spec: InputSpec):
+    def __init__(self, model: onnx.ModelProto, spec: InputSpec, detached: dict[str, np.ndarray] | None = None):
+        """``detached``: the values of initializers that ``model`` holds without payload
+        (``ir.proto.detach_weights``); they are served from these arrays."""
         self.model = model
+        self.detached: frozenset[str] = frozenset(detached or ())
         self.graph = model.graph
         self.spec = spec
         self.nodes: list[onnx.NodeProto] = list(self.graph.node)
@@ -71,7 +75,7 @@ class GraphIndex:
                     self.consumers[ref].append((node, -1))
         self.input_names = [i.name for i in graph_inputs(model)]
         self.output_names = [o.name for o in self.graph.output]
-        self._const_cache: dict[str, np.ndarray] = {}
+        self._const_cache: dict[str, np.ndarray] = dict(detached or {})
         wanted = set()
         for node in self.nodes:
             for k in SHAPE_OPERANDS.get(node.op_type, ()):
@@ -86,6 +90,8 @@ class GraphIndex:
         """Value of an initializer or Constant-node output, else None."""
         if name in self._const_cache:
             return self._const_cache[name]
+        if name in self.detached:
+            raise CompressorError(f"internal: the detached weight '{name}' was read after release_values()")
         if name in self.initializers:
             v = numpy_helper.to_array(self.initializers[name])
         elif name in self.constant_nodes:
@@ -96,7 +102,7 @@ class GraphIndex:
         return v
 
     def release_values(self) -> None:
-        """Drop cached numpy copies of the constants (they are rebuilt on demand)."""
+        """Drop cached numpy copies of the constants (rebuilt on demand, except detached ones)."""
         self._const_cache.clear()
 
     def value(self, name: str) -> np.ndarray | None:

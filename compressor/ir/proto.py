@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 from google.protobuf.message import Message
+from onnx import numpy_helper
 
 
 def copy_fields(dst: Message, src: Message, skip=frozenset()) -> None:
@@ -41,3 +43,33 @@ def tensor_nbytes(t: onnx.TensorProto) -> int:
     except Exception:  # string or unknown types: fall back to the serialised size
         return t.ByteSize()
     return n * item
+
+
+#: Element types whose raw payload numpy holds exactly (what the oracle and the probe feed as is).
+_DETACHABLE = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.INT8,
+               onnx.TensorProto.INT16, onnx.TensorProto.INT32, onnx.TensorProto.INT64, onnx.TensorProto.UINT8,
+               onnx.TensorProto.UINT16, onnx.TensorProto.UINT32, onnx.TensorProto.UINT64}
+#: Only initializers above this size are detached; smaller ones (shape operands, which onnx's shape
+#: inference reads from the model) keep their payload. Above ir.shapes.weightless's 4096 bytes.
+DETACH_MIN_BYTES = 4097
+
+
+def detach_weights(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """Split ``model`` into a skeleton (every field, large initializers reduced to name, type and
+    dims) and their values as numpy arrays. Once the caller drops ``model``, its parsed protobuf
+    (whose arena frees only as a whole) is gone and the weights live once, as arrays.
+
+    Graph outputs and tensors numpy cannot hold exactly keep their payload."""
+    skeleton = copy_without_initializers(model)
+    outputs = {o.name for o in model.graph.output}
+    values: dict[str, np.ndarray] = {}
+    for t in model.graph.initializer:
+        if (t.data_type in _DETACHABLE and t.HasField("raw_data") and t.name not in outputs
+                and t.data_location != onnx.TensorProto.EXTERNAL and not t.HasField("segment")
+                and tensor_nbytes(t) >= DETACH_MIN_BYTES):
+            values[t.name] = numpy_helper.to_array(t)
+            skeleton.graph.initializer.append(onnx.TensorProto(name=t.name, data_type=t.data_type, dims=t.dims,
+                                                               doc_string=t.doc_string))
+        else:
+            skeleton.graph.initializer.add().CopyFrom(t)
+    return skeleton, values

@@ -58,6 +58,8 @@ def apply_plan(analysis: Analysis, keep: dict[int, list[int]]) -> SurgeryResult:
     inits = {t.name for t in original.graph.initializer}
     for t in original.graph.initializer:
         arr = new_values.get(t.name)
+        if arr is None and t.name in index.detached:
+            arr = index.const(t.name)  # held as an array, not in the proto: written from it
         if arr is None:
             model.graph.initializer.add().CopyFrom(t)
         else:

@@ -96,3 +96,22 @@ def test_shape_probe_feeds_large_weights_instead_of_embedding_them(monkeypatch):
     assert sizes, "the computed Reshape target should have been probed"
     assert max(sizes) < weights / 20, (sizes, weights)
     assert any(grp.prunable for grp in an.groups)
+
+
+def test_a_model_loaded_from_a_path_keeps_its_weights_once(tmp_path):
+    """api.prune(path) detaches the large weights into arrays and drops the parsed protobuf; the
+    result is byte-identical to pruning the same model handed in as a ModelProto (kept whole)."""
+    m = _model()
+    src = tmp_path / "m.onnx"
+    onnx.save(m, src)
+    from_path = api.prune(str(src), ratio=0.5, importance="l2")
+    from_proto = api.prune(m, ratio=0.5, importance="l2")
+    assert from_path.report["verify"]["passed"] and from_path.report["plan"] == from_proto.report["plan"]
+    assert from_path.model.SerializeToString(deterministic=True) == from_proto.model.SerializeToString(deterministic=True)
+    index = from_path.analysis.index
+    big = [t for t in m.graph.initializer if tensor_nbytes(t) >= 4097]
+    assert big and all(t.name in index.detached for t in big)
+    assert all(not index.initializers[t.name].raw_data for t in big), "the skeleton holds no payload"
+    assert not from_proto.analysis.index.detached, "a caller's ModelProto is never taken apart"
+    with pytest.raises(Exception, match="detached weight"):
+        index.const(big[0].name)  # released after verification
