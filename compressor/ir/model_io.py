@@ -9,7 +9,7 @@ from pathlib import Path
 import onnx
 
 from compressor.errors import ModelError, UsageError
-from compressor.ir.proto import copy_fields
+from compressor.ir.proto import copy_fields, copy_without_initializers, tensor_nbytes
 
 MIN_OPSET = 7
 #: Models above this size are written with their weights in an external data file.
@@ -184,7 +184,7 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, *, forbid: str |
     if out.is_dir():
         raise UsageError(f"output path {out} is a directory")
     out.parent.mkdir(parents=True, exist_ok=True)
-    large = model.ByteSize() > EXTERNAL_DATA_THRESHOLD if _fits_bytesize(model) else True
+    large = serialized_size(model) > EXTERNAL_DATA_THRESHOLD
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     os.close(fd)
     try:
@@ -206,7 +206,7 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, *, forbid: str |
             os.replace(tmp_data, out.parent / data_name)
         else:
             with open(tmp, "wb") as fh:
-                fh.write(model.SerializeToString())
+                write_streamed(model, fh)
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -214,12 +214,27 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, *, forbid: str |
     return out
 
 
-def _fits_bytesize(model: onnx.ModelProto) -> bool:
-    try:
-        model.ByteSize()
-        return True
-    except Exception:
-        return False
+def write_streamed(model: onnx.ModelProto, fh) -> None:
+    """Write ``model``'s serialisation without building it in memory at once.
+
+    ``SerializeToString`` of a whole model holds it twice (the encoder's buffer and the bytes
+    object). Protobuf merges repeated occurrences of an embedded message field, so the model
+    without its initializers followed by one ``graph { initializer: t }`` fragment per initializer
+    parses to the same ModelProto (initializers in the same order); each fragment is encoded alone.
+    """
+    fh.write(copy_without_initializers(model).SerializeToString())
+    for t in model.graph.initializer:
+        part = onnx.ModelProto()
+        part.graph.initializer.add().CopyFrom(t)
+        fh.write(part.SerializeToString())
+        del part
+
+
+def serialized_size(model: onnx.ModelProto) -> int:
+    """About the model's serialised size (within a few bytes per initializer), without serialising
+    its weights: upb's ByteSize encodes the whole message to measure it (the model's size again)."""
+    return (copy_without_initializers(model).ByteSize()
+            + sum(tensor_nbytes(t) + len(t.name) + 16 * (len(t.dims) + 2) for t in model.graph.initializer))
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
