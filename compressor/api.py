@@ -114,6 +114,10 @@ def prune(model, *, ratio: float = 0.5, output: str | os.PathLike | None = None,
 
     ``prune_norms``: a LayerNorm over the channel axis is pruned through (its statistics then run
     over the kept channels; the oracle's reference computes it so); False freezes those groups.
+
+    Memory: a model given as a path is loaded here and its large weights are kept once, as arrays
+    (``result.analysis.index.model`` is then a skeleton without their payload); a ``ModelProto``
+    given by the caller is never modified or taken apart.
     """
     t0 = time.perf_counter()
     proto, path = _as_model(model)
