@@ -4,7 +4,9 @@ For every (model, exporter) this exports a randomly initialised torchvision mode
 random BatchNorm statistics and affine so BN is not an identity) to ONNX, prunes it with
 ``compressor.api.prune(path, ratio=0.5)`` (verification on) and prints one row: prunable/total
 groups, barriers (count and the first reason), MACs and parameter ratios (before/after), the
-oracle's max relative error and the seconds taken. A Torch-Pruning 1.6.1 row (MagnitudeImportance
+oracle's max relative error and the seconds taken; then prunes it again with
+``api.prune(path, target_macs=0.5)`` (per-group amounts from the budget search) and adds the MACs
+fraction kept and its oracle error to the row. A Torch-Pruning 1.6.1 row (MagnitudeImportance
 p=2, pruning_ratio 0.5, final classifier ignored) is printed beside ours for comparison.
 
 Needs torchvision, which does not import beside the core venv's torch; run it from the zoo venv:
@@ -56,6 +58,10 @@ class Row:
     seconds: float | None = None
     note: str = ""
     extra: dict = field(default_factory=dict)
+    # the same model pruned to --target-macs TARGET_MACS: MACs fraction kept, oracle error, problem
+    budget_macs: float | None = None
+    budget_err: float | None = None
+    budget_note: str = ""
 
     @property
     def macs_cut(self) -> float | None:
@@ -199,6 +205,7 @@ def run_compressor(name: str, exporter: str, path: Path, ratio: float) -> Row:
     row.macs_ratio = rep["macs_before"] / rep["macs_after"] if rep["macs_after"] else None
     row.params_ratio = rep["params_before"] / rep["params_after"] if rep["params_after"] else None
     row.max_rel_err = rep["verify"].get("max_rel_err")
+    run_budget(row, path)
     if row.status == "ok":
         if row.max_rel_err is not None and row.max_rel_err > MAX_REL_ERR:
             row.status, row.note = "FAIL", "oracle mismatch"
@@ -206,6 +213,32 @@ def run_compressor(name: str, exporter: str, path: Path, ratio: float) -> Row:
             row.status = "barrier"
             row.note = f"MACs cut {100 * (row.macs_cut or 0):.0f}% < {100 * MIN_MACS_CUT:.0f}%"
     return row
+
+
+TARGET_MACS = 0.5
+
+
+def run_budget(row: Row, path: Path) -> None:
+    """The same model pruned to ``--target-macs TARGET_MACS`` (per-group amounts from the budget
+    search instead of a uniform ratio), verified like the ratio row."""
+    from compressor import api
+
+    try:
+        rep = api.prune(str(path), target_macs=TARGET_MACS).report
+    except Exception as exc:  # noqa: BLE001 - reported in the row
+        row.budget_note = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
+        return
+    row.budget_macs = rep["macs_after"] / rep["macs_before"] if rep["macs_before"] else None
+    row.budget_err = rep["verify"].get("max_rel_err")
+    if not rep["verify"].get("passed"):
+        row.budget_note = "oracle mismatch"
+    elif row.budget_macs is not None and row.budget_macs > TARGET_MACS + 1e-9:
+        row.budget_note = "budget not met"
+
+
+def budget_ok(r: Row) -> bool:
+    return (not r.budget_note and r.budget_macs is not None and r.budget_macs <= TARGET_MACS + 1e-9
+            and r.budget_err is not None and r.budget_err <= MAX_REL_ERR)
 
 
 # ---- Torch-Pruning's row -------------------------------------------------------------------
@@ -276,7 +309,7 @@ def final_classifiers(model) -> list:
 
 # ---- rendering -------------------------------------------------------------------------------
 HEAD = ["model", "tool", "status", "groups (prunable/total)", "barriers", "first barrier",
-        "MACs ratio", "params ratio", "max rel err", "seconds"]
+        "MACs ratio", "params ratio", "max rel err", "seconds", "MACs kept at --target-macs 0.5 (max rel err)"]
 
 
 def _fmt(v, spec: str) -> str:
@@ -286,8 +319,13 @@ def _fmt(v, spec: str) -> str:
 def cells(r: Row) -> list[str]:
     fb = r.first_barrier if len(r.first_barrier) <= 90 else r.first_barrier[:87] + "..."
     status = r.status if not r.note else f"{r.status} ({r.note})"
+    budget = ""
+    if r.budget_macs is not None:
+        budget = f"{r.budget_macs:.3f} ({_fmt(r.budget_err, '.1e')})"
+    if r.budget_note:
+        budget = (budget + " " if budget else "") + r.budget_note
     return [r.model, r.tool, status, r.groups, _fmt(r.barriers, "d"), fb, _fmt(r.macs_ratio, ".2f"),
-            _fmt(r.params_ratio, ".2f"), _fmt(r.max_rel_err, ".1e"), _fmt(r.seconds, ".1f")]
+            _fmt(r.params_ratio, ".2f"), _fmt(r.max_rel_err, ".1e"), _fmt(r.seconds, ".1f"), budget]
 
 
 def markdown(rows: list[Row], command: str) -> str:
@@ -303,7 +341,9 @@ def markdown(rows: list[Row], command: str) -> str:
     ours = [r for r in rows if r.tool.startswith("compressor")]
     ok = sum(r.status == "ok" for r in ours)
     lines += ["", f"{ok}/{len(ours)} (model, exporter) rows prune at least "
-              f"{100 * MIN_MACS_CUT:.0f}% of MACs and pass the oracle (max rel err <= {MAX_REL_ERR:g})."]
+              f"{100 * MIN_MACS_CUT:.0f}% of MACs and pass the oracle (max rel err <= {MAX_REL_ERR:g}); "
+              f"{sum(budget_ok(r) for r in ours)}/{len(ours)} meet --target-macs {TARGET_MACS:g} "
+              "(at most that fraction of the MACs kept) and pass the oracle."]
     return "\n".join(lines) + "\n"
 
 
@@ -329,7 +369,8 @@ def write_markdown(path: Path, table: str) -> None:
 def print_row(r: Row) -> None:
     c = cells(r)
     print(f"  {c[1]:<22} {c[2]:<28} groups {c[3]:<9} barriers {c[4]:<3} MACs x{c[6]:<6} params x{c[7]:<6} "
-          f"err {c[8]:<8} {c[9]}s" + (f"  [{c[5]}]" if c[5] else ""), flush=True)
+          f"err {c[8]:<8} {c[9]}s" + (f"  target-macs {c[10]}" if c[10] else "") + (f"  [{c[5]}]" if c[5] else ""),
+          flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
