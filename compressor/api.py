@@ -300,24 +300,29 @@ def _latency_plan(proto, an, scores, opts, target_ms, provider, spec, tol, fallb
     dense = meter.reference_ms(min_time_s=3.0)
     lo, reference, hi = median_interval(dense)
     search_precision = RatioPrecision(rel_halfwidth=0.025, min_time_s=1.0, max_time_s=6.0)
-    confirm_precision = RatioPrecision(rel_halfwidth=0.015, min_time_s=6.0, max_time_s=24.0, sessions=3)
 
     def measure(plan: PruningPlan, confirm: bool):
-        return meter.measure(_pruned_for_timing(an, plan), confirm_precision if confirm else search_precision)
+        candidate = _pruned_for_timing(an, plan)
+        if confirm:  # a plan is accepted on a reading taken as a deployment runs it: fresh processes
+            return meter.measure_fresh(candidate, processes=3, min_time_s=6.0)
+        return meter.measure(candidate, search_precision)
 
     multiples = [opts.round_to] + ([m for m in LATENCY_FALLBACK if m < opts.round_to] if fallback_to_1 else [])
     missed = []
-    for i, multiple in enumerate(multiples):
-        try:
-            res = plan_for_latency(an, scores, dataclasses.replace(opts, round_to=multiple), target_ms, measure,
-                                   reference, LatencySearch(tolerance=tol))
-            break
-        except LatencyTargetError as exc:
-            if i == len(multiples) - 1:
-                if missed:
-                    exc.budget["fallback"] = missed
-                raise
-            missed.append({"round_to": multiple, "error": str(exc), "steps": exc.budget.get("steps", [])})
+    try:
+        for i, multiple in enumerate(multiples):
+            try:
+                res = plan_for_latency(an, scores, dataclasses.replace(opts, round_to=multiple), target_ms, measure,
+                                       reference, LatencySearch(tolerance=tol))
+                break
+            except LatencyTargetError as exc:
+                if i == len(multiples) - 1:
+                    if missed:
+                        exc.budget["fallback"] = missed
+                    raise
+                missed.append({"round_to": multiple, "error": str(exc), "steps": exc.budget.get("steps", [])})
+    finally:
+        meter.close()
     if missed:
         res.details["fallback"] = missed
     res.details.update({"reference_interval_ms": [lo, hi], "reference_runs": len(dense),

@@ -230,6 +230,13 @@ class _FakeRatioMeter:
         self.reference_history += [10.0] * 20
         return RatioSample([ratio] * 20, [10.0] * 20, [10.0 * ratio] * 20, 1.0)
 
+    def measure_fresh(self, candidate, processes=3, min_time_s=6.0):
+        self.fresh = getattr(self, "fresh", 0) + 1
+        return self.measure(candidate)
+
+    def close(self):
+        pass
+
 
 def _conv_macs(model) -> float:
     from compressor.ir.graph import GraphIndex
@@ -313,3 +320,37 @@ def test_default_rounding_falls_back_to_1_when_its_widths_miss_the_target(fake_m
     assert all("not met" in f["error"] and f["steps"] for f in b["fallback"])
     with pytest.raises(UsageError, match="not met"):
         api.prune(net(), target_latency=5.0, round_to=8)  # the user's multiple is never changed
+
+
+def test_fresh_process_ratio_runs_compress_bench_per_process(tmp_path):
+    """The confirmation reading: `compress bench` in N fresh processes, one median ratio each."""
+    from compressor.bench.ratio import fresh_process_ratio
+
+    calls = []
+
+    def runner(cmd):
+        calls.append(cmd)
+        speedup = [2.0, 2.5, 1.6][len(calls) - 1]  # dense/candidate per process
+        return json.dumps({"results": [{"p50_ms": 10.0}, {"p50_ms": 10.0 / speedup,
+                                                          "ratio_to_first": {"median": speedup}}]})
+
+    s = fresh_process_ratio("d.onnx", "c.onnx", threads=2, input_shapes=["1x3x8x8"], processes=3,
+                            min_time_s=6, runner=runner)
+    assert len(calls) == 3 and all(c[c.index("--min-time") + 1] == "2" for c in calls)
+    assert "--input-shape" in calls[0] and calls[0][calls[0].index("bench") + 1:][:2] == ["d.onnx", "c.onnx"]
+    assert s.ratios == [0.5, 0.4, 0.625] and s.median == pytest.approx(0.5)
+
+
+def test_ratio_meter_measure_fresh_in_real_processes(tmp_path):
+    """measure_fresh writes the models and times them in fresh processes (CPU provider)."""
+    from compressor.bench.ratio import RatioMeter
+
+    dense = net()
+    half = api.prune(dense, ratio=0.5).model
+    meter = RatioMeter(dense, provider="cpu", threads=1)
+    try:
+        s = meter.measure_fresh(half, processes=2, min_time_s=0.4)
+    finally:
+        meter.close()
+    assert s.rounds == 2 and 0.05 < s.median < 2.0 and len(s.reference_ms) == 2
+    assert meter._scratch is None, "close() removes the temporary files"
