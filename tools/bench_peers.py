@@ -518,7 +518,7 @@ def markdown(records: list[dict], command: str) -> str:
         f"- Dates: {dates[0]} … {dates[-1]}; onnxruntime {', '.join(ort_versions)}; torch "
         f"{', '.join(torch_versions)}; {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
         f"CPU provider, {THREADS} intra-op threads, spinning off, batch 1, 224×224.",
-        f"- Load (1-min `os.getloadavg()` before → after each model's benchmark): "
+        "- Load (1-min `os.getloadavg()` before → after each model's benchmark): "
         + ", ".join(f"{r['model']} {a:.1f}→{b:.1f}" for r, (a, b) in zip(records, loads)) + ".",
         f"- Each model's variants were timed interleaved in one `benchmark([...])` call "
         f"(min {records[0]['min_time']:g} s per variant); speedup = median of per-round dense/variant "

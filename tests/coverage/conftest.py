@@ -1,7 +1,6 @@
 """Idiom tests run with strict rules: a rule that crashes fails the test instead of becoming a
 barrier, so coverage gaps show up as failures, not as silently frozen groups."""
 
-import os
 import sys
 from pathlib import Path
 

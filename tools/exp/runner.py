@@ -6,7 +6,6 @@ artifacts (ONNX files, the log) sit in ``<runs>/<table>/<name>/``. See ``setting
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
