@@ -86,9 +86,21 @@ def inspect(model, input_shapes=None, exclude=(), prune_norms: bool = True) -> d
         "groups": {"total": len(an.groups), "prunable": len(an.prunable)},
         "group_list": [g.to_dict() for g in an.groups],
         "barriers": [b.__dict__ for b in an.barriers],
+        "shape_pins": _shape_pins(an),
         "layers": [{"node": k, "macs": v} for k, v in per_node.items()],
         "seconds": round(time.perf_counter() - t0, 3),
     }
+
+
+def _shape_pins(an: Analysis) -> list[dict]:
+    """Inputs that read a value computed from channel counts at run time, fed as the original
+    model's value by the pruned model (analysis/shape_reads.py): that value is static from then on."""
+    out = []
+    for pin in an.ctx.shape_pins:
+        node = an.index.nodes[pin.node_index]
+        out.append({"node": an.index.node_label(node), "input": int(pin.slot),
+                    "value": np.asarray(pin.value).tolist()})
+    return out
 
 
 @dataclass
@@ -227,6 +239,8 @@ def prune(model, *, ratio: float = 0.5, output: str | os.PathLike | None = None,
                        for g in an.groups if not g.prunable],
         # LayerNorms whose channels were pruned: their statistics now run over the kept channels
         "norms_pruned": pruned_norm_nodes(an, keep),
+        # small values computed from channel counts at run time, fed as their original constants
+        "shape_pins": _shape_pins(an),
         "verify": ver.to_dict() if ver else {"passed": None, "skipped": True},
         "plan": [s.to_dict() for s in surgery.slices],
         # the slices name tensors of the model they were applied to: after exact transforms that is

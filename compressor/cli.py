@@ -112,6 +112,9 @@ def render_prune_report(r: dict) -> str:
         out.append(f"barriers: {len(r['barriers'])} (run `compress inspect` for details)")
     if r.get("unprunable"):
         out.append(_unprunable_line(r["unprunable"]))
+    if r.get("shape_pins"):
+        out.append(f"pinned: {len(r['shape_pins'])} value(s) computed from channel counts at run time now fed as "
+                   "the original constants (report: shape_pins)")
     if r.get("norms_pruned"):
         out.append(f"layer norms pruned through: {len(r['norms_pruned'])} (their statistics now cover the kept "
                    "channels; --freeze-norms keeps them whole)")

@@ -152,6 +152,9 @@ def test_channel_count_read_into_arithmetic_is_pinned_to_its_original_value():
     res = api.prune(model, ratio=0.5, importance="l1")
     assert res.report["groups"]["pruned"] >= 1 and res.report["verify"]["passed"], res.report["verify"]
     assert res.report["verify"]["max_rel_err"] <= 1e-5
+    assert [p["input"] for p in res.report["shape_pins"]] == [1]
+    assert res.report["shape_pins"][0]["value"] == pytest.approx(8 ** -0.5)
+    assert api.inspect(model)["shape_pins"] == res.report["shape_pins"]
     mul = next(n for n in res.model.graph.node if n.op_type == "Mul")
     inits = {t.name: numpy_helper.to_array(t) for t in res.model.graph.initializer}
     assert float(inits[mul.input[1]]) == pytest.approx(8 ** -0.5), "the scale must stay the original model's"
