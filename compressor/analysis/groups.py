@@ -6,11 +6,10 @@ import fnmatch
 import os
 from dataclasses import dataclass, field
 
-
 from compressor.analysis.context import PRODUCER, AnalysisContext, Barrier, ConsumePoint
-from compressor.analysis.shape_reads import guard_shape_reads
 from compressor.analysis.layout import LayoutError, Layout
 from compressor.analysis.registry import get_rule
+from compressor.analysis.shape_reads import guard_shape_reads
 from compressor.ir.graph import GraphIndex
 from compressor.ir.model_io import default_opset
 

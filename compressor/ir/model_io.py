@@ -9,7 +9,7 @@ from pathlib import Path
 import onnx
 
 from compressor.errors import ModelError, UsageError
-from compressor.ir.proto import copy_fields, copy_without_initializers, tensor_nbytes
+from compressor.ir.proto import copy_without_initializers, tensor_nbytes
 
 MIN_OPSET = 7
 #: Models above this size are written with their weights in an external data file.
@@ -148,19 +148,14 @@ def checkable(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
     Checking the full model instead would serialise it, and the checker's C++ copy would double
     its memory for the duration.
     """
-    m = onnx.ModelProto()
-    copy_fields(m, model, skip={"graph"})
-    copy_fields(m.graph, model.graph, skip={"initializer"})
+    m = copy_without_initializers(model)
     for t in model.graph.initializer:
         if (t.data_type not in _BYTE_ALIGNED or not t.HasField("raw_data") or t.HasField("segment")
                 or t.data_location == onnx.TensorProto.EXTERNAL or any(
                     f.name.endswith("_data") and f.name != "raw_data" for f, _ in t.ListFields())):
             m.graph.initializer.append(t)
             continue
-        itemsize = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
-        need = itemsize
-        for d in t.dims:
-            need *= d
+        need = tensor_nbytes(t)
         if need < STUB_MIN_BYTES:
             m.graph.initializer.append(t)
             continue
@@ -168,8 +163,8 @@ def checkable(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
         if have < need:
             raise ModelError(f"{label}: invalid ONNX graph: tensor '{t.name}' raw_data size ({have} bytes) is "
                              f"too small for the declared shape and type ({need} bytes required)")
-        m.graph.initializer.append(onnx.TensorProto(name=t.name, data_type=t.data_type, dims=[1],
-                                                    raw_data=bytes(itemsize)))
+        one = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+        m.graph.initializer.append(onnx.TensorProto(name=t.name, data_type=t.data_type, dims=[1], raw_data=bytes(one)))
     return m
 
 

@@ -45,12 +45,27 @@ def tensor_nbytes(t: onnx.TensorProto) -> int:
     return n * item
 
 
-#: Element types whose raw payload numpy holds exactly (what the oracle and the probe feed as is).
-_DETACHABLE = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.INT8,
-               onnx.TensorProto.INT16, onnx.TensorProto.INT32, onnx.TensorProto.INT64, onnx.TensorProto.UINT8,
-               onnx.TensorProto.UINT16, onnx.TensorProto.UINT32, onnx.TensorProto.UINT64}
+#: Element types that onnxruntime takes from numpy as they are (no conversion, no copy).
+FEEDABLE_TYPES = {
+    onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
+    onnx.TensorProto.INT8, onnx.TensorProto.INT16, onnx.TensorProto.INT32, onnx.TensorProto.INT64,
+    onnx.TensorProto.UINT8, onnx.TensorProto.UINT16, onnx.TensorProto.UINT32, onnx.TensorProto.UINT64,
+    onnx.TensorProto.BOOL,
+}
+
+
+def feedable(t: onnx.TensorProto, min_bytes: int) -> bool:
+    """Whether ``t`` is a constant worth handing to onnxruntime as a numpy array instead of inside
+    the model bytes: at least ``min_bytes``, of a type numpy holds exactly, with its data here.
+    The oracle, the shape probe and :func:`detach_weights` share this test, so every detached
+    weight is one they feed."""
+    return (t.data_type in FEEDABLE_TYPES and not t.HasField("segment")
+            and t.data_location != onnx.TensorProto.EXTERNAL and tensor_nbytes(t) >= min_bytes)
+
+
 #: Only initializers above this size are detached; smaller ones (shape operands, which onnx's shape
-#: inference reads from the model) keep their payload. Above ir.shapes.weightless's 4096 bytes.
+#: inference reads from the model) keep their payload. Above ir.shapes.weightless's 4096 bytes
+#: and the oracle's FEED_MIN_BYTES.
 DETACH_MIN_BYTES = 4097
 
 
@@ -64,9 +79,7 @@ def detach_weights(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, n
     outputs = {o.name for o in model.graph.output}
     values: dict[str, np.ndarray] = {}
     for t in model.graph.initializer:
-        if (t.data_type in _DETACHABLE and t.HasField("raw_data") and t.name not in outputs
-                and t.data_location != onnx.TensorProto.EXTERNAL and not t.HasField("segment")
-                and tensor_nbytes(t) >= DETACH_MIN_BYTES):
+        if feedable(t, DETACH_MIN_BYTES) and t.HasField("raw_data") and t.name not in outputs:
             values[t.name] = numpy_helper.to_array(t)
             skeleton.graph.initializer.append(onnx.TensorProto(name=t.name, data_type=t.data_type, dims=t.dims,
                                                                doc_string=t.doc_string))

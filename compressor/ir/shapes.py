@@ -15,7 +15,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from compressor.errors import UsageError
-from compressor.ir.proto import copy_without_initializers, tensor_nbytes
+from compressor.ir.proto import copy_without_initializers, feedable, tensor_nbytes
 
 
 @dataclass
@@ -177,9 +177,6 @@ def _static_shape(vi: onnx.ValueInfoProto) -> tuple[int, ...] | None:
     return tuple(dims)
 
 
-#: Element types fed to the probe as numpy arrays (others stay embedded).
-_FEED_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.INT8,
-               onnx.TensorProto.INT16, onnx.TensorProto.INT32, onnx.TensorProto.INT64, onnx.TensorProto.UINT8}
 #: Initializers of at least this many bytes are fed to the probe instead of embedded.
 _PROBE_FEED_MIN_BYTES = 1024
 
@@ -198,8 +195,7 @@ def _ort_probe(model: onnx.ModelProto, spec: InputSpec, names: list[str],
     declared = {i.name for i in m.graph.input}
     weights: dict[str, np.ndarray] = {}
     for t in model.graph.initializer:
-        if (t.data_type in _FEED_TYPES and t.data_location != onnx.TensorProto.EXTERNAL
-                and tensor_nbytes(t) >= _PROBE_FEED_MIN_BYTES and t.name not in present):
+        if feedable(t, _PROBE_FEED_MIN_BYTES) and t.name not in present:
             arr = const(t.name) if const is not None else None
             weights[t.name] = numpy_helper.to_array(t) if arr is None else arr
             if t.name not in declared:

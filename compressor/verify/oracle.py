@@ -25,22 +25,13 @@ from onnx import helper, numpy_helper
 
 from compressor.analysis.groups import Analysis
 from compressor.analysis.layout import positions
-from compressor.ir.proto import copy_fields
+from compressor.ir.proto import copy_fields, feedable
 from compressor.ir.shapes import InputSpec, random_feeds
 from compressor.verify.norms import masked_layernorm
 
 #: Constants of at least this many bytes are fed to onnxruntime as numpy buffers rather than
 #: serialised into the session's model bytes; smaller ones (shape operands, masks) stay embedded.
 FEED_MIN_BYTES = 1024
-
-#: Element types that onnxruntime takes from numpy as they are (no conversion, no copy).
-_FEEDABLE = {
-    onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
-    onnx.TensorProto.INT8, onnx.TensorProto.INT16, onnx.TensorProto.INT32, onnx.TensorProto.INT64,
-    onnx.TensorProto.UINT8, onnx.TensorProto.UINT16, onnx.TensorProto.UINT32, onnx.TensorProto.UINT64,
-    onnx.TensorProto.BOOL,
-}
-
 
 @dataclass
 class VerifyResult:
@@ -87,23 +78,29 @@ class _Mask:
     value: np.ndarray
 
 
+def _kept_vector(analysis: Analysis, x: str, axis: int, keep: dict[int, list[int]], dtype) -> np.ndarray | None:
+    """1 on the kept positions of ``axis`` of ``x``, 0 on the removed ones; None when none is removed."""
+    kept = positions(analysis.ctx.table, analysis.ctx.layout_map[x][axis], keep)
+    if kept is None:
+        return None
+    vec = np.zeros(analysis.index.shape(x)[axis], dtype=dtype)
+    vec[kept] = 1
+    return vec
+
+
 def _masks(analysis: Analysis, keep: dict[int, list[int]]) -> list[_Mask]:
     """One mask per consume point of a pruned layout: ones on kept channels, zeros elsewhere."""
     src = analysis.index.model
-    table = analysis.ctx.table
     nodes = analysis.index.nodes
     existing = {o for n in src.graph.node for o in n.output} | {t.name for t in src.graph.initializer}
     masks = []
     counter = 0
     for cp in analysis.consume_points:
         x = nodes[cp.node_index].input[cp.input_index]
-        lay = analysis.ctx.layout_map[x][cp.axis]
-        kept = positions(table, lay, keep)
-        if kept is None:
+        mask = _kept_vector(analysis, x, cp.axis, keep, _dtype_of(analysis, x))
+        if mask is None:
             continue
         shape = analysis.index.shape(x)
-        mask = np.zeros(shape[cp.axis], dtype=_dtype_of(analysis, x))
-        mask[kept] = 1
         bshape = [1] * len(shape)
         bshape[cp.axis] = shape[cp.axis]
         counter += 1
@@ -127,16 +124,13 @@ class _NormMask:
 
 def _norm_masks(analysis: Analysis, keep: dict[int, list[int]]) -> list[_NormMask]:
     """One per normalisation whose statistics run over a pruned layout (see verify/norms.py)."""
-    table = analysis.ctx.table
     nodes = analysis.index.nodes
     out = []
     for k, npnt in enumerate(analysis.ctx.norm_points):
         x = nodes[npnt.node_index].input[0]
-        kept = positions(table, analysis.ctx.layout_map[x][npnt.axis], keep)
-        if kept is None:
+        mask = _kept_vector(analysis, x, npnt.axis, keep, np.float32)
+        if mask is None:
             continue
-        mask = np.zeros(analysis.index.shape(x)[npnt.axis], dtype=np.float32)
-        mask[kept] = 1
         out.append(_NormMask(npnt.node_index, f"{x}__oracle_norm{k}", mask))
     return out
 
@@ -208,12 +202,9 @@ def oracle_model(model: onnx.ModelProto, *, values: Callable[[str], np.ndarray |
 
     def take(name: str, tensor: onnx.TensorProto) -> bool:
         """Feed ``tensor`` as input ``name`` if it is large and numpy holds it exactly."""
-        if (name in outputs or tensor.data_type not in _FEEDABLE or tensor.HasField("segment")
-                or tensor.data_location == onnx.TensorProto.EXTERNAL):
+        if name in outputs or not feedable(tensor, min_bytes):
             return False
         dtype = helper.tensor_dtype_to_np_dtype(tensor.data_type)
-        if int(np.prod(tensor.dims, dtype=np.int64)) * dtype.itemsize < min_bytes:
-            return False
         arr = values(name) if values is not None else None
         if arr is None:
             arr = numpy_helper.to_array(tensor)
