@@ -170,7 +170,7 @@ shape_option = click.option("--input-shape", "input_shapes", multiple=True, meta
 @click.option("--target-macs", type=float, metavar="F", help="Keep at most fraction F of the MACs (instead of --ratio).")
 @click.option("--target-params", type=float, metavar="F", help="Keep at most fraction F of the parameters.")
 @click.option("--target-latency", type=float, metavar="MS",
-              help="Prune until the measured latency on --provider is within 5%% of MS milliseconds.")
+              help="Prune until the measured latency on --provider is within 5% of MS milliseconds.")
 @click.option("--min-channels", type=int, default=1, show_default=True, help="Never keep fewer channels in a group.")
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Protect groups touching these node or tensor "
               "names (repeatable).")
