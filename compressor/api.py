@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from compressor.ir.model_io import load_model, ort_max_ir_version, save_model, v
 from compressor.ir.shapes import InputSpec, parse_shape_specs, resolve_inputs
 from compressor.metrics import count
 from compressor.planning import PlanOptions, PruningPlan, make_plan, plan_from_slices
+from compressor.planning.allocate import importance_kept
 from compressor.planning.budget import plan_cost, plan_for_fraction, plan_for_latency
 from compressor.surgery import apply_plan
 from compressor.surgery.finalize import finalize
@@ -116,13 +118,17 @@ def prune(model, *, ratio: float = 0.5, output: str | os.PathLike | None = None,
           importance: str = "auto", plan_in: str | os.PathLike | PruningPlan | None = None,
           target_macs: float | None = None, target_params: float | None = None,
           target_latency: float | None = None, provider: str = "cpu", latency_tolerance: float = 0.05,
-          merge_identical: float | None = None, merge_learned: bool = False, fold_constants: bool = False,
+          latency_table: bool = True, merge_identical: float | None = None, merge_learned: bool = False, fold_constants: bool = False,
           prune_norms: bool = True, verify_model: bool = True, tolerance: float = 1e-4,
           seed: int = 0) -> PruneResult:
     """Prune a model; verify it against the masked original; write it atomically if ``output``.
 
     Exact transforms run first when asked (each proven against its own input): ``merge_learned``
     (C-SGD clusters from training), ``merge_identical`` (tolerance), ``fold_constants``.
+
+    ``latency_table``: a latency target allocates per-group widths on a table of the model's layers
+    measured on the provider (planning/allocate.py); False searches uniform (or ``global_ranking``)
+    ratios by their MACs instead. Either way the whole pruned model is measured before it is kept.
 
     ``prune_norms``: a LayerNorm over the channel axis is pruned through (its statistics then run
     over the kept channels; the oracle's reference computes it so); False freezes those groups.
@@ -193,7 +199,8 @@ def prune(model, *, ratio: float = 0.5, output: str | os.PathLike | None = None,
                 return res.plan
             if target_latency is not None:
                 res = _latency_plan(proto, an, scores, o, target_latency, provider, spec, latency_tolerance,
-                                    fallback_to_1=round_defaulted)
+                                    fallback_to_1=round_defaulted, use_table=latency_table)
+                res.details["importance_kept"] = importance_kept(an, scores, res.plan)
                 extra["budget"] = res.to_dict()
                 return res.plan
             return make_plan(an, scores, o)
@@ -298,7 +305,8 @@ def _pruned_for_timing(an: Analysis, plan: PruningPlan) -> onnx.ModelProto:
     return m
 
 
-def _latency_plan(proto, an, scores, opts, target_ms, provider, spec, tol, fallback_to_1: bool = False):
+def _latency_plan(proto, an, scores, opts, target_ms, provider, spec, tol, fallback_to_1: bool = False,
+                  use_table: bool = True):
     """Read the target against the dense model measured here (3 s alone, after a warm-up), then
     search on pruned/dense ratios timed interleaved. ``reference_pooled_ms``: the median of every
     dense run of the search, to show how far the machine's load drifted meanwhile.
@@ -306,7 +314,11 @@ def _latency_plan(proto, an, scores, opts, target_ms, provider, spec, tol, fallb
     ``fallback_to_1``: the channel multiple was the default (LATENCY_ROUND_TO), not the user's; if
     no plan at that granularity meets the target (narrow layers leave few widths to choose from),
     search again at the finer multiples of LATENCY_FALLBACK against the same reference.
-    ``budget.fallback`` then lists each missed search's multiple, error and measurements."""
+    ``budget.fallback`` then lists each missed search's multiple, error and measurements.
+
+    ``use_table``: measure the layer latency table first (bench/layers.py) and search over the
+    widths the Allocator gives for fractions of its predicted latency; ``budget.layers`` then lists
+    every layer's dense and planned channels and table latencies."""
     from compressor.bench.ratio import RatioMeter, RatioPrecision, median_interval
     from compressor.planning.budget import LatencySearch, LatencyTargetError
 
@@ -321,13 +333,31 @@ def _latency_plan(proto, an, scores, opts, target_ms, provider, spec, tol, fallb
             return meter.measure_fresh(candidate, processes=3, min_time_s=6.0)
         return meter.measure(candidate, search_precision)
 
+    table = None
+    if use_table:
+        from compressor.bench.layers import call_overhead_ms, measure_table, ort_layer_timer
+        from compressor.ir.model_io import default_opset
+        from compressor.planning.allocate import MAX_GROUP_RATIO
+
+        timer = ort_layer_timer(provider, meter.threads)
+        table = measure_table(an, default_opset(proto), timer, reference, opts.round_to,
+                              lambda n: max(opts.min_channels, int(math.ceil(n * (1 - MAX_GROUP_RATIO)))),
+                              progress=True, overhead_ms=call_overhead_ms(timer))
+
+    def knob_for(o: PlanOptions):
+        if table is None:
+            return None
+        from compressor.planning.allocate import Allocator, TableKnob
+        return TableKnob(Allocator(an, scores, o, table))
+
     multiples = [opts.round_to] + ([m for m in LATENCY_FALLBACK if m < opts.round_to] if fallback_to_1 else [])
     missed = []
     try:
         for i, multiple in enumerate(multiples):
+            o = dataclasses.replace(opts, round_to=multiple)
             try:
-                res = plan_for_latency(an, scores, dataclasses.replace(opts, round_to=multiple), target_ms, measure,
-                                       reference, LatencySearch(tolerance=tol))
+                res = plan_for_latency(an, scores, o, target_ms, measure, reference, LatencySearch(tolerance=tol),
+                                       knob=knob_for(o))
                 break
             except LatencyTargetError as exc:
                 if i == len(multiples) - 1:
@@ -339,6 +369,8 @@ def _latency_plan(proto, an, scores, opts, target_ms, provider, spec, tol, fallb
         meter.close()
     if missed:
         res.details["fallback"] = missed
+    if table is not None:
+        res.details["layers"] = table.rows({g.id: len(g.kept) for g in res.plan.groups})
     res.details.update({"reference_interval_ms": [lo, hi], "reference_runs": len(dense),
                         "reference_pooled_ms": median_interval(meter.reference_history)[1],
                         "provider": meter.provider_used, "threads": meter.threads})

@@ -37,6 +37,21 @@ def _fail(exc: BaseException, debug: bool) -> None:
     sys.exit(1)
 
 
+def _layer_rows(layers: list[dict], limit: int = 12) -> list[str]:
+    """The layers whose table latency the plan cut most, as a small table."""
+    rows = sorted(layers, key=lambda r: r["planned_ms"] - r["dense_ms"])[:limit]
+    if not rows:
+        return []
+    width = max(len(r["node"]) for r in rows)
+    out = [f"  {'layer':<{width}}  {'channels in/out':>21}  {'table ms':>17}"]
+    for r in rows:
+        ch = f"{r['dense'][0]}/{r['dense'][1]} -> {r['planned'][0]}/{r['planned'][1]}"
+        out.append(f"  {r['node']:<{width}}  {ch:>21}  {r['dense_ms']:7.3f} -> {r['planned_ms']:6.3f}")
+    if len(layers) > limit:
+        out.append(f"  ... {len(layers) - limit} more in the JSON report (budget.layers)")
+    return out
+
+
 def _human(n: float | None) -> str:
     if n is None:
         return "-"
@@ -127,6 +142,11 @@ def render_prune_report(r: dict) -> str:
         unit = " ms" if b["kind"] == "latency" else " of the original"
         out.append(f"budget: {b['kind']} target {b['target']:g}{unit}, reached {b['achieved']:.4g}{unit} "
                    f"({len(b['steps'])} candidate plans)")
+        if b.get("latency_table"):
+            t = b["latency_table"]
+            out.append(f"latency table: {t['layers']} layers ({t['distinct_layers']} distinct) measured in "
+                       f"{t['probes']} probes, {t['seconds']:.1f} s; allocation {b['allocation']}")
+            out += _layer_rows(b.get("layers", []))
     if r.get("round_to_auto"):
         ra = r["round_to_auto"]
         out.append("round-to auto: " + ", ".join(f"{m['round_to']}: {m['latency_ms']:.3f} ms" for m in ra["measured"])
@@ -171,6 +191,9 @@ shape_option = click.option("--input-shape", "input_shapes", multiple=True, meta
 @click.option("--target-params", type=float, metavar="F", help="Keep at most fraction F of the parameters.")
 @click.option("--target-latency", type=float, metavar="MS",
               help="Prune until the measured latency on --provider is within 5% of MS milliseconds.")
+@click.option("--latency-table/--no-latency-table", default=True, show_default=True,
+              help="With --target-latency: allocate per-group widths on a latency table of the model's layers "
+              "measured on --provider (--no-latency-table: search uniform or --global ratios by MACs).")
 @click.option("--min-channels", type=int, default=1, show_default=True, help="Never keep fewer channels in a group.")
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Protect groups touching these node or tensor "
               "names (repeatable).")
@@ -196,7 +219,7 @@ shape_option = click.option("--input-shape", "input_shapes", multiple=True, meta
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report on stdout.")
 @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
 def prune_command(model, output, ratio, global_ranking, round_to, target_macs, target_params, target_latency,
-                  min_channels, exclude, importance, input_shapes, plan_out, plan_in, merge_tol, merge_learned,
+                  latency_table, min_channels, exclude, importance, input_shapes, plan_out, plan_in, merge_tol, merge_learned,
                   fold_constants, freeze_norms, no_verify, tolerance, seed, bench, provider, dry_run, as_json,
                   debug):
     """Prune MODEL's channel groups and write a verified, smaller model."""
@@ -209,7 +232,7 @@ def prune_command(model, output, ratio, global_ranking, round_to, target_macs, t
         res = api.prune(model, ratio=ratio, output=None if dry_run else output, input_shapes=input_shapes,
                         global_ranking=global_ranking, round_to=round_to, min_channels=min_channels,
                         target_macs=target_macs, target_params=target_params, target_latency=target_latency,
-                        provider=provider, merge_identical=merge_tol, merge_learned=merge_learned,
+                        provider=provider, latency_table=latency_table, merge_identical=merge_tol, merge_learned=merge_learned,
                         fold_constants=fold_constants, prune_norms=not freeze_norms,
                         exclude=exclude, importance=importance, plan_in=plan_in, verify_model=not no_verify,
                         tolerance=tolerance, seed=seed)

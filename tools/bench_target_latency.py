@@ -1,9 +1,12 @@
 """Does ``compress --target-latency`` meet its target? Prune to fractions of the dense latency, check.
 
 For each model (default resnet50 and mobilenet_v2, torchvision with random weights: the dense ONNX
-that tools/bench_peers.py exported, else out/zoo/<model>_legacy.onnx, else exported here) and each
-fraction f (default 0.6 and 0.4) and channel multiple (``--round-to``: ``default`` runs without one,
-i.e. the engine's default for a latency target, multiples of 8 with fallbacks to 4 and 1; and 1):
+that tools/bench_peers.py exported, else out/zoo/<model>_legacy.onnx, else exported here), each
+fraction f (default 0.6 and 0.4), channel multiple (``--round-to``: ``default`` runs without one,
+i.e. the engine's default for a latency target, multiples of 8 with fallbacks to 4 and 1) and
+allocation (``--allocation``: ``table``, the engine's default, allocates per-group widths on the
+latency table of the model's layers; ``uniform`` is ``--no-latency-table``; both by default, so the
+two are compared at the same targets on the same machine):
 
 1. measure the dense model here (CPU provider, 2 threads, spinning off, after a warm-up
    measurement) and set the target T = f x dense ms;
@@ -57,6 +60,7 @@ class Row:
     dense_ms: float  # measured by this tool just before the run
     target_ms: float  # fraction * dense_ms, given to --target-latency
     round_to: str = "1"
+    allocation: str = "table"  # latency table (the default) or uniform (--no-latency-table)
     status: str = "ok"
     reference_ms: float | None = None  # the engine's own dense measurement (budget.reference_ms)
     target_ratio: float | None = None  # target_ms / reference_ms: what the engine aims for
@@ -68,6 +72,8 @@ class Row:
     raw_p50_ms: float | None = None  # the pruned model's p50 in the check, against target_ms as is
     check_dense_ms: float | None = None
     macs_fraction: float | None = None
+    importance_kept: float | None = None  # budget.importance_kept
+    table_seconds: float | None = None  # measuring the latency table (budget.latency_table.seconds)
     threads: int | None = None
     steps: list = field(default_factory=list)
     seconds: float | None = None  # the compress command, wall clock
@@ -115,11 +121,12 @@ def _compress(*args: str) -> subprocess.CompletedProcess:
                           cwd=ROOT, env={**os.environ, "COMPRESSOR_STRICT_RULES": "0"})
 
 
-def prune_in_fresh_process(dense: Path, out: Path, target_ms: float, round_to: str) -> dict:
+def prune_in_fresh_process(dense: Path, out: Path, target_ms: float, round_to: str, allocation: str) -> dict:
     """What `compress DENSE -o OUT --target-latency T --provider cpu --input-shape 1x3x224x224
     --round-to R` does (the CLI is a thin layer over api.prune), in a fresh process, returning the
     report, or the error with the search's measurements (which the CLI's one error line omits)."""
-    job = {"dense": str(dense), "out": str(out), "target_ms": target_ms, "round_to": round_to}
+    job = {"dense": str(dense), "out": str(out), "target_ms": target_ms, "round_to": round_to,
+           "latency_table": allocation == "table"}
     res = subprocess.run([sys.executable, __file__, "--worker", json.dumps(job)], capture_output=True, text=True,
                          cwd=ROOT, env={**os.environ, "COMPRESSOR_STRICT_RULES": "0"})
     lines = [line for line in res.stdout.splitlines() if line.startswith("{")]
@@ -136,7 +143,8 @@ def worker(job: dict) -> None:
     try:
         round_to = None if rt == "default" else rt if rt == "auto" else int(rt)  # default: no --round-to
         rep = api.prune(job["dense"], output=job["out"], target_latency=job["target_ms"], provider="cpu",
-                        input_shapes=[INPUT_SHAPE], round_to=round_to).report
+                        input_shapes=[INPUT_SHAPE], round_to=round_to,
+                        latency_table=job.get("latency_table", True)).report
         print(json.dumps({"ok": True, "report": rep}))
     except CompressorError as exc:  # what the CLI turns into one line and its exit code
         print(json.dumps({"ok": False, "exit_code": exc.exit_code, "error": f"error: {exc}",
@@ -163,7 +171,8 @@ def check(dense: Path, pruned: Path, threads: int, check_time: float, processes:
             "per_process": [round(x["ratio"], 4) for x in per]}
 
 
-def run(name: str, fractions: list[float], min_time: float, round_tos: list[str], check_time: float) -> list[Row]:
+def run(name: str, fractions: list[float], min_time: float, round_tos: list[str], check_time: float,
+        allocations: list[str]) -> list[Row]:
     from compressor.bench import benchmark
 
     dense = dense_path(name)
@@ -174,13 +183,13 @@ def run(name: str, fractions: list[float], min_time: float, round_tos: list[str]
 
     dense_ms()  # warm-up: the first measurement in a process reads slow
     rows = []
-    for f, rt in [(f, rt) for rt in round_tos for f in fractions]:
+    for f, rt, al in [(f, rt, al) for rt in round_tos for f in fractions for al in allocations]:
         base = dense_ms()  # just before each run: the machine's load drifts over minutes
-        row = Row(model=name, fraction=f, dense_ms=base, target_ms=round(f * base, 3), round_to=rt)
-        out = OUT / name / f"target_latency_{f:g}_r{rt}.onnx"
+        row = Row(model=name, fraction=f, dense_ms=base, target_ms=round(f * base, 3), round_to=rt, allocation=al)
+        out = OUT / name / f"target_latency_{f:g}_r{rt}_{al}.onnx"
         out.unlink(missing_ok=True)
         t0 = time.perf_counter()
-        res = prune_in_fresh_process(dense, out, row.target_ms, rt)
+        res = prune_in_fresh_process(dense, out, row.target_ms, rt, al)
         row.seconds = time.perf_counter() - t0
         if not res["ok"]:
             row.status = f"exit {res['exit_code']}"
@@ -189,13 +198,15 @@ def run(name: str, fractions: list[float], min_time: float, round_tos: list[str]
             row.reference_ms, row.target_ratio = b.get("reference_ms"), b.get("target_ratio", _ratio_in(row.note))
             row.steps = b.get("steps", [])
             rows.append(row)
-            print(f"  {name} x{f:g} round-to {rt}: {row.status}: {row.note}", flush=True)
+            print(f"  {name} x{f:g} round-to {rt} {al}: {row.status}: {row.note}", flush=True)
             continue
         rep = res["report"]
         b = rep["budget"]
         row.reference_ms, row.target_ratio, row.engine_ratio = b["reference_ms"], b["target_ratio"], b["ratio"]
         row.threads, row.steps = b.get("threads", THREADS), b["steps"]
         row.macs_fraction = rep["macs_after"] / rep["macs_before"]
+        row.importance_kept = b.get("importance_kept")
+        row.table_seconds = (b.get("latency_table") or {}).get("seconds")
         if rt == "default":  # the multiple the engine used: its default, or 1 after a fallback
             fb = b.get("fallback")
             row.round_to = f"default: {rep['options']['round_to']}" + (
@@ -204,10 +215,11 @@ def run(name: str, fractions: list[float], min_time: float, round_tos: list[str]
         row.check_ratio, row.check_low, row.check_high, row.check_rounds = c["ratio"], c["low"], c["high"], c["rounds"]
         row.raw_p50_ms, row.check_dense_ms = c["pruned_p50"], c["dense_p50"]
         rows.append(row)
-        print(f"  {name} x{f:g} round-to {rt}: target {row.target_ms:.2f} ms = {row.target_ratio:.3f} x engine ref "
+        print(f"  {name} x{f:g} round-to {rt} {al}: target {row.target_ms:.2f} ms = {row.target_ratio:.3f} x engine ref "
               f"{row.reference_ms:.2f} ms; engine {row.engine_ratio:.3f} ({row.engine_error:+.1%}), check "
               f"{row.check_ratio:.3f} ({row.error:+.1%}); raw p50 {row.raw_p50_ms:.2f} ms ({row.raw_error:+.1%}); "
-              f"MACs {row.macs_fraction:.3f}, {len(row.steps)} measurements, {row.seconds:.0f}s", flush=True)
+              f"MACs {row.macs_fraction:.3f}, importance kept {_f(row.importance_kept, '.3f')}, "
+              f"{len(row.steps)} measurements, {row.seconds:.0f}s", flush=True)
     return rows
 
 
@@ -224,11 +236,12 @@ def _f(v, spec):
 
 
 def _steps(r: Row) -> str:
-    """MACs fraction → measured ratio of every measurement the engine made (c: a confirmation)."""
+    """MACs fraction (with a latency table: predicted fraction) → measured ratio of every measurement
+    the engine made (c: a confirmation)."""
     if not r.steps:
         return "–"
     return f"{len(r.steps)}: " + ", ".join(
-        f"{x['macs_fraction']:.3f}→{x['ratio']:.3f}{'c' if x.get('role') == 'confirm' else ''}" for x in r.steps)
+        f"{x.get('predicted_fraction', x['macs_fraction']):.3f}→{x['ratio']:.3f}{'c' if x.get('role') == 'confirm' else ''}" for x in r.steps)
 
 
 def markdown(rows: list[Row], meta: dict) -> str:
@@ -248,21 +261,29 @@ def markdown(rows: list[Row], meta: dict) -> str:
         "range in brackets; **error** = "
         "check ratio / target ratio − 1, the column the goal (±5%) is judged on. raw: the check's pruned p50 "
         "against the target in absolute ms (includes the load drift between processes).",
-        "- measurements: MACs fraction → measured ratio of every measurement the engine made (`c`: confirmation).",
+        "- allocation: `table` = per-group widths allocated on the latency table of the model's layers (the "
+        "default; table s = seconds spent measuring it), `uniform` = `--no-latency-table` (uniform ratios "
+        "searched by MACs). importance kept: share of the channels' importance (each over its group's mean) "
+        "that the plan keeps (`budget.importance_kept`).",
+        "- measurements: knob → measured ratio of every measurement the engine made (`c`: confirmation); the "
+        "knob is the table's predicted latency fraction for `table`, the MACs fraction for `uniform`.",
         "",
-        "| model | round-to | × dense | dense ms | target ms | engine ref ms | target ratio | engine ratio | "
-        "check ratio [range] | error | raw p50 ms (error) | MACs | measurements | seconds | met |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | round-to | allocation | × dense | dense ms | target ms | engine ref ms | target ratio | engine ratio | "
+        "check ratio [range] | error | raw p50 ms (error) | MACs | importance kept | measurements | table s | "
+        "seconds | met |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        head = (f"| {r.model} | {r.round_to} | {r.fraction:g} | {r.dense_ms:.2f} | {r.target_ms:.2f} | "
+        head = (f"| {r.model} | {r.round_to} | {r.allocation} | {r.fraction:g} | {r.dense_ms:.2f} | {r.target_ms:.2f} | "
                 f"{_f(r.reference_ms, '.2f')} | {_f(r.target_ratio, '.3f')} ")
         if r.status != "ok":
-            lines.append(head + f"| – | – | – | – | – | {_steps(r)} | {_f(r.seconds, '.0f')} | ✗ {r.status}: {r.note} |")
+            lines.append(head + f"| – | – | – | – | – | – | {_steps(r)} | {_f(r.table_seconds, '.0f')} | "
+                         f"{_f(r.seconds, '.0f')} | ✗ {r.status}: {r.note} |")
             continue
         lines.append(head + f"| {r.engine_ratio:.3f} ({r.engine_error:+.1%}) | {r.check_ratio:.3f} "
                      f"[{r.check_low:.3f}–{r.check_high:.3f}] | **{r.error:+.1%}** | {r.raw_p50_ms:.2f} "
-                     f"({r.raw_error:+.1%}) | {r.macs_fraction:.3f} | {_steps(r)} | {r.seconds:.0f} | "
+                     f"({r.raw_error:+.1%}) | {r.macs_fraction:.3f} | {_f(r.importance_kept, '.3f')} | {_steps(r)} | "
+                     f"{_f(r.table_seconds, '.0f')} | {r.seconds:.0f} | "
                      f"{'✓' if r.met else '✗'} |")
     ok = sum(1 for r in rows if r.met)
     raw_ok = sum(1 for r in rows if r.status == "ok" and abs(r.raw_error) <= TOLERANCE)
@@ -288,8 +309,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fractions", default=",".join(f"{f:g}" for f in FRACTIONS),
                     help="targets as fractions of the dense latency")
     ap.add_argument("--min-time", type=float, default=3.0, help="seconds per model in each measurement")
-    ap.add_argument("--round-to", default="default,1", help="channel multiples to run the search with: 'default' "
+    ap.add_argument("--round-to", default="default", help="channel multiples to run the search with: 'default' "
                     "(no --round-to: the engine's default for --target-latency, 8 with fallbacks to 4 and 1), 1, 8, auto")
+    ap.add_argument("--allocation", default="table,uniform",
+                    help="'table' (the default: widths allocated on the layer latency table), 'uniform' "
+                    "(--no-latency-table), or both")
     ap.add_argument("--check-time", type=float, default=15.0,
                     help="seconds per model in the fresh-process check (compress bench --min-time)")
     ap.add_argument("--doc", default=str(DOC))
@@ -315,13 +339,16 @@ def main(argv: list[str] | None = None) -> int:
     round_tos = [r.strip() for r in args.round_to.split(",") if r.strip()]
     if not round_tos or not all(r in ("auto", "default") or (r.isdigit() and int(r) > 0) for r in round_tos):
         ap.error(f"--round-to must be positive integers, 'auto' or 'default', got {args.round_to!r}")
+    allocations = [a.strip() for a in args.allocation.split(",") if a.strip()]
+    if not allocations or not all(a in ("table", "uniform") for a in allocations):
+        ap.error(f"--allocation must be table, uniform or both, got {args.allocation!r}")
     import onnxruntime as ort
 
     load_before = os.getloadavg()[0]
     rows: list[Row] = []
     for i, name in enumerate(m.strip() for m in args.models.split(",") if m.strip()):
         print(f"[{i + 1}] {name}", flush=True)
-        rows += run(name, fractions, args.min_time, round_tos, args.check_time)
+        rows += run(name, fractions, args.min_time, round_tos, args.check_time, allocations)
     shown = sys.argv[1:] if argv is None else argv
     meta = {
         "command": (".venv-zoo/bin/python tools/bench_target_latency.py " + " ".join(shlex.quote(a) for a in shown)).strip(),

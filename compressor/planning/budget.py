@@ -117,12 +117,39 @@ class LatencySearch:
 
 @dataclass
 class _Point:
-    """One plan the search measured; repeated measurements of the same plan are pooled."""
+    """One plan the search measured; repeated measurements of the same plan are pooled.
+    ``macs_fraction``: the knob's value for the plan (its MACs fraction, or the latency table's
+    predicted fraction)."""
 
     macs_fraction: float
     plan: PruningPlan
     sample: RatioSample
     measurements: int = 1
+
+
+class MacsKnob:
+    """The latency search's knob without a latency table: the MACs fraction, each value planned
+    with the options' strategy (uniform ratio, or the global ranking) bisected to those MACs."""
+
+    name = "macs_fraction"
+
+    def __init__(self, analysis: Analysis, scores: dict[int, np.ndarray], opts: PlanOptions):
+        self.analysis, self.scores, self.opts = analysis, scores, opts
+        self._planned: dict[float, tuple[PruningPlan, float]] = {}
+
+    def floor(self) -> tuple[PruningPlan, float]:
+        plan = _plan_at(self.analysis, self.scores, self.opts, MAX_RATIO)
+        base = max(plan_cost(self.analysis, {})[0], 1)
+        return plan, plan_cost(self.analysis, plan.keep)[0] / base
+
+    def at(self, fraction: float) -> tuple[PruningPlan, float]:
+        if fraction not in self._planned:
+            res = plan_for_fraction(self.analysis, self.scores, self.opts, "macs", fraction)
+            self._planned[fraction] = res.plan, res.achieved
+        return self._planned[fraction]
+
+    def details(self) -> dict:
+        return {"allocation": "uniform" if not self.opts.global_ranking else "global"}
 
 
 def _plan_key(plan: PruningPlan) -> tuple:
@@ -175,8 +202,8 @@ def next_fraction(points: list[tuple[float, float, float]], target: float, floor
 
 def plan_for_latency(analysis: Analysis, scores: dict[int, np.ndarray], opts: PlanOptions, target_ms: float,
                      measure: Callable[[PruningPlan, bool], RatioSample], reference_ms: float,
-                     search: LatencySearch | None = None, clock: Callable[[], float] = time.monotonic
-                     ) -> BudgetResult:
+                     search: LatencySearch | None = None, clock: Callable[[], float] = time.monotonic,
+                     knob=None) -> BudgetResult:
     """The plan whose measured latency ratio to the dense model is within the tolerance of
     ``target_ms / reference_ms``, confirmed by a second measurement.
 
@@ -184,8 +211,10 @@ def plan_for_latency(analysis: Analysis, scores: dict[int, np.ndarray], opts: Pl
     against it once, so the search aims at a fixed ratio (a reference that followed the machine's
     load during the search would move the target under it). ``measure(plan, confirm)`` times the pruned model interleaved with the dense one
     and returns the per-round ratios pruned / dense (``confirm`` asks for the longer, more precise
-    measurement). The search keeps every (MACs fraction, ratio) pair, pools repeated measurements
-    of the same widths, and picks the next MACs fraction from a monotone fit of all of them. A plan
+    measurement). ``knob`` turns a fraction into a plan: MacsKnob (the default) plans at a MACs
+    fraction; planning.allocate.TableKnob at a fraction of the latency its table predicts. The
+    search keeps every (knob value, ratio) pair, pools repeated measurements
+    of the same widths, and picks the next knob value from a monotone fit of all of them. A plan
     measured within ``aim * tolerance`` of the target (within the tolerance in the last third of
     the budget) is measured again; it is accepted when that confirmation and the pooled ratio are
     both within the tolerance. Raises LatencyTargetError (a UsageError: exit 2, nothing written)
@@ -202,32 +231,34 @@ def plan_for_latency(analysis: Analysis, scores: dict[int, np.ndarray], opts: Pl
     if target >= 1 - tol:
         raise UsageError(f"--target-latency {target_ms:g} ms is not below the dense model's {reference_ms:.4g} ms "
                          f"measured here (within {tol:.0%}): nothing to prune")
+    knob = knob or MacsKnob(analysis, scores, opts)
     base = max(plan_cost(analysis, {})[0], 1)
-    floor_plan = _plan_at(analysis, scores, opts, MAX_RATIO)
+    floor_plan, floor_f = knob.floor()
     if not floor_plan.keep:
         raise UsageError(f"--target-latency {target_ms:g} ms is unreachable: no group can be pruned")
-    floor_f = plan_cost(analysis, floor_plan.keep)[0] / base
+    floor_macs = plan_cost(analysis, floor_plan.keep)[0] / base
     floor_key = _plan_key(floor_plan)
     points: dict[tuple, _Point] = {}
     steps: list[dict] = []
     start = clock()
 
     def details() -> dict:
-        return {"reference_ms": reference_ms, "target_ratio": target, "tolerance": tol}
+        return {"reference_ms": reference_ms, "target_ratio": target, "tolerance": tol, **knob.details()}
 
-    def log_step(fraction: float, sample: RatioSample, role: str) -> None:
-        steps.append({"macs_fraction": round(fraction, 4), "latency_ms": round(reference_ms * sample.median, 4),
-                      "role": role, **sample.to_dict()})
+    macs_of: dict[tuple, float] = {}
 
-    planned: dict[float, tuple[PruningPlan, float]] = {}
+    def log_step(plan: PruningPlan, fraction: float, sample: RatioSample, role: str) -> None:
+        key = _plan_key(plan)
+        if key not in macs_of:
+            macs_of[key] = plan_cost(analysis, plan.keep)[0] / base
+        knob_value = {} if knob.name == "macs_fraction" else {knob.name: round(fraction, 4)}
+        steps.append({"macs_fraction": round(macs_of[key], 4), **knob_value,
+                      "latency_ms": round(reference_ms * sample.median, 4), "role": role, **sample.to_dict()})
 
     def plan_near(fraction: float) -> tuple[PruningPlan, float]:
         if fraction <= floor_f:
             return floor_plan, floor_f
-        if fraction not in planned:
-            res = plan_for_fraction(analysis, scores, opts, "macs", fraction)
-            planned[fraction] = res.plan, res.achieved
-        return planned[fraction]
+        return knob.at(fraction)
 
     def off(ratio: float) -> float:
         return ratio / target - 1
@@ -239,7 +270,7 @@ def plan_for_latency(analysis: Analysis, scores: dict[int, np.ndarray], opts: Pl
         key = _plan_key(plan)
         sample = measure(plan, False)
         measured += 1
-        log_step(achieved, sample, "search")
+        log_step(plan, achieved, sample, "search")
         point = points.get(key)
         if point is None:
             point = points[key] = _Point(achieved, plan, sample)
@@ -251,12 +282,14 @@ def plan_for_latency(analysis: Analysis, scores: dict[int, np.ndarray], opts: Pl
         if abs(off(point.sample.median)) <= band and measured < search.max_measurements:
             confirmation = measure(plan, True)
             measured += 1
-            log_step(achieved, confirmation, "confirm")
+            log_step(plan, achieved, confirmation, "confirm")
             point.sample, point.measurements = point.sample.pooled(confirmation), point.measurements + 1
             if abs(off(confirmation.median)) <= tol and abs(off(point.sample.median)) <= tol:
                 return BudgetResult(plan, "latency", target_ms, reference_ms * confirmation.median, steps, {
                     **details(), "ratio": confirmation.median, "ratio_interval": list(confirmation.interval),
-                    "macs_fraction": achieved, "confirmation": confirmation.to_dict(),
+                    "macs_fraction": plan_cost(analysis, plan.keep)[0] / base,
+                    **({} if knob.name == "macs_fraction" else {knob.name: achieved}),
+                    "confirmation": confirmation.to_dict(),
                     "pooled": point.sample.to_dict(), "measurements": measured,
                     "seconds": round(clock() - start, 2)})
         if key == floor_key and off(point.sample.median) > tol and (
@@ -264,7 +297,7 @@ def plan_for_latency(analysis: Analysis, scores: dict[int, np.ndarray], opts: Pl
             raise LatencyTargetError(
                 f"--target-latency {target_ms:g} ms (ratio {target:.3f} to the dense model's {reference_ms:.4g} ms "
                 f"measured here) is unreachable: the most pruned plan allowed (MACs "
-                f"{floor_f:.3f} of the dense model, min-channels {opts.min_channels}, round-to {opts.round_to}) "
+                f"{floor_macs:.3f} of the dense model, min-channels {opts.min_channels}, round-to {opts.round_to}) "
                 f"measured {point.sample.median:.3f}x the dense model's {reference_ms:.4g} ms = "
                 f"{reference_ms * point.sample.median:.4g} ms; nothing written", {**details(), "steps": steps})
         fit_points = [(p.macs_fraction, p.sample.median, p.sample.rounds) for p in points.values()]
@@ -293,7 +326,7 @@ def plan_for_latency(analysis: Analysis, scores: dict[int, np.ndarray], opts: Pl
         f"--target-latency {target_ms:g} ms (ratio {target:.3f} to the dense model's {reference_ms:.4g} ms "
         f"measured here) was not met within {tol:.0%} after {measured} measurements "
         f"({clock() - start:.0f} s; {why}): the closest plan "
-        f"(MACs {closest.macs_fraction:.3f}) measured "
+        f"(MACs {plan_cost(analysis, closest.plan.keep)[0] / base:.3f}) measured "
         f"{closest.sample.median:.3f}x = {reference_ms * closest.sample.median:.4g} ms "
         f"({off(closest.sample.median):+.1%}); nothing written", {**details(), "steps": steps})
 

@@ -300,26 +300,26 @@ def test_latency_target_searches_on_multiples_of_8_unless_told(fake_meter):
     on_grid = api.prune(model, ratio=0.25, round_to=8).report  # a plan the multiples of 8 can reach
     frac = on_grid["macs_after"] / on_grid["macs_before"]
     target = 10.0 * (_FakeRatioMeter.overhead + (1 - _FakeRatioMeter.overhead) * frac)
-    res = api.prune(model, target_latency=target)
+    res = api.prune(model, target_latency=target, latency_table=False)
     assert res.report["options"]["round_to"] == api.LATENCY_ROUND_TO == 8
     assert "fallback" not in res.report["budget"]
     kept = [len(s["kept"]) for s in res.report["plan"] if s["axis"] == 0]
     assert kept and all(k % 8 == 0 for k in kept), kept
-    assert api.prune(model, target_latency=target, round_to=1).report["options"]["round_to"] == 1
+    assert api.prune(model, target_latency=target, round_to=1, latency_table=False).report["options"]["round_to"] == 1
     assert api.prune(model, ratio=0.5).report["options"]["round_to"] == 1, "no budget: no rounding by default"
 
 
 def test_default_rounding_falls_back_to_1_when_its_widths_miss_the_target(fake_meter):
     """32/48-channel layers at multiples of 8 offer few widths: 5 ms (ratio 0.5) is between them.
     With the default multiple the search tries again at 4, then 1, and reports the missed attempts."""
-    res = api.prune(net(), target_latency=5.0)
+    res = api.prune(net(), target_latency=5.0, latency_table=False)
     b = res.report["budget"]
     tried = [f["round_to"] for f in b["fallback"]]
     assert tried and tried == [8, 4][:len(tried)], b["fallback"]
     assert res.report["options"]["round_to"] == [8, 4, 1][len(tried)] and abs(b["ratio"] / 0.5 - 1) <= 0.05
     assert all("not met" in f["error"] and f["steps"] for f in b["fallback"])
     with pytest.raises(UsageError, match="not met"):
-        api.prune(net(), target_latency=5.0, round_to=8)  # the user's multiple is never changed
+        api.prune(net(), target_latency=5.0, round_to=8, latency_table=False)  # the user's multiple is never changed
 
 
 def test_fresh_process_ratio_runs_compress_bench_per_process(tmp_path):

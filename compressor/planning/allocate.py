@@ -1,0 +1,164 @@
+"""Latency-aware allocation: per-group widths that meet a predicted latency while losing the least
+importance.
+
+Greedy on a latency table (bench/layers.py): every group offers its next step of channels (its
+least important ones, one channel multiple at a time); the step with the smallest importance lost
+per millisecond saved is taken, until the table predicts the budget. Importance is each channel's
+score over its group's mean, as in the global ranking, so groups compare on one scale. Removing
+channels that save no time (a layer whose kernel runs as fast at the narrower width, or a group
+that only feeds cheap layers) is what this avoids: a uniform ratio cuts those too.
+
+No group loses more than ``max_group_ratio`` of its channels (never fewer than min-channels), so a
+layer whose channels are cheap to remove is not emptied to pay for the others.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+
+import numpy as np
+
+from compressor.analysis.groups import Analysis
+from compressor.bench.layers import LatencyTable
+from compressor.planning.plan import GroupDecision, PlanOptions, PruningPlan, channel_multiplier, signature
+
+#: The most of a group's channels the latency allocation removes.
+MAX_GROUP_RATIO = 0.75
+
+
+class Allocator:
+    """Plans for predicted latency budgets on one table (the per-group data is built once)."""
+
+    def __init__(self, analysis: Analysis, scores: dict[int, np.ndarray], opts: PlanOptions, table: LatencyTable,
+                 max_group_ratio: float = MAX_GROUP_RATIO):
+        self.analysis, self.opts, self.table = analysis, opts, table
+        self.max_group_ratio = max_group_ratio
+        self.scores = scores
+        self.groups = analysis.prunable
+        self.order: dict[int, np.ndarray] = {}  # channel indices, most important first
+        self.cum: dict[int, np.ndarray] = {}  # cum[g][k]: normalised importance of the k least important
+        self.step: dict[int, int] = {}
+        self.floor: dict[int, int] = {}
+        for g in self.groups:
+            s = np.asarray(scores[g.id], dtype=np.float64)
+            norm = s / (s.mean() + 1e-12)
+            self.order[g.id] = np.argsort(-s, kind="stable")
+            self.cum[g.id] = np.concatenate([[0.0], np.cumsum(np.sort(norm))])
+            mult = max(channel_multiplier(g), 1)
+            self.step[g.id] = max(1, opts.round_to // math.gcd(opts.round_to, mult)) if opts.round_to > 1 else 1
+            least = max(opts.min_channels, 1, int(math.ceil(g.size * (1 - max_group_ratio))))
+            st = self.step[g.id]
+            self.floor[g.id] = min(g.size, int(math.ceil(least / st) * st))
+        self.touch: dict[int, list[int]] = {g.id: [] for g in self.groups}
+        for i, lyr in enumerate(table.layers):
+            for gid in set(lyr.cin[1]) | set(lyr.cout[1]):
+                if gid in self.touch:
+                    self.touch[gid].append(i)
+        self.dense = {g.id: g.size for g in self.groups}
+        self.dense_ms = table.predict(self.dense)
+
+    def _next(self, gid: int, width: int) -> int | None:
+        st = self.step[gid]
+        nxt = (width - 1) // st * st
+        return nxt if nxt >= self.floor[gid] and nxt < width else None
+
+    def _layers_ms(self, gid: int, widths: dict[int, int]) -> float:
+        t = self.table
+        return sum(t.layer_ms(t.layers[i], *t.layers[i].channels(widths)) for i in self.touch[gid])
+
+    def _saving(self, gid: int, widths: dict[int, int], nxt: int) -> float:
+        before = self._layers_ms(gid, widths) + self.table.rest(widths)
+        trial = dict(widths)
+        trial[gid] = nxt
+        return before - (self._layers_ms(gid, trial) + self.table.rest(trial))
+
+    def _cost(self, gid: int, width: int, nxt: int) -> float:
+        size = len(self.order[gid])
+        return float(self.cum[gid][size - nxt] - self.cum[gid][size - width])
+
+    def widths_for(self, fraction: float) -> tuple[dict[int, int], float]:
+        """Widths predicted to run at ``fraction`` of the dense model's predicted latency (or the
+        floor, if that is as far as the allocation goes), and their predicted fraction."""
+        widths = dict(self.dense)
+        budget = fraction * self.dense_ms
+        total = self.dense_ms
+        heap: list[tuple[float, int, int]] = []
+
+        def push(gid: int) -> None:
+            nxt = self._next(gid, widths[gid])
+            if nxt is None:
+                return
+            saving = self._saving(gid, widths, nxt)
+            cost = self._cost(gid, widths[gid], nxt)
+            heapq.heappush(heap, (cost / max(saving, 1e-9), gid, widths[gid]))
+
+        for g in self.groups:
+            push(g.id)
+        while heap and total > budget:
+            prio, gid, at = heapq.heappop(heap)
+            if at != widths[gid]:
+                continue  # stale entry
+            nxt = self._next(gid, widths[gid])
+            saving = self._saving(gid, widths, nxt)
+            fresh = self._cost(gid, widths[gid], nxt) / max(saving, 1e-9)
+            if heap and fresh > heap[0][0] * (1 + 1e-9) and fresh > prio * (1 + 1e-9):
+                heapq.heappush(heap, (fresh, gid, widths[gid]))  # its neighbours shrank: re-rank
+                continue
+            widths[gid] = nxt
+            total -= saving
+            push(gid)
+        return widths, self.table.predict(widths) / self.dense_ms
+
+    def plan(self, widths: dict[int, int]) -> PruningPlan:
+        decisions = []
+        for g in self.analysis.groups:
+            if g.id in widths and widths[g.id] < g.size:
+                kept = sorted(int(i) for i in self.order[g.id][: widths[g.id]])
+            else:
+                kept = list(range(g.size))
+            decisions.append(GroupDecision(g.id, g.size, kept, signature(g)))
+        return PruningPlan(self.opts, decisions)
+
+    def plan_for(self, fraction: float) -> tuple[PruningPlan, float]:
+        widths, achieved = self.widths_for(fraction)
+        return self.plan(widths), achieved
+
+    def importance_kept(self, plan: PruningPlan) -> float:
+        return importance_kept(self.analysis, self.scores, plan)
+
+class TableKnob:
+    """The latency search's knob with a latency table: a fraction of the dense model's predicted
+    latency, planned by the Allocator (see planning/budget.py, plan_for_latency)."""
+
+    name = "predicted_fraction"
+
+    def __init__(self, allocator: Allocator):
+        self.allocator = allocator
+        self._planned: dict[float, tuple[PruningPlan, float]] = {}
+
+    def floor(self) -> tuple[PruningPlan, float]:
+        return self.at(0.0)
+
+    def at(self, fraction: float) -> tuple[PruningPlan, float]:
+        if fraction not in self._planned:
+            self._planned[fraction] = self.allocator.plan_for(fraction)
+        return self._planned[fraction]
+
+    def details(self) -> dict:
+        return {"allocation": "latency-table", "max_group_ratio": self.allocator.max_group_ratio,
+                "latency_table": self.allocator.table.summary()}
+
+
+def importance_kept(analysis: Analysis, scores: dict[int, np.ndarray], plan: PruningPlan) -> float:
+    """The share of the prunable channels' importance a plan keeps, each channel's score taken over
+    its group's mean (the scale the allocation and the global ranking compare groups on)."""
+    kept = total = 0.0
+    decisions = {d.id: d for d in plan.groups}
+    for g in analysis.prunable:
+        s = np.asarray(scores[g.id], dtype=np.float64)
+        norm = s / (s.mean() + 1e-12)
+        total += float(norm.sum())
+        d = decisions.get(g.id)
+        kept += float(norm[d.kept].sum()) if d is not None else float(norm.sum())
+    return kept / total if total else 1.0

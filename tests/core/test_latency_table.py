@@ -1,0 +1,196 @@
+"""The layer latency table (bench/layers.py) and the allocation on it (planning/allocate.py):
+channel counts follow any plan exactly (concat, depthwise, Gemm), probes are real one-node models,
+interpolation reproduces a bilinear cost, and the allocator removes channels where they buy the
+most time per importance, within its per-group limit."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from click.testing import CliRunner
+
+from compressor import api
+from compressor.bench.layers import find_layers, grid, measure_table, ort_layer_timer
+from compressor.importance import score_groups
+from compressor.planning import PlanOptions, make_plan
+from compressor.planning.allocate import Allocator, TableKnob, importance_kept
+from compressor.surgery.context import SurgeryContext
+from tests.core.graphs import G
+from tests.core.test_latency_budget import _FakeRatioMeter, fake_meter  # noqa: F401 (fixture)
+
+
+def branchy():
+    """A stem, a depthwise conv, a concat of two branches, a 1x1 conv and a Gemm head."""
+    g = G()
+    x = g.input("x", [1, 3, 16, 16])
+    h = g.cbr(x, 3, 16)
+    d = g.cbr(h, 16, 16, group=16)
+    b = g.cbr(h, 16, 24, k=1)
+    h = g.op("Concat", [d, b], axis=1)
+    h = g.cbr(h, 40, 32, k=1)
+    h = g.op("Flatten", [g.op("GlobalAveragePool", [h])])
+    return g.model([g.op("Gemm", [h, g.rand(10, 32), g.rand(10, base="b")], transB=1)])
+
+
+@pytest.fixture(scope="module")
+def analysed():
+    an = api.analyze(branchy())
+    return an, score_groups(an, "l2")
+
+
+def test_layer_channels_follow_any_plan_exactly(analysed):
+    """For random plans, each layer's (cin, cout) from the group widths equals the shapes the
+    surgery gives its input and output."""
+    an, scores = analysed
+    layers = find_layers(an, 17)
+    assert [lyr.op for lyr in layers] == ["Conv"] * 4 + ["Gemm"]
+    assert sum(lyr.depthwise for lyr in layers) == 1
+    rng = np.random.default_rng(0)
+    index = an.index
+    by_label = {index.node_label(n): n for n in index.nodes}
+    for _ in range(5):
+        plan = make_plan(an, scores, PlanOptions(ratio=float(rng.uniform(0.1, 0.8)), global_ranking=True))
+        widths = {g.id: len(g.kept) for g in plan.groups}
+        ctx = SurgeryContext(an, plan.keep, index.model, 17)
+        for lyr in layers:
+            node = by_label[lyr.node]
+            cin, cout = lyr.channels(widths)
+            assert cin == ctx.new_shape(node.input[0])[1]
+            assert cout == ctx.new_shape(node.output[0])[1]
+
+
+def test_probes_are_real_models_at_the_asked_widths(analysed):
+    an, _ = analysed
+    for lyr in find_layers(an, 17):
+        cin = max(1, lyr.dense_cin // 2)
+        cout = cin if lyr.depthwise else max(1, lyr.dense_cout // 2)
+        probe = lyr.build(cin, cout)
+        sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+        shape = [d if isinstance(d, int) else 1 for d in sess.get_inputs()[0].shape]
+        y = sess.run(None, {"x": np.ones(shape, np.float32)})[0]
+        assert shape[1] == cin and y.shape[1] == cout, (lyr.node, shape, y.shape)
+
+
+def test_grid_spans_the_floor_to_the_dense_count_on_the_step():
+    assert grid(64, 8, 16) == [16, 32, 48, 64]
+    assert grid(40, 8, 10) == [10, 16, 24, 32, 40]
+    assert grid(3, 8, 1) == [1, 3]
+
+
+def _bilinear_timer(model) -> float:
+    """A fake probe timer: ms = 1e-3 * cin * cout for every layer (exactly bilinear)."""
+    w = next(i for i in model.graph.initializer if i.name == "w")
+    x = model.graph.input[0].type.tensor_type.shape.dim
+    cin = x[1].dim_value
+    node = model.graph.node[0]
+    if node.op_type == "Gemm":
+        cout = w.dims[0]
+    else:
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        cout = w.dims[0] if group == 1 else cin
+    return 1e-3 * cin * cout
+
+
+def test_table_interpolates_a_bilinear_cost_exactly_and_splits_the_rest(analysed):
+    an, scores = analysed
+    table = measure_table(an, 17, _bilinear_timer, reference_ms=5.0, step=4, floor=lambda n: max(1, n // 4))
+    layers_dense = sum(1e-3 * lyr.dense_cin * lyr.dense_cout for lyr in table.layers)
+    assert table.rest_ms == pytest.approx(5.0 - layers_dense)
+    assert table.dense_ms() == pytest.approx(5.0)
+    plan = make_plan(an, scores, PlanOptions(ratio=0.5, round_to=4))
+    widths = {g.id: len(g.kept) for g in plan.groups}
+    expect = sum(1e-3 * math.prod(lyr.channels(widths)) for lyr in table.layers)
+    assert table.predict(widths) - table.rest(widths) == pytest.approx(expect)
+    assert 0 < table.rest(widths) < table.rest_ms, "the rest shrinks with the activations"
+    rows = table.rows(widths)
+    assert len(rows) == 5 and all(r["planned_ms"] <= r["dense_ms"] for r in rows)
+    assert table.summary()["distinct_layers"] == len(table.grids) <= 5
+
+
+def test_allocator_meets_the_predicted_budget_within_its_limits(analysed):
+    an, scores = analysed
+    table = measure_table(an, 17, _bilinear_timer, reference_ms=5.0, step=4, floor=lambda n: max(1, n // 4))
+    alloc = Allocator(an, scores, PlanOptions(round_to=4), table, max_group_ratio=0.75)
+    last = 1.0
+    for f in (0.9, 0.7, 0.5):
+        plan, achieved = alloc.plan_for(f)
+        assert achieved <= f + 1e-9 and achieved <= last
+        last = achieved
+        for d in plan.groups:
+            if d.removed:
+                assert len(d.kept) % 4 == 0 and len(d.kept) >= math.ceil(d.size * 0.25)
+    floor_plan, floor_f = TableKnob(alloc).floor()
+    assert 0.0625 < floor_f < last, "no group loses more than 75% of its channels: cin x cout > 1/16 of dense"
+    assert all(len(d.kept) == max(4, math.ceil(d.size * 0.25 / 4) * 4) or not d.removed for d in floor_plan.groups)
+
+
+def test_allocator_takes_the_channels_that_buy_time_cheaply():
+    """Two groups of equal size and importance; only one feeds an expensive layer. The allocator
+    prunes that one first, while a uniform ratio would cut both alike."""
+    g = G()
+    x = g.input("x", [1, 8, 8, 8])
+    a = g.cbr(x, 8, 32, k=1)  # group A: feeds a 3x3 conv (expensive)
+    a = g.cbr(a, 32, 8)
+    b = g.cbr(x, 8, 32, k=1)  # group B: feeds a 1x1 conv (cheap)
+    b = g.cbr(b, 32, 8, k=1)
+    model = g.model([g.op("Add", [a, b])])
+    an = api.analyze(model)
+    scores = {gr.id: np.ones(gr.size) for gr in an.prunable}
+
+    def timer(m) -> float:
+        w = next(i for i in m.graph.initializer if i.name == "w")
+        return 1e-3 * math.prod(w.dims)  # proportional to the weights: 3x3 costs 9x a 1x1
+
+    table = measure_table(an, 17, timer, reference_ms=1.0, step=8, floor=lambda n: max(1, n // 4))
+    alloc = Allocator(an, scores, PlanOptions(round_to=8), table)
+    plan, _ = alloc.plan_for(0.85)
+    widths = {d.id: len(d.kept) for d in plan.groups if d.size == 32}
+    expensive = next(gr.id for gr in an.prunable if gr.size == 32 and any(
+        (an.index.shape(m.tensor) or (0,))[-1] == 3 for m in gr.members))
+    cheap = next(gid for gid in widths if gid != expensive)
+    assert widths[expensive] < widths[cheap] == 32, widths
+    # importance decides too: the cheap group's channels are mostly worthless, so they go first
+    scores[cheap] = np.array([0.01] * 24 + [1.0] * 8)
+    alloc = Allocator(an, scores, PlanOptions(round_to=8), table)
+    plan, _ = alloc.plan_for(0.95)
+    widths = {d.id: len(d.kept) for d in plan.groups if d.size == 32}
+    assert widths[cheap] < widths[expensive] == 32, widths
+    assert importance_kept(an, scores, plan) > importance_kept(an, scores, make_plan(
+        an, scores, PlanOptions(ratio=0.25, round_to=8)))
+
+
+def test_real_probe_timer_measures_positive_times(analysed):
+    an, _ = analysed
+    timer = ort_layer_timer("cpu", 1, min_time_s=0.0, min_runs=3, warmup=1)
+    lyr = find_layers(an, 17)[0]
+    assert timer(lyr.build(lyr.dense_cin, lyr.dense_cout)) > 0
+
+
+def test_prune_to_latency_allocates_on_the_table_and_reports_it(fake_meter):  # noqa: F811
+    res = api.prune(branchy(), target_latency=7.0, round_to=4)
+    b = res.report["budget"]
+    assert b["allocation"] == "latency-table" and b["latency_table"]["probes"] > 0
+    assert abs(b["ratio"] / 0.7 - 1) <= 0.05 and res.report["verify"]["passed"]
+    assert len(b["layers"]) == 5 and {"node", "dense", "planned", "dense_ms", "planned_ms"} <= set(b["layers"][0])
+    assert 0 < b["importance_kept"] < 1 and all("predicted_fraction" in s for s in b["steps"])
+    off = api.prune(branchy(), target_latency=7.0, round_to=4, latency_table=False).report["budget"]
+    assert off["allocation"] == "uniform" and "latency_table" not in off and "layers" not in off
+
+
+def test_cli_shows_the_table_line(fake_meter, tmp_path):  # noqa: F811
+    import onnx
+
+    from compressor.cli import main
+
+    src = tmp_path / "m.onnx"
+    onnx.save(branchy(), src)
+    res = CliRunner().invoke(main, [str(src), "-o", str(tmp_path / "s.onnx"), "--target-latency", "7",
+                                    "--round-to", "4"])
+    assert res.exit_code == 0, res.output
+    assert "latency table: 5 layers" in res.output and "allocation latency-table" in res.output
+    res = CliRunner().invoke(main, [str(src), "-o", str(tmp_path / "u.onnx"), "--target-latency", "7",
+                                    "--round-to", "4", "--no-latency-table"])
+    assert res.exit_code == 0 and "latency table" not in res.output, res.output
