@@ -133,3 +133,11 @@ def mobilenet_v1(num_classes: int = 10, in_channels: int = 3, input_size: int = 
 def mobilenet_v2(num_classes: int = 10, in_channels: int = 3, input_size: int = 32, width: float = 1.0) -> MobileNetV2:
     """MobileNet-V2, ~2.2M parameters at width 1 (10 classes)."""
     return MobileNetV2(num_classes, in_channels, input_size, width)
+
+
+@register_model
+def mobilenet_v2_small(num_classes: int = 10, in_channels: int = 3, input_size: int = 32,
+                       width: float = 0.5) -> MobileNetV2:
+    """MobileNet-V2 at half width (8-160 block channels, the 1280-channel head): the MobileNetV2-style
+    network of the CPU experiments (tools/experiments.py, table ``models``)."""
+    return MobileNetV2(num_classes, in_channels, input_size, width)

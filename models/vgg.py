@@ -78,3 +78,10 @@ def vgg13_bn(num_classes: int = 10, in_channels: int = 3, input_size: int = 32, 
 def vgg16_bn(num_classes: int = 10, in_channels: int = 3, input_size: int = 32, width: float = 1.0) -> VGG:
     """VGG-16 with BN, ~15.0M parameters at width 1 (10 classes)."""
     return VGG(VGG_CONFIGS["vgg16"], num_classes, in_channels, input_size, width)
+
+
+@register_model
+def vgg11_small(num_classes: int = 10, in_channels: int = 3, input_size: int = 32, width: float = 0.5) -> VGG:
+    """VGG-11 with BN at half width (32-256 channels, a 256-wide hidden layer): the VGG-style network
+    of the CPU experiments (tools/experiments.py, table ``models``)."""
+    return VGG(VGG_CONFIGS["vgg11"], num_classes, in_channels, input_size, width)
