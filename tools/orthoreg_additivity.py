@@ -10,9 +10,11 @@ so the loss does not saturate at 0) with plain SGD or with OrthoReg (same seed, 
 for every set S of 3 of conv2's 8 channels (removed exactly: their BN scale and shift zeroed), the
 true loss change dL(S) against the sum of the single-channel changes:
 
-    additivity error = sum_S |dL(S) - sum_f dL(f)| / sum_S |dL(S)|,   corr = Pearson(dL(S), sum_f dL(f))
+    additivity error = sum_S |dL(S) - sum_f dL(f)| / sum_S |dL(S)|
+    Pearson / Spearman = correlation of dL(S) and sum_f dL(f) over the sets (values / ranks)
+    choice rank = where the set with the smallest sum ranks by its true dL(S) (0 best, 1 worst)
 
-    .venv/bin/python tools/orthoreg_additivity.py [--lam 1] [--steps 200] [--seeds 4]
+    .venv/bin/python tools/orthoreg_additivity.py [--lam 1] [--steps 200] [--seeds 4] [--width 8] [--k 3]
 """
 
 from __future__ import annotations
@@ -68,7 +70,15 @@ def loss_without(model, data, channels) -> float:
             bn.bias.copy_(b)
 
 
-def additivity(model, data, k: int = 3) -> tuple[float, float]:
+def _ranks(x: torch.Tensor) -> torch.Tensor:
+    return torch.argsort(torch.argsort(x)).double()
+
+
+def additivity(model, data, k: int = 3) -> dict:
+    """How well the sum of single-channel loss changes stands for the true loss change of removing
+    a set of k channels, over every set: the relative error, Pearson and Spearman correlations, and
+    the choice a pruner makes (the set with the smallest sum): where its true loss change ranks
+    among all sets (0 = the best set, 1 = the worst)."""
     base = loss(model, data)
     c = model.bn2.weight.numel()
     single = [loss_without(model, data, [f]) - base for f in range(c)]
@@ -76,13 +86,17 @@ def additivity(model, data, k: int = 3) -> tuple[float, float]:
     for s in itertools.combinations(range(c), k):
         true.append(loss_without(model, data, list(s)) - base)
         summed.append(sum(single[f] for f in s))
-    t, p = torch.tensor(true), torch.tensor(summed)
-    return float((t - p).abs().sum() / t.abs().sum()), float(torch.corrcoef(torch.stack([t, p]))[0, 1])
+    t, p = torch.tensor(true, dtype=torch.float64), torch.tensor(summed, dtype=torch.float64)
+    chosen = int(torch.argmin(p))
+    return {"error": float((t - p).abs().sum() / t.abs().sum()),
+            "pearson": float(torch.corrcoef(torch.stack([t, p]))[0, 1]),
+            "spearman": float(torch.corrcoef(torch.stack([_ranks(t), _ranks(p)]))[0, 1]),
+            "choice_rank": float((t < t[chosen]).sum()) / (len(t) - 1)}
 
 
-def train(seed: int, ortho: bool, lam: float, steps: int, data):
+def train(seed: int, ortho: bool, lam: float, steps: int, data, width: int = 8):
     torch.manual_seed(seed)
-    model = ConvNet(width=8, classes=4)
+    model = ConvNet(width=width, classes=4)
     with torch.no_grad():  # correlated filters, as in an over-parameterised layer
         shared = torch.randn(1, *model.conv2.weight.shape[1:])
         model.conv2.weight.copy_(shared + 0.3 * torch.randn_like(model.conv2.weight))
@@ -106,17 +120,20 @@ def main() -> None:
     ap.add_argument("--lam", type=float, default=1.0)
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--seeds", type=int, default=4)
+    ap.add_argument("--width", type=int, default=8, help="channels of conv2")
+    ap.add_argument("--k", type=int, default=3, help="channels removed per set")
     args = ap.parse_args()
     data = regression_data()
-    print("| seed | training | orthogonality | loss | additivity error | corr(true, summed) |")
-    print("|---|---|---|---|---|---|")
+    print("| seed | training | orthogonality | loss | additivity error | Pearson | Spearman | choice rank |")
+    print("|---|---|---|---|---|---|---|---|")
     for seed in range(args.seeds):
         for ortho in (False, True):
-            model = train(seed, ortho, args.lam, args.steps, data)
+            model = train(seed, ortho, args.lam, args.steps, data, args.width)
             deg = OrthoReg(model, groups=convnet_groups(model)).orthogonality()
-            err, corr = additivity(model, data)
+            a = additivity(model, data, args.k)
             name = f"OrthoReg lam={args.lam:g}" if ortho else "plain"
-            print(f"| {seed} | {name} | {deg:.3f} | {loss(model, data):.3f} | {err:.3f} | {corr:.3f} |", flush=True)
+            print(f"| {seed} | {name} | {deg:.3f} | {loss(model, data):.3f} | {a['error']:.3f} | {a['pearson']:.3f} | "
+                  f"{a['spearman']:.3f} | {a['choice_rank']:.3f} |", flush=True)
 
 
 if __name__ == "__main__":

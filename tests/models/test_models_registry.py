@@ -24,7 +24,7 @@ def test_list_models_is_sorted_and_filters_by_pattern_and_family():
     names = models.list_models()
     assert names == sorted(names)
     assert models.list_models("resnet*") == ["resnet20", "resnet32", "resnet56"]
-    assert models.list_models(family="mobilenet") == ["mobilenet_v1", "mobilenet_v2"]
+    assert models.list_models(family="mobilenet") == ["mobilenet_v1", "mobilenet_v2", "mobilenet_v2_small"]
     assert models.list_models("nothing*") == []
 
 

@@ -156,6 +156,8 @@ TABLES = {
     "main": (["resnet20"], [2.0], PRIORITY, [0]),
     "cut4": (["resnet20"], [4.0], PRIORITY, [0]),
     "seeds": (["resnet20"], [2.0], ["dense", "l1", "csgd", "gates"], [1, 2]),
+    # the VGG-style and MobileNetV2-style networks (models/vgg.py, models/mobilenet.py), both cuts
+    "models": (["vgg11_small", "mobilenet_v2_small"], [2.0, 4.0], PRIORITY, [0]),
 }
 
 
