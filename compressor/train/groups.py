@@ -246,6 +246,11 @@ def export_proto(model: nn.Module, example_input: Any, *, training: bool = True,
     import onnx
 
     args = example_input if isinstance(example_input, tuple) else (example_input,)
+    if training:
+        # BatchNorm in training mode needs more than one value per channel: a batch of 1 fails on a
+        # network whose last feature map is 1x1 (VGG on 28x28). Channel groups do not depend on it.
+        args = tuple(a.expand(2, *a.shape[1:]).contiguous() if isinstance(a, torch.Tensor) and a.dim() > 1
+                     and a.shape[0] == 1 else a for a in args)
     mode = torch.onnx.TrainingMode.TRAINING if training else torch.onnx.TrainingMode.EVAL
     kwargs: dict[str, Any] = {}
     if input_names:

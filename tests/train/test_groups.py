@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from compressor.train.groups import export_proto, from_model, make_group
 from compressor.train.regularizers import CentripetalSGD, GroupGates
@@ -122,3 +123,14 @@ def test_constant_members_are_noted_not_mapped():
     assert {s.name for s in g.slices} >= {"conv.weight", "conv.bias", "head.weight"}, [s.name for s in g.slices]
     assert all(s.name in dict(model.named_parameters()) for s in g.slices), "only real tensors become slices"
     assert any("ONNX Constant" in n for n in g.notes), f"the literal must be reported: {g.notes}"
+
+
+def test_groups_of_a_network_whose_last_map_is_1x1_from_a_batch_of_one():
+    """BatchNorm in training mode cannot trace a batch of 1 on a 1x1 map (VGG on 28x28 ends at
+    1x1); the analysis export widens the example batch instead of failing."""
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                          nn.Conv2d(8, 8, 1), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.Linear(8, 3))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    groups = from_model(model, torch.zeros(1, 1, 6, 6))
+    assert sorted(g.size for g in groups if g.prunable) == [8, 8]
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()), "BN statistics untouched"
