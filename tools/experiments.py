@@ -70,7 +70,8 @@ def cmd_list(args) -> int:
 
 def cmd_report(args) -> int:
     from exp.report import write_report
-    write_report(Path(args.runs_dir), Path(args.out), Path(args.plots))
+    tables = [t.strip() for t in args.tables.split(",") if t.strip()] if args.tables else None
+    write_report(Path(args.runs_dir), Path(args.out), Path(args.plots), tables=tables)
     print(f"wrote {args.out}")
     return 0
 
@@ -116,6 +117,8 @@ def main(argv=None) -> int:
     r.add_argument("--runs-dir", default=str(ROOT / "runs"))
     r.add_argument("--out", default=str(ROOT / "docs" / "results.md"))
     r.add_argument("--plots", default=str(ROOT / "docs" / "results"))
+    r.add_argument("--tables", help="comma list: write only these tables, into a block of their own "
+                   "(the other generated tables are left as they are)")
     r.set_defaults(fn=cmd_report)
     w = sub.add_parser("widths", help="measure MACs and ORT latency of the width policies")
     w.add_argument("--runs-dir", default=str(ROOT / "runs"))

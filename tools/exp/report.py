@@ -129,6 +129,60 @@ def cuts_md(results: list[dict], setting: str = "cpu", seed: int = 0) -> str:
     return "\n".join(out) + "\n"
 
 
+def models_md(results: list[dict], table: str, setting: str = "cpu", seed: int = 0) -> str:
+    """Per model of a table that holds both cuts (``models``): one row per method, each cut's accuracy
+    right after pruning → after fine-tuning, the fine-tuned difference to the dense baseline and to
+    the best Torch-Pruning row of that model and cut, and the measured batch-1 speedup."""
+    cell: dict[tuple[str, str, float], dict] = {}
+    for r in results:
+        c = r["config"]
+        if c["table"] == table and c["setting"]["name"] == setting and c["seed"] == seed:
+            cell[(c["model"], c["method"], c["cut"])] = r
+    if not cell:
+        return ""
+    cuts = sorted({k[2] for k in cell})
+    out = []
+
+    def d(a, b):
+        return "–" if a is None or b is None else f"{100 * (a - b):+.2f}"
+
+    for model in sorted({k[0] for k in cell}):
+        best = {}
+        for c in cuts:
+            tps = [cell[(model, m, c)] for m in ANCHORS if (model, m, c) in cell]
+            if tps:
+                best[c] = max(tps, key=lambda r: r["acc_finetuned"])
+        dense = {c: cell.get((model, "dense", c)) for c in cuts}
+        dense_note = "; ".join(f"{c:g}x table: {_pct(r['acc_finetuned'])} %" for c, r in dense.items() if r)
+        best_note = "; ".join(f"{c:g}x: {r['config']['method']} ({_pct(r['acc_finetuned'])} %)"
+                              for c, r in best.items())
+        methods = sorted({k[1] for k in cell if k[0] == model and k[1] != "dense"},
+                         key=lambda m: (m in ANCHORS, m))
+        out += [f"#### {model} (table `{table}`, setting `{setting}`, seed {seed})\n",
+                f"Dense baseline after the same 8 epochs: {dense_note or 'not run'}. "
+                f"Best Torch-Pruning row: {best_note or 'none'}. Accuracy % right after pruning → after "
+                "fine-tuning; Δ = fine-tuned minus the dense baseline / minus the best Torch-Pruning row (pt); "
+                "speedup = measured ORT CPU batch-1 latency of the dense model over the pruned one.\n",
+                "| method | " + " | ".join(f"{c:g}x right after → fine-tuned | {c:g}x Δ dense | {c:g}x Δ best TP | "
+                                          f"{c:g}x MACs % | {c:g}x speedup" for c in cuts) + " |",
+                "|---|" + "---|---|---|---|---|" * len(cuts)]
+        for m in methods:
+            cells = []
+            for c in cuts:
+                r = cell.get((model, m, c))
+                if r is None:
+                    cells += ["not run", "", "", "", ""]
+                    continue
+                dr = dense.get(c)
+                cells += [f"{_pct(r.get('acc_pruned'))} → {_pct(r.get('acc_finetuned'))}",
+                          d(r.get("acc_finetuned"), dr and dr.get("acc_finetuned")),
+                          d(r.get("acc_finetuned"), best[c]["acc_finetuned"] if c in best else None),
+                          f"{100 * r['macs_fraction']:.1f}", f"{r['speedup']:.2f}"]
+            out.append(f"| {m + ' (anchor)' if m in ANCHORS else m} | " + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out) + "\n"
+
+
 def plots(rows: list[dict], plot_dir: Path, stem: str) -> list[Path]:
     import matplotlib
     matplotlib.use("Agg")
@@ -176,8 +230,12 @@ def plots(rows: list[dict], plot_dir: Path, stem: str) -> list[Path]:
     return made
 
 
-def write_report(runs: Path, out_md: Path, plot_dir: Path, header: str = "") -> str:
+def write_report(runs: Path, out_md: Path, plot_dir: Path, header: str = "", tables: list[str] | None = None) -> str:
+    """All tables into the GENERATED block of ``out_md``; with ``tables``, only those tables, into a
+    block of their own (the other blocks, and the results they were made from, are left alone)."""
     results = load_results(runs)
+    if tables:
+        return _write_tables(results, tables, out_md, plot_dir)
     groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for r in results:
         groups[(r["config"]["table"], r["config"]["setting"]["name"])].append(r)
@@ -204,6 +262,42 @@ def write_report(runs: Path, out_md: Path, plot_dir: Path, header: str = "") -> 
         new = old[: old.index(begin)] + block + old[old.index(end) + len(end):]
     else:
         new = (old + "\n\n" if old else "# Results\n\n") + block + "\n"
+    out_md.parent.mkdir(parents=True, exist_ok=True)
+    out_md.write_text(new)
+    return text
+
+
+def _write_tables(results: list[dict], tables: list[str], out_md: Path, plot_dir: Path) -> str:
+    root = out_md.parent.parent
+    parts = []
+    for table in tables:
+        rows = [r for r in results if r["config"]["table"] == table]
+        if not rows:
+            raise SystemExit(f"no finished runs of table {table!r} under the runs folder")
+        both = models_md(results, table)
+        if both:
+            parts.append(both)
+        by_setting: dict[str, list[dict]] = defaultdict(list)
+        for r in rows:
+            by_setting[r["config"]["setting"]["name"]].append(r)
+        for setting, srows in sorted(by_setting.items()):
+            srows.sort(key=lambda r: (r["config"]["model"], r["config"]["cut"], r["config"]["method"] != "dense",
+                                      r["config"]["method"], r["config"]["seed"]))
+            parts.append(f"#### All runs of table `{table}`, setting `{setting}`\n\n" + table_md(srows, root))
+            for model in sorted({r["config"]["model"] for r in srows}):
+                mrows = [r for r in srows if r["config"]["model"] == model]
+                for p in plots(mrows, plot_dir, f"{table}_{model}_{setting}"):
+                    parts.append(f"![{p.stem}]({_rel(str(p), out_md.parent)})\n")
+    text = "\n".join(parts)
+    key = ",".join(tables)
+    begin = f"<!-- BEGIN GENERATED (tools/experiments.py report --tables {key}) -->"
+    end = f"<!-- END GENERATED {key} -->"
+    block = f"{begin}\n{text}\n{end}"
+    old = out_md.read_text() if out_md.exists() else ""
+    if begin in old and end in old:
+        new = old[: old.index(begin)] + block + old[old.index(end) + len(end):]
+    else:
+        new = (old.rstrip("\n") + "\n\n" if old else "# Results\n\n") + block + "\n"
     out_md.parent.mkdir(parents=True, exist_ok=True)
     out_md.write_text(new)
     return text
