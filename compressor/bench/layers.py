@@ -75,6 +75,11 @@ class Layer:
     build: Callable[[int, int], onnx.ModelProto]
     depthwise: bool = False
 
+    @property
+    def grid_key(self) -> tuple:
+        """Layers with the same grid key share one measured grid."""
+        return (self.key, self.dense_cin, self.dense_cout)
+
     def channels(self, widths: dict[int, int]) -> tuple[int, int]:
         cin = int(round(_value(self.cin, widths)))
         return cin, (cin if self.depthwise else int(round(_value(self.cout, widths))))
@@ -143,7 +148,7 @@ def find_layers(analysis: Analysis, opset: int) -> list[Layer]:
             key = (op, tuple(x[:-1]))
             build = _matmul_builder(node, x, opset)
             depthwise = False
-        out.append(Layer(label, op, cin, cout, dense_cin, dense_cout, (*key,), build, depthwise))
+        out.append(Layer(label, op, cin, cout, dense_cin, dense_cout, key, build, depthwise))
     return out
 
 
@@ -220,23 +225,24 @@ class LatencyTable:
     _memo: dict = field(default_factory=dict, repr=False)
 
     def layer_ms(self, layer: Layer, cin: int, cout: int) -> float:
-        cins, couts, ms = self.grids[self._gkey(layer)]
+        cins, couts, ms = self.grids[layer.grid_key]
         i0, i1, a = _interp(cins, cin)
         j0, j1, b = _interp(couts, cout)
         top = ms[i0, j0] * (1 - b) + ms[i0, j1] * b
         bottom = ms[i1, j0] * (1 - b) + ms[i1, j1] * b
         return float(max(0.0, top * (1 - a) + bottom * a))
 
-    def _gkey(self, layer: Layer) -> tuple:
-        return (layer.key, layer.dense_cin, layer.dense_cout)
-
     def rest(self, widths: dict[int, int]) -> float:
         dense = _value(self.rest_coef, self.dense_widths)
         return self.rest_ms * (_value(self.rest_coef, widths) / dense if dense > 0 else 1.0)
 
+    def layers_ms(self, widths: dict[int, int]) -> float:
+        """The layers' table latency (ms) at ``widths``."""
+        return sum(self.layer_ms(lyr, *lyr.channels(widths)) for lyr in self.layers)
+
     def predict(self, widths: dict[int, int]) -> float:
         """Predicted latency (ms) of the model with ``widths`` channels kept per group."""
-        return sum(self.layer_ms(lyr, *lyr.channels(widths)) for lyr in self.layers) + self.rest(widths)
+        return self.layers_ms(widths) + self.rest(widths)
 
     def dense_ms(self) -> float:
         return self.predict(self.dense_widths)
@@ -253,7 +259,7 @@ class LatencyTable:
         return out
 
     def summary(self) -> dict:
-        layer_sum = sum(self.layer_ms(lyr, lyr.dense_cin, lyr.dense_cout) for lyr in self.layers)
+        layer_sum = self.layers_ms(self.dense_widths)
         return {"layers": len(self.layers), "distinct_layers": len(self.grids), "probes": self.probes,
                 "seconds": round(self.seconds, 2), "layers_dense_ms": round(layer_sum, 4),
                 "rest_dense_ms": round(self.rest_ms, 4), "call_overhead_ms": round(self.overhead_ms, 5),
@@ -309,7 +315,7 @@ def measure_table(analysis: Analysis, opset: int, time_layer: TimeFn, reference_
     widths = {g.id: g.size for g in analysis.prunable}
     jobs: dict[tuple, tuple[Layer, list[int], list[int]]] = {}
     for lyr in layers:
-        gkey = (lyr.key, lyr.dense_cin, lyr.dense_cout)
+        gkey = lyr.grid_key
         if gkey in jobs:
             continue
         varies_in, varies_out = bool(lyr.cin[1]), bool(lyr.cout[1]) and not lyr.depthwise
@@ -338,12 +344,11 @@ def measure_table(analysis: Analysis, opset: int, time_layer: TimeFn, reference_
         grids[gkey] = (cins, couts, ms)
     if bar is not None:
         bar.close()
-    partial = LatencyTable(layers, grids, 0.0, (0.0, {}), widths)
-    layer_sum = sum(partial.layer_ms(lyr, lyr.dense_cin, lyr.dense_cout) for lyr in layers)
-    rest = max(0.0, reference_ms - layer_sum)
-    coef = _rest_coefficients(analysis, {lyr.node for lyr in layers})
-    return LatencyTable(layers, grids, rest, coef, widths, overhead_ms, time.monotonic() - start, probes,
-                        reference_ms)
+    table = LatencyTable(layers, grids, 0.0, _rest_coefficients(analysis, {lyr.node for lyr in layers}), widths,
+                         overhead_ms, 0.0, probes, reference_ms)
+    table.rest_ms = max(0.0, reference_ms - table.layers_ms(widths))
+    table.seconds = time.monotonic() - start
+    return table
 
 
 def ort_layer_timer(provider: str = "cpu", threads: int | None = None, min_time_s: float = 0.03,

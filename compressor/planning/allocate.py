@@ -21,7 +21,15 @@ import numpy as np
 
 from compressor.analysis.groups import Analysis
 from compressor.bench.layers import LatencyTable
-from compressor.planning.plan import GroupDecision, PlanOptions, PruningPlan, channel_multiplier, signature
+from compressor.planning.plan import (
+    GroupDecision,
+    PlanOptions,
+    PruningPlan,
+    channel_multiplier,
+    channel_step,
+    normalised_scores,
+    signature,
+)
 
 #: The most of a group's channels the latency allocation removes.
 MAX_GROUP_RATIO = 0.75
@@ -34,21 +42,16 @@ class Allocator:
                  max_group_ratio: float = MAX_GROUP_RATIO):
         self.analysis, self.opts, self.table = analysis, opts, table
         self.max_group_ratio = max_group_ratio
-        self.scores = scores
         self.groups = analysis.prunable
         self.order: dict[int, np.ndarray] = {}  # channel indices, most important first
         self.cum: dict[int, np.ndarray] = {}  # cum[g][k]: normalised importance of the k least important
         self.step: dict[int, int] = {}
         self.floor: dict[int, int] = {}
         for g in self.groups:
-            s = np.asarray(scores[g.id], dtype=np.float64)
-            norm = s / (s.mean() + 1e-12)
-            self.order[g.id] = np.argsort(-s, kind="stable")
-            self.cum[g.id] = np.concatenate([[0.0], np.cumsum(np.sort(norm))])
-            mult = max(channel_multiplier(g), 1)
-            self.step[g.id] = max(1, opts.round_to // math.gcd(opts.round_to, mult)) if opts.round_to > 1 else 1
+            self.order[g.id] = np.argsort(-np.asarray(scores[g.id], dtype=np.float64), kind="stable")
+            self.cum[g.id] = np.concatenate([[0.0], np.cumsum(np.sort(normalised_scores(scores[g.id])))])
+            st = self.step[g.id] = channel_step(opts.round_to, channel_multiplier(g))
             least = max(opts.min_channels, 1, int(math.ceil(g.size * (1 - max_group_ratio))))
-            st = self.step[g.id]
             self.floor[g.id] = min(g.size, int(math.ceil(least / st) * st))
         self.touch: dict[int, list[int]] = {g.id: [] for g in self.groups}
         for i, lyr in enumerate(table.layers):
@@ -124,9 +127,6 @@ class Allocator:
         widths, achieved = self.widths_for(fraction)
         return self.plan(widths), achieved
 
-    def importance_kept(self, plan: PruningPlan) -> float:
-        return importance_kept(self.analysis, self.scores, plan)
-
 class TableKnob:
     """The latency search's knob with a latency table: a fraction of the dense model's predicted
     latency, planned by the Allocator (see planning/budget.py, plan_for_latency)."""
@@ -156,8 +156,7 @@ def importance_kept(analysis: Analysis, scores: dict[int, np.ndarray], plan: Pru
     kept = total = 0.0
     decisions = {d.id: d for d in plan.groups}
     for g in analysis.prunable:
-        s = np.asarray(scores[g.id], dtype=np.float64)
-        norm = s / (s.mean() + 1e-12)
+        norm = normalised_scores(scores[g.id])
         total += float(norm.sum())
         d = decisions.get(g.id)
         kept += float(norm[d.kept].sum()) if d is not None else float(norm.sum())

@@ -139,13 +139,26 @@ def channel_multiplier(group: Group) -> int:
     return max((counts[k] * inner[k] for k in counts), default=1)
 
 
+def normalised_scores(scores) -> np.ndarray:
+    """A group's channel scores over their mean: the one scale on which channels of different groups
+    are compared (global ranking, latency allocation)."""
+    s = np.asarray(scores, dtype=np.float64)
+    return s / (s.mean() + 1e-12)
+
+
+def channel_step(round_to: int, multiplier: int = 1) -> int:
+    """Group channels per rounding step: ``round_to`` physical channels, of which each group channel
+    stands for ``multiplier`` (see channel_multiplier)."""
+    return max(1, round_to // math.gcd(round_to, max(multiplier, 1))) if round_to > 1 else 1
+
+
 def _rounded_keep(size: int, keep: int, opts: PlanOptions, multiplier: int = 1) -> int:
     """Channels kept: at least min-channels, and ``keep x multiplier`` a multiple of round-to (a
     grouped conv keeping 4 of 8 channels per group in 6 groups has 24 channels: already a multiple
     of 8, so rounding does not widen it back to 8 of 8)."""
     keep = max(keep, opts.min_channels, 1)
     if opts.round_to > 1:
-        step = opts.round_to // math.gcd(opts.round_to, max(multiplier, 1))
+        step = channel_step(opts.round_to, multiplier)
         keep = int(math.ceil(keep / step) * step)
     return min(keep, size)
 
@@ -157,8 +170,7 @@ def make_plan(analysis: Analysis, scores: dict[int, np.ndarray], opts: PlanOptio
     if opts.global_ranking:
         entries = []
         for g in groups:
-            s = scores[g.id]
-            norm = s / (s.mean() + 1e-12)
+            norm = normalised_scores(scores[g.id])
             entries.extend((float(v), g.id) for v in norm)
         total = len(entries)
         budget = int(math.floor(opts.ratio * total))

@@ -72,6 +72,17 @@ def widths_md(rows: list[dict], source: str) -> str:
 ANCHORS = ("tp_groupnorm", "tp_growingreg", "tp_groupnorm_weak")
 
 
+def _delta(a, b) -> str:
+    return "–" if a is None or b is None else f"{100 * (a - b):+.2f}"
+
+
+def _acc_cells(r: dict, refs: list[dict | None]) -> list[str]:
+    """'right after → fine-tuned', then the fine-tuned difference to each reference run (pt)."""
+    ft = r.get("acc_finetuned")
+    return ([f"{_pct(r.get('acc_pruned'))} → {_pct(ft)}"]
+            + [_delta(ft, ref.get("acc_finetuned") if ref else None) for ref in refs])
+
+
 def cuts_md(results: list[dict], setting: str = "cpu", seed: int = 0) -> str:
     """One row per method, both cuts side by side (tables ``main`` = 2x and ``cut4`` = 4x): accuracy
     right after pruning and after fine-tuning, and the fine-tuned difference to the dense baseline
@@ -99,9 +110,6 @@ def cuts_md(results: list[dict], setting: str = "cpu", seed: int = 0) -> str:
     dense_note = "; ".join(f"{c:g}x: {_pct(cell[('dense', c)]['acc_finetuned'])} % "
                            f"(`{Path(cell[('dense', c)]['_path']).name}`)" for c in cuts if ("dense", c) in cell)
 
-    def d(a, b):
-        return "–" if a is None or b is None else f"{100 * (a - b):+.2f}"
-
     out = [f"### Both cuts side by side (setting `{setting}`, seed {seed}; tables `main` = 2x, `cut4` = 4x)\n",
            "Accuracy % right after pruning (no fine-tuning) → after fine-tuning; Δ = fine-tuned minus the dense "
            "baseline / minus the Torch-Pruning GroupNorm anchor / minus the best Torch-Pruning row at the same "
@@ -119,11 +127,7 @@ def cuts_md(results: list[dict], setting: str = "cpu", seed: int = 0) -> str:
             if r is None:
                 cells += ["not run", "", "", ""]
                 continue
-            anchor, dense = cell.get(("tp_groupnorm", c)), cell.get(("dense", c))
-            cells += [f"{_pct(r.get('acc_pruned'))} → {_pct(r.get('acc_finetuned'))}",
-                      d(r.get("acc_finetuned"), dense and dense.get("acc_finetuned")),
-                      d(r.get("acc_finetuned"), anchor and anchor.get("acc_finetuned")),
-                      d(r.get("acc_finetuned"), best[c]["acc_finetuned"] if c in best else None)]
+            cells += _acc_cells(r, [cell.get(("dense", c)), cell.get(("tp_groupnorm", c)), best.get(c)])
         name = f"{m} (anchor)" if m in ANCHORS else m
         out.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"
@@ -142,9 +146,6 @@ def models_md(results: list[dict], table: str, setting: str = "cpu", seed: int =
         return ""
     cuts = sorted({k[2] for k in cell})
     out = []
-
-    def d(a, b):
-        return "–" if a is None or b is None else f"{100 * (a - b):+.2f}"
 
     for model in sorted({k[0] for k in cell}):
         best = {}
@@ -173,11 +174,8 @@ def models_md(results: list[dict], table: str, setting: str = "cpu", seed: int =
                 if r is None:
                     cells += ["not run", "", "", "", ""]
                     continue
-                dr = dense.get(c)
-                cells += [f"{_pct(r.get('acc_pruned'))} → {_pct(r.get('acc_finetuned'))}",
-                          d(r.get("acc_finetuned"), dr and dr.get("acc_finetuned")),
-                          d(r.get("acc_finetuned"), best[c]["acc_finetuned"] if c in best else None),
-                          f"{100 * r['macs_fraction']:.1f}", f"{r['speedup']:.2f}"]
+                cells += _acc_cells(r, [dense.get(c), best.get(c)]) + [f"{100 * r['macs_fraction']:.1f}",
+                                                                        f"{r['speedup']:.2f}"]
             out.append(f"| {m + ' (anchor)' if m in ANCHORS else m} | " + " | ".join(cells) + " |")
         out.append("")
     return "\n".join(out) + "\n"
