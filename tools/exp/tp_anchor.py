@@ -53,9 +53,18 @@ def tp_version() -> str:
     return version("torch-pruning")  # torch_pruning.__version__ of the 1.6.1 wheel still says 1.6.0
 
 
+def _is_depthwise(m: nn.Module) -> bool:
+    return isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels == m.out_channels
+
+
 def _producers(dg, group) -> list[nn.Module]:
+    """The kernels whose output channels define the group. A depthwise conv's outputs are pruned
+    with its inputs (TP lists it as an out-channel member), but it passes channels through like
+    a BatchNorm: counting it would make every MobileNetV2 expansion group look like a trunk,
+    which is how ``exp.widths.is_trunk`` (one producer kernel) would never see it."""
     return [dep.target.module for dep, _ in group
-            if dg.is_out_channel_pruning_fn(dep.handler) and isinstance(dep.target.module, (nn.Conv2d, nn.Linear))]
+            if dg.is_out_channel_pruning_fn(dep.handler) and isinstance(dep.target.module, (nn.Conv2d, nn.Linear))
+            and not _is_depthwise(dep.target.module)]
 
 
 class TPAnchor:
