@@ -118,7 +118,8 @@ def prune(model, *, ratio: float = 0.5, output: str | os.PathLike | None = None,
           importance: str = "auto", plan_in: str | os.PathLike | PruningPlan | None = None,
           target_macs: float | None = None, target_params: float | None = None,
           target_latency: float | None = None, provider: str = "cpu", latency_tolerance: float = 0.05,
-          latency_table: bool = True, merge_identical: float | None = None, merge_learned: bool = False, fold_constants: bool = False,
+          latency_table: bool = True, sensitivity: bool | None = None, calibration=None,
+          merge_identical: float | None = None, merge_learned: bool = False, fold_constants: bool = False,
           prune_norms: bool = True, verify_model: bool = True, tolerance: float = 1e-4,
           seed: int = 0) -> PruneResult:
     """Prune a model; verify it against the masked original; write it atomically if ``output``.
@@ -129,6 +130,11 @@ def prune(model, *, ratio: float = 0.5, output: str | os.PathLike | None = None,
     ``latency_table``: a latency target allocates per-group widths on a table of the model's layers
     measured on the provider (planning/allocate.py); False searches uniform (or ``global_ranking``)
     ratios by their MACs instead. Either way the whole pruned model is measured before it is kept.
+
+    ``sensitivity``: the table allocation compares groups by how much the outputs change when each
+    loses its least important channels (importance/sensitivity.py), measured on ``calibration``
+    (``{input name: samples}``, or a .npz/.npy file) or, without it, on seeded random inputs;
+    otherwise by channel scores normalised per group. None: on when ``calibration`` is given.
 
     ``prune_norms``: a LayerNorm over the channel axis is pruned through (its statistics then run
     over the kept channels; the oracle's reference computes it so); False freezes those groups.
@@ -168,6 +174,14 @@ def prune(model, *, ratio: float = 0.5, output: str | os.PathLike | None = None,
             round_to = int(round_to)
         except (TypeError, ValueError):
             raise UsageError(f"--round-to must be a positive integer or 'auto', got {round_to!r}") from None
+    if sensitivity is None:  # calibration data implies the sensitivity allocation
+        sensitivity = calibration is not None
+    if sensitivity and (target_latency is None or not latency_table):
+        raise UsageError("--sensitivity chooses the latency-table allocation's costs: it needs --target-latency "
+                         "and the latency table")
+    if calibration is not None and not sensitivity:
+        raise UsageError("--calibration data is used by --sensitivity only")
+    calibration_data = load_calibration(calibration) if calibration is not None else None
     importance, importance_notes = _resolve_importance(proto, importance)
     opts = PlanOptions(ratio=ratio, global_ranking=global_ranking, round_to=1 if auto_round else round_to,
                        min_channels=min_channels, importance=importance)
@@ -199,7 +213,8 @@ def prune(model, *, ratio: float = 0.5, output: str | os.PathLike | None = None,
                 return res.plan
             if target_latency is not None:
                 res = _latency_plan(proto, an, scores, o, target_latency, provider, spec, latency_tolerance,
-                                    fallback_to_1=round_defaulted, use_table=latency_table)
+                                    fallback_to_1=round_defaulted, use_table=latency_table,
+                                    sensitivity=sensitivity, calibration=calibration_data, seed=seed)
                 res.details["importance_kept"] = importance_kept(an, scores, res.plan)
                 extra["budget"] = res.to_dict()
                 return res.plan
@@ -306,7 +321,7 @@ def _pruned_for_timing(an: Analysis, plan: PruningPlan) -> onnx.ModelProto:
 
 
 def _latency_plan(proto, an, scores, opts, target_ms, provider, spec, tol, fallback_to_1: bool = False,
-                  use_table: bool = True):
+                  use_table: bool = True, sensitivity: bool = False, calibration=None, seed: int = 0):
     """Read the target against the dense model measured here (3 s alone, after a warm-up), then
     search on pruned/dense ratios timed interleaved. ``reference_pooled_ms``: the median of every
     dense run of the search, to show how far the machine's load drifted meanwhile.
@@ -318,7 +333,8 @@ def _latency_plan(proto, an, scores, opts, target_ms, provider, spec, tol, fallb
 
     ``use_table``: measure the layer latency table first (bench/layers.py) and search over the
     widths the Allocator gives for fractions of its predicted latency; ``budget.layers`` then lists
-    every layer's dense and planned channels and table latencies."""
+    every layer's dense and planned channels and table latencies. ``sensitivity``: the allocation's
+    costs are the groups' measured output changes (on ``calibration`` or random inputs)."""
     from compressor.bench.ratio import RatioMeter, RatioPrecision, median_interval
     from compressor.planning.budget import LatencySearch, LatencyTargetError
 
@@ -344,11 +360,18 @@ def _latency_plan(proto, an, scores, opts, target_ms, provider, spec, tol, fallb
                               lambda n: max(opts.min_channels, int(math.ceil(n * (1 - MAX_GROUP_RATIO)))),
                               progress=True, overhead_ms=call_overhead_ms(timer))
 
+    sens = None
+    if table is not None and sensitivity:
+        from compressor.importance.sensitivity import calibration_feeds, fixed_batch_size, measure_sensitivity
+
+        feeds, described = calibration_feeds(spec, calibration, seed=seed, fixed_batch=fixed_batch_size(proto))
+        sens = measure_sensitivity(an, scores, feeds, inputs=described, progress=True)
+
     def knob_for(o: PlanOptions):
         if table is None:
             return None
         from compressor.planning.allocate import Allocator, TableKnob
-        return TableKnob(Allocator(an, scores, o, table))
+        return TableKnob(Allocator(an, scores, o, table, sensitivity=sens))
 
     multiples = [opts.round_to] + ([m for m in LATENCY_FALLBACK if m < opts.round_to] if fallback_to_1 else [])
     missed = []
@@ -415,6 +438,23 @@ def _auto_round(proto, an, opts, choose, provider, spec):
     plan = candidates[best][1]
     plan.options = dataclasses.replace(plan.options, round_to=candidates[best][0])
     return plan, {"chosen": candidates[best][0], "measured": table}
+
+
+def load_calibration(source) -> dict[str, np.ndarray]:
+    """Calibration samples: a dict ``{input name: array}``, a .npz file of such arrays, or a .npy
+    array for a model with one input (named ``None`` until matched to the model's input)."""
+    if isinstance(source, dict):
+        return {k: np.asarray(v) for k, v in source.items()}
+    path = Path(source)
+    if not path.is_file():
+        raise UsageError(f"calibration file not found: {path}")
+    try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                return {k: z[k] for k in z.files}
+        return {None: np.load(path, allow_pickle=False)}
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read calibration data {path}: {exc}") from None
 
 
 def _read_plan(path, analysis: Analysis, opts: PlanOptions) -> PruningPlan:

@@ -145,7 +145,12 @@ def render_prune_report(r: dict) -> str:
         if b.get("latency_table"):
             t = b["latency_table"]
             out.append(f"latency table: {t['layers']} layers ({t['distinct_layers']} distinct) measured in "
-                       f"{t['probes']} probes, {t['seconds']:.1f} s; allocation {b['allocation']}")
+                       f"{t['probes']} probes, {t['seconds']:.1f} s; allocation {b['allocation']} "
+                       f"by {b.get('allocation_cost', 'importance')}")
+            if b.get("sensitivity"):
+                sv = b["sensitivity"]
+                out.append(f"sensitivity: {sv['groups']} groups probed on {sv['inputs']}, {sv['runs']} runs, "
+                           f"{sv['seconds']:.1f} s")
             out += _layer_rows(b.get("layers", []))
     if r.get("round_to_auto"):
         ra = r["round_to_auto"]
@@ -194,6 +199,12 @@ shape_option = click.option("--input-shape", "input_shapes", multiple=True, meta
 @click.option("--latency-table/--no-latency-table", default=True, show_default=True,
               help="With --target-latency: allocate per-group widths on a latency table of the model's layers "
               "measured on --provider (--no-latency-table: search uniform or --global ratios by MACs).")
+@click.option("--sensitivity", is_flag=True, default=None,
+              help="With the latency table: compare groups by how much the outputs change when each loses its "
+              "least important channels (on --calibration data, else on random inputs), not by channel scores.")
+@click.option("--calibration", type=click.Path(), metavar="FILE.npz|FILE.npy",
+              help="Real input samples for --sensitivity (implies it): a .npz keyed by input name, or a .npy for "
+              "a one-input model (first axis = samples).")
 @click.option("--min-channels", type=int, default=1, show_default=True, help="Never keep fewer channels in a group.")
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Protect groups touching these node or tensor "
               "names (repeatable).")
@@ -219,7 +230,7 @@ shape_option = click.option("--input-shape", "input_shapes", multiple=True, meta
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report on stdout.")
 @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
 def prune_command(model, output, ratio, global_ranking, round_to, target_macs, target_params, target_latency,
-                  latency_table, min_channels, exclude, importance, input_shapes, plan_out, plan_in, merge_tol, merge_learned,
+                  latency_table, sensitivity, calibration, min_channels, exclude, importance, input_shapes, plan_out, plan_in, merge_tol, merge_learned,
                   fold_constants, freeze_norms, no_verify, tolerance, seed, bench, provider, dry_run, as_json,
                   debug):
     """Prune MODEL's channel groups and write a verified, smaller model."""
@@ -232,7 +243,8 @@ def prune_command(model, output, ratio, global_ranking, round_to, target_macs, t
         res = api.prune(model, ratio=ratio, output=None if dry_run else output, input_shapes=input_shapes,
                         global_ranking=global_ranking, round_to=round_to, min_channels=min_channels,
                         target_macs=target_macs, target_params=target_params, target_latency=target_latency,
-                        provider=provider, latency_table=latency_table, merge_identical=merge_tol, merge_learned=merge_learned,
+                        provider=provider, latency_table=latency_table, sensitivity=sensitivity,
+                        calibration=calibration, merge_identical=merge_tol, merge_learned=merge_learned,
                         fold_constants=fold_constants, prune_norms=not freeze_norms,
                         exclude=exclude, importance=importance, plan_in=plan_in, verify_model=not no_verify,
                         tolerance=tolerance, seed=seed)

@@ -1,10 +1,21 @@
-"""Accuracy right after pruning (no fine-tuning) of a trained classifier: --target-latency with the
-layer latency table against a uniform cut at the same MACs.
+"""Accuracy right after pruning (no fine-tuning) of trained classifiers: the latency-table allocation
+by channel importance, by sensitivity on random inputs and by sensitivity on calibration data, each
+against a uniform cut at the same MACs.
 
-Needs a trained ResNet-20 from the experiments (`tools/experiments.py run main --full --methods dense`
-writes runs/main/resnet20-dense-2x-s0-full-*/dense.onnx) and Fashion-MNIST (`make data`).
+The allocations are planned at fractions of the latency their table predicts (the allocation alone,
+without the measured search of ``--target-latency``, so that every cost is compared at the same
+predicted latency); each plan and its uniform counterpart are then timed interleaved with the dense
+model (CPU provider, spinning off), so the table shows measured latency next to accuracy.
 
-    .venv-exp/bin/python tools/alloc_accuracy.py [--fractions 0.8,0.6] [--importance l1]
+Needs trained models from the experiments and Fashion-MNIST (`make data`):
+- resnet20: ``tools/experiments.py run main --full --methods dense`` (runs/main/resnet20-dense-2x-s0-full-*/dense.onnx);
+- vgg11_small, mobilenet_v2_small: ``tools/experiments.py run models --methods dense``
+  (runs/models/<model>-dense-2x-s0-cpu-*/final.onnx).
+
+    .venv-exp/bin/python tools/alloc_accuracy.py [--models resnet20,vgg11_small,mobilenet_v2_small]
+        [--fractions 0.9,0.8,0.7] [--importance l1] [--calibration 256] [--markdown]
+
+Calibration samples come from the *training* split (seeded); accuracy is on the 10k test split.
 """
 
 from __future__ import annotations
@@ -12,9 +23,14 @@ from __future__ import annotations
 import argparse
 import glob
 import json
+import math
 import sys
 import tempfile
+import time
 from pathlib import Path
+
+import numpy as np
+import onnx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
@@ -22,51 +38,130 @@ sys.path.insert(0, str(ROOT))
 
 from compressor import api  # noqa: E402
 from compressor.bench import benchmark  # noqa: E402
+from compressor.bench.layers import call_overhead_ms, measure_table, ort_layer_timer  # noqa: E402
 from compressor.data.torch_data import make_dataset  # noqa: E402
+from compressor.importance.sensitivity import calibration_feeds, measure_sensitivity  # noqa: E402
+from compressor.ir.model_io import default_opset, ort_max_ir_version  # noqa: E402
+from compressor.planning.allocate import MAX_GROUP_RATIO, Allocator  # noqa: E402
+from compressor.planning.budget import plan_cost, plan_for_fraction  # noqa: E402
+from compressor.planning.plan import PlanOptions  # noqa: E402
+from compressor.surgery import apply_plan  # noqa: E402
 from exp.runner import onnx_accuracy, test_arrays  # noqa: E402
 
 SHAPE = ["1x1x28x28"]
+MODELS = {
+    "resnet20": "runs/main/resnet20-dense-2x-s0-full-*/dense.onnx",
+    "vgg11_small": "runs/models/vgg11_small-dense-2x-s0-cpu-*/final.onnx",
+    "mobilenet_v2_small": "runs/models/mobilenet_v2_small-dense-2x-s0-cpu-*/final.onnx",
+}
+COSTS = ("importance", "sensitivity-random", "sensitivity-calibration")
+
+
+def evaluate(name: str, path: str, fractions: list[float], importance: str, n_calib: int, x, y, xcal,
+             tmp: Path) -> list[dict]:
+    proto = onnx.load(path)
+    an = api.analyze(proto, input_shapes=SHAPE)
+    scores, _ = api._scores(proto, an, importance, 0)
+    spec = api._spec(proto, SHAPE)
+    opts = PlanOptions(ratio=0.0, round_to=8, importance=importance)
+    dense_ms = benchmark([path], provider="cpu", threads=2, min_time=3, progress=False, log=None,
+                         input_shapes=SHAPE).results[0].stats.p50_ms
+    timer = ort_layer_timer("cpu", 2)
+    table = measure_table(an, default_opset(proto), timer, dense_ms, opts.round_to,
+                          lambda n: max(1, int(math.ceil(n * (1 - MAX_GROUP_RATIO)))),
+                          overhead_ms=call_overhead_ms(timer))
+    inp = next(iter(spec.shapes))
+    sens = {}
+    for cost in COSTS[1:]:
+        data = {inp: xcal[:n_calib]} if cost == "sensitivity-calibration" else None
+        feeds, described = calibration_feeds(spec, data)
+        sens[cost] = measure_sensitivity(an, scores, feeds, inputs=described)
+        print(json.dumps({"model": name, "sensitivity": cost, "seconds": round(sens[cost].seconds, 2),
+                          "runs": sens[cost].runs}), flush=True)
+    macs0 = plan_cost(an, {})[0]
+    plans: dict[tuple, dict] = {}  # plan key -> {"file", "macs", "accuracy", "latency_ratio"}
+
+    def measure(p) -> dict:
+        key = tuple(sorted((g, tuple(k)) for g, k in p.keep.items()))
+        if key not in plans:
+            out = tmp / f"{name}_{len(plans)}.onnx"
+            m = apply_plan(an, p.keep).model
+            m.ir_version = min(m.ir_version, ort_max_ir_version())
+            onnx.save(m, out)
+            plans[key] = {"file": str(out), "macs": round(plan_cost(an, p.keep)[0] / macs0, 3),
+                          "accuracy": onnx_accuracy(out, x, y, 2),
+                          "widths": sorted((g.size, len(g.kept)) for g in p.groups if g.removed)}
+        return plans[key]
+
+    rows = []
+    for frac in fractions:
+        for cost in COSTS:
+            al = Allocator(an, scores, opts, table, sensitivity=sens.get(cost))
+            plan, predicted = al.plan_for(frac)
+            row = {"model": name, "fraction": frac, "allocation": cost, "predicted": round(predicted, 3),
+                   "plan": measure(plan)}
+            for rt in (1, 8):  # uniform cuts at (at most) the same MACs, odd widths and multiples of 8
+                uni = plan_for_fraction(an, scores, PlanOptions(ratio=0.0, round_to=rt, importance=importance),
+                                        "macs", row["plan"]["macs"] + 5e-4).plan
+                row[f"uniform_r{rt}"] = measure(uni)
+            rows.append(row)
+    files = [path] + [p["file"] for p in plans.values()]
+    res = benchmark(files, provider="cpu", threads=2, min_time=2, progress=False, log=None, input_shapes=SHAPE)
+    for p, r in zip(plans.values(), res.results[1:]):
+        p["latency_ratio"] = round(1.0 / r.ratio_to_first.median, 3)
+    dense_acc = onnx_accuracy(path, x, y, 2)
+    for row in rows:
+        row["dense_accuracy"] = dense_acc
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    out = ["| model (dense acc.) | target (predicted) | allocation cost | MACs | latency | accuracy "
+           "| uniform odd widths: MACs / latency / acc. | uniform x8: MACs / latency / acc. |",
+           "|---|---|---|---|---|---|---|---|"]
+
+    def cell(p: dict) -> str:
+        return f"{p['macs']:.3f} / {p['latency_ratio']:.3f} / {p['accuracy']:.1%}"
+
+    for r in rows:
+        a = r["plan"]
+        out.append(f"| {r['model']} ({r['dense_accuracy']:.1%}) | {r['fraction']:.2f} ({r['predicted']:.3f}) | "
+                   f"{r['allocation']} | {a['macs']:.3f} | {a['latency_ratio']:.3f} | **{a['accuracy']:.1%}** | "
+                   f"{cell(r['uniform_r1'])} | {cell(r['uniform_r8'])} |")
+    return "\n".join(out)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default=None, help="default: the --full dense ResNet-20 under runs/main")
-    ap.add_argument("--fractions", default="0.8,0.6")
+    ap.add_argument("--models", default=",".join(MODELS), help="comma list of " + ", ".join(MODELS))
+    ap.add_argument("--model-path", default=None, help="one trained 1x1x28x28 classifier instead of --models")
+    ap.add_argument("--fractions", default="0.9,0.8,0.7")
     ap.add_argument("--importance", default="l1")
+    ap.add_argument("--calibration", type=int, default=256, help="training images for the calibration sensitivity")
+    ap.add_argument("--markdown", action="store_true", help="also print the markdown table")
     args = ap.parse_args(argv)
-    dense = args.model or next(iter(sorted(glob.glob(str(ROOT / "runs/main/resnet20-dense-2x-s0-full-*/dense.onnx")))),
-                               None)
-    if dense is None:
-        ap.error("no trained model: run `tools/experiments.py run main --full --methods dense` or pass --model")
+    todo = {}
+    if args.model_path:
+        todo[Path(args.model_path).stem] = args.model_path
+    else:
+        for name in args.models.split(","):
+            hit = sorted(glob.glob(str(ROOT / MODELS[name])))
+            if not hit:
+                ap.error(f"no trained {name} under runs/ ({MODELS[name]}): see this tool's docstring")
+            todo[name] = hit[0]
     x, y = test_arrays(make_dataset("fashion-mnist", "test"))
-    print(json.dumps({"model": dense, "dense_accuracy": onnx_accuracy(dense, x, y, 2)}), flush=True)
+    xtr, _ = test_arrays(make_dataset("fashion-mnist", "train"))
+    xcal = xtr[np.random.default_rng(0).choice(len(xtr), args.calibration, replace=False)]
+    fractions = [float(f) for f in args.fractions.split(",")]
     tmp = Path(tempfile.mkdtemp(prefix="alloc-acc-"))
-    for frac in (float(f) for f in args.fractions.split(",")):
-        ms = benchmark([dense], provider="cpu", threads=2, min_time=3, progress=False, log=None,
-                       input_shapes=SHAPE).results[0].stats.p50_ms
-        rows = []
-        try:
-            res = api.prune(dense, output=tmp / f"table_{frac}.onnx", target_latency=frac * ms, input_shapes=SHAPE,
-                            importance=args.importance)
-        except Exception as exc:  # an unmet target: report it and go on
-            print(json.dumps({"fraction": frac, "allocation": "table", "error": str(exc)[:300]}), flush=True)
-            continue
-        b = res.report["budget"]
-        macs = res.report["macs_after"] / res.report["macs_before"]
-        rows.append({"fraction": frac, "allocation": "table", "target_ratio": round(b["target_ratio"], 3),
-                     "ratio": round(b["ratio"], 3), "macs": round(macs, 3),
-                     "accuracy": onnx_accuracy(tmp / f"table_{frac}.onnx", x, y, 2),
-                     "kept": sorted((g.size, len(g.kept)) for g in res.plan.groups if g.removed)})
-        for rt in (1, 8):  # a uniform cut at the same MACs, with and without rounding
-            out = tmp / f"uniform_{frac}_{rt}.onnx"
-            u = api.prune(dense, output=out, target_macs=macs, round_to=rt, importance=args.importance,
-                          input_shapes=SHAPE)
-            rows.append({"fraction": frac, "allocation": f"uniform, same MACs, round-to {rt}",
-                         "macs": round(u.report["macs_after"] / u.report["macs_before"], 3),
-                         "accuracy": onnx_accuracy(out, x, y, 2),
-                         "kept": sorted((g.size, len(g.kept)) for g in u.plan.groups if g.removed)})
-        for r in rows:
-            print(json.dumps(r), flush=True)
+    rows = []
+    t0 = time.perf_counter()
+    for name, path in todo.items():
+        rows += evaluate(name, path, fractions, args.importance, args.calibration, x, y, xcal, tmp)
+    if args.markdown:
+        print(markdown(rows))
+    print(json.dumps({"seconds": round(time.perf_counter() - t0, 1)}))
     return 0
 
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from compressor.analysis.groups import Analysis
 from compressor.bench.layers import LatencyTable
+from compressor.importance.sensitivity import Sensitivity
 from compressor.planning.plan import (
     GroupDecision,
     PlanOptions,
@@ -39,8 +40,9 @@ class Allocator:
     """Plans for predicted latency budgets on one table (the per-group data is built once)."""
 
     def __init__(self, analysis: Analysis, scores: dict[int, np.ndarray], opts: PlanOptions, table: LatencyTable,
-                 max_group_ratio: float = MAX_GROUP_RATIO):
+                 max_group_ratio: float = MAX_GROUP_RATIO, sensitivity: Sensitivity | None = None):
         self.analysis, self.opts, self.table = analysis, opts, table
+        self.sensitivity = sensitivity
         self.max_group_ratio = max_group_ratio
         self.groups = analysis.prunable
         self.order: dict[int, np.ndarray] = {}  # channel indices, most important first
@@ -78,6 +80,9 @@ class Allocator:
 
     def _cost(self, gid: int, width: int, nxt: int) -> float:
         size = len(self.order[gid])
+        if self.sensitivity is not None:
+            sens = self.sensitivity
+            return sens.at(gid, (size - nxt) / size) - sens.at(gid, (size - width) / size)
         return float(self.cum[gid][size - nxt] - self.cum[gid][size - width])
 
     def widths_for(self, fraction: float) -> tuple[dict[int, int], float]:
@@ -146,8 +151,12 @@ class TableKnob:
         return self._planned[fraction]
 
     def details(self) -> dict:
-        return {"allocation": "latency-table", "max_group_ratio": self.allocator.max_group_ratio,
-                "latency_table": self.allocator.table.summary()}
+        a = self.allocator
+        out = {"allocation": "latency-table", "allocation_cost": "sensitivity" if a.sensitivity else "importance",
+               "max_group_ratio": a.max_group_ratio, "latency_table": a.table.summary()}
+        if a.sensitivity is not None:
+            out["sensitivity"] = a.sensitivity.summary()
+        return out
 
 
 def importance_kept(analysis: Analysis, scores: dict[int, np.ndarray], plan: PruningPlan) -> float:

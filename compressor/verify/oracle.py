@@ -76,6 +76,7 @@ class _Mask:
     name: str
     out: str
     value: np.ndarray
+    axis: int = 1
 
 
 def _kept_vector(analysis: Analysis, x: str, axis: int, keep: dict[int, list[int]], dtype) -> np.ndarray | None:
@@ -109,7 +110,7 @@ def _masks(analysis: Analysis, keep: dict[int, list[int]]) -> list[_Mask]:
         while mask_name in existing or out_name in existing:
             counter += 1
             mask_name, out_name = f"{x}__oracle_mask{counter}", f"{x}__oracle_masked{counter}"
-        masks.append(_Mask(cp.node_index, cp.input_index, x, mask_name, out_name, mask.reshape(bshape)))
+        masks.append(_Mask(cp.node_index, cp.input_index, x, mask_name, out_name, mask.reshape(bshape), cp.axis))
     return masks
 
 
@@ -180,6 +181,43 @@ def masked_reference(analysis: Analysis, keep: dict[int, list[int]]) -> OracleMo
     its weights, which are the analysed model's own arrays (``analysis.index.const``), not copies."""
     return oracle_model(analysis.index.model, values=analysis.index.const, masks=_masks(analysis, keep),
                         norms=_norm_masks(analysis, keep), drop_value_info=True)
+
+
+@dataclass
+class MaskingModel:
+    """The original model with a mask *input* at every consume point any prunable group reaches:
+    one session then runs the model under any set of removed channels (importance/sensitivity.py).
+    ``feeds(keep)`` gives the mask inputs for ``keep`` (``{group id: kept channels}``), ones where
+    nothing is removed. Statistics of LayerNorms over pruned channels are not masked here (the
+    oracle's reference recomputes them; a sensitivity probe does not need to)."""
+
+    oracle: OracleModel
+    analysis: Analysis
+    masks: list[_Mask]
+
+    def feeds(self, keep: dict[int, list[int]]) -> dict[str, np.ndarray]:
+        out = {}
+        for mk in self.masks:
+            vec = _kept_vector(self.analysis, mk.tensor, mk.axis, keep, mk.value.dtype)
+            out[mk.name] = np.ones_like(mk.value) if vec is None else vec.reshape(mk.value.shape)
+        return out
+
+
+def masking_model(analysis: Analysis) -> MaskingModel:
+    """See :class:`MaskingModel`. The weights are the analysed model's own arrays, as in
+    :func:`masked_reference`."""
+    probe = {g.id: list(range(1, g.size)) for g in analysis.prunable if g.size > 1}
+    masks = _masks(analysis, probe)
+    om = oracle_model(analysis.index.model, values=analysis.index.const, masks=masks, drop_value_info=True)
+    names = {mk.name: mk for mk in masks}
+    g = om.model.graph
+    inits = [t for t in g.initializer if t.name not in names]
+    del g.initializer[:]
+    g.initializer.extend(inits)
+    for mk in masks:
+        elem = helper.np_dtype_to_tensor_dtype(mk.value.dtype)
+        g.input.append(helper.make_tensor_value_info(mk.name, elem, list(mk.value.shape)))
+    return MaskingModel(om, analysis, masks)
 
 
 def oracle_model(model: onnx.ModelProto, *, values: Callable[[str], np.ndarray | None] | None = None,

@@ -1,0 +1,194 @@
+"""Group sensitivity: how much the model's outputs move when a group loses its least important channels.
+
+Channel scores (magnitudes, BN scales, learned importances) rank channels *within* a group well but
+do not compare groups: a residual trunk's channel and a block's internal channel of equal norm do
+not matter equally to the output. The latency allocation (planning/allocate.py) has to compare
+groups; on scores normalised per group, it concentrates the cut where a channel saves the most
+time (docs/benchmarks.md). Sensitivity is the comparable quantity.
+
+For every prunable group and every removed fraction of a small grid (0.25, 0.5, 0.75 by default),
+the group's least important channels (by its scores, in the order a plan removes them) are masked
+out of every consumer and the model is run on the inputs: the sensitivity is the relative change of
+the outputs, ``sqrt(sum |y' - y|^2 / sum |y|^2)`` over the batch, averaged over the float outputs.
+Between grid points it is interpolated linearly (from 0 at nothing removed) and made monotone.
+
+One session runs every probe: the model carries a mask *input* at each consume point
+(verify/oracle.py, :func:`masking_model`); the weights are fed as the analysed model's own arrays.
+Inputs: calibration data when given (a few real samples make it a data-aware criterion, like the
+layer-wise sensitivity scans of NNCF/Distiller), else seeded random inputs at the model's shapes.
+Summing per-group sensitivities assumes they add up, the premise OrthoReg trains for.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from compressor.analysis.groups import Analysis
+from compressor.ir.shapes import InputSpec, random_feeds
+
+#: Removed fractions probed per group (the latency allocation removes at most 0.75).
+FRACTIONS = (0.25, 0.5, 0.75)
+
+
+@dataclass
+class Sensitivity:
+    """Per group: the relative output change at each probed removed fraction (``raw``), and its
+    monotone envelope used for interpolation (``errors``)."""
+
+    fractions: dict[int, np.ndarray]  # group id -> removed fractions probed (exact: count / size)
+    raw: dict[int, np.ndarray]
+    errors: dict[int, np.ndarray] = field(default_factory=dict)
+    inputs: str = "random"
+    runs: int = 0
+    seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.errors:
+            self.errors = {gid: np.maximum.accumulate(np.maximum(v, 0.0)) for gid, v in self.raw.items()}
+
+    def at(self, gid: int, removed_fraction: float) -> float:
+        """Interpolated sensitivity of group ``gid`` with ``removed_fraction`` of it removed (0 for a
+        group that was not probed: nothing to compare it on)."""
+        if gid not in self.errors or removed_fraction <= 0:
+            return 0.0
+        xs = np.concatenate([[0.0], self.fractions[gid]])
+        ys = np.concatenate([[0.0], self.errors[gid]])
+        if removed_fraction > xs[-1]:  # beyond the grid: extend the last slope
+            slope = (ys[-1] - ys[-2]) / max(xs[-1] - xs[-2], 1e-12)
+            return float(ys[-1] + slope * (removed_fraction - xs[-1]))
+        return float(np.interp(removed_fraction, xs, ys))
+
+    def summary(self) -> dict:
+        return {"inputs": self.inputs, "groups": len(self.raw), "runs": self.runs,
+                "seconds": round(self.seconds, 2),
+                "per_group": {str(gid): {"removed": [round(float(f), 4) for f in self.fractions[gid]],
+                                         "output_change": [float(f"{e:.4g}") for e in self.raw[gid]]}
+                              for gid in sorted(self.raw)}}
+
+
+def _output_change(ref: list[list[np.ndarray]], got: list[list[np.ndarray]]) -> float:
+    """Mean over outputs of sqrt(sum |got - ref|^2 / sum |ref|^2), sums over every feed."""
+    per_output = []
+    for k in range(len(ref[0])):
+        num = den = 0.0
+        for a, b in zip(ref, got):
+            x = np.asarray(a[k], dtype=np.float64)
+            if x.dtype.kind != "f" or x.size == 0:
+                break
+            y = np.asarray(b[k], dtype=np.float64)
+            num += float(np.sum((y - x) ** 2))
+            den += float(np.sum(x ** 2))
+        else:
+            per_output.append(np.sqrt(num / den) if den > 0 else (0.0 if num == 0 else float("inf")))
+    return float(np.mean(per_output)) if per_output else 0.0
+
+
+def calibration_feeds(spec: InputSpec, data: dict[str, np.ndarray] | None, batch: int = 32,
+                      trials: int = 4, seed: int = 0,
+                      fixed_batch: int | None = None) -> tuple[list[dict[str, np.ndarray]], str]:
+    """The probes' inputs: ``data`` split into batches of ``batch`` samples, or of ``fixed_batch``
+    for a model whose first input dimension is fixed (see :func:`fixed_batch_size`; a last partial
+    batch is then left out); without data, ``trials`` seeded random feeds at ``spec``'s shapes."""
+    if not data:
+        return [random_feeds(spec, seed=seed + t) for t in range(trials)], f"random ({trials} seeded feeds)"
+    from compressor.errors import UsageError
+
+    names = list(spec.shapes)
+    if None in data:  # one unnamed array (a .npy file): the model's only input
+        if len(data) != 1 or len(names) != 1:
+            raise UsageError(f"an unnamed calibration array fits a one-input model; this one has inputs {names} "
+                             "(give a .npz file keyed by input name)")
+        data = {names[0]: data[None]}
+    if set(data) != set(names):
+        raise UsageError(f"calibration data has inputs {sorted(data)}, the model {sorted(names)}")
+    n = {len(np.asarray(v)) for v in data.values()}
+    if len(n) != 1:
+        raise UsageError(f"calibration inputs differ in sample count: {sorted(n)}")
+    total = n.pop()
+    feeds = []
+    for name in names:
+        arr = np.asarray(data[name])
+        want = spec.shapes[name]
+        if arr.ndim != len(want) or tuple(arr.shape[1:]) != tuple(want[1:]):
+            raise UsageError(f"calibration input '{name}' has shape {list(arr.shape)}; the model takes "
+                             f"{list(want)} (samples on the first axis)")
+    if fixed_batch is not None:
+        if total < fixed_batch:
+            raise UsageError(f"the model's batch size is fixed at {fixed_batch}; the calibration data has "
+                             f"only {total} sample(s)")
+        step, total = fixed_batch, total - total % fixed_batch
+    else:
+        step = min(batch, total)
+    for lo in range(0, total, step):
+        feeds.append({name: np.ascontiguousarray(np.asarray(data[name][lo:lo + step], dtype=spec.dtypes[name]))
+                      for name in names})
+    return feeds, f"calibration ({total} samples)"
+
+
+def fixed_batch_size(model) -> int | None:
+    """The first dimension of the model's graph inputs when every one fixes it (an exported model
+    with batch 1, say), else None (a symbolic batch: calibration runs in larger batches)."""
+    from compressor.ir.shapes import graph_inputs
+
+    sizes = set()
+    for vi in graph_inputs(model):
+        dims = vi.type.tensor_type.shape.dim
+        if not dims or not dims[0].HasField("dim_value"):
+            return None
+        sizes.add(int(dims[0].dim_value))
+    return sizes.pop() if len(sizes) == 1 else None
+
+
+def measure_sensitivity(analysis: Analysis, scores: dict[int, np.ndarray], feeds: list[dict[str, np.ndarray]],
+                        fractions=FRACTIONS, inputs: str = "random", progress: bool = False) -> Sensitivity:
+    """Probe every prunable group at ``fractions`` removed (least important channels first, as
+    ``scores`` order them) on ``feeds``; see the module docstring."""
+    import onnxruntime as ort
+
+    from compressor.ir.model_io import ort_max_ir_version
+    from compressor.verify.oracle import masking_model, session_options
+
+    start = time.monotonic()
+    mm = masking_model(analysis)
+    model = mm.oracle.model
+    model.ir_version = min(model.ir_version, ort_max_ir_version())
+    weights = mm.oracle.weights
+    try:
+        sess = ort.InferenceSession(model.SerializeToString(), session_options(), providers=["CPUExecutionProvider"])
+    except Exception:  # a kernel that insists on a constant weight: embed the weights (one copy)
+        sess = ort.InferenceSession(mm.oracle.embedded().SerializeToString(), session_options(),
+                                    providers=["CPUExecutionProvider"])
+        weights = {}
+    names = [o.name for o in sess.get_outputs()]
+    ones = mm.feeds({})
+
+    def run(masks: dict[str, np.ndarray]) -> list[list[np.ndarray]]:
+        return [sess.run(names, {**f, **weights, **masks}) for f in feeds]
+
+    ref = run(ones)
+    groups = [g for g in analysis.prunable if g.size > 1]
+    fr, raw = {}, {}
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=len(groups) * len(fractions), desc="sensitivity", unit="probe", leave=False, disable=None)
+    runs = 1
+    for g in groups:
+        order = np.argsort(-np.asarray(scores[g.id], dtype=np.float64), kind="stable")
+        counts = sorted({min(g.size - 1, max(1, int(round(f * g.size)))) for f in fractions})
+        errs = []
+        for removed in counts:
+            keep = {g.id: sorted(int(i) for i in order[: g.size - removed])}
+            errs.append(_output_change(ref, run(mm.feeds(keep))))
+            runs += 1
+            if bar is not None:
+                bar.update(1)
+        fr[g.id] = np.asarray(counts, dtype=np.float64) / g.size
+        raw[g.id] = np.asarray(errs)
+    if bar is not None:
+        bar.close()
+    del sess
+    return Sensitivity(fr, raw, inputs=inputs, runs=runs * len(feeds), seconds=time.monotonic() - start)
