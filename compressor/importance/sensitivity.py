@@ -190,5 +190,4 @@ def measure_sensitivity(analysis: Analysis, scores: dict[int, np.ndarray], feeds
         raw[g.id] = np.asarray(errs)
     if bar is not None:
         bar.close()
-    del sess
     return Sensitivity(fr, raw, inputs=inputs, runs=runs * len(feeds), seconds=time.monotonic() - start)
