@@ -8,6 +8,13 @@ score over its group's mean, as in the global ranking, so groups compare on one 
 channels that save no time (a layer whose kernel runs as fast at the narrower width, or a group
 that only feeds cheap layers) is what this avoids: a uniform ratio cuts those too.
 
+The step that reaches the budget is the cheapest one that reaches it alone, not necessarily the
+best ratio (a knapsack greedy's usual last-item fix: a coarse step would overshoot the budget).
+
+Costs: by default each channel's score over its group's mean; with a :class:`Sensitivity`
+(importance/sensitivity.py), the measured output change as a group loses its channels, which
+compares groups directly.
+
 No group loses more than ``max_group_ratio`` of its channels (never fewer than min-channels), so a
 layer whose channels are cheap to remove is not emptied to pay for the others.
 """
@@ -113,10 +120,28 @@ class Allocator:
             if heap and fresh > heap[0][0] * (1 + 1e-9) and fresh > prio * (1 + 1e-9):
                 heapq.heappush(heap, (fresh, gid, widths[gid]))  # its neighbours shrank: re-rank
                 continue
+            if saving >= total - budget:
+                # the last step: the cheapest step that alone reaches the budget may cost less than
+                # the best-ratio one, which can overshoot by a whole coarse step (16 -> 8 channels)
+                gid, nxt, saving = self._closing_step(widths, total - budget, gid, nxt, saving)
             widths[gid] = nxt
             total -= saving
             push(gid)
         return widths, self.table.predict(widths) / self.dense_ms
+
+    def _closing_step(self, widths: dict[int, int], gap: float, gid: int, nxt: int,
+                      saving: float) -> tuple[int, int, float]:
+        best = (self._cost(gid, widths[gid], nxt), gid, nxt, saving)
+        for g in self.groups:
+            n = self._next(g.id, widths[g.id])
+            if n is None or g.id == gid:
+                continue
+            s = self._saving(g.id, widths, n)
+            if s >= gap:
+                c = self._cost(g.id, widths[g.id], n)
+                if c < best[0]:
+                    best = (c, g.id, n, s)
+        return best[1], best[2], best[3]
 
     def plan(self, widths: dict[int, int]) -> PruningPlan:
         decisions = []

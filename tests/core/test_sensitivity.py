@@ -158,3 +158,24 @@ def test_cli_calibration_implies_sensitivity(fake_meter, tmp_path):  # noqa: F81
     assert res.exit_code == 0, res.output
     assert "allocation latency-table by sensitivity" in res.output
     assert "probed on calibration (4 samples)" in res.output
+
+
+def test_allocator_closes_the_budget_with_the_cheapest_sufficient_step():
+    """Group A's step saves 9x the time of B's for a little more importance: the best ratio. When
+    the budget needs less than B's step saves, B's cheaper step closes it instead of A's."""
+    model = two_branches(quiet=1.0)
+    an = api.analyze(model)
+    table = measure_table(an, 17, _weights_timer, reference_ms=1.0, step=8, floor=lambda n: max(1, n // 4))
+    size32 = [g.id for g in an.prunable if g.size == 32]
+    alloc = Allocator(an, {g.id: np.ones(g.size) for g in an.prunable}, PlanOptions(round_to=8), table)
+    a = max(size32, key=lambda gid: alloc._saving(gid, alloc.dense, 24))
+    b = next(gid for gid in size32 if gid != a)
+    scores = {g.id: np.ones(g.size) for g in an.prunable}
+    scores[b] = np.array([0.5] * 8 + [1.5] * 24)  # B's 8 least important cost 8 * 0.4 = 3.2, A's 8
+    alloc = Allocator(an, scores, PlanOptions(round_to=8), table)
+    save_a, save_b = alloc._saving(a, alloc.dense, 24), alloc._saving(b, alloc.dense, 24)
+    assert save_a / 8 > save_b / 3.2, "A's step is the better ratio"
+    widths, _ = alloc.widths_for(1 - 0.5 * save_b / alloc.dense_ms)
+    assert widths[b] == 24 and widths[a] == 32, widths
+    widths, _ = alloc.widths_for(1 - 0.5 * save_a / alloc.dense_ms)  # B's step alone is not enough
+    assert widths[a] == 24, widths
