@@ -134,7 +134,8 @@ def prune(model, *, ratio: float = 0.5, output: str | os.PathLike | None = None,
     ``sensitivity``: the table allocation compares groups by how much the outputs change when each
     loses its least important channels (importance/sensitivity.py), measured on ``calibration``
     (``{input name: samples}``, or a .npz/.npy file) or, without it, on seeded random inputs;
-    otherwise by channel scores normalised per group. None: on when ``calibration`` is given.
+    False: by channel scores normalised per group. None (default): on for the latency-table
+    allocation, and whenever ``calibration`` is given.
 
     ``prune_norms``: a LayerNorm over the channel axis is pruned through (its statistics then run
     over the kept channels; the oracle's reference computes it so); False freezes those groups.
@@ -174,8 +175,8 @@ def prune(model, *, ratio: float = 0.5, output: str | os.PathLike | None = None,
             round_to = int(round_to)
         except (TypeError, ValueError):
             raise UsageError(f"--round-to must be a positive integer or 'auto', got {round_to!r}") from None
-    if sensitivity is None:  # calibration data implies the sensitivity allocation
-        sensitivity = calibration is not None
+    if sensitivity is None:  # the latency-table allocation's default cost; calibration data implies it
+        sensitivity = calibration is not None or (target_latency is not None and latency_table)
     if sensitivity and (target_latency is None or not latency_table):
         raise UsageError("--sensitivity chooses the latency-table allocation's costs: it needs --target-latency "
                          "and the latency table")

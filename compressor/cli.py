@@ -199,9 +199,10 @@ shape_option = click.option("--input-shape", "input_shapes", multiple=True, meta
 @click.option("--latency-table/--no-latency-table", default=True, show_default=True,
               help="With --target-latency: allocate per-group widths on a latency table of the model's layers "
               "measured on --provider (--no-latency-table: search uniform or --global ratios by MACs).")
-@click.option("--sensitivity", is_flag=True, default=None,
-              help="With the latency table: compare groups by how much the outputs change when each loses its "
-              "least important channels (on --calibration data, else on random inputs), not by channel scores.")
+@click.option("--sensitivity/--no-sensitivity", default=None,
+              help="The latency table's allocation compares groups by how much the outputs change when each loses "
+              "its least important channels, measured on --calibration data, else on random inputs (default with "
+              "--target-latency); --no-sensitivity: by channel scores over their group's mean.")
 @click.option("--calibration", type=click.Path(), metavar="FILE.npz|FILE.npy",
               help="Real input samples for --sensitivity (implies it): a .npz keyed by input name, or a .npy for "
               "a one-input model (first axis = samples).")

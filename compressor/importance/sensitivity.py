@@ -13,7 +13,8 @@ the outputs, ``sqrt(sum |y' - y|^2 / sum |y|^2)`` over the batch, averaged over 
 Between grid points it is interpolated linearly (from 0 at nothing removed) and made monotone.
 
 One session runs every probe: the model carries a mask *input* at each consume point
-(verify/oracle.py, :func:`masking_model`); the weights are fed as the analysed model's own arrays.
+(verify/oracle.py, :func:`masking_model`); its weights are embedded (one copy while it runs) so
+that onnxruntime optimises the graph as it would the model itself.
 Inputs: calibration data when given (a few real samples make it a data-aware criterion, like the
 layer-wise sensitivity scans of NNCF/Distiller), else seeded random inputs at the model's shapes.
 Summing per-group sensitivities assumes they add up, the premise OrthoReg trains for.
@@ -31,6 +32,9 @@ from compressor.ir.shapes import InputSpec, random_feeds
 
 #: Removed fractions probed per group (the latency allocation removes at most 0.75).
 FRACTIONS = (0.25, 0.5, 0.75)
+#: Seconds the probes may take: the feeds used are cut to fit (resnet50 at 224: 2 random feeds,
+#: about 10 s; a 28x28 ResNet-20: 256 calibration samples in 8 batches, about 8 s).
+TIME_BUDGET_S = 15.0
 
 
 @dataclass
@@ -143,51 +147,68 @@ def fixed_batch_size(model) -> int | None:
 
 
 def measure_sensitivity(analysis: Analysis, scores: dict[int, np.ndarray], feeds: list[dict[str, np.ndarray]],
-                        fractions=FRACTIONS, inputs: str = "random", progress: bool = False) -> Sensitivity:
+                        fractions=FRACTIONS, inputs: str = "random", progress: bool = False,
+                        time_budget_s: float | None = TIME_BUDGET_S) -> Sensitivity:
     """Probe every prunable group at ``fractions`` removed (least important channels first, as
-    ``scores`` order them) on ``feeds``; see the module docstring."""
+    ``scores`` order them) on ``feeds``; see the module docstring.
+
+    ``time_budget_s``: the probes use as many of ``feeds`` (in order, at least one) as the time
+    one run of the first feed says fit in this budget; ``Sensitivity.inputs`` says how many."""
     import onnxruntime as ort
 
     from compressor.ir.model_io import ort_max_ir_version
-    from compressor.verify.oracle import masking_model, session_options
+    from compressor.verify.oracle import masking_model
 
     start = time.monotonic()
     mm = masking_model(analysis)
-    model = mm.oracle.model
+    model = mm.oracle.embedded()  # one copy of the weights, so that onnxruntime can fuse and pre-pack
     model.ir_version = min(model.ir_version, ort_max_ir_version())
-    weights = mm.oracle.weights
-    try:
-        sess = ort.InferenceSession(model.SerializeToString(), session_options(), providers=["CPUExecutionProvider"])
-    except Exception:  # a kernel that insists on a constant weight: embed the weights (one copy)
-        sess = ort.InferenceSession(mm.oracle.embedded().SerializeToString(), session_options(),
-                                    providers=["CPUExecutionProvider"])
-        weights = {}
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    del model
     names = [o.name for o in sess.get_outputs()]
     ones = mm.feeds({})
+    groups = [g for g in analysis.prunable if g.size > 1]
+    plans = []
+    for g in groups:
+        order = np.argsort(-np.asarray(scores[g.id], dtype=np.float64), kind="stable")
+        counts = sorted({min(g.size - 1, max(1, int(round(f * g.size)))) for f in fractions})
+        plans.append((g, order, counts))
+    probes = sum(len(c) for _, _, c in plans)
+
+    sess.run(names, {**feeds[0], **ones})  # warm-up
+    t0 = time.perf_counter()
+    first = sess.run(names, {**feeds[0], **ones})
+    per_feed = time.perf_counter() - t0
+    used = len(feeds)
+    if time_budget_s is not None and per_feed > 0:
+        used = max(1, min(len(feeds), int(time_budget_s / (per_feed * max(probes, 1)))))
+    if used < len(feeds):
+        total = sum(len(next(iter(f.values()))) for f in feeds)
+        taken = sum(len(next(iter(f.values()))) for f in feeds[:used])
+        inputs = f"{inputs}, {taken} of {total} used (time budget {time_budget_s:g} s)"
+    feeds = feeds[:used]
 
     def run(masks: dict[str, np.ndarray]) -> list[list[np.ndarray]]:
-        return [sess.run(names, {**f, **weights, **masks}) for f in feeds]
+        return [sess.run(names, {**f, **masks}) for f in feeds]
 
-    ref = run(ones)
-    groups = [g for g in analysis.prunable if g.size > 1]
+    ref = [first] + [sess.run(names, {**f, **ones}) for f in feeds[1:]]
     fr, raw = {}, {}
     bar = None
     if progress:
         from tqdm import tqdm
-        bar = tqdm(total=len(groups) * len(fractions), desc="sensitivity", unit="probe", leave=False, disable=None)
-    runs = 1
-    for g in groups:
-        order = np.argsort(-np.asarray(scores[g.id], dtype=np.float64), kind="stable")
-        counts = sorted({min(g.size - 1, max(1, int(round(f * g.size)))) for f in fractions})
+        bar = tqdm(total=probes, desc="sensitivity", unit="probe", leave=False, disable=None)
+    for g, order, counts in plans:
         errs = []
         for removed in counts:
             keep = {g.id: sorted(int(i) for i in order[: g.size - removed])}
             errs.append(_output_change(ref, run(mm.feeds(keep))))
-            runs += 1
             if bar is not None:
                 bar.update(1)
         fr[g.id] = np.asarray(counts, dtype=np.float64) / g.size
         raw[g.id] = np.asarray(errs)
     if bar is not None:
         bar.close()
-    return Sensitivity(fr, raw, inputs=inputs, runs=runs * len(feeds), seconds=time.monotonic() - start)
+    return Sensitivity(fr, raw, inputs=inputs, runs=(probes + 1) * len(feeds), seconds=time.monotonic() - start)

@@ -137,7 +137,9 @@ def test_prune_with_sensitivity_reports_it_and_checks_its_options(fake_meter, tm
     assert b["allocation_cost"] == "sensitivity" and b["sensitivity"]["inputs"] == "calibration (6 samples)"
     assert b["sensitivity"]["groups"] == len([g for g in res.analysis.prunable if g.size > 1])
     assert abs(b["ratio"] / 0.7 - 1) <= 0.05 and res.report["verify"]["passed"]
-    plain = api.prune(branchy(), target_latency=7.0, round_to=4).report["budget"]
+    default = api.prune(branchy(), target_latency=7.0, round_to=2).report["budget"]
+    assert default["allocation_cost"] == "sensitivity" and default["sensitivity"]["inputs"].startswith("random")
+    plain = api.prune(branchy(), target_latency=7.0, round_to=4, sensitivity=False).report["budget"]
     assert plain["allocation_cost"] == "importance" and "sensitivity" not in plain
     with pytest.raises(UsageError, match="needs --target-latency"):
         api.prune(branchy(), ratio=0.5, sensitivity=True)
