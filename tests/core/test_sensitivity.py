@@ -147,6 +147,9 @@ def test_prune_with_sensitivity_reports_it_and_checks_its_options(fake_meter, tm
         api.prune(branchy(), target_latency=7.0, calibration=tmp_path / "calib.npy", sensitivity=False)
     with pytest.raises(UsageError, match="calibration file not found"):
         api.prune(branchy(), target_latency=7.0, sensitivity=True, calibration=tmp_path / "missing.npz")
+    (tmp_path / "corrupt.npz").write_bytes(b"not a zip file")
+    with pytest.raises(UsageError, match="cannot read calibration data"):
+        api.prune(branchy(), target_latency=7.0, calibration=tmp_path / "corrupt.npz")
 
 
 def test_cli_calibration_implies_sensitivity(fake_meter, tmp_path):  # noqa: F811
