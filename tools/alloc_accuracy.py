@@ -14,6 +14,7 @@ Needs trained models from the experiments and Fashion-MNIST (`make data`):
 
     .venv-exp/bin/python tools/alloc_accuracy.py [--models resnet20,vgg11_small,mobilenet_v2_small]
         [--fractions 0.9,0.8,0.7] [--importance l1] [--calibration 256] [--markdown]
+        [--finetune-epochs E [--finetune-limit N]]
 
 Calibration samples come from the *training* split (seeded); accuracy is on the 10k test split.
 """
@@ -46,7 +47,7 @@ from compressor.planning.allocate import MAX_GROUP_RATIO, Allocator  # noqa: E40
 from compressor.planning.budget import plan_cost, plan_for_fraction  # noqa: E402
 from compressor.planning.plan import PlanOptions  # noqa: E402
 from compressor.surgery import apply_plan  # noqa: E402
-from exp.runner import onnx_accuracy, test_arrays  # noqa: E402
+from exp.runner import onnx_accuracy, onnx_logits, test_arrays  # noqa: E402
 
 SHAPE = ["1x1x28x28"]
 MODELS = {
@@ -57,8 +58,42 @@ MODELS = {
 COSTS = ("importance", "sensitivity-random", "sensitivity-calibration")
 
 
+def finetune(name: str, dense: str, plan, out: Path, epochs: int, limit: int | None, x, y) -> dict:
+    """The plan's pruned model carried to torch (dense weights, then the verified report's slices),
+    fine-tuned ``epochs`` epochs (SGD lr 0.01 cosine, wd 5e-4, batch 128: phase B of the experiments'
+    --full setting) on ``limit`` training images, exported and evaluated. ``out``: the stem of
+    the files written (.pruned.onnx, .log, .onnx)."""
+    import torch
+
+    import models
+    from compressor.data.torch_data import make_loader
+    from compressor.train.export import export
+    from exp.runner import Log, train_phase
+    from exp.shrink import load_onnx_weights, shrink
+
+    pruned = api.prune(dense, plan_in=plan, output=out.with_suffix(".pruned.onnx"), input_shapes=SHAPE)
+    torch.manual_seed(0)
+    small = models.create_model(name, in_channels=1, num_classes=10, input_size=28)
+    load_onnx_weights(small, onnx.load(dense))
+    shrink(small, pruned.report["plan"])
+    small.eval()
+    with torch.no_grad():
+        diff = float(np.abs(small(torch.from_numpy(x[:64])).numpy()
+                            - onnx_logits(out.with_suffix(".pruned.onnx"), x[:64])).max())
+    if diff > 1e-3:
+        raise RuntimeError(f"the torch copy differs from the pruned ONNX by {diff}")
+    train = make_dataset("fashion-mnist", "train", limit=limit)
+    loader = make_loader(train, 128, shuffle=True, seed=0, drop_last=True)
+    _, info = train_phase(small, loader, epochs, 0.01, 5e-4, Log(out.with_suffix(".log")), f"FT {name}")
+    small.eval()
+    export(small, torch.zeros(1, 1, 28, 28), out.with_suffix(".onnx"), dynamic_batch=True)
+    return {"epochs": epochs, "train_images": len(train), "seconds": info["seconds"],
+            "accuracy": onnx_accuracy(out.with_suffix(".onnx"), x, y, 2)}
+
+
 def evaluate(name: str, path: str, fractions: list[float], importance: str, n_calib: int, x, y, xcal,
-             tmp: Path) -> list[dict]:
+             tmp: Path, ft_epochs: int = 0, ft_limit: int | None = None,
+             ft_costs: tuple[str, ...] = ("importance", "sensitivity-calibration")) -> list[dict]:
     proto = onnx.load(path)
     an = api.analyze(proto, input_shapes=SHAPE)
     scores, _ = api._scores(proto, an, importance, 0)
@@ -90,7 +125,7 @@ def evaluate(name: str, path: str, fractions: list[float], importance: str, n_ca
             onnx.save(m, out)
             plans[key] = {"file": str(out), "macs": round(plan_cost(an, p.keep)[0] / macs0, 3),
                           "accuracy": onnx_accuracy(out, x, y, 2),
-                          "widths": sorted((g.size, len(g.kept)) for g in p.groups if g.removed)}
+                          "widths": sorted((g.size, len(g.kept)) for g in p.groups if g.removed), "_plan": p}
         return plans[key]
 
     rows = []
@@ -109,6 +144,20 @@ def evaluate(name: str, path: str, fractions: list[float], importance: str, n_ca
     res = benchmark(files, provider="cpu", threads=2, min_time=2, progress=False, log=None, input_shapes=SHAPE)
     for p, r in zip(plans.values(), res.results[1:]):
         p["latency_ratio"] = round(1.0 / r.ratio_to_first.median, 3)
+    if ft_epochs:
+        done: dict[str, dict] = {}
+        for row in rows:
+            if row["allocation"] not in ft_costs:
+                continue
+            for key in ("plan", "uniform_r8"):
+                p = row[key]
+                if p["file"] not in done:
+                    done[p["file"]] = finetune(name, path, p.pop("_plan"), Path(p["file"]).with_suffix(".ft"),
+                                              ft_epochs, ft_limit, x, y)
+                    print(json.dumps({"model": name, "finetuned": p["file"], **done[p["file"]]}), flush=True)
+                p["finetuned"] = done[p["file"]]
+    for p in plans.values():
+        p.pop("_plan", None)
     dense_acc = onnx_accuracy(path, x, y, 2)
     for row in rows:
         row["dense_accuracy"] = dense_acc
@@ -124,6 +173,18 @@ def markdown(rows: list[dict]) -> str:
     def cell(p: dict) -> str:
         return f"{p['macs']:.3f} / {p['latency_ratio']:.3f} / {p['accuracy']:.1%}"
 
+    if any("finetuned" in r["plan"] for r in rows):
+        out = ["| model (dense acc.) | target (predicted) | allocation cost | MACs | latency | right after "
+               "| fine-tuned | uniform x8: MACs / latency | right after | fine-tuned |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            a, u = r["plan"], r["uniform_r8"]
+            if "finetuned" not in a:
+                continue
+            out.append(f"| {r['model']} ({r['dense_accuracy']:.1%}) | {r['fraction']:.2f} ({r['predicted']:.3f}) | "
+                       f"{r['allocation']} | {a['macs']:.3f} | {a['latency_ratio']:.3f} | {a['accuracy']:.1%} | "
+                       f"**{a['finetuned']['accuracy']:.1%}** | {u['macs']:.3f} / {u['latency_ratio']:.3f} | "
+                       f"{u['accuracy']:.1%} | **{u['finetuned']['accuracy']:.1%}** |")
+        return "\n".join(out)
     for r in rows:
         a = r["plan"]
         out.append(f"| {r['model']} ({r['dense_accuracy']:.1%}) | {r['fraction']:.2f} ({r['predicted']:.3f}) | "
@@ -140,6 +201,10 @@ def main(argv=None) -> int:
     ap.add_argument("--importance", default="l1")
     ap.add_argument("--calibration", type=int, default=256, help="training images for the calibration sensitivity")
     ap.add_argument("--markdown", action="store_true", help="also print the markdown table")
+    ap.add_argument("--finetune-epochs", type=int, default=0,
+                    help="also fine-tune the importance and calibration-sensitivity plans and their uniform x8 "
+                    "counterparts this many epochs (torch) and report their accuracy")
+    ap.add_argument("--finetune-limit", type=int, default=None, help="training images for fine-tuning (default all)")
     args = ap.parse_args(argv)
     todo = {}
     if args.model_path:
@@ -158,7 +223,8 @@ def main(argv=None) -> int:
     rows = []
     t0 = time.perf_counter()
     for name, path in todo.items():
-        rows += evaluate(name, path, fractions, args.importance, args.calibration, x, y, xcal, tmp)
+        rows += evaluate(name, path, fractions, args.importance, args.calibration, x, y, xcal, tmp,
+                         ft_epochs=args.finetune_epochs if not args.model_path else 0, ft_limit=args.finetune_limit)
     if args.markdown:
         print(markdown(rows))
     print(json.dumps({"seconds": round(time.perf_counter() - t0, 1)}))
