@@ -135,7 +135,8 @@ def prune(model, *, ratio: float = 0.5, output: str | os.PathLike | None = None,
     loses its least important channels (importance/sensitivity.py), measured on ``calibration``
     (``{input name: samples}``, or a .npz/.npy file) or, without it, on seeded random inputs;
     False: by channel scores normalised per group. None (default): on for the latency-table
-    allocation, and whenever ``calibration`` is given.
+    allocation, and whenever ``calibration`` is given. With ``target_macs``, sensitivity allocates
+    per-group widths on the layers' exact MACs (off by default: the MACs target cuts uniformly).
 
     ``prune_norms``: a LayerNorm over the channel axis is pruned through (its statistics then run
     over the kept channels; the oracle's reference computes it so); False freezes those groups.
@@ -177,9 +178,9 @@ def prune(model, *, ratio: float = 0.5, output: str | os.PathLike | None = None,
             raise UsageError(f"--round-to must be a positive integer or 'auto', got {round_to!r}") from None
     if sensitivity is None:  # the latency-table allocation's default cost; calibration data implies it
         sensitivity = calibration is not None or (target_latency is not None and latency_table)
-    if sensitivity and (target_latency is None or not latency_table):
-        raise UsageError("--sensitivity chooses the latency-table allocation's costs: it needs --target-latency "
-                         "and the latency table")
+    if sensitivity and not ((target_latency is not None and latency_table) or target_macs is not None):
+        raise UsageError("--sensitivity allocates per-group widths for a budget: it needs --target-latency (with "
+                         "the latency table) or --target-macs")
     if calibration is not None and not sensitivity:
         raise UsageError("--calibration data is used by --sensitivity only")
     calibration_data = load_calibration(calibration) if calibration is not None else None
@@ -206,7 +207,26 @@ def prune(model, *, ratio: float = 0.5, output: str | os.PathLike | None = None,
         scores, notes = _scores(proto, an, importance, seed)
         importance_notes += notes
 
+        sens_cache: list = []
+
+        def sensitivities():
+            if not sens_cache:
+                from compressor.importance.sensitivity import calibration_feeds, fixed_batch_size, measure_sensitivity
+
+                feeds, described = calibration_feeds(spec, calibration_data, seed=seed,
+                                                     fixed_batch=fixed_batch_size(proto))
+                sens_cache.append(measure_sensitivity(an, scores, feeds, inputs=described, progress=True))
+            return sens_cache[0]
+
         def choose(o: PlanOptions) -> PruningPlan:
+            if target_macs is not None and sensitivity:
+                from compressor.ir.model_io import default_opset
+                from compressor.planning.allocate import plan_for_macs_allocated
+
+                res = plan_for_macs_allocated(an, scores, o, target_macs, sensitivities(), default_opset(proto))
+                res.details["importance_kept"] = importance_kept(an, scores, res.plan)
+                extra["budget"] = res.to_dict()
+                return res.plan
             if target_macs is not None or target_params is not None:
                 kind, frac = ("macs", target_macs) if target_macs is not None else ("params", target_params)
                 res = plan_for_fraction(an, scores, o, kind, frac)
@@ -215,7 +235,7 @@ def prune(model, *, ratio: float = 0.5, output: str | os.PathLike | None = None,
             if target_latency is not None:
                 res = _latency_plan(proto, an, scores, o, target_latency, provider, spec, latency_tolerance,
                                     fallback_to_1=round_defaulted, use_table=latency_table,
-                                    sensitivity=sensitivity, calibration=calibration_data, seed=seed)
+                                    sensitivity=sensitivities if sensitivity else None)
                 res.details["importance_kept"] = importance_kept(an, scores, res.plan)
                 extra["budget"] = res.to_dict()
                 return res.plan
@@ -322,7 +342,7 @@ def _pruned_for_timing(an: Analysis, plan: PruningPlan) -> onnx.ModelProto:
 
 
 def _latency_plan(proto, an, scores, opts, target_ms, provider, spec, tol, fallback_to_1: bool = False,
-                  use_table: bool = True, sensitivity: bool = False, calibration=None, seed: int = 0):
+                  use_table: bool = True, sensitivity=None):
     """Read the target against the dense model measured here (3 s alone, after a warm-up), then
     search on pruned/dense ratios timed interleaved. ``reference_pooled_ms``: the median of every
     dense run of the search, to show how far the machine's load drifted meanwhile.
@@ -334,8 +354,8 @@ def _latency_plan(proto, an, scores, opts, target_ms, provider, spec, tol, fallb
 
     ``use_table``: measure the layer latency table first (bench/layers.py) and search over the
     widths the Allocator gives for fractions of its predicted latency; ``budget.layers`` then lists
-    every layer's dense and planned channels and table latencies. ``sensitivity``: the allocation's
-    costs are the groups' measured output changes (on ``calibration`` or random inputs)."""
+    every layer's dense and planned channels and table latencies. ``sensitivity``: a callable giving
+    the groups' measured output changes (importance/sensitivity.py), the allocation's costs."""
     from compressor.bench.ratio import RatioMeter, RatioPrecision, median_interval
     from compressor.planning.budget import LatencySearch, LatencyTargetError
 
@@ -361,12 +381,7 @@ def _latency_plan(proto, an, scores, opts, target_ms, provider, spec, tol, fallb
                               lambda n: max(opts.min_channels, int(math.ceil(n * (1 - MAX_GROUP_RATIO)))),
                               progress=True, overhead_ms=call_overhead_ms(timer))
 
-    sens = None
-    if table is not None and sensitivity:
-        from compressor.importance.sensitivity import calibration_feeds, fixed_batch_size, measure_sensitivity
-
-        feeds, described = calibration_feeds(spec, calibration, seed=seed, fixed_batch=fixed_batch_size(proto))
-        sens = measure_sensitivity(an, scores, feeds, inputs=described, progress=True)
+    sens = sensitivity() if table is not None and sensitivity is not None else None
 
     def knob_for(o: PlanOptions):
         if table is None:

@@ -147,11 +147,14 @@ def render_prune_report(r: dict) -> str:
             out.append(f"latency table: {t['layers']} layers ({t['distinct_layers']} distinct) measured in "
                        f"{t['probes']} probes, {t['seconds']:.1f} s; allocation {b['allocation']} "
                        f"by {b.get('allocation_cost', 'importance')}")
-            if b.get("sensitivity"):
-                sv = b["sensitivity"]
-                out.append(f"sensitivity: {sv['groups']} groups probed on {sv['inputs']}, {sv['runs']} runs, "
-                           f"{sv['seconds']:.1f} s")
             out += _layer_rows(b.get("layers", []))
+        if b.get("allocation") == "macs-table":
+            out.append(f"allocation: per-group widths on the layers' exact MACs by {b['allocation_cost']}, "
+                       f"at most {b['max_group_ratio']:.0%} of a group removed")
+        if b.get("sensitivity"):
+            sv = b["sensitivity"]
+            out.append(f"sensitivity: {sv['groups']} groups probed on {sv['inputs']}, {sv['runs']} runs, "
+                       f"{sv['seconds']:.1f} s")
     if r.get("round_to_auto"):
         ra = r["round_to_auto"]
         out.append("round-to auto: " + ", ".join(f"{m['round_to']}: {m['latency_ms']:.3f} ms" for m in ra["measured"])
@@ -200,9 +203,10 @@ shape_option = click.option("--input-shape", "input_shapes", multiple=True, meta
               help="With --target-latency: allocate per-group widths on a latency table of the model's layers "
               "measured on --provider (--no-latency-table: search uniform or --global ratios by MACs).")
 @click.option("--sensitivity/--no-sensitivity", default=None,
-              help="The latency table's allocation compares groups by how much the outputs change when each loses "
-              "its least important channels, measured on --calibration data, else on random inputs (default with "
-              "--target-latency); --no-sensitivity: by channel scores over their group's mean.")
+              help="Allocate per-group widths by how much the outputs change when each group loses its least "
+              "important channels, measured on --calibration data, else on random inputs: on the latency table "
+              "with --target-latency (the default there; --no-sensitivity: by channel scores over their group's "
+              "mean), on the layers' MACs with --target-macs (off by default: uniform).")
 @click.option("--calibration", type=click.Path(), metavar="FILE.npz|FILE.npy",
               help="Real input samples for --sensitivity (implies it): a .npz keyed by input name, or a .npy for "
               "a one-input model (first axis = samples).")

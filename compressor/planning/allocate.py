@@ -195,3 +195,56 @@ def importance_kept(analysis: Analysis, scores: dict[int, np.ndarray], plan: Pru
         d = decisions.get(g.id)
         kept += float(norm[d.kept].sum()) if d is not None else float(norm.sum())
     return kept / total if total else 1.0
+
+
+# --------------------------------------------------------------------------- MACs budgets
+
+
+def macs_table(analysis: Analysis, opset: int, step: int, floor) -> LatencyTable:
+    """A cost table in MACs instead of milliseconds: the latency table's layers and grid, each
+    probe costed by its exact MACs (bilinear in the channel counts, so the interpolation is exact);
+    what the layers leave of the model's MACs is the rest, scaled with the activations."""
+    from compressor.bench.layers import measure_table
+    from compressor.ir.graph import GraphIndex
+    from compressor.ir.shapes import resolve_inputs
+    from compressor.metrics import count
+    from compressor.planning.budget import plan_cost
+
+    def macs(model) -> float:
+        return float(count(GraphIndex(model, resolve_inputs(model, {})))[0])
+
+    return measure_table(analysis, opset, macs, float(plan_cost(analysis, {})[0]), step, floor)
+
+
+def plan_for_macs_allocated(analysis: Analysis, scores: dict[int, np.ndarray], opts: PlanOptions, fraction: float,
+                            sensitivity: Sensitivity, opset: int, max_group_ratio: float = MAX_GROUP_RATIO):
+    """``--target-macs F --sensitivity``: per-group widths that keep at most ``fraction`` of the
+    MACs, allocated by the Allocator on :func:`macs_table` with sensitivity costs (output change per
+    MAC saved). Returns a BudgetResult; raises UsageError when the floor keeps more."""
+    from compressor.errors import UsageError
+    from compressor.planning.budget import BudgetResult, plan_cost
+
+    if not 0.0 < fraction <= 1.0:
+        raise UsageError(f"--target-macs must be in (0, 1], got {fraction}")
+    table = macs_table(analysis, opset, opts.round_to,
+                       lambda n: max(opts.min_channels, int(math.ceil(n * (1 - max_group_ratio)))))
+    alloc = Allocator(analysis, scores, opts, table, max_group_ratio=max_group_ratio, sensitivity=sensitivity)
+    base = max(plan_cost(analysis, {})[0], 1)
+    goal = fraction * base
+    steps = []
+    details = {"allocation": "macs-table", "allocation_cost": "sensitivity", "max_group_ratio": max_group_ratio,
+               "sensitivity": sensitivity.summary()}
+    f = fraction
+    for _ in range(12):
+        plan, predicted = alloc.plan_for(f)
+        v = plan_cost(analysis, plan.keep)[0] if plan.keep else base
+        steps.append({"predicted_fraction": round(f, 5), "macs": v / base})
+        if v <= goal:
+            return BudgetResult(plan, "macs", fraction, v / base, steps, details)
+        if f <= 0.0:
+            break
+        f = max(0.0, f * goal / v - 1e-6)  # the rest's activation scaling is approximate: tighten
+    raise UsageError(f"--target-macs {fraction:g} is unreachable with the sensitivity allocation: no group loses "
+                     f"more than {max_group_ratio:.0%} of its channels, which keeps {v / base:.3f} of the MACs "
+                     f"(min-channels {opts.min_channels}, round-to {opts.round_to}; try --no-sensitivity)")
+

@@ -184,3 +184,34 @@ def test_allocator_closes_the_budget_with_the_cheapest_sufficient_step():
     assert widths[b] == 24 and widths[a] == 32, widths
     widths, _ = alloc.widths_for(1 - 0.5 * save_a / alloc.dense_ms)  # B's step alone is not enough
     assert widths[a] == 24, widths
+
+
+def test_macs_table_predicts_exact_macs_for_any_plan():
+    from compressor.planning.allocate import macs_table
+    from compressor.planning.budget import plan_cost
+
+    an = api.analyze(branchy())
+    scores = score_groups(an, "l2")
+    table = macs_table(an, 17, 4, lambda n: max(1, n // 4))
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        plan = make_plan(an, scores, PlanOptions(ratio=float(rng.uniform(0.1, 0.7)), global_ranking=True))
+        widths = {g.id: len(g.kept) for g in plan.groups}
+        assert table.predict(widths) == pytest.approx(plan_cost(an, plan.keep)[0], rel=1e-6)
+
+
+def test_target_macs_with_sensitivity_cuts_the_quiet_group_and_meets_the_budget():
+    model = two_branches()
+    res = api.prune(model, target_macs=0.8, sensitivity=True, round_to=8)
+    b = res.report["budget"]
+    assert b["allocation"] == "macs-table" and b["allocation_cost"] == "sensitivity" and b["achieved"] <= 0.8
+    assert res.report["macs_after"] <= 0.8 * res.report["macs_before"] and res.report["verify"]["passed"]
+    per_group = {int(k): v["output_change"][-1] for k, v in b["sensitivity"]["per_group"].items()}
+    widths = {d.id: len(d.kept) for d in res.plan.groups if d.size == 32}
+    quiet = min(widths, key=per_group.get)
+    loud = next(gid for gid in widths if gid != quiet)
+    assert widths[quiet] == 8 < widths[loud], widths  # the quiet group goes to its 25% floor first
+    uniform = api.prune(model, target_macs=0.8, round_to=8).report["budget"]
+    assert "allocation_cost" not in uniform, "the MACs target stays uniform unless asked"
+    with pytest.raises(UsageError, match="unreachable"):
+        api.prune(model, target_macs=0.01, sensitivity=True)
