@@ -30,3 +30,23 @@ def test_cuts_table_rows_and_deltas():
     assert list(lines)[-2:] == ["tp_groupnorm (anchor)", "tp_growingreg (anchor)"], "anchors come last"
     assert "80.00 %" in md and "70.00 %" in md
     assert cuts_md([_r("seeds", "l1", 2.0, 0.1, 0.7)]) == ""
+
+
+def test_seeds_table_gives_mean_and_std_over_the_seeds_that_finished():
+    from exp.report import seeds_md
+
+    rows = []
+    for seed, (p, f) in enumerate([(0.10, 0.80), (0.30, 0.84)]):
+        for r in (_r("models", "l1", 2.0, p, f, seed=seed), _r("models", "dense", 2.0, None, 0.9, seed=seed)):
+            r["config"]["model"] = "vgg"
+            rows.append(r)
+    only = _r("models", "sfp", 4.0, 0.5, 0.6)
+    only["config"]["model"] = "vgg"
+    md = seeds_md(rows + [only], "models")
+    lines = {ln.split(" | ")[0].lstrip("| "): ln for ln in md.splitlines() if ln.startswith("| ")}
+    assert "vgg over seeds 0, 1" in md
+    assert "| 20.00 ± 14.14 | 82.00 ± 2.83 | 2 |" in lines["l1"]
+    assert "| – | 90.00 ± 0.00 | 2 |" in lines["dense"]
+    assert lines["sfp"].endswith("| 50.00 ± 0.00 | 60.00 ± 0.00 | 1 |")
+    one_seed = [r for r in rows if r["config"]["seed"] == 0]
+    assert seeds_md(one_seed, "models") == ""  # a single seed: no table

@@ -8,6 +8,7 @@ result JSON and its run log so each number can be traced.
 from __future__ import annotations
 
 import json
+import statistics
 from collections import defaultdict
 from pathlib import Path
 
@@ -181,6 +182,44 @@ def models_md(results: list[dict], table: str, setting: str = "cpu", seed: int =
     return "\n".join(out) + "\n"
 
 
+def seeds_md(results: list[dict], table: str, setting: str = "cpu") -> str:
+    """Per model of a table run with more than one seed: per method and cut, the accuracy right after
+    pruning and after fine-tuning as mean ± sample std over the seeds that finished (n)."""
+    runs: dict[tuple[str, str, float], list[dict]] = defaultdict(list)
+    for r in results:
+        c = r["config"]
+        if c["table"] == table and c["setting"]["name"] == setting:
+            runs[(c["model"], c["method"], c["cut"])].append(r)
+    out = []
+    for model in sorted({k[0] for k in runs}):
+        seeds = sorted({r["config"]["seed"] for k, rs in runs.items() if k[0] == model for r in rs})
+        if len(seeds) < 2:
+            continue
+        cuts = sorted({k[2] for k in runs if k[0] == model})
+        methods = sorted({k[1] for k in runs if k[0] == model}, key=lambda m: (m != "dense", m in ANCHORS, m))
+
+        def stat(rs: list[dict], key: str) -> str:
+            vals = [100 * r[key] for r in rs if r.get(key) is not None]
+            if not vals:
+                return "–"
+            sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+            return f"{statistics.fmean(vals):.2f} ± {sd:.2f}"
+
+        out += [f"#### {model} over seeds {', '.join(map(str, seeds))} (table `{table}`, setting `{setting}`)\n",
+                "Accuracy %: mean ± sample std over the seeds that finished (n), right after pruning → after "
+                "fine-tuning.\n",
+                "| method | " + " | ".join(f"{c:g}x right after | {c:g}x fine-tuned | {c:g}x n" for c in cuts) + " |",
+                "|---|" + "---|---|---|" * len(cuts)]
+        for m in methods:
+            cells = []
+            for c in cuts:
+                rs = runs.get((model, m, c), [])
+                cells += [stat(rs, "acc_pruned") if m != "dense" else "–", stat(rs, "acc_finetuned"), str(len(rs))]
+            out.append(f"| {m + ' (anchor)' if m in ANCHORS else m} | " + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out) + "\n" if out else ""
+
+
 def plots(rows: list[dict], plot_dir: Path, stem: str) -> list[Path]:
     import matplotlib
     matplotlib.use("Agg")
@@ -275,6 +314,9 @@ def _write_tables(results: list[dict], tables: list[str], out_md: Path, plot_dir
         both = models_md(results, table)
         if both:
             parts.append(both)
+        over_seeds = seeds_md(results, table)
+        if over_seeds:
+            parts.append(over_seeds)
         by_setting: dict[str, list[dict]] = defaultdict(list)
         for r in rows:
             by_setting[r["config"]["setting"]["name"]].append(r)
