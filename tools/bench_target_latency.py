@@ -262,7 +262,8 @@ def markdown(rows: list[Row], meta: dict) -> str:
         "check ratio / target ratio − 1, the column the goal (±5%) is judged on. raw: the check's pruned p50 "
         "against the target in absolute ms (includes the load drift between processes).",
         "- allocation: `table` = per-group widths allocated on the latency table of the model's layers (the "
-        "default; table s = seconds spent measuring it), `uniform` = `--no-latency-table` (uniform ratios "
+        "default; its cost is each group's sensitivity on random inputs, the default since 2026-11-30 05:00; "
+        "table s = seconds spent measuring the table), `uniform` = `--no-latency-table` (uniform ratios "
         "searched by MACs). importance kept: share of the channels' importance (each over its group's mean) "
         "that the plan keeps (`budget.importance_kept`).",
         "- measurements: knob → measured ratio of every measurement the engine made (`c`: confirmation); the "
