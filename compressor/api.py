@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -374,11 +373,11 @@ def _latency_plan(proto, an, scores, opts, target_ms, provider, spec, tol, fallb
     if use_table:
         from compressor.bench.layers import call_overhead_ms, measure_table, ort_layer_timer
         from compressor.ir.model_io import default_opset
-        from compressor.planning.allocate import MAX_GROUP_RATIO
+        from compressor.planning.allocate import fewest_kept
 
         timer = ort_layer_timer(provider, meter.threads)
         table = measure_table(an, default_opset(proto), timer, reference, opts.round_to,
-                              lambda n: max(opts.min_channels, int(math.ceil(n * (1 - MAX_GROUP_RATIO)))),
+                              lambda n: fewest_kept(n, opts.min_channels),
                               progress=True, overhead_ms=call_overhead_ms(timer))
 
     sens = sensitivity() if table is not None and sensitivity is not None else None

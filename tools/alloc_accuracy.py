@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import glob
 import json
-import math
 import sys
 import tempfile
 import time
@@ -43,7 +42,7 @@ from compressor.bench.layers import call_overhead_ms, measure_table, ort_layer_t
 from compressor.data.torch_data import make_dataset  # noqa: E402
 from compressor.importance.sensitivity import calibration_feeds, measure_sensitivity  # noqa: E402
 from compressor.ir.model_io import default_opset, ort_max_ir_version  # noqa: E402
-from compressor.planning.allocate import MAX_GROUP_RATIO, Allocator  # noqa: E402
+from compressor.planning.allocate import Allocator, fewest_kept  # noqa: E402
 from compressor.planning.budget import plan_cost, plan_for_fraction  # noqa: E402
 from compressor.planning.plan import PlanOptions  # noqa: E402
 from compressor.surgery import apply_plan  # noqa: E402
@@ -103,7 +102,7 @@ def evaluate(name: str, path: str, fractions: list[float], importance: str, n_ca
                          input_shapes=SHAPE).results[0].stats.p50_ms
     timer = ort_layer_timer("cpu", 2)
     table = measure_table(an, default_opset(proto), timer, dense_ms, opts.round_to,
-                          lambda n: max(1, int(math.ceil(n * (1 - MAX_GROUP_RATIO)))),
+                          fewest_kept,
                           overhead_ms=call_overhead_ms(timer))
     inp = next(iter(spec.shapes))
     sens = {}

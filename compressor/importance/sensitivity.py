@@ -46,14 +46,13 @@ class Sensitivity:
 
     fractions: dict[int, np.ndarray]  # group id -> removed fractions probed (exact: count / size)
     raw: dict[int, np.ndarray]
-    errors: dict[int, np.ndarray] = field(default_factory=dict)
     inputs: str = "random"
     runs: int = 0
     seconds: float = 0.0
+    errors: dict[int, np.ndarray] = field(init=False)
 
     def __post_init__(self) -> None:
-        if not self.errors:
-            self.errors = {gid: np.maximum.accumulate(np.maximum(v, 0.0)) for gid, v in self.raw.items()}
+        self.errors = {gid: np.maximum.accumulate(np.maximum(v, 0.0)) for gid, v in self.raw.items()}
 
     def at(self, gid: int, removed_fraction: float) -> float:
         """Interpolated sensitivity of group ``gid`` with ``removed_fraction`` of it removed (0 for a

@@ -43,6 +43,12 @@ from compressor.planning.plan import (
 MAX_GROUP_RATIO = 0.75
 
 
+def fewest_kept(size: int, min_channels: int = 1, max_group_ratio: float = MAX_GROUP_RATIO) -> int:
+    """The fewest channels the allocation keeps of a dimension of ``size`` (before rounding): the
+    floor of a group, and where a cost table's grid starts."""
+    return max(min_channels, 1, int(math.ceil(size * (1 - max_group_ratio))))
+
+
 class Allocator:
     """Plans for predicted latency budgets on one table (the per-group data is built once)."""
 
@@ -60,7 +66,7 @@ class Allocator:
             self.order[g.id] = np.argsort(-np.asarray(scores[g.id], dtype=np.float64), kind="stable")
             self.cum[g.id] = np.concatenate([[0.0], np.cumsum(np.sort(normalised_scores(scores[g.id])))])
             st = self.step[g.id] = channel_step(opts.round_to, channel_multiplier(g))
-            least = max(opts.min_channels, 1, int(math.ceil(g.size * (1 - max_group_ratio))))
+            least = fewest_kept(g.size, opts.min_channels, max_group_ratio)
             self.floor[g.id] = min(g.size, int(math.ceil(least / st) * st))
         self.touch: dict[int, list[int]] = {g.id: [] for g in self.groups}
         for i, lyr in enumerate(table.layers):
@@ -226,8 +232,7 @@ def plan_for_macs_allocated(analysis: Analysis, scores: dict[int, np.ndarray], o
 
     if not 0.0 < fraction <= 1.0:
         raise UsageError(f"--target-macs must be in (0, 1], got {fraction}")
-    table = macs_table(analysis, opset, opts.round_to,
-                       lambda n: max(opts.min_channels, int(math.ceil(n * (1 - max_group_ratio)))))
+    table = macs_table(analysis, opset, opts.round_to, lambda n: fewest_kept(n, opts.min_channels, max_group_ratio))
     alloc = Allocator(analysis, scores, opts, table, max_group_ratio=max_group_ratio, sensitivity=sensitivity)
     base = max(plan_cost(analysis, {})[0], 1)
     goal = fraction * base
