@@ -84,6 +84,20 @@ def _acc_cells(r: dict, refs: list[dict | None]) -> list[str]:
             + [_delta(ft, ref.get("acc_finetuned") if ref else None) for ref in refs])
 
 
+def _per_cut_rows(methods: list[str], cuts: list[float], columns: list[str], cells) -> list[str]:
+    """A markdown table with one row per method and, per cut, ``columns`` (header templates with
+    ``{c}`` for the cut); ``cells(method, cut)`` gives that cut's cells, or None: "not run"."""
+    out = ["| method | " + " | ".join(col.format(c=f"{c:g}x") for c in cuts for col in columns) + " |",
+           "|---|" + "---|" * (len(columns) * len(cuts))]
+    for m in methods:
+        row = []
+        for c in cuts:
+            got = cells(m, c)
+            row += got if got is not None else ["not run"] + [""] * (len(columns) - 1)
+        out.append(f"| {m + ' (anchor)' if m in ANCHORS else m} | " + " | ".join(row) + " |")
+    return out
+
+
 def cuts_md(results: list[dict], setting: str = "cpu", seed: int = 0) -> str:
     """One row per method, both cuts side by side (tables ``main`` = 2x and ``cut4`` = 4x): accuracy
     right after pruning and after fine-tuning, and the fine-tuned difference to the dense baseline
@@ -117,20 +131,15 @@ def cuts_md(results: list[dict], setting: str = "cpu", seed: int = 0) -> str:
            "cut (pt). "
            + (f"Dense baseline (8 epochs, the dense run of each table): {dense_note}. " if dense_note
               else "No dense run. ")
-           + (f"Best Torch-Pruning row: {best_note}." if best_note else "") + "\n",
-           "| method | " + " | ".join(f"{c:g}x right after → fine-tuned | {c:g}x Δ dense | {c:g}x Δ TP-GroupNorm | "
-                                     f"{c:g}x Δ best TP" for c in cuts) + " |",
-           "|---|" + "---|---|---|---|" * len(cuts)]
-    for m in methods:
-        cells = []
-        for c in cuts:
-            r = cell.get((m, c))
-            if r is None:
-                cells += ["not run", "", "", ""]
-                continue
-            cells += _acc_cells(r, [cell.get(("dense", c)), cell.get(("tp_groupnorm", c)), best.get(c)])
-        name = f"{m} (anchor)" if m in ANCHORS else m
-        out.append(f"| {name} | " + " | ".join(cells) + " |")
+           + (f"Best Torch-Pruning row: {best_note}." if best_note else "") + "\n"]
+
+    def cells(m: str, c: float) -> list[str] | None:
+        r = cell.get((m, c))
+        return None if r is None else _acc_cells(r, [cell.get(("dense", c)), cell.get(("tp_groupnorm", c)),
+                                                       best.get(c)])
+
+    out += _per_cut_rows(methods, cuts, ["{c} right after → fine-tuned", "{c} Δ dense", "{c} Δ TP-GroupNorm",
+                                         "{c} Δ best TP"], cells)
     return "\n".join(out) + "\n"
 
 
@@ -164,20 +173,17 @@ def models_md(results: list[dict], table: str, setting: str = "cpu", seed: int =
                 f"Dense baseline after the same 8 epochs: {dense_note or 'not run'}. "
                 f"Best Torch-Pruning row: {best_note or 'none'}. Accuracy % right after pruning → after "
                 "fine-tuning; Δ = fine-tuned minus the dense baseline / minus the best Torch-Pruning row (pt); "
-                "speedup = measured ORT CPU batch-1 latency of the dense model over the pruned one.\n",
-                "| method | " + " | ".join(f"{c:g}x right after → fine-tuned | {c:g}x Δ dense | {c:g}x Δ best TP | "
-                                          f"{c:g}x MACs % | {c:g}x speedup" for c in cuts) + " |",
-                "|---|" + "---|---|---|---|---|" * len(cuts)]
-        for m in methods:
-            cells = []
-            for c in cuts:
-                r = cell.get((model, m, c))
-                if r is None:
-                    cells += ["not run", "", "", "", ""]
-                    continue
-                cells += _acc_cells(r, [dense.get(c), best.get(c)]) + [f"{100 * r['macs_fraction']:.1f}",
-                                                                        f"{r['speedup']:.2f}"]
-            out.append(f"| {m + ' (anchor)' if m in ANCHORS else m} | " + " | ".join(cells) + " |")
+                "speedup = measured ORT CPU batch-1 latency of the dense model over the pruned one.\n"]
+
+        def cells(m: str, c: float, model=model, dense=dense, best=best) -> list[str] | None:
+            r = cell.get((model, m, c))
+            if r is None:
+                return None
+            return _acc_cells(r, [dense.get(c), best.get(c)]) + [f"{100 * r['macs_fraction']:.1f}",
+                                                                  f"{r['speedup']:.2f}"]
+
+        out += _per_cut_rows(methods, cuts, ["{c} right after → fine-tuned", "{c} Δ dense", "{c} Δ best TP",
+                                             "{c} MACs %", "{c} speedup"], cells)
         out.append("")
     return "\n".join(out) + "\n"
 
@@ -207,15 +213,13 @@ def seeds_md(results: list[dict], table: str, setting: str = "cpu") -> str:
 
         out += [f"#### {model} over seeds {', '.join(map(str, seeds))} (table `{table}`, setting `{setting}`)\n",
                 "Accuracy %: mean ± sample std over the seeds that finished (n), right after pruning → after "
-                "fine-tuning.\n",
-                "| method | " + " | ".join(f"{c:g}x right after | {c:g}x fine-tuned | {c:g}x n" for c in cuts) + " |",
-                "|---|" + "---|---|---|" * len(cuts)]
-        for m in methods:
-            cells = []
-            for c in cuts:
-                rs = runs.get((model, m, c), [])
-                cells += [stat(rs, "acc_pruned") if m != "dense" else "–", stat(rs, "acc_finetuned"), str(len(rs))]
-            out.append(f"| {m + ' (anchor)' if m in ANCHORS else m} | " + " | ".join(cells) + " |")
+                "fine-tuning.\n"]
+
+        def cells(m: str, c: float, model=model) -> list[str]:
+            rs = runs.get((model, m, c), [])
+            return [stat(rs, "acc_pruned") if m != "dense" else "–", stat(rs, "acc_finetuned"), str(len(rs))]
+
+        out += _per_cut_rows(methods, cuts, ["{c} right after", "{c} fine-tuned", "{c} n"], cells)
         out.append("")
     return "\n".join(out) + "\n" if out else ""
 
