@@ -2,7 +2,7 @@
 
 inputs   the --input-shape grammar, concrete input shapes, seeded random feeds
 session  provider resolution and fallback, session options, IO binding on the GPU
-runner   the interleaved measurement loop (models alternate round by round)
+runner   the interleaved measurement loops (models alternate run by run, or in blocks)
 stats    latency statistics and the spread of per-round ratios
 report   results as data; table, JSON and CSV renderings
 api      benchmark() and compare_latency()
@@ -19,7 +19,7 @@ from compressor.bench.inputs import (
     shapes_for_batch,
 )
 from compressor.bench.report import BenchResult, ModelResult
-from compressor.bench.runner import StopRule, measure_interleaved, round_order
+from compressor.bench.runner import StopRule, measure_blocks, measure_interleaved, round_order
 from compressor.bench.session import (
     ProviderUnavailableError,
     cuda_usable,
@@ -43,6 +43,7 @@ __all__ = [
     "latency_stats",
     "make_run_fn",
     "make_session",
+    "measure_blocks",
     "measure_interleaved",
     "parse_input_shape",
     "parse_input_shapes",

@@ -23,7 +23,13 @@ from compressor.bench.inputs import (
     shapes_for_batch,
 )
 from compressor.bench.report import BenchResult, ModelResult
-from compressor.bench.runner import StopRule, Timer, measure_interleaved
+from compressor.bench.runner import (
+    DEFAULT_BLOCK_S,
+    StopRule,
+    Timer,
+    measure_blocks,
+    measure_interleaved,
+)
 from compressor.bench.session import (
     default_threads,
     make_run_fn,
@@ -116,6 +122,10 @@ def benchmark(
     device_id: int = 0,
     log: Log | None = stderr_line,
     timer: Timer = time.perf_counter,
+    spinning: bool = False,
+    interleave: str | None = None,
+    block_time: float | None = None,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> BenchResult:
     """Measure the latency of each model at each batch size, models interleaved round by round.
 
@@ -125,6 +135,12 @@ def benchmark(
     batch, else 1. runs / min_time: a fixed number of rounds, or rounds until every model ran
     `min_time` seconds (default: 1 s and at least 10 rounds). input_shapes: `--input-shape`
     strings or {name or None: shape}. seed: of the random inputs (the same for every model).
+    spinning: keep onnxruntime's thread spinning on (its default, and most deployments').
+    interleave: 'run' (models alternate run by run; the default with spinning off) or 'block'
+    (each model runs back to back for `block_time` seconds, default 0.25, after a short pause;
+    ratios from the blocks' medians; `runs` is then a minimum; the default with spinning on, and
+    the only choice for several models with spinning on: spinning sessions alternating run by run
+    slow each other down). In blocks each model runs back to back, as when it is served alone.
     Raises UsageError (exit 2) for bad models, shapes or options.
     """
     if not models:
@@ -138,6 +154,19 @@ def benchmark(
         raise UsageError(f"--warmup must be 0 or more, got {warmup}")
     if threads is not None and threads < 1:
         raise UsageError(f"--threads must be at least 1, got {threads}")
+    if interleave is None:
+        interleave = "block" if spinning else "run"
+    if interleave not in ("run", "block"):
+        raise UsageError(f"--interleave must be 'run' or 'block', got {interleave!r}")
+    if spinning and interleave == "run" and len(models) > 1:
+        raise UsageError("--spinning with --interleave run: sessions whose threads spin slow each "
+                         "other down when they alternate run by run; use --interleave block")
+    if block_time is not None:
+        if interleave != "block":
+            raise UsageError("--block-time applies only with --interleave block (or --spinning)")
+        if not block_time > 0:
+            raise UsageError(f"--block-time must be positive, got {block_time}")
+    block_s = float(block_time) if block_time is not None else DEFAULT_BLOCK_S
     provider_key(provider)  # validate before loading anything
     specs = _as_specs(input_shapes)
     sources = [load_source(m, i) for i, m in enumerate(models)]
@@ -160,7 +189,8 @@ def benchmark(
     sessions = []
     for source in sources:
         session, used, warning = make_session(
-            source, provider, threads, device_id=device_id, strict=strict_provider
+            source, provider, threads, device_id=device_id, strict=strict_provider,
+            spinning=spinning,
         )
         sessions.append((session, used))
         if warning and warning not in warnings:
@@ -173,6 +203,8 @@ def benchmark(
         threads=int(threads) if threads else default_threads(),
         onnxruntime=ort.__version__,
         warnings=warnings,
+        spinning=bool(spinning),
+        block_time_s=block_s if interleave == "block" else None,
     )
     for b in batch_sizes:
         run_fns = []
@@ -184,7 +216,14 @@ def benchmark(
             run_fns.append(run)
         bar = _Progress(f"batch {b}", progress)
         try:
-            times = measure_interleaved(run_fns, stop, warmup=warmup, timer=timer, on_round=bar)
+            if interleave == "block":
+                blocks = measure_blocks(run_fns, stop, warmup=warmup, block_s=block_s,
+                                        timer=timer, sleep=sleep, on_round=bar)
+                times, paired = blocks.runs_ms, blocks.block_medians_ms
+            else:
+                times = measure_interleaved(run_fns, stop, warmup=warmup, timer=timer,
+                                            on_round=bar)
+                paired = times
         finally:
             bar.close()
         for i, (source, (_, used)) in enumerate(zip(sources, sessions)):
@@ -196,7 +235,7 @@ def benchmark(
                     batch=b,
                     input_shapes=shapes,
                     stats=latency_stats(times[i], batch=b),
-                    ratio_to_first=speedup_spread(times[0], times[i]) if i > 0 else None,
+                    ratio_to_first=speedup_spread(paired[0], paired[i]) if i > 0 else None,
                     defaults_used=tuple(defaults_used),
                 )
             )
@@ -233,17 +272,21 @@ def compare_latency(
     seed: int = 0,
     strict_provider: bool = False,
     log: Log | None = stderr_line,
+    spinning: bool = False,
+    interleave: str | None = None,
 ) -> dict:
     """Latency of `after` against `before`, measured interleaved on the same random inputs.
 
     Returns {"provider", "before_ms", "after_ms", "speedup", "speedup_p10", "speedup_p90",
     "batch", "runs"}: latencies are medians (ms); speedup = before / after per round, its median
-    and 10th/90th percentiles; provider is the one `after` actually ran on.
+    and 10th/90th percentiles; provider is the one `after` actually ran on. `spinning`,
+    `interleave`: see `benchmark` (both echoed in the result).
     """
     result = benchmark(
         [before, after], provider=provider, batches=None if batch is None else [batch],
         threads=threads, warmup=warmup, runs=runs, min_time=min_time, input_shapes=input_shapes,
         progress=progress, seed=seed, strict_provider=strict_provider, log=log,
+        spinning=spinning, interleave=interleave,
     )
     first, second = result.results
     spread = second.ratio_to_first
@@ -257,4 +300,6 @@ def compare_latency(
         "speedup_p90": spread.p90,
         "batch": second.batch,
         "runs": second.stats.runs,
+        "spinning": bool(spinning),
+        "interleave": result.interleave,
     }

@@ -55,6 +55,16 @@ def _debug_requested(ctx: click.Context, debug: bool) -> bool:
 @click.option("--runs", type=int, default=None, help="Timed runs per model.")
 @click.option("--min-time", type=float, default=None, metavar="S",
               help="Run until every model has run S seconds (default: 1 s, at least 10 runs).")
+@click.option("--spinning", is_flag=True,
+              help="Keep onnxruntime's thread spinning on (its default, as most deployments run) "
+                   "instead of off; implies --interleave block.")
+@click.option("--interleave", type=click.Choice(["run", "block"]), default=None,
+              help="Alternate models run by run (default), or in blocks of --block-time seconds "
+                   "with a short pause between them, each model running back to back as when "
+                   "served alone (default with --spinning); the speedup is then taken from the "
+                   "blocks' medians.")
+@click.option("--block-time", type=float, default=None, metavar="S",
+              help="Length of one model's block with --interleave block (default 0.25 s).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random inputs.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
 @click.option("--csv", "as_csv", is_flag=True, help="CSV on stdout.")
@@ -64,12 +74,15 @@ def _debug_requested(ctx: click.Context, debug: bool) -> bool:
 def bench_command(ctx: click.Context, models: tuple[str, ...], provider: str,
                   strict_provider: bool, batch_text: str | None, threads: int | None,
                   input_shapes: tuple[str, ...], warmup: int, runs: int | None,
-                  min_time: float | None, seed: int, as_json: bool, as_csv: bool, quiet: bool,
-                  debug: bool) -> None:
+                  min_time: float | None, spinning: bool, interleave: str | None,
+                  block_time: float | None, seed: int,
+                  as_json: bool, as_csv: bool, quiet: bool, debug: bool) -> None:
     """Measure inference latency of ONNX models with onnxruntime.
 
     Several models are timed interleaved in one process (the order rotates every round) and each
     is reported with its speedup over the first: first / this, per round, median [p10-p90].
+    onnxruntime's thread spinning is off unless --spinning: spinning pools of sessions run in
+    turn on a few cores slow each other down.
     """
     try:
         if as_json and as_csv:
@@ -95,6 +108,9 @@ def bench_command(ctx: click.Context, models: tuple[str, ...], provider: str,
             seed=seed,
             strict_provider=strict_provider,
             log=log,
+            spinning=spinning,
+            interleave=interleave,
+            block_time=block_time,
         )
     except CompressorError as exc:
         if _debug_requested(ctx, debug):

@@ -2,12 +2,14 @@
 
 JSON schema (`BenchResult.to_dict()`):
     {"provider_requested": "cpu", "threads": 2, "onnxruntime": "1.31.1", "warnings": [...],
+     "spinning": false, "interleave": "run" or "block", "block_time_s": null or seconds,
      "results": [{"model": path, "provider": provider actually used, "batch": B,
                   "input_shapes": {name: [dims]}, "mean_ms", "std_ms", "min_ms", "p50_ms",
                   "p90_ms", "p99_ms", "throughput", "runs",
                   "ratio_to_first": {"median", "p10", "p90"} or null}]}
 `ratio_to_first` is the speedup over the first model at the same batch (first / this, per
-interleaved round); it is null for the first model itself.
+interleaved round; with interleave "block", per round of blocks, from the blocks' medians); it is null
+for the first model itself.
 """
 
 from __future__ import annotations
@@ -61,6 +63,13 @@ class BenchResult:
     onnxruntime: str
     results: list[ModelResult] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    spinning: bool = False
+    block_time_s: float | None = None  # set when models were timed in blocks
+
+    @property
+    def interleave(self) -> str:
+        """'block' when models ran in alternating blocks, 'run' when they alternated run by run."""
+        return "block" if self.block_time_s is not None else "run"
 
     def to_dict(self) -> dict:
         return {
@@ -69,6 +78,9 @@ class BenchResult:
             "threads": self.threads,
             "onnxruntime": self.onnxruntime,
             "warnings": list(self.warnings),
+            "spinning": self.spinning,
+            "interleave": self.interleave,
+            "block_time_s": self.block_time_s,
         }
 
     def json(self, indent: int | None = 2) -> str:
@@ -134,14 +146,17 @@ def render_table(result: BenchResult) -> str:
                          for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
 
     title = (f"onnxruntime {result.onnxruntime}, provider requested: {result.provider_requested}, "
-             f"{result.threads} intra-op thread{'s' if result.threads != 1 else ''}")
+             f"{result.threads} intra-op thread{'s' if result.threads != 1 else ''}, "
+             f"spinning {'on' if result.spinning else 'off'}")
+    blocks = result.interleave == "block"
     if several:
-        title += ", models interleaved"
+        title += (f", models interleaved in {result.block_time_s:g} s blocks" if blocks
+                  else ", models interleaved")
     out = [title, line(headers), line(["-" * w for w in widths])]
     out.extend(line(row) for row in rows)
     if several:
-        out.append("speedup = first model's latency / this model's, per interleaved round: "
-                   "median [p10-p90]")
+        unit = "block medians, per round of blocks" if blocks else "per interleaved round"
+        out.append(f"speedup = first model's latency / this model's, {unit}: median [p10-p90]")
     return "\n".join(out)
 
 

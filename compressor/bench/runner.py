@@ -119,3 +119,96 @@ def measure_interleaved(
         if pause_gc and gc_was_enabled:
             gc.enable()
     return times_ms
+
+
+DEFAULT_BLOCK_S = 0.25
+DEFAULT_SETTLE_S = 0.02
+MIN_BLOCK_ROUNDS = 5
+MIN_BLOCK_RUNS = 3
+
+
+@dataclass
+class BlockTimes:
+    """What `measure_blocks` measured: every run's time, and each block's median, per model."""
+
+    runs_ms: list[list[float]]
+    block_medians_ms: list[list[float]]  # one entry per round, paired across models
+
+
+def _median(values: Sequence[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else 0.5 * (ordered[mid - 1] + ordered[mid])
+
+
+def measure_blocks(
+    run_fns: Sequence[RunFn],
+    stop: StopRule,
+    warmup: int = 0,
+    block_s: float = DEFAULT_BLOCK_S,
+    settle_s: float = DEFAULT_SETTLE_S,
+    timer: Timer = time.perf_counter,
+    sleep: Callable[[float], None] = time.sleep,
+    on_round: Callable[[int, float], None] | None = None,
+    pause_gc: bool = True,
+    min_rounds: int = MIN_BLOCK_ROUNDS,
+    min_block_runs: int = MIN_BLOCK_RUNS,
+) -> BlockTimes:
+    """Time the models in blocks: round r runs each model (order rotated by r) back to back for
+    `block_s` seconds and at least `min_block_runs` runs, after a `settle_s` pause and one untimed
+    run (the first run after a pause wakes the threads and refills the caches).
+
+    For sessions whose thread pools spin (onnxruntime's default): a spinning pool keeps its cores
+    busy for a moment after a run, so models alternating run by run slow each other down. In a
+    block a model runs as it would alone, the pause lets the previous model's pool go idle, and
+    the blocks of one round are still close enough in time for their medians to be paired into
+    per-round ratios. The stop rule counts a model's runs (not rounds); at least `min_rounds`
+    rounds are run so that the ratios have a spread.
+    """
+    if block_s <= 0:
+        raise ValueError(f"block time must be positive, got {block_s}")
+    if settle_s < 0:
+        raise ValueError(f"settle time must be 0 or more, got {settle_s}")
+    n = len(run_fns)
+    if not n:
+        return BlockTimes([], [])
+    warm_up(run_fns, warmup)
+    runs_ms: list[list[float]] = [[] for _ in range(n)]
+    medians: list[list[float]] = [[] for _ in range(n)]
+    totals_s = [0.0] * n
+    gc_was_enabled = gc.isenabled()
+    if pause_gc:
+        gc.collect()
+        gc.disable()
+    try:
+        rounds = 0
+        while True:
+            fewest = min(len(r) for r in runs_ms)
+            if rounds >= min_rounds and stop.done(fewest, totals_s):
+                break
+            if rounds >= stop.max_runs:
+                break
+            for index in round_order(n, rounds):
+                if settle_s:
+                    sleep(settle_s)
+                run_fns[index]()  # untimed: wakes the pool after the pause
+                block: list[float] = []
+                spent = 0.0
+                while len(block) < min_block_runs or spent < block_s:
+                    start = timer()
+                    run_fns[index]()
+                    elapsed = timer() - start
+                    block.append(elapsed * 1000.0)
+                    spent += elapsed
+                runs_ms[index].extend(block)
+                medians[index].append(_median(block))
+                totals_s[index] += spent
+            rounds += 1
+            if on_round is not None:
+                fewest = min(len(r) for r in runs_ms)
+                fraction = min(stop.progress(fewest, totals_s), rounds / max(1, min_rounds))
+                on_round(rounds, fraction)
+    finally:
+        if pause_gc and gc_was_enabled:
+            gc.enable()
+    return BlockTimes(runs_ms, medians)

@@ -102,19 +102,23 @@ def provider_chain(provider: str, device_id: int = 0) -> list[list[ProviderEntry
     return [[trt, cuda, cpu], [cuda, cpu], [cpu]]
 
 
-def session_options(threads: int | None = None, log_severity: int = 3) -> ort.SessionOptions:
+def session_options(threads: int | None = None, log_severity: int = 3,
+                    spinning: bool = False) -> ort.SessionOptions:
     """Options for measurement: full graph optimisation, `threads` intra-op threads, no spinning.
 
-    Spinning is off for both thread pools: a spinning pool keeps its cores busy after a run, and
-    two sessions alternating on the same few cores then slow each other down badly.
+    Spinning is off for both thread pools by default: a spinning pool keeps its cores busy after a
+    run, and two sessions alternating on the same few cores then slow each other down badly.
+    `spinning=True` keeps onnxruntime's default (threads spin between ops, as most deployments
+    run); time such sessions in blocks (`runner.measure_blocks`), not run by run.
     """
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.intra_op_num_threads = int(threads) if threads else default_threads()
     so.inter_op_num_threads = 1
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    spin = "1" if spinning else "0"
+    so.add_session_config_entry("session.intra_op.allow_spinning", spin)
+    so.add_session_config_entry("session.inter_op.allow_spinning", spin)
     so.log_severity_level = log_severity
     return so
 
@@ -287,18 +291,20 @@ def make_session(
     *,
     device_id: int = 0,
     strict: bool = False,
+    spinning: bool = False,
     factory: SessionFactory = _ort_session,
 ) -> tuple[object, str, str | None]:
     """An onnxruntime session for measurement: (session, provider actually used, warning or None).
 
     The warning is one line saying which provider could not be created and why, and which one is
     used instead. With `strict`, that situation raises ProviderUnavailableError (exit 2).
+    `spinning`: let the thread pools spin (onnxruntime's default; see `session_options`).
     """
     source = model if isinstance(model, ModelSource) else load_source(model)
     chain = provider_chain(provider, device_id)
     attempt = create_with_fallback(
         source.payload,
-        lambda: session_options(threads),
+        lambda: session_options(threads, spinning=spinning),
         chain,
         ort.get_available_providers(),
         factory=factory,

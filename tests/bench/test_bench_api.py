@@ -218,3 +218,46 @@ def test_in_memory_model_with_external_data_is_refused(models):
                          [helper.make_node("Add", ["x", "w"], ["y"])], ["y"], [weight])
     with pytest.raises(UsageError, match="external data"):
         benchmark([model], **FAST)
+
+
+# --------------------------------------------------------------------------- spinning and blocks
+
+
+def test_spinning_times_models_in_blocks(tiny_paths):
+    """spinning=True: interleave 'block', paired block ratios, and the mode in the JSON and table."""
+    result = benchmark(list(tiny_paths), spinning=True, block_time=0.01, runs=3, warmup=1,
+                       threads=1, progress=False, log=None)
+    assert (result.spinning, result.interleave, result.block_time_s) == (True, "block", 0.01)
+    slow, fast = result.results
+    assert slow.stats.runs >= 3 and fast.stats.runs >= 3, "runs is a minimum per model"
+    assert fast.ratio_to_first.p10 <= fast.ratio_to_first.median <= fast.ratio_to_first.p90
+    doc = result.to_dict()
+    assert (doc["spinning"], doc["interleave"], doc["block_time_s"]) == (True, "block", 0.01), doc
+    title = result.table().splitlines()[0]
+    assert "spinning on" in title and "0.01 s blocks" in title, title
+
+
+def test_blocks_without_spinning_and_the_default_mode(tiny_paths):
+    """interleave='block' works with spinning off; the default is run by run, spinning off."""
+    result = benchmark(list(tiny_paths), interleave="block", block_time=0.01, **FAST)
+    assert (result.spinning, result.interleave) == (False, "block")
+    result = benchmark(list(tiny_paths), **FAST)
+    assert (result.spinning, result.interleave, result.block_time_s) == (False, "run", None)
+    assert "spinning off" in result.table().splitlines()[0]
+
+
+@pytest.mark.parametrize(("kwargs", "fragment"), [
+    ({"spinning": True, "interleave": "run"}, "--interleave block"),
+    ({"block_time": 0.1}, "--block-time"),
+    ({"interleave": "block", "block_time": 0.0}, "--block-time"),
+    ({"interleave": "rounds"}, "--interleave"),
+])
+def test_bad_interleave_choices_are_usage_errors(tiny_paths, kwargs, fragment):
+    """Spinning sessions alternating run by run, a block time without blocks, a bad mode."""
+    with pytest.raises(UsageError, match=fragment.replace("-", r"\-")):
+        benchmark(list(tiny_paths), **FAST, **kwargs)
+
+
+def test_compare_latency_echoes_the_mode(tiny_paths):
+    out = compare_latency(*tiny_paths, runs=3, warmup=1, threads=1, log=None, spinning=True)
+    assert (out["spinning"], out["interleave"]) == (True, "block"), out

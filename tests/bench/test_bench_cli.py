@@ -162,3 +162,15 @@ def test_tools_script_prints_the_table(tiny_paths, capsys):
     out = capsys.readouterr().out
     assert "slow.onnx" in out and "speedup" in out, f"table expected, got {out!r}"
     assert tool.main(["/nonexistent.onnx"]) == 2, "missing file: exit code 2"
+
+
+def test_spinning_flag_reports_blocks_in_json(tiny_paths):
+    """--spinning --block-time: the JSON says spinning on, block interleave."""
+    result = invoke(*tiny_paths, *QUICK, "--spinning", "--block-time", "0.01", "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert (doc["spinning"], doc["interleave"], doc["block_time_s"]) == (True, "block", 0.01), doc
+
+
+def test_block_time_without_blocks_exits_2(tiny_paths):
+    assert_one_line_error(invoke(*tiny_paths, *QUICK, "--block-time", "0.1"), "--block-time")

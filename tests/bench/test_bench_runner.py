@@ -7,7 +7,13 @@ from collections import Counter
 
 import pytest
 
-from compressor.bench.runner import StopRule, measure_interleaved, round_order, warm_up
+from compressor.bench.runner import (
+    StopRule,
+    measure_blocks,
+    measure_interleaved,
+    round_order,
+    warm_up,
+)
 from compressor.bench.stats import speedup_spread
 
 
@@ -140,3 +146,51 @@ def test_default_stop_rule_is_one_second_and_ten_runs():
     """Neither runs nor min_time: at least 1 s per model and 10 rounds."""
     rule = StopRule.make()
     assert (rule.min_time_s, rule.min_runs, rule.runs) == (1.0, 10, None), f"got {rule}"
+
+
+# --------------------------------------------------------------------------- blocks
+
+
+def test_blocks_run_each_model_back_to_back_after_a_pause_and_an_untimed_run():
+    """Round r: pause, one untimed run, then >= block_s and >= min_block_runs timed runs per model,
+    models in the rotated order."""
+    clock, log, pauses = FakeClock(), [], []
+    a, b, block = 2.0 ** -7, 2.0 ** -9, 2.0 ** -6  # exact in binary: no rounding at the edges
+    fns = fake_models(clock, {"A": a, "B": b}, log)
+    out = measure_blocks(fns, StopRule.make(runs=1), block_s=block, settle_s=0.05, timer=clock,
+                         sleep=pauses.append, min_rounds=2, min_block_runs=3)
+    # A: 1 untimed + 3 timed (2 would reach the block time, 3 is the floor); B: 1 untimed + 8.
+    assert log == ["A"] * 4 + ["B"] * 9 + ["B"] * 9 + ["A"] * 4, f"got {log}"
+    assert pauses == [0.05] * 4, "a pause before every block"
+    assert [len(r) for r in out.runs_ms] == [6, 16], "the untimed runs are not recorded"
+    assert out.block_medians_ms[0] == pytest.approx([a * 1e3] * 2), out.block_medians_ms
+    assert out.block_medians_ms[1] == pytest.approx([b * 1e3] * 2), out.block_medians_ms
+
+
+def test_block_medians_pair_rounds_and_cancel_drift():
+    """Identical models under linear drift, in blocks: per-round ratios of block medians ~1."""
+    clock, log = FakeClock(), []
+    fns = fake_models(clock, {"A": 0.001, "B": 0.001}, log, drift_s=0.000001)
+    out = measure_blocks(fns, StopRule.make(runs=200), block_s=0.005, settle_s=0.0, timer=clock,
+                         sleep=lambda s: None)
+    assert len(out.block_medians_ms[0]) == len(out.block_medians_ms[1]) >= 5, "paired rounds"
+    median = speedup_spread(out.block_medians_ms[0], out.block_medians_ms[1]).median
+    assert median == pytest.approx(1.0, abs=0.02), f"drift should cancel, median ratio {median}"
+
+
+def test_blocks_stop_on_each_models_runs_and_a_round_floor():
+    """runs=N means at least N timed runs per model; at least min_rounds rounds regardless."""
+    clock, log = FakeClock(), []
+    fns = fake_models(clock, {"A": 0.001, "B": 0.004}, log)
+    out = measure_blocks(fns, StopRule.make(runs=30), block_s=0.004, settle_s=0.0, timer=clock,
+                         sleep=lambda s: None, min_rounds=2, min_block_runs=3)
+    assert min(len(r) for r in out.runs_ms) >= 30, [len(r) for r in out.runs_ms]
+    out = measure_blocks(fns, StopRule.make(runs=1), block_s=0.001, settle_s=0.0, timer=clock,
+                         sleep=lambda s: None, min_rounds=5)
+    assert len(out.block_medians_ms[0]) == 5, "the round floor"
+
+
+@pytest.mark.parametrize("kwargs", [{"block_s": 0.0}, {"settle_s": -1.0}])
+def test_blocks_reject_bad_lengths(kwargs):
+    with pytest.raises(ValueError):
+        measure_blocks([lambda: None], StopRule.make(runs=1), **kwargs)

@@ -303,3 +303,10 @@ def test_real_cuda_io_binding(models, cuda_works):
     outputs = run.binding.get_outputs()
     assert outputs[0].device_name().lower() == "cuda", "output should be device-resident"
     assert np.array_equal(outputs[0].numpy(), np.zeros((2, 4), np.float32)), "Relu(-1) = 0"
+
+
+def test_session_options_can_keep_onnxruntime_spinning():
+    """spinning=True: both pools spin, as onnxruntime does by default."""
+    so = session_options(threads=2, spinning=True)
+    for key in ("session.intra_op.allow_spinning", "session.inter_op.allow_spinning"):
+        assert so.get_session_config_entry(key) == "1", f"{key} must be '1'"
