@@ -134,8 +134,9 @@ def prune(model, *, ratio: float = 0.5, output: str | os.PathLike | None = None,
     loses its least important channels (importance/sensitivity.py), measured on ``calibration``
     (``{input name: samples}``, or a .npz/.npy file) or, without it, on seeded random inputs;
     False: by channel scores normalised per group. None (default): on for the latency-table
-    allocation, and whenever ``calibration`` is given. With ``target_macs``, sensitivity allocates
-    per-group widths on the layers' exact MACs (off by default: the MACs target cuts uniformly).
+    allocation, and whenever ``calibration`` is given. With ``target_macs`` (``target_params``),
+    sensitivity allocates per-group widths on the layers' exact MACs (parameters); off by default
+    there: those targets cut uniformly.
 
     ``prune_norms``: a LayerNorm over the channel axis is pruned through (its statistics then run
     over the kept channels; the oracle's reference computes it so); False freezes those groups.
@@ -177,9 +178,10 @@ def prune(model, *, ratio: float = 0.5, output: str | os.PathLike | None = None,
             raise UsageError(f"--round-to must be a positive integer or 'auto', got {round_to!r}") from None
     if sensitivity is None:  # the latency-table allocation's default cost; calibration data implies it
         sensitivity = calibration is not None or (target_latency is not None and latency_table)
-    if sensitivity and not ((target_latency is not None and latency_table) or target_macs is not None):
+    if sensitivity and not ((target_latency is not None and latency_table) or target_macs is not None
+                            or target_params is not None):
         raise UsageError("--sensitivity allocates per-group widths for a budget: it needs --target-latency (with "
-                         "the latency table) or --target-macs")
+                         "the latency table), --target-macs or --target-params")
     if calibration is not None and not sensitivity:
         raise UsageError("--calibration data is used by --sensitivity only")
     calibration_data = load_calibration(calibration) if calibration is not None else None
@@ -218,11 +220,12 @@ def prune(model, *, ratio: float = 0.5, output: str | os.PathLike | None = None,
             return sens_cache[0]
 
         def choose(o: PlanOptions) -> PruningPlan:
-            if target_macs is not None and sensitivity:
+            if (target_macs is not None or target_params is not None) and sensitivity:
                 from compressor.ir.model_io import default_opset
-                from compressor.planning.allocate import plan_for_macs_allocated
+                from compressor.planning.allocate import plan_for_allocated
 
-                res = plan_for_macs_allocated(an, scores, o, target_macs, sensitivities(), default_opset(proto))
+                kind, frac = ("macs", target_macs) if target_macs is not None else ("params", target_params)
+                res = plan_for_allocated(an, scores, o, kind, frac, sensitivities(), default_opset(proto))
                 res.details["importance_kept"] = importance_kept(an, scores, res.plan)
                 extra["budget"] = res.to_dict()
                 return res.plan

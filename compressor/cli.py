@@ -148,8 +148,9 @@ def render_prune_report(r: dict) -> str:
                        f"{t['probes']} probes, {t['seconds']:.1f} s; allocation {b['allocation']} "
                        f"by {b.get('allocation_cost', 'importance')}")
             out += _layer_rows(b.get("layers", []))
-        if b.get("allocation") == "macs-table":
-            out.append(f"allocation: per-group widths on the layers' exact MACs by {b['allocation_cost']}, "
+        if b.get("allocation") in ("macs-table", "params-table"):
+            what = "MACs" if b["allocation"] == "macs-table" else "parameters"
+            out.append(f"allocation: per-group widths on the layers' exact {what} by {b['allocation_cost']}, "
                        f"at most {b['max_group_ratio']:.0%} of a group removed")
         if b.get("sensitivity"):
             sv = b["sensitivity"]
@@ -206,7 +207,8 @@ shape_option = click.option("--input-shape", "input_shapes", multiple=True, meta
               help="Allocate per-group widths by how much the outputs change when each group loses its least "
               "important channels, measured on --calibration data, else on random inputs: on the latency table "
               "with --target-latency (the default there; --no-sensitivity: by channel scores over their group's "
-              "mean), on the layers' MACs with --target-macs (off by default: uniform).")
+              "mean), on the layers' MACs or parameters with --target-macs / --target-params (off by default "
+              "there: uniform).")
 @click.option("--calibration", type=click.Path(), metavar="FILE.npz|FILE.npy",
               help="Real input samples for --sensitivity (implies it): a .npz keyed by input name, or a .npy for "
               "a one-input model (first axis = samples).")

@@ -203,53 +203,74 @@ def importance_kept(analysis: Analysis, scores: dict[int, np.ndarray], plan: Pru
     return kept / total if total else 1.0
 
 
-# --------------------------------------------------------------------------- MACs budgets
+# --------------------------------------------------------------------------- MACs and params budgets
+
+_COUNT_INDEX = {"macs": 0, "params": 1}
+_FLAG = {"macs": "--target-macs", "params": "--target-params"}
 
 
-def macs_table(analysis: Analysis, opset: int, step: int, floor) -> LatencyTable:
-    """A cost table in MACs instead of milliseconds: the latency table's layers and grid, each
-    probe costed by its exact MACs (bilinear in the channel counts, so the interpolation is exact);
-    what the layers leave of the model's MACs is the rest, scaled with the activations."""
+def cost_table(analysis: Analysis, opset: int, step: int, floor, kind: str = "macs") -> LatencyTable:
+    """A cost table in MACs or parameters instead of milliseconds: the latency table's layers and
+    grid, each probe costed by its exact count (MACs are bilinear in the channel counts and a
+    layer's weights too, so the interpolation is exact); what the layers leave of the model's count
+    is the rest, scaled with the activations (an approximation the budget loop corrects)."""
     from compressor.bench.layers import measure_table
     from compressor.ir.graph import GraphIndex
     from compressor.ir.shapes import resolve_inputs
     from compressor.metrics import count
     from compressor.planning.budget import plan_cost
 
-    def macs(model) -> float:
-        return float(count(GraphIndex(model, resolve_inputs(model, {})))[0])
+    at = _COUNT_INDEX[kind]
 
-    return measure_table(analysis, opset, macs, float(plan_cost(analysis, {})[0]), step, floor)
+    def cost(model) -> float:
+        return float(count(GraphIndex(model, resolve_inputs(model, {})))[at])
+
+    return measure_table(analysis, opset, cost, float(plan_cost(analysis, {})[at]), step, floor)
 
 
-def plan_for_macs_allocated(analysis: Analysis, scores: dict[int, np.ndarray], opts: PlanOptions, fraction: float,
-                            sensitivity: Sensitivity, opset: int, max_group_ratio: float = MAX_GROUP_RATIO):
-    """``--target-macs F --sensitivity``: per-group widths that keep at most ``fraction`` of the
-    MACs, allocated by the Allocator on :func:`macs_table` with sensitivity costs (output change per
-    MAC saved). Returns a BudgetResult; raises UsageError when the floor keeps more."""
+def macs_table(analysis: Analysis, opset: int, step: int, floor) -> LatencyTable:
+    """:func:`cost_table` in MACs."""
+    return cost_table(analysis, opset, step, floor, "macs")
+
+
+def plan_for_allocated(analysis: Analysis, scores: dict[int, np.ndarray], opts: PlanOptions, kind: str,
+                       fraction: float, sensitivity: Sensitivity, opset: int,
+                       max_group_ratio: float = MAX_GROUP_RATIO):
+    """``--target-macs F --sensitivity`` / ``--target-params F --sensitivity``: per-group widths that
+    keep at most ``fraction`` of the MACs (params), allocated by the Allocator on :func:`cost_table`
+    with sensitivity costs (output change per MAC or parameter saved). Returns a BudgetResult;
+    raises UsageError when the floor keeps more."""
     from compressor.errors import UsageError
     from compressor.planning.budget import BudgetResult, plan_cost
 
+    flag = _FLAG[kind]
+    at = _COUNT_INDEX[kind]
     if not 0.0 < fraction <= 1.0:
-        raise UsageError(f"--target-macs must be in (0, 1], got {fraction}")
-    table = macs_table(analysis, opset, opts.round_to, lambda n: fewest_kept(n, opts.min_channels, max_group_ratio))
+        raise UsageError(f"{flag} must be in (0, 1], got {fraction}")
+    table = cost_table(analysis, opset, opts.round_to, lambda n: fewest_kept(n, opts.min_channels, max_group_ratio),
+                       kind)
     alloc = Allocator(analysis, scores, opts, table, max_group_ratio=max_group_ratio, sensitivity=sensitivity)
-    base = max(plan_cost(analysis, {})[0], 1)
+    base = max(plan_cost(analysis, {})[at], 1)
     goal = fraction * base
     steps = []
-    details = {"allocation": "macs-table", "allocation_cost": "sensitivity", "max_group_ratio": max_group_ratio,
+    details = {"allocation": f"{kind}-table", "allocation_cost": "sensitivity", "max_group_ratio": max_group_ratio,
                "sensitivity": sensitivity.summary()}
     f = fraction
     for _ in range(12):
         plan, predicted = alloc.plan_for(f)
-        v = plan_cost(analysis, plan.keep)[0] if plan.keep else base
-        steps.append({"predicted_fraction": round(f, 5), "macs": v / base})
+        v = plan_cost(analysis, plan.keep)[at] if plan.keep else base
+        steps.append({"predicted_fraction": round(f, 5), kind: v / base})
         if v <= goal:
-            return BudgetResult(plan, "macs", fraction, v / base, steps, details)
+            return BudgetResult(plan, kind, fraction, v / base, steps, details)
         if f <= 0.0:
             break
         f = max(0.0, f * goal / v - 1e-6)  # the rest's activation scaling is approximate: tighten
-    raise UsageError(f"--target-macs {fraction:g} is unreachable with the sensitivity allocation: no group loses "
-                     f"more than {max_group_ratio:.0%} of its channels, which keeps {v / base:.3f} of the MACs "
+    raise UsageError(f"{flag} {fraction:g} is unreachable with the sensitivity allocation: no group loses "
+                     f"more than {max_group_ratio:.0%} of its channels, which keeps {v / base:.3f} of the {kind} "
                      f"(min-channels {opts.min_channels}, round-to {opts.round_to}; try --no-sensitivity)")
 
+
+def plan_for_macs_allocated(analysis: Analysis, scores: dict[int, np.ndarray], opts: PlanOptions, fraction: float,
+                            sensitivity: Sensitivity, opset: int, max_group_ratio: float = MAX_GROUP_RATIO):
+    """:func:`plan_for_allocated` for a MACs budget."""
+    return plan_for_allocated(analysis, scores, opts, "macs", fraction, sensitivity, opset, max_group_ratio)

@@ -215,3 +215,29 @@ def test_target_macs_with_sensitivity_cuts_the_quiet_group_and_meets_the_budget(
     assert "allocation_cost" not in uniform, "the MACs target stays uniform unless asked"
     with pytest.raises(UsageError, match="unreachable"):
         api.prune(model, target_macs=0.01, sensitivity=True)
+
+
+def test_params_table_predicts_the_layers_parameters():
+    """The params table's prediction follows plan_cost's parameter count for random plans."""
+    from compressor.planning.allocate import cost_table
+    from compressor.planning.budget import plan_cost
+
+    an = api.analyze(branchy())
+    scores = score_groups(an, "l2")
+    table = cost_table(an, 17, 4, lambda n: max(1, n // 4), "params")
+    rng = np.random.default_rng(1)
+    for _ in range(5):
+        plan = make_plan(an, scores, PlanOptions(ratio=float(rng.uniform(0.1, 0.7)), global_ranking=True))
+        widths = {g.id: len(g.kept) for g in plan.groups}
+        assert table.predict(widths) == pytest.approx(plan_cost(an, plan.keep)[1], rel=0.02)
+
+
+def test_target_params_with_sensitivity_meets_the_budget_and_is_reported():
+    model = two_branches()
+    res = api.prune(model, target_params=0.8, sensitivity=True, round_to=8)
+    b = res.report["budget"]
+    assert b["kind"] == "params" and b["allocation"] == "params-table" and b["achieved"] <= 0.8, b
+    assert res.report["params_after"] <= 0.8 * res.report["params_before"] and res.report["verify"]["passed"]
+    assert b["allocation_cost"] == "sensitivity" and b["sensitivity"]["per_group"], b
+    uniform = api.prune(model, target_params=0.8, round_to=8).report["budget"]
+    assert "allocation_cost" not in uniform, "the params target stays uniform unless asked"
