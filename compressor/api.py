@@ -120,7 +120,7 @@ def prune(model, *, ratio: float = 0.5, output: str | os.PathLike | None = None,
           latency_table: bool = True, sensitivity: bool | None = None, calibration=None,
           merge_identical: float | None = None, merge_learned: bool = False, fold_constants: bool = False,
           prune_norms: bool = True, verify_model: bool = True, tolerance: float = 1e-4,
-          seed: int = 0) -> PruneResult:
+          seed: int = 0, spinning: bool = False) -> PruneResult:
     """Prune a model; verify it against the masked original; write it atomically if ``output``.
 
     Exact transforms run first when asked (each proven against its own input): ``merge_learned``
@@ -137,6 +137,11 @@ def prune(model, *, ratio: float = 0.5, output: str | os.PathLike | None = None,
     allocation, and whenever ``calibration`` is given. With ``target_macs`` (``target_params``),
     sensitivity allocates per-group widths on the layers' exact MACs (parameters); off by default
     there: those targets cut uniformly.
+
+    ``spinning``: time the latency target's layer table and whole models, and ``round_to="auto"``'s
+    candidates, with onnxruntime's default thread spinning on (models in alternating blocks, see
+    bench.runner.measure_blocks), as a deployment with default session options runs them; off by
+    default, as every measurement here.
 
     ``prune_norms``: a LayerNorm over the channel axis is pruned through (its statistics then run
     over the kept channels; the oracle's reference computes it so); False freezes those groups.
@@ -236,6 +241,7 @@ def prune(model, *, ratio: float = 0.5, output: str | os.PathLike | None = None,
                 return res.plan
             if target_latency is not None:
                 res = _latency_plan(proto, an, scores, o, target_latency, provider, spec, latency_tolerance,
+                                    spinning=spinning,
                                     fallback_to_1=round_defaulted, use_table=latency_table,
                                     sensitivity=sensitivities if sensitivity else None)
                 res.details["importance_kept"] = importance_kept(an, scores, res.plan)
@@ -244,7 +250,7 @@ def prune(model, *, ratio: float = 0.5, output: str | os.PathLike | None = None,
             return make_plan(an, scores, o)
 
         if auto_round:
-            plan, extra["round_to_auto"] = _auto_round(proto, an, opts, choose, provider, spec)
+            plan, extra["round_to_auto"] = _auto_round(proto, an, opts, choose, provider, spec, spinning)
         else:
             plan = choose(opts)
     keep = plan.keep
@@ -344,7 +350,7 @@ def _pruned_for_timing(an: Analysis, plan: PruningPlan) -> onnx.ModelProto:
 
 
 def _latency_plan(proto, an, scores, opts, target_ms, provider, spec, tol, fallback_to_1: bool = False,
-                  use_table: bool = True, sensitivity=None):
+                  use_table: bool = True, sensitivity=None, spinning: bool = False):
     """Read the target against the dense model measured here (3 s alone, after a warm-up), then
     search on pruned/dense ratios timed interleaved. ``reference_pooled_ms``: the median of every
     dense run of the search, to show how far the machine's load drifted meanwhile.
@@ -361,7 +367,8 @@ def _latency_plan(proto, an, scores, opts, target_ms, provider, spec, tol, fallb
     from compressor.bench.ratio import RatioMeter, RatioPrecision, median_interval
     from compressor.planning.budget import LatencySearch, LatencyTargetError
 
-    meter = RatioMeter(proto, provider=provider, input_shapes={k: list(v) for k, v in spec.shapes.items()})
+    meter = RatioMeter(proto, provider=provider, input_shapes={k: list(v) for k, v in spec.shapes.items()},
+                       spinning=spinning)
     dense = meter.reference_ms(min_time_s=3.0)
     lo, reference, hi = median_interval(dense)
     search_precision = RatioPrecision(rel_halfwidth=0.025, min_time_s=1.0, max_time_s=6.0)
@@ -378,7 +385,7 @@ def _latency_plan(proto, an, scores, opts, target_ms, provider, spec, tol, fallb
         from compressor.ir.model_io import default_opset
         from compressor.planning.allocate import fewest_kept
 
-        timer = ort_layer_timer(provider, meter.threads)
+        timer = ort_layer_timer(provider, meter.threads, spinning=spinning)
         table = measure_table(an, default_opset(proto), timer, reference, opts.round_to,
                               lambda n: fewest_kept(n, opts.min_channels),
                               progress=True, overhead_ms=call_overhead_ms(timer))
@@ -414,14 +421,14 @@ def _latency_plan(proto, an, scores, opts, target_ms, provider, spec, tol, fallb
         res.details["layers"] = table.rows({g.id: len(g.kept) for g in res.plan.groups})
     res.details.update({"reference_interval_ms": [lo, hi], "reference_runs": len(dense),
                         "reference_pooled_ms": median_interval(meter.reference_history)[1],
-                        "provider": meter.provider_used, "threads": meter.threads})
+                        "provider": meter.provider_used, "threads": meter.threads, "spinning": bool(spinning)})
     return res
 
 
 AUTO_ROUND_CANDIDATES = (1, 4, 8, 16, 32)
 
 
-def _auto_round(proto, an, opts, choose, provider, spec):
+def _auto_round(proto, an, opts, choose, provider, spec, spinning: bool = False):
     """Plan with each channel multiple, time them all interleaved, keep the fastest."""
     from compressor.bench.api import benchmark
 
@@ -441,7 +448,7 @@ def _auto_round(proto, an, opts, choose, provider, spec):
     first = sorted(unique.values())
     shapes = [f"{k}:{'x'.join(map(str, v))}" for k, v in spec.shapes.items()]
     res = benchmark([_pruned_for_timing(an, candidates[i][1]) for i in first], provider=provider,
-                    input_shapes=shapes, progress=False, log=None, min_time=1.0)
+                    input_shapes=shapes, progress=False, log=None, min_time=1.0, spinning=spinning)
     timed = dict(zip(first, res.results))
     table = []
     for r, plan in candidates:
@@ -455,7 +462,7 @@ def _auto_round(proto, an, opts, choose, provider, spec):
     best = min(range(len(table)), key=lambda i: (table[i]["latency_ms"], "same_plan_as" in table[i]))
     plan = candidates[best][1]
     plan.options = dataclasses.replace(plan.options, round_to=candidates[best][0])
-    return plan, {"chosen": candidates[best][0], "measured": table}
+    return plan, {"chosen": candidates[best][0], "measured": table, "spinning": bool(spinning)}
 
 
 def load_calibration(source) -> dict[str, np.ndarray]:

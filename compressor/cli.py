@@ -110,7 +110,8 @@ def render_prune_report(r: dict) -> str:
                  f"{r['params_before'] / max(r['params_after'], 1):.2f}x"))
     lat = r.get("latency")
     if lat:
-        rows.append((f"latency ({lat['provider']})", f"{lat['before_ms']:.2f} ms", f"{lat['after_ms']:.2f} ms",
+        where = lat["provider"] + (", spinning" if lat.get("spinning") else "")
+        rows.append((f"latency ({where})", f"{lat['before_ms']:.2f} ms", f"{lat['after_ms']:.2f} ms",
                      f"{lat['speedup']:.2f}x"))
     g, ch = r["groups"], r["channels"]
     out = [_table(rows), ""]
@@ -233,13 +234,16 @@ shape_option = click.option("--input-shape", "input_shapes", multiple=True, meta
 @click.option("--bench", is_flag=True, help="Also measure latency before/after (interleaved).")
 @click.option("--provider", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda", "tensorrt"]),
               help="Provider for --bench, --target-latency and --round-to auto.")
+@click.option("--spinning", is_flag=True, help="Time --bench, --target-latency and --round-to auto with onnxruntime's "
+              "default thread spinning on, as a deployment with default session options runs (models then "
+              "alternate in blocks, see `compress bench --spinning`); off by default.")
 @click.option("--dry-run", is_flag=True, help="Plan, prune and verify, but write no model.")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report on stdout.")
 @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
 def prune_command(model, output, ratio, global_ranking, round_to, target_macs, target_params, target_latency,
                   latency_table, sensitivity, calibration, min_channels, exclude, importance, input_shapes, plan_out, plan_in, merge_tol, merge_learned,
-                  fold_constants, freeze_norms, no_verify, tolerance, seed, bench, provider, dry_run, as_json,
-                  debug):
+                  fold_constants, freeze_norms, no_verify, tolerance, seed, bench, provider, spinning, dry_run,
+                  as_json, debug):
     """Prune MODEL's channel groups and write a verified, smaller model."""
     from compressor import api
     from compressor.errors import UsageError
@@ -254,7 +258,7 @@ def prune_command(model, output, ratio, global_ranking, round_to, target_macs, t
                         calibration=calibration, merge_identical=merge_tol, merge_learned=merge_learned,
                         fold_constants=fold_constants, prune_norms=not freeze_norms,
                         exclude=exclude, importance=importance, plan_in=plan_in, verify_model=not no_verify,
-                        tolerance=tolerance, seed=seed)
+                        tolerance=tolerance, seed=seed, spinning=spinning)
         report = res.report
         if plan_out:
             from compressor.ir.model_io import atomic_write_text
@@ -270,7 +274,7 @@ def prune_command(model, output, ratio, global_ranking, round_to, target_macs, t
 
             report["latency"] = compare_latency(model, res.model, provider=provider,
                                                 input_shapes=list(input_shapes) or None, progress=not as_json,
-                                                log=warn_only)
+                                                log=warn_only, spinning=spinning)
     except VerificationError as exc:
         if as_json and exc.report is not None:
             click.echo(json.dumps(exc.report, indent=1))

@@ -352,16 +352,17 @@ def measure_table(analysis: Analysis, opset: int, time_layer: TimeFn, reference_
 
 
 def ort_layer_timer(provider: str = "cpu", threads: int | None = None, min_time_s: float = 0.03,
-                    min_runs: int = 10, warmup: int = 3) -> TimeFn:
+                    min_runs: int = 10, warmup: int = 3, spinning: bool = False) -> TimeFn:
     """``time_layer`` for measure_table: a session per probe on the provider, the median of its
-    runs after a warm-up (spinning off, as every measurement here). Inputs and outputs are bound
-    to buffers allocated once, so a probe's time is its kernel's, not a copy of its output."""
+    runs after a warm-up (spinning off unless ``spinning``, as the whole-model measurement it
+    serves). Inputs and outputs are bound to buffers allocated once, so a probe's time is its
+    kernel's, not a copy of its output."""
     import onnxruntime as ort
 
     from compressor.bench.session import device_for, make_session
 
     def time_layer(model: onnx.ModelProto) -> float:
-        session, used, _ = make_session(model, provider, threads)
+        session, used, _ = make_session(model, provider, threads, spinning=spinning)
         device = device_for(used)
         binding = session.io_binding()
         keep = []

@@ -1,7 +1,8 @@
 """Latency of candidate models as a ratio to one reference model, timed interleaved with it.
 
 `RatioMeter` times each candidate round by round against the reference (A B, B A, ... as in
-runner.py, spinning off) and returns the per-round ratios candidate / reference: slow drift of
+runner.py, spinning off; or in rounds of blocks with spinning on) and returns the per-round
+ratios candidate / reference: slow drift of
 the machine hits both runs of a round alike and cancels in the ratio. A measurement runs in chunks
 of rounds over one or more pairs of fresh sessions until the median ratio is known to a requested
 relative precision (a distribution-free 95% interval of the median, see `median_interval`) or a
@@ -120,18 +121,23 @@ class RatioMeter:
     ``reference`` and candidates: paths or onnx.ModelProto. ``input_shapes``: `--input-shape`
     strings or {name: shape}; the batch is dim 0 of those shapes, else the model's own, else 1.
     The candidates must take the same inputs as the reference (a pruned copy does).
+
+    ``spinning``: sessions keep onnxruntime's default thread spinning, and a measurement's rounds
+    are blocks (runner.measure_blocks, ``block_s`` seconds per model) instead of single runs:
+    spinning sessions alternating run by run slow each other down.
     """
 
     def __init__(self, reference, provider: str = "cpu", input_shapes: Iterable[str] | Mapping | None = None,
                  threads: int | None = None, warmup: int = 5, seed: int = 0,
                  timer: Callable[[], float] = time.perf_counter,
-                 log: Callable[[str], None] | None = None):
+                 log: Callable[[str], None] | None = None, spinning: bool = False, block_s: float = 0.25):
         from compressor.bench.api import _as_specs
         from compressor.bench.inputs import natural_batch, random_feeds, shapes_for_batch
         from compressor.bench.session import default_threads
         from compressor.bench.source import load_source
 
         self.provider, self.warmup, self.timer, self._log = provider, warmup, timer, log
+        self.spinning, self.block_s = bool(spinning), float(block_s)
         self._reference = reference
         self._scratch = None  # a temporary folder for measure_fresh's files
         self.threads = int(threads) if threads else default_threads()
@@ -149,7 +155,7 @@ class RatioMeter:
         from compressor.bench.api import _check_runs
         from compressor.bench.session import make_run_fn, make_session
 
-        session, used, warning = make_session(source, self.provider, self.threads)
+        session, used, warning = make_session(source, self.provider, self.threads, spinning=self.spinning)
         if self.provider_used is None:
             self.provider_used = used
             if warning and self._log:
@@ -201,7 +207,7 @@ class RatioMeter:
         shapes = [f"{k}:{'x'.join(map(str, v))}" for k, v in self.shapes.items()]
         return fresh_process_ratio(path_of(self._reference, "reference.onnx"), path_of(candidate, "candidate.onnx"),
                                    provider=self.provider, threads=self.threads, input_shapes=shapes,
-                                   processes=processes, min_time_s=min_time_s)
+                                   processes=processes, min_time_s=min_time_s, spinning=self.spinning)
 
     def close(self) -> None:
         """Remove measure_fresh's temporary files."""
@@ -212,7 +218,7 @@ class RatioMeter:
     def measure(self, candidate, precision: RatioPrecision = RatioPrecision()) -> RatioSample:
         """Per-round ratios candidate / reference, over fresh session pairs, until ``precision``
         says stop."""
-        from compressor.bench.runner import StopRule, measure_interleaved
+        from compressor.bench.runner import StopRule, measure_blocks, measure_interleaved
         from compressor.bench.source import load_source
 
         if precision.chunk < 2 or precision.chunk % 2:
@@ -228,8 +234,14 @@ class RatioMeter:
             sessions += 1
             pair_start, first = time.monotonic(), True
             while True:
-                ref, cand = measure_interleaved([reference, run], StopRule.make(runs=precision.chunk),
-                                                warmup=self.warmup if first else 0, timer=self.timer)
+                warmup = self.warmup if first else 0
+                if self.spinning:  # rounds of blocks; a round's ratio is of its blocks' medians
+                    blocks = measure_blocks([reference, run], StopRule.make(runs=1), warmup=warmup,
+                                            block_s=self.block_s, timer=self.timer, min_rounds=precision.chunk)
+                    ref, cand = blocks.block_medians_ms
+                else:
+                    ref, cand = measure_interleaved([reference, run], StopRule.make(runs=precision.chunk),
+                                                    warmup=warmup, timer=self.timer)
                 first = False
                 sample.reference_ms += ref
                 self.reference_history += ref
@@ -245,7 +257,7 @@ class RatioMeter:
 
 def fresh_process_ratio(reference_path: str, candidate_path: str, *, provider: str = "cpu", threads: int = 2,
                         input_shapes: Iterable[str] = (), processes: int = 3, min_time_s: float = 6.0,
-                        runner: Callable[[list[str]], str] | None = None) -> RatioSample:
+                        runner: Callable[[list[str]], str] | None = None, spinning: bool = False) -> RatioSample:
     """candidate / reference timed by `compress bench` (interleaved) in ``processes`` fresh
     processes of ``min_time_s / processes`` seconds per model each; one ratio (the per-round
     median) per process.
@@ -254,6 +266,7 @@ def fresh_process_ratio(reference_path: str, candidate_path: str, *, provider: s
     mobilenet_v2 the in-process confirmation read 1-4% faster than fresh processes, consistently
     (docs/benchmarks.md). A user's deployment runs the model in its own process, so this is the
     reading a plan is accepted on. ``runner`` (for tests) takes the command and returns its stdout.
+    ``spinning``: ``compress bench --spinning`` (onnxruntime's default threading, models in blocks).
     """
     import json
     import subprocess
@@ -262,6 +275,8 @@ def fresh_process_ratio(reference_path: str, candidate_path: str, *, provider: s
     cmd = [sys.executable, "-m", "compressor.cli", "bench", reference_path, candidate_path, "--provider", provider,
            "--threads", str(int(threads)), "--min-time", f"{min_time_s / processes:g}", "--warmup", "20",
            "--json", "-q"]
+    if spinning:
+        cmd.append("--spinning")
     for s in input_shapes:
         cmd += ["--input-shape", s]
 

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 import compressor.bench.ratio as ratio_module
 from compressor import api
-from compressor.bench.ratio import RatioSample, median_interval
+from compressor.bench.ratio import RatioPrecision, RatioSample, fresh_process_ratio, median_interval
 from compressor.cli import main
 from compressor.errors import UsageError
 from compressor.importance import score_groups
@@ -354,3 +354,43 @@ def test_ratio_meter_measure_fresh_in_real_processes(tmp_path):
         meter.close()
     assert s.rounds == 2 and 0.05 < s.median < 2.0 and len(s.reference_ms) == 2
     assert meter._scratch is None, "close() removes the temporary files"
+
+
+def test_ratio_meter_with_spinning_measures_rounds_of_blocks(tmp_path):
+    """spinning=True: spinning sessions, each round a block per model, ratios of block medians."""
+    import onnx
+
+    from compressor.bench.ratio import RatioMeter
+
+    path = tmp_path / "m.onnx"
+    onnx.save(net(), path)
+    meter = RatioMeter(str(path), threads=1, spinning=True, block_s=0.01)
+    sample = meter.measure(str(path), RatioPrecision(rel_halfwidth=1.0, min_rounds=4, min_time_s=0.0,
+                                                     max_time_s=2.0, chunk=4))
+    assert sample.rounds == 4 and 0.5 < sample.median < 2.0, sample.ratios
+    assert len(sample.reference_ms) == len(sample.candidate_ms) == 4, "one block median per round"
+
+
+def test_fresh_process_ratio_passes_spinning_to_compress_bench():
+    calls = []
+
+    def runner(cmd):
+        calls.append(cmd)
+        return json.dumps({"results": [{"p50_ms": 10.0}, {"p50_ms": 5.0, "ratio_to_first": {"median": 2.0}}]})
+
+    fresh_process_ratio("d.onnx", "c.onnx", processes=1, runner=runner, spinning=True)
+    fresh_process_ratio("d.onnx", "c.onnx", processes=1, runner=runner)
+    assert "--spinning" in calls[0] and "--spinning" not in calls[1], calls
+
+
+def test_prune_passes_spinning_to_the_latency_search(monkeypatch):
+    seen = {}
+
+    class Meter(_FakeRatioMeter):
+        def __init__(self, *args, spinning=False, **kw):
+            seen["meter"] = spinning
+            super().__init__(*args, **kw)
+
+    monkeypatch.setattr(ratio_module, "RatioMeter", Meter)
+    res = api.prune(net(), target_latency=5.0, latency_table=False, spinning=True)
+    assert seen["meter"] is True and res.report["budget"]["spinning"] is True
