@@ -373,6 +373,9 @@ def _latency_plan(proto, an, scores, opts, target_ms, provider, spec, tol, fallb
     lo, reference, hi = median_interval(dense)
     search_precision = RatioPrecision(rel_halfwidth=0.025, min_time_s=1.0, max_time_s=6.0)
 
+    def reread() -> float:  # the dense model alone again, when a measurement says the machine changed speed
+        return median_interval(meter.reference_ms(min_time_s=3.0))[1]
+
     def measure(plan: PruningPlan, confirm: bool):
         candidate = _pruned_for_timing(an, plan)
         if confirm:  # a plan is accepted on a reading taken as a deployment runs it: fresh processes
@@ -405,7 +408,7 @@ def _latency_plan(proto, an, scores, opts, target_ms, provider, spec, tol, fallb
             o = dataclasses.replace(opts, round_to=multiple)
             try:
                 res = plan_for_latency(an, scores, o, target_ms, measure, reference, LatencySearch(tolerance=tol),
-                                       knob=knob_for(o))
+                                       knob=knob_for(o), reread_reference=reread)
                 break
             except LatencyTargetError as exc:
                 if i == len(multiples) - 1:
@@ -413,6 +416,7 @@ def _latency_plan(proto, an, scores, opts, target_ms, provider, spec, tol, fallb
                         exc.budget["fallback"] = missed
                     raise
                 missed.append({"round_to": multiple, "error": str(exc), "steps": exc.budget.get("steps", [])})
+                reference = exc.budget.get("reference_ms", reference)  # as re-read during that search, if it was
     finally:
         meter.close()
     if missed:

@@ -143,6 +143,11 @@ def render_prune_report(r: dict) -> str:
         unit = " ms" if b["kind"] == "latency" else " of the original"
         out.append(f"budget: {b['kind']} target {b['target']:g}{unit}, reached {b['achieved']:.4g}{unit} "
                    f"({len(b['steps'])} candidate plans)")
+        if b.get("rereads"):
+            moved = [r for r in b["rereads"] if r["reanchored"]]
+            out.append(f"reference: the dense model re-read {len(b['rereads'])} time(s) when a measurement's dense runs "
+                       f"drifted; first {b['reference_first_ms']:.4g} ms, target read against {b['reference_ms']:.4g} ms"
+                       + (" (re-aimed)" if moved else " (confirmed)"))
         if b.get("latency_table"):
             t = b["latency_table"]
             out.append(f"latency table: {t['layers']} layers ({t['distinct_layers']} distinct) measured in "

@@ -113,6 +113,8 @@ class LatencySearch:
     max_measurements: int = 16  # search and confirmation measurements together
     time_budget_s: float = 300.0
     aim: float = 0.5  # trigger a confirmation when within aim * tolerance (tolerance in the last third)
+    drift: float = 0.10  # a measurement's dense runs this far from the reference: read the reference again
+    max_rereads: int = 2
 
 
 @dataclass
@@ -203,13 +205,19 @@ def next_fraction(points: list[tuple[float, float, float]], target: float, floor
 def plan_for_latency(analysis: Analysis, scores: dict[int, np.ndarray], opts: PlanOptions, target_ms: float,
                      measure: Callable[[PruningPlan, bool], RatioSample], reference_ms: float,
                      search: LatencySearch | None = None, clock: Callable[[], float] = time.monotonic,
-                     knob=None) -> BudgetResult:
+                     knob=None, reread_reference: Callable[[], float] | None = None) -> BudgetResult:
     """The plan whose measured latency ratio to the dense model is within the tolerance of
     ``target_ms / reference_ms``, confirmed by a second measurement.
 
     ``reference_ms`` is the dense model's latency measured by the caller; the target is read
-    against it once, so the search aims at a fixed ratio (a reference that followed the machine's
-    load during the search would move the target under it). ``measure(plan, confirm)`` times the pruned model interleaved with the dense one
+    against it, so the search aims at a fixed ratio (a reference that followed the machine's
+    load run by run would move the target under it). One exception: when a measurement's own
+    dense runs are more than ``search.drift`` off the reference, the reference is read again
+    (``reread_reference``, at most ``search.max_rereads`` times), and if that reading confirms the
+    shift the target is read against it from then on. The ratios measured so far stay valid (both
+    models ran in the same state); only the ratio aimed at moves. This keeps one slow (or fast)
+    stretch of the machine during the first reading from defining the whole search
+    (``budget.rereads`` lists each reading). ``measure(plan, confirm)`` times the pruned model interleaved with the dense one
     and returns the per-round ratios pruned / dense (``confirm`` asks for the longer, more precise
     measurement). ``knob`` turns a fraction into a plan: MacsKnob (the default) plans at a MACs
     fraction; planning.allocate.TableKnob at a fraction of the latency its table predicts. The
@@ -228,9 +236,11 @@ def plan_for_latency(analysis: Analysis, scores: dict[int, np.ndarray], opts: Pl
     if reference_ms <= 0:
         raise UsageError(f"the dense model's latency measured {reference_ms} ms; cannot read a target against it")
     target = target_ms / reference_ms
+    first_reference = reference_ms
     if target >= 1 - tol:
         raise UsageError(f"--target-latency {target_ms:g} ms is not below the dense model's {reference_ms:.4g} ms "
                          f"measured here (within {tol:.0%}): nothing to prune")
+    rereads: list[dict] = []
     knob = knob or MacsKnob(analysis, scores, opts)
     base = max(plan_cost(analysis, {})[0], 1)
     floor_plan, floor_f = knob.floor()
@@ -243,7 +253,31 @@ def plan_for_latency(analysis: Analysis, scores: dict[int, np.ndarray], opts: Pl
     start = clock()
 
     def details() -> dict:
-        return {"reference_ms": reference_ms, "target_ratio": target, "tolerance": tol, **knob.details()}
+        out = {"reference_ms": reference_ms, "target_ratio": target, "tolerance": tol, **knob.details()}
+        if rereads:
+            out.update({"reference_first_ms": first_reference, "rereads": rereads})
+        return out
+
+    def check_drift(sample: RatioSample) -> None:
+        """Read the reference again when this measurement's dense runs left it; re-aim if confirmed."""
+        nonlocal reference_ms, target
+        if reread_reference is None or not sample.reference_ms or len(rereads) >= search.max_rereads:
+            return
+        dense_now = float(np.median(sample.reference_ms))
+        if abs(dense_now / reference_ms - 1) <= search.drift:
+            return
+        fresh = float(reread_reference())
+        moved = abs(fresh / reference_ms - 1) > search.drift
+        rereads.append({"after_measurement": measured, "dense_in_measurement_ms": round(dense_now, 4),
+                        "reference_was_ms": round(reference_ms, 4), "reread_ms": round(fresh, 4),
+                        "target_ratio_was": round(target, 5), "reanchored": moved})
+        if moved:
+            reference_ms, target = fresh, target_ms / fresh
+            if target >= 1 - tol:
+                raise LatencyTargetError(
+                    f"--target-latency {target_ms:g} ms is not below the dense model's {fresh:.4g} ms as measured "
+                    f"again during the search (first {first_reference:.4g} ms; the machine's speed changed): "
+                    f"nothing written", {**details(), "steps": steps})
 
     macs_of: dict[tuple, float] = {}
 
@@ -271,6 +305,7 @@ def plan_for_latency(analysis: Analysis, scores: dict[int, np.ndarray], opts: Pl
         sample = measure(plan, False)
         measured += 1
         log_step(plan, achieved, sample, "search")
+        check_drift(sample)
         point = points.get(key)
         if point is None:
             point = points[key] = _Point(achieved, plan, sample)
@@ -283,6 +318,7 @@ def plan_for_latency(analysis: Analysis, scores: dict[int, np.ndarray], opts: Pl
             confirmation = measure(plan, True)
             measured += 1
             log_step(plan, achieved, confirmation, "confirm")
+            check_drift(confirmation)
             point.sample, point.measurements = point.sample.pooled(confirmation), point.measurements + 1
             if abs(off(confirmation.median)) <= tol and abs(off(point.sample.median)) <= tol:
                 return BudgetResult(plan, "latency", target_ms, reference_ms * confirmation.median, steps, {

@@ -394,3 +394,42 @@ def test_prune_passes_spinning_to_the_latency_search(monkeypatch):
     monkeypatch.setattr(ratio_module, "RatioMeter", Meter)
     res = api.prune(net(), target_latency=5.0, latency_table=False, spinning=True)
     assert seen["meter"] is True and res.report["budget"]["spinning"] is True
+
+
+def test_a_slow_first_reference_is_read_again_and_the_target_re_aimed(setup):
+    """The first dense reading (15 ms) came from a slow stretch; the measurements' own dense runs
+    read 10 ms, and so does a second reading: the target 6 ms is then read as ratio 0.6, not 0.4."""
+    an, scores = setup
+    meter = FakeMeter(an, affine(0.2))
+    readings = []
+
+    def reread() -> float:
+        readings.append(10.0)
+        return 10.0
+
+    res = plan_for_latency(an, scores, PlanOptions(), 6.0, meter, reference_ms=15.0, reread_reference=reread)
+    d = res.to_dict()
+    assert readings == [10.0] and d["reference_ms"] == 10.0 and d["reference_first_ms"] == 15.0, d
+    assert d["target_ratio"] == pytest.approx(0.6) and abs(meter.true_ratio(res.plan) / 0.6 - 1) <= 0.05
+    (r,) = d["rereads"]
+    assert r["reanchored"] and r["reread_ms"] == 10.0 and r["target_ratio_was"] == pytest.approx(0.4), r
+    stale = plan_for_latency(an, scores, PlanOptions(), 6.0, FakeMeter(an, affine(0.2)), reference_ms=15.0)
+    assert abs(stale.details["ratio"] / 0.4 - 1) <= 0.05 and "rereads" not in stale.details, "no reread: old rule"
+
+
+def test_a_second_reading_that_agrees_with_the_first_keeps_the_target(setup):
+    """The measurements' dense runs drift, but reading the reference again gives the first value:
+    the target stays, the reading is listed, and rereads stop at the limit."""
+    an, scores = setup
+    meter = FakeMeter(an, affine(0.2))
+    readings = []
+
+    def reread() -> float:
+        readings.append(15.0)
+        return 15.0
+
+    res = plan_for_latency(an, scores, PlanOptions(), 6.0, meter, reference_ms=15.0, reread_reference=reread,
+                           search=LatencySearch(max_rereads=2))
+    d = res.to_dict()
+    assert d["target_ratio"] == pytest.approx(0.4) and len(readings) <= 2, (readings, d["steps"])
+    assert all(not r["reanchored"] for r in d["rereads"]) and d["reference_ms"] == 15.0
