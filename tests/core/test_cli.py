@@ -250,3 +250,19 @@ def test_merge_identical_and_fold_constants_flags(tmp_path):
     assert merge["channels_removed"] == 1 and merge["max_rel_err"] <= 1e-5, merge
     assert report["plan_applies_to"] == "model after transforms"
     assert report["verify"]["passed"]
+
+
+@pytest.mark.parametrize("spinning", [False, True])
+def test_bench_adds_latency_and_macs_ratio_to_the_report(model_path, tmp_path, spinning):
+    """--bench: the report gains latency {provider, before_ms, after_ms, speedup} and macs_ratio;
+    --spinning times it with onnxruntime's default spinning, models in blocks, and says so."""
+    out = tmp_path / "small.onnx"
+    res = run(model_path, "-o", out, "--ratio", "0.5", "--bench", "--json", *(["--spinning"] if spinning else []))
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.output[res.output.index("{"):])
+    lat = report["latency"]
+    assert lat["provider"] == "CPUExecutionProvider" and lat["before_ms"] > 0 and lat["after_ms"] > 0, lat
+    assert lat["speedup"] > 0 and report["macs_ratio"] > 1, report
+    assert (lat["spinning"], lat["interleave"]) == (spinning, "block" if spinning else "run"), lat
+    table = run(model_path, "-o", tmp_path / "t.onnx", "--ratio", "0.5", "--bench", *(["--spinning"] if spinning else []))
+    assert table.exit_code == 0 and ("latency (CPUExecutionProvider, spinning)" in table.output) == spinning, table.output
