@@ -120,7 +120,7 @@ def prune(model, *, ratio: float = 0.5, output: str | os.PathLike | None = None,
           latency_table: bool = True, sensitivity: bool | None = None, calibration=None,
           merge_identical: float | None = None, merge_learned: bool = False, fold_constants: bool = False,
           prune_norms: bool = True, verify_model: bool = True, tolerance: float = 1e-4,
-          seed: int = 0, spinning: bool = False) -> PruneResult:
+          seed: int = 0, spinning: bool = False, keep_macs: bool = False) -> PruneResult:
     """Prune a model; verify it against the masked original; write it atomically if ``output``.
 
     Exact transforms run first when asked (each proven against its own input): ``merge_learned``
@@ -137,6 +137,11 @@ def prune(model, *, ratio: float = 0.5, output: str | os.PathLike | None = None,
     allocation, and whenever ``calibration`` is given. With ``target_macs`` (``target_params``),
     sensitivity allocates per-group widths on the layers' exact MACs (parameters); off by default
     there: those targets cut uniformly.
+
+    ``keep_macs``: with ``target_latency`` and the latency table, each step of the allocation removes
+    the fewest MACs per millisecond it saves (a table of the layers' exact MACs beside the latency
+    table), so the plan keeps the most compute the latency target allows, instead of the least
+    output change (sensitivity). Excludes ``sensitivity`` and ``calibration``.
 
     ``spinning``: time the latency target's layer table and whole models, and ``round_to="auto"``'s
     candidates, with onnxruntime's default thread spinning on (models in alternating blocks, see
@@ -181,6 +186,13 @@ def prune(model, *, ratio: float = 0.5, output: str | os.PathLike | None = None,
             round_to = int(round_to)
         except (TypeError, ValueError):
             raise UsageError(f"--round-to must be a positive integer or 'auto', got {round_to!r}") from None
+    if keep_macs:
+        if target_latency is None or not latency_table:
+            raise UsageError("--keep-macs allocates a --target-latency on the latency table; it needs --target-latency "
+                             "(without --no-latency-table)")
+        if sensitivity or calibration is not None:
+            raise UsageError("--keep-macs and --sensitivity/--calibration are two allocation costs; pick one")
+        sensitivity = False
     if sensitivity is None:  # the latency-table allocation's default cost; calibration data implies it
         sensitivity = calibration is not None or (target_latency is not None and latency_table)
     if sensitivity and not ((target_latency is not None and latency_table) or target_macs is not None
@@ -243,7 +255,7 @@ def prune(model, *, ratio: float = 0.5, output: str | os.PathLike | None = None,
                 res = _latency_plan(proto, an, scores, o, target_latency, provider, spec, latency_tolerance,
                                     spinning=spinning,
                                     fallback_to_1=round_defaulted, use_table=latency_table,
-                                    sensitivity=sensitivities if sensitivity else None)
+                                    sensitivity=sensitivities if sensitivity else None, keep_macs=keep_macs)
                 res.details["importance_kept"] = importance_kept(an, scores, res.plan)
                 extra["budget"] = res.to_dict()
                 return res.plan
@@ -350,7 +362,7 @@ def _pruned_for_timing(an: Analysis, plan: PruningPlan) -> onnx.ModelProto:
 
 
 def _latency_plan(proto, an, scores, opts, target_ms, provider, spec, tol, fallback_to_1: bool = False,
-                  use_table: bool = True, sensitivity=None, spinning: bool = False):
+                  use_table: bool = True, sensitivity=None, spinning: bool = False, keep_macs: bool = False):
     """Read the target against the dense model measured here (3 s alone, after a warm-up), then
     search on pruned/dense ratios timed interleaved. ``reference_pooled_ms``: the median of every
     dense run of the search, to show how far the machine's load drifted meanwhile.
@@ -394,12 +406,18 @@ def _latency_plan(proto, an, scores, opts, target_ms, provider, spec, tol, fallb
                               progress=True, overhead_ms=call_overhead_ms(timer))
 
     sens = sensitivity() if table is not None and sensitivity is not None else None
+    macs = None
+    if table is not None and keep_macs:
+        from compressor.ir.model_io import default_opset
+        from compressor.planning.allocate import cost_table, fewest_kept
+
+        macs = cost_table(an, default_opset(proto), opts.round_to, lambda n: fewest_kept(n, opts.min_channels), "macs")
 
     def knob_for(o: PlanOptions):
         if table is None:
             return None
         from compressor.planning.allocate import Allocator, TableKnob
-        return TableKnob(Allocator(an, scores, o, table, sensitivity=sens))
+        return TableKnob(Allocator(an, scores, o, table, sensitivity=sens, macs=macs))
 
     multiples = [opts.round_to] + ([m for m in LATENCY_FALLBACK if m < opts.round_to] if fallback_to_1 else [])
     missed = []

@@ -215,6 +215,9 @@ shape_option = click.option("--input-shape", "input_shapes", multiple=True, meta
               "with --target-latency (the default there; --no-sensitivity: by channel scores over their group's "
               "mean), on the layers' MACs or parameters with --target-macs / --target-params (off by default "
               "there: uniform).")
+@click.option("--keep-macs", is_flag=True,
+              help="With --target-latency: allocate the cut so that the plan keeps the most MACs the target allows "
+              "(each step removes the fewest MACs per millisecond saved) instead of by sensitivity.")
 @click.option("--calibration", type=click.Path(), metavar="FILE.npz|FILE.npy",
               help="Real input samples for --sensitivity (implies it): a .npz keyed by input name, or a .npy for "
               "a one-input model (first axis = samples).")
@@ -246,7 +249,7 @@ shape_option = click.option("--input-shape", "input_shapes", multiple=True, meta
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report on stdout.")
 @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
 def prune_command(model, output, ratio, global_ranking, round_to, target_macs, target_params, target_latency,
-                  latency_table, sensitivity, calibration, min_channels, exclude, importance, input_shapes, plan_out, plan_in, merge_tol, merge_learned,
+                  latency_table, sensitivity, keep_macs, calibration, min_channels, exclude, importance, input_shapes, plan_out, plan_in, merge_tol, merge_learned,
                   fold_constants, freeze_norms, no_verify, tolerance, seed, bench, provider, spinning, dry_run,
                   as_json, debug):
     """Prune MODEL's channel groups and write a verified, smaller model."""
@@ -259,7 +262,7 @@ def prune_command(model, output, ratio, global_ranking, round_to, target_macs, t
         res = api.prune(model, ratio=ratio, output=None if dry_run else output, input_shapes=input_shapes,
                         global_ranking=global_ranking, round_to=round_to, min_channels=min_channels,
                         target_macs=target_macs, target_params=target_params, target_latency=target_latency,
-                        provider=provider, latency_table=latency_table, sensitivity=sensitivity,
+                        provider=provider, latency_table=latency_table, sensitivity=sensitivity, keep_macs=keep_macs,
                         calibration=calibration, merge_identical=merge_tol, merge_learned=merge_learned,
                         fold_constants=fold_constants, prune_norms=not freeze_norms,
                         exclude=exclude, importance=importance, plan_in=plan_in, verify_model=not no_verify,

@@ -53,9 +53,13 @@ class Allocator:
     """Plans for predicted latency budgets on one table (the per-group data is built once)."""
 
     def __init__(self, analysis: Analysis, scores: dict[int, np.ndarray], opts: PlanOptions, table: LatencyTable,
-                 max_group_ratio: float = MAX_GROUP_RATIO, sensitivity: Sensitivity | None = None):
+                 max_group_ratio: float = MAX_GROUP_RATIO, sensitivity: Sensitivity | None = None,
+                 macs: LatencyTable | None = None):
         self.analysis, self.opts, self.table = analysis, opts, table
         self.sensitivity = sensitivity
+        self.macs = macs  # a cost_table in MACs: a step then costs the MACs it removes
+        if macs is not None and sensitivity is not None:
+            raise ValueError("one allocation cost: sensitivity or MACs")
         self.max_group_ratio = max_group_ratio
         self.groups = analysis.prunable
         self.order: dict[int, np.ndarray] = {}  # channel indices, most important first
@@ -75,24 +79,33 @@ class Allocator:
                     self.touch[gid].append(i)
         self.dense = {g.id: g.size for g in self.groups}
         self.dense_ms = table.predict(self.dense)
+        if macs is not None:
+            if [lyr.node for lyr in macs.layers] != [lyr.node for lyr in table.layers]:
+                raise ValueError("the MACs table must have the latency table's layers")
+            self.macs_dense = max(macs.predict(self.dense), 1.0)
 
     def _next(self, gid: int, width: int) -> int | None:
         st = self.step[gid]
         nxt = (width - 1) // st * st
         return nxt if nxt >= self.floor[gid] and nxt < width else None
 
-    def _layers_ms(self, gid: int, widths: dict[int, int]) -> float:
-        t = self.table
+    def _layers_ms(self, gid: int, widths: dict[int, int], table: LatencyTable | None = None) -> float:
+        t = table or self.table
         return sum(t.layer_ms(t.layers[i], *t.layers[i].channels(widths)) for i in self.touch[gid])
 
-    def _saving(self, gid: int, widths: dict[int, int], nxt: int) -> float:
-        before = self._layers_ms(gid, widths) + self.table.rest(widths)
+    def _saving(self, gid: int, widths: dict[int, int], nxt: int, table: LatencyTable | None = None) -> float:
+        t = table or self.table
+        before = self._layers_ms(gid, widths, t) + t.rest(widths)
         trial = dict(widths)
         trial[gid] = nxt
-        return before - (self._layers_ms(gid, trial) + self.table.rest(trial))
+        return before - (self._layers_ms(gid, trial, t) + t.rest(trial))
 
-    def _cost(self, gid: int, width: int, nxt: int) -> float:
+    def _cost(self, gid: int, width: int, nxt: int, widths: dict[int, int] | None = None) -> float:
         size = len(self.order[gid])
+        if self.macs is not None:  # the MACs the step removes, at the current widths of the neighbours
+            current = dict(widths if widths is not None else self.dense)
+            current[gid] = width
+            return max(self._saving(gid, current, nxt, self.macs), 0.0) / self.macs_dense
         if self.sensitivity is not None:
             sens = self.sensitivity
             return sens.at(gid, (size - nxt) / size) - sens.at(gid, (size - width) / size)
@@ -111,7 +124,7 @@ class Allocator:
             if nxt is None:
                 return
             saving = self._saving(gid, widths, nxt)
-            cost = self._cost(gid, widths[gid], nxt)
+            cost = self._cost(gid, widths[gid], nxt, widths)
             heapq.heappush(heap, (cost / max(saving, 1e-9), gid, widths[gid]))
 
         for g in self.groups:
@@ -122,7 +135,7 @@ class Allocator:
                 continue  # stale entry
             nxt = self._next(gid, widths[gid])
             saving = self._saving(gid, widths, nxt)
-            fresh = self._cost(gid, widths[gid], nxt) / max(saving, 1e-9)
+            fresh = self._cost(gid, widths[gid], nxt, widths) / max(saving, 1e-9)
             if heap and fresh > heap[0][0] * (1 + 1e-9) and fresh > prio * (1 + 1e-9):
                 heapq.heappush(heap, (fresh, gid, widths[gid]))  # its neighbours shrank: re-rank
                 continue
@@ -137,14 +150,14 @@ class Allocator:
 
     def _closing_step(self, widths: dict[int, int], gap: float, gid: int, nxt: int,
                       saving: float) -> tuple[int, int, float]:
-        best = (self._cost(gid, widths[gid], nxt), gid, nxt, saving)
+        best = (self._cost(gid, widths[gid], nxt, widths), gid, nxt, saving)
         for g in self.groups:
             n = self._next(g.id, widths[g.id])
             if n is None or g.id == gid:
                 continue
             s = self._saving(g.id, widths, n)
             if s >= gap:
-                c = self._cost(g.id, widths[g.id], n)
+                c = self._cost(g.id, widths[g.id], n, widths)
                 if c < best[0]:
                     best = (c, g.id, n, s)
         return best[1], best[2], best[3]
@@ -183,7 +196,8 @@ class TableKnob:
 
     def details(self) -> dict:
         a = self.allocator
-        out = {"allocation": "latency-table", "allocation_cost": "sensitivity" if a.sensitivity else "importance",
+        cost = "macs" if a.macs is not None else "sensitivity" if a.sensitivity else "importance"
+        out = {"allocation": "latency-table", "allocation_cost": cost,
                "max_group_ratio": a.max_group_ratio, "latency_table": a.table.summary()}
         if a.sensitivity is not None:
             out["sensitivity"] = a.sensitivity.summary()

@@ -194,3 +194,53 @@ def test_cli_shows_the_table_line(fake_meter, tmp_path):  # noqa: F811
     res = CliRunner().invoke(main, [str(src), "-o", str(tmp_path / "u.onnx"), "--target-latency", "7",
                                     "--round-to", "4", "--no-latency-table"])
     assert res.exit_code == 0 and "latency table" not in res.output, res.output
+
+
+def test_keep_macs_allocation_removes_the_fewest_macs_per_millisecond():
+    """Two equal groups; one feeds a 3x3 conv, the other a 1x1, and the timer charges both alike
+    per channel pair (as a memory-bound layer would). Costed by MACs, the allocation cuts the 1x1's
+    group first: the same predicted time saved for a ninth of the MACs."""
+    from compressor.planning.allocate import cost_table
+    from compressor.planning.budget import plan_cost
+
+    g = G()
+    x = g.input("x", [1, 8, 8, 8])
+    a = g.cbr(x, 8, 32, k=1)
+    a = g.cbr(a, 32, 8)  # 3x3
+    b = g.cbr(x, 8, 32, k=1)
+    b = g.cbr(b, 32, 8, k=1)  # 1x1
+    model = g.model([g.op("Add", [a, b])])
+    an = api.analyze(model)
+    scores = {gr.id: np.ones(gr.size) for gr in an.prunable}
+
+    def timer(m) -> float:
+        w = next(i for i in m.graph.initializer if i.name == "w")
+        return 1e-3 * w.dims[0] * w.dims[1]  # channels only: a 3x3 costs what a 1x1 does
+
+    floor = lambda n: max(1, n // 4)  # noqa: E731
+    table = measure_table(an, 17, timer, reference_ms=1.0, step=8, floor=floor)
+    macs = cost_table(an, 17, 8, floor, "macs")
+    keep = Allocator(an, scores, PlanOptions(round_to=8), table, macs=macs)
+    plan, _ = keep.plan_for(0.8)
+    widths = {d.id: len(d.kept) for d in plan.groups if d.size == 32}
+    three = next(gr.id for gr in an.prunable if gr.size == 32 and any(
+        (an.index.shape(m.tensor) or (0,))[-1] == 3 for m in gr.members))
+    one = next(gid for gid in widths if gid != three)
+    assert widths[one] < widths[three] == 32, widths
+    plain, _ = Allocator(an, scores, PlanOptions(round_to=8), table).plan_for(0.8)
+    assert plan_cost(an, plan.keep)[0] >= plan_cost(an, plain.keep)[0]
+    assert TableKnob(keep).details()["allocation_cost"] == "macs"
+    with pytest.raises(ValueError):
+        Allocator(an, scores, PlanOptions(round_to=8), table, macs=macs, sensitivity=object())
+
+
+def test_prune_keep_macs_needs_a_latency_target_and_excludes_sensitivity(fake_meter):  # noqa: F811
+    from compressor.errors import UsageError
+
+    res = api.prune(branchy(), target_latency=7.0, round_to=4, keep_macs=True)
+    b = res.report["budget"]
+    assert b["allocation_cost"] == "macs" and "sensitivity" not in b and res.report["verify"]["passed"]
+    with pytest.raises(UsageError, match="needs --target-latency"):
+        api.prune(branchy(), ratio=0.5, keep_macs=True)
+    with pytest.raises(UsageError, match="pick one"):
+        api.prune(branchy(), target_latency=7.0, keep_macs=True, sensitivity=True)
