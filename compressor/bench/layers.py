@@ -74,6 +74,7 @@ class Layer:
     key: tuple  # what makes two layers run alike, apart from their channel counts
     build: Callable[[int, int], onnx.ModelProto]
     depthwise: bool = False
+    multiple: int = 1  # a grouped (not depthwise) conv: its channel counts are multiples of its groups
 
     @property
     def grid_key(self) -> tuple:
@@ -120,6 +121,7 @@ def find_layers(analysis: Analysis, opset: int) -> list[Layer]:
         has_bias = len(node.input) > 2 and bool(node.input[2])
         op = node.op_type
         attrs = tuple(sorted((a.name, str(helper.get_attribute_value(a))) for a in node.attribute))
+        multiple = 1
         if op in ("Conv", "ConvTranspose"):
             group = int(node_attr(node, "group", 1))
             cin_axis_w, cout_axis_w = (1, 0) if op == "Conv" else (0, 1)
@@ -129,6 +131,7 @@ def find_layers(analysis: Analysis, opset: int) -> list[Layer]:
             cout = _linear(analysis, node.output[0], 1, dense_cout)
             key = (op, attrs, tuple(x[2:]), has_bias, depthwise)
             build = _conv_builder(node, x, w, has_bias, group, depthwise, opset, cin_axis_w, cout_axis_w)
+            multiple = 1 if depthwise else group
         elif op == "Gemm":
             if node_attr(node, "transA", 0):
                 continue
@@ -148,7 +151,7 @@ def find_layers(analysis: Analysis, opset: int) -> list[Layer]:
             key = (op, tuple(x[:-1]))
             build = _matmul_builder(node, x, opset)
             depthwise = False
-        out.append(Layer(label, op, cin, cout, dense_cin, dense_cout, key, build, depthwise))
+        out.append(Layer(label, op, cin, cout, dense_cin, dense_cout, key, build, depthwise, multiple))
     return out
 
 
@@ -319,8 +322,13 @@ def measure_table(analysis: Analysis, opset: int, time_layer: TimeFn, reference_
         if gkey in jobs:
             continue
         varies_in, varies_out = bool(lyr.cin[1]), bool(lyr.cout[1]) and not lyr.depthwise
-        cins = grid(lyr.dense_cin, step, floor(lyr.dense_cin)) if varies_in else [lyr.dense_cin]
-        couts = (grid(lyr.dense_cout, step, floor(lyr.dense_cout)) if varies_out else [lyr.dense_cout])
+        st = math.lcm(step, lyr.multiple)  # a grouped conv runs only at multiples of its groups
+
+        def low(dense: int) -> int:
+            return min(dense, int(math.ceil(floor(dense) / lyr.multiple)) * lyr.multiple)
+
+        cins = grid(lyr.dense_cin, st, low(lyr.dense_cin)) if varies_in else [lyr.dense_cin]
+        couts = (grid(lyr.dense_cout, st, low(lyr.dense_cout)) if varies_out else [lyr.dense_cout])
         if lyr.depthwise:
             couts = [0]  # depthwise: cout follows cin; one dimension
         jobs[gkey] = (lyr, cins, couts)

@@ -244,3 +244,29 @@ def test_prune_keep_macs_needs_a_latency_target_and_excludes_sensitivity(fake_me
         api.prune(branchy(), ratio=0.5, keep_macs=True)
     with pytest.raises(UsageError, match="pick one"):
         api.prune(branchy(), target_latency=7.0, keep_macs=True, sensitivity=True)
+
+
+def test_grouped_conv_probes_run_at_multiples_of_their_groups():
+    """A conv with 6 groups of 8 channels: every probe of the table keeps whole groups (a multiple
+    of 6 channels, and of the step) so onnxruntime can run it; regnet_y_400mf's --target-latency
+    used to stop on 'Output channels M is not divisible by group'."""
+    g = G()
+    x = g.input("x", [1, 8, 8, 8])
+    h = g.cbr(x, 8, 48, k=1)
+    h = g.cbr(h, 48, 48, group=6)
+    model = g.model([g.cbr(h, 48, 16, k=1)])
+    an = api.analyze(model)
+    probed = []
+    real = ort_layer_timer("cpu", 1, min_time_s=0.0, min_runs=1, warmup=0)
+
+    def timer(m) -> float:
+        node = m.graph.node[0]
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        w = next(i for i in m.graph.initializer if i.name == "w")
+        probed.append((group, w.dims[0]))
+        return real(m)  # raises if onnxruntime rejects the probe
+
+    table = measure_table(an, 17, timer, reference_ms=1.0, step=8, floor=lambda n: max(1, n // 4))
+    grouped = [(gr, cout) for gr, cout in probed if gr == 6]
+    assert grouped and all(cout % 24 == 0 or cout == 12 for _, cout in grouped), grouped
+    assert table.probes == len(probed)
