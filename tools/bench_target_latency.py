@@ -135,7 +135,8 @@ def prune_in_fresh_process(dense: Path, out: Path, target_ms: float, round_to: s
     --round-to R` does (the CLI is a thin layer over api.prune), in a fresh process, returning the
     report, or the error with the search's measurements (which the CLI's one error line omits)."""
     job = {"dense": str(dense), "out": str(out), "target_ms": target_ms, "round_to": round_to,
-           "latency_table": allocation == "table", "spinning": SPINNING}
+           "latency_table": allocation in ("table", "keep-macs"), "keep_macs": allocation == "keep-macs",
+           "spinning": SPINNING}
     res = subprocess.run([sys.executable, __file__, "--worker", json.dumps(job)], capture_output=True, text=True,
                          cwd=ROOT, env={**os.environ, "COMPRESSOR_STRICT_RULES": "0"})
     lines = [line for line in res.stdout.splitlines() if line.startswith("{")]
@@ -153,7 +154,8 @@ def worker(job: dict) -> None:
         round_to = None if rt == "default" else rt if rt == "auto" else int(rt)  # default: no --round-to
         rep = api.prune(job["dense"], output=job["out"], target_latency=job["target_ms"], provider="cpu",
                         input_shapes=[INPUT_SHAPE], round_to=round_to,
-                        latency_table=job.get("latency_table", True), spinning=job.get("spinning", False)).report
+                        latency_table=job.get("latency_table", True), spinning=job.get("spinning", False),
+                        keep_macs=job.get("keep_macs", False)).report
         print(json.dumps({"ok": True, "report": rep}))
     except CompressorError as exc:  # what the CLI turns into one line and its exit code
         print(json.dumps({"ok": False, "exit_code": exc.exit_code, "error": f"error: {exc}",
@@ -272,7 +274,8 @@ def markdown(rows: list[Row], meta: dict) -> str:
         "range in brackets; **error** = "
         "check ratio / target ratio − 1, the column the goal (±5%) is judged on. raw: the check's pruned p50 "
         "against the target in absolute ms (includes the load drift between processes).",
-        "- allocation: `table` = per-group widths allocated on the latency table of the model's layers (the "
+        "- allocation: `keep-macs` = the table allocated by the MACs each step removes per ms saved (`--keep-macs`); "
+        "`table` = per-group widths allocated on the latency table of the model's layers (the "
         "default; its cost is each group's sensitivity on random inputs, the default since 2026-11-30 05:00; "
         "table s = seconds spent measuring the table), `uniform` = `--no-latency-table` (uniform ratios "
         "searched by MACs). importance kept: share of the channels' importance (each over its group's mean) "
@@ -333,8 +336,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--round-to", default="default", help="channel multiples to run the search with: 'default' "
                     "(no --round-to: the engine's default for --target-latency, 8 with fallbacks to 4 and 1), 1, 8, auto")
     ap.add_argument("--allocation", default="table,uniform",
-                    help="'table' (the default: widths allocated on the layer latency table), 'uniform' "
-                    "(--no-latency-table), or both")
+                    help="'table' (the default: widths allocated on the layer latency table by sensitivity), "
+                    "'keep-macs' (the table, allocated by MACs: --keep-macs), 'uniform' (--no-latency-table); "
+                    "comma-separated")
     ap.add_argument("--check-time", type=float, default=15.0,
                     help="seconds per model in the fresh-process check (compress bench --min-time)")
     ap.add_argument("--spinning", action="store_true",
@@ -365,8 +369,8 @@ def main(argv: list[str] | None = None) -> int:
     if not round_tos or not all(r in ("auto", "default") or (r.isdigit() and int(r) > 0) for r in round_tos):
         ap.error(f"--round-to must be positive integers, 'auto' or 'default', got {args.round_to!r}")
     allocations = [a.strip() for a in args.allocation.split(",") if a.strip()]
-    if not allocations or not all(a in ("table", "uniform") for a in allocations):
-        ap.error(f"--allocation must be table, uniform or both, got {args.allocation!r}")
+    if not allocations or not all(a in ("table", "uniform", "keep-macs") for a in allocations):
+        ap.error(f"--allocation must be among table, keep-macs, uniform, got {args.allocation!r}")
     import onnxruntime as ort
 
     load_before = os.getloadavg()[0]
