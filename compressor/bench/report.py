@@ -28,6 +28,7 @@ from compressor.bench.stats import LatencyStats, RatioSpread
 CSV_COLUMNS = (
     "model", "provider", "batch", "input_shapes", "mean_ms", "std_ms", "min_ms", "p50_ms",
     "p90_ms", "p99_ms", "throughput", "runs", "ratio_median", "ratio_p10", "ratio_p90",
+    "threads", "spinning", "interleave",
 )
 
 
@@ -165,7 +166,8 @@ def _shapes_cell(shapes: dict[str, Shape]) -> str:
 
 
 def render_csv(result: BenchResult) -> str:
-    """CSV with a header row; input shapes as 'name:1x3x224x224;other:...'."""
+    """CSV with a header row; input shapes as 'name:1x3x224x224;other:...'; the measurement's
+    threads, spinning (0/1) and interleave ('run' or 'block') repeated on every row."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
@@ -179,5 +181,6 @@ def render_csv(result: BenchResult) -> str:
             "" if ratio is None else repr(ratio.median),
             "" if ratio is None else repr(ratio.p10),
             "" if ratio is None else repr(ratio.p90),
+            result.threads, int(result.spinning), result.interleave,
         ])
     return buffer.getvalue()

@@ -159,6 +159,7 @@ def test_csv_has_the_header_and_one_row_per_result():
     assert len(rows) == 2 and tuple(rows[0]) == CSV_COLUMNS, f"columns: {tuple(rows[0])}"
     assert rows[0]["input_shapes"] == "x:2x3" and rows[0]["ratio_median"] == "", rows[0]
     assert float(rows[1]["ratio_median"]) == 1.5 and float(rows[1]["mean_ms"]) == 2.0, rows[1]
+    assert (rows[0]["spinning"], rows[0]["interleave"]) == ("0", "run"), rows[0]
 
 
 def test_table_has_fixed_width_columns():
