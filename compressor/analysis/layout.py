@@ -214,3 +214,17 @@ def positions(table: GroupTable, layout: Layout, keep: dict[int, "list[int]"]) -
             out.extend(range(base, base + inner))
         pos += size * inner
     return out if changed else None
+
+
+def kept_count(table: GroupTable, layout: Layout, keep: dict[int, "list[int]"]) -> int | None:
+    """``len(positions(...))`` without listing the positions: how many positions along an axis with
+    this layout survive ``keep``, or None when nothing is removed."""
+    total = 0
+    changed = False
+    for g, inner in table.normalize(layout):
+        size = table.size(g)
+        kept = keep.get(table.find(g))
+        if kept is not None and len(kept) != size:
+            changed = True
+        total += (size if kept is None else len(kept)) * inner
+    return total if changed else None

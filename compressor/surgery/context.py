@@ -7,7 +7,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from compressor.analysis.groups import Analysis
-from compressor.analysis.layout import positions
+from compressor.analysis.layout import kept_count, positions
 from compressor.ir.graph import node_attr
 
 
@@ -20,6 +20,7 @@ class SurgeryContext:
         self.model = model
         self.opset = opset
         self._kept_cache: dict[tuple[str, int], list[int] | None] = {}
+        self._shape_cache: dict[str, tuple[int, ...]] = {}
         # names taken: the input model's initializers (apply_plan adds them to ``model`` after this)
         self._names = ({t.name for t in analysis.index.model.graph.initializer}
                        | {t.name for t in model.graph.initializer} | {o for n in model.graph.node for o in n.output})
@@ -37,12 +38,18 @@ class SurgeryContext:
         return self.index.shape(tensor)
 
     def new_shape(self, tensor: str) -> tuple[int, ...]:
+        """The tensor's shape after the plan: each axis with a layout shrinks to its kept count
+        (counted from the layout, without listing the kept positions)."""
+        cached = self._shape_cache.get(tensor)
+        if cached is not None:
+            return cached
         shape = list(self.index.shape(tensor))
-        for ax in self.analysis.ctx.layout_map.get(tensor, {}):
-            kept = self.kept(tensor, ax)
-            if kept is not None:
-                shape[ax] = len(kept)
-        return tuple(shape)
+        for ax, lay in self.analysis.ctx.layout_map.get(tensor, {}).items():
+            n = kept_count(self.table, lay, self.keep)
+            if n is not None:
+                shape[ax] = n
+        out = self._shape_cache[tensor] = tuple(shape)
+        return out
 
     def value(self, name: str) -> np.ndarray | None:
         return self.index.value(name)

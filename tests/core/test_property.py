@@ -58,3 +58,25 @@ def test_random_graphs_prune_exactly(blocks, seed, ratio, global_ranking, round_
     v = res.report["verify"]
     assert v["passed"] and v["max_rel_err"] <= 1e-4, f"blocks={blocks}: {v}"
     assert res.report["macs_after"] <= res.report["macs_before"]
+
+
+def test_kept_count_equals_the_number_of_kept_positions():
+    """layout.kept_count (the shape path of the surgery and of every MACs count) agrees with
+    len(positions) for every tensor and axis under random plans of a concat/flatten model."""
+    import numpy as np
+
+    from compressor import api
+    from compressor.analysis.layout import kept_count, positions
+    from compressor.importance import score_groups
+    from compressor.planning import PlanOptions, make_plan
+    from tests.core.test_latency_table import branchy
+
+    an = api.analyze(branchy())
+    scores = score_groups(an, "l2")
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        plan = make_plan(an, scores, PlanOptions(ratio=float(rng.uniform(0.1, 0.7)), global_ranking=True))
+        for tensor, axes in an.ctx.layout_map.items():
+            for ax, lay in axes.items():
+                pos = positions(an.ctx.table, lay, plan.keep)
+                assert kept_count(an.ctx.table, lay, plan.keep) == (None if pos is None else len(pos)), tensor
