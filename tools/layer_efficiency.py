@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--round-to", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--min-time", type=float, default=0.3, help="seconds per probe")
+    ap.add_argument("--spinning", action="store_true", help="onnxruntime's default thread spinning in the probes")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
 
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     plan = make_plan(an, score_groups(an, "l2"), PlanOptions(ratio=args.ratio, round_to=args.round_to))
     widths = {d.id: len(d.kept) for d in plan.groups}
     per_node = count(an.index)[2]
-    timer = ort_layer_timer("cpu", args.threads, min_time_s=args.min_time)
+    timer = ort_layer_timer("cpu", args.threads, min_time_s=args.min_time, spinning=args.spinning)
     overhead = call_overhead_ms(timer)
     seen: dict[tuple, dict] = {}
     rows = []
