@@ -10,8 +10,10 @@ loop is deterministic under test.
 from __future__ import annotations
 
 import gc
+import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 RunFn = Callable[[], None]
@@ -80,6 +82,20 @@ def warm_up(run_fns: Sequence[RunFn], warmup: int) -> None:
             run_fns[index]()
 
 
+@contextmanager
+def _gc_paused(pause: bool) -> Iterator[None]:
+    """The garbage collector off while timing (as timeit does), restored afterwards, even on error."""
+    was_enabled = gc.isenabled()
+    if pause:
+        gc.collect()
+        gc.disable()
+    try:
+        yield
+    finally:
+        if pause and was_enabled:
+            gc.enable()
+
+
 def measure_interleaved(
     run_fns: Sequence[RunFn],
     stop: StopRule,
@@ -99,11 +115,7 @@ def measure_interleaved(
     n = len(run_fns)
     times_ms: list[list[float]] = [[] for _ in range(n)]
     totals_s = [0.0] * n
-    gc_was_enabled = gc.isenabled()
-    if pause_gc:
-        gc.collect()
-        gc.disable()
-    try:
+    with _gc_paused(pause_gc):
         rounds = 0
         while not stop.done(rounds, totals_s):
             for index in round_order(n, rounds):
@@ -115,9 +127,6 @@ def measure_interleaved(
             rounds += 1
             if on_round is not None:
                 on_round(rounds, stop.progress(rounds, totals_s))
-    finally:
-        if pause_gc and gc_was_enabled:
-            gc.enable()
     return times_ms
 
 
@@ -133,12 +142,6 @@ class BlockTimes:
 
     runs_ms: list[list[float]]
     block_medians_ms: list[list[float]]  # one entry per round, paired across models
-
-
-def _median(values: Sequence[float]) -> float:
-    ordered = sorted(values)
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else 0.5 * (ordered[mid - 1] + ordered[mid])
 
 
 def measure_blocks(
@@ -176,11 +179,7 @@ def measure_blocks(
     runs_ms: list[list[float]] = [[] for _ in range(n)]
     medians: list[list[float]] = [[] for _ in range(n)]
     totals_s = [0.0] * n
-    gc_was_enabled = gc.isenabled()
-    if pause_gc:
-        gc.collect()
-        gc.disable()
-    try:
+    with _gc_paused(pause_gc):
         rounds = 0
         while True:
             fewest = min(len(r) for r in runs_ms)
@@ -201,14 +200,11 @@ def measure_blocks(
                     block.append(elapsed * 1000.0)
                     spent += elapsed
                 runs_ms[index].extend(block)
-                medians[index].append(_median(block))
+                medians[index].append(statistics.median(block))
                 totals_s[index] += spent
             rounds += 1
             if on_round is not None:
                 fewest = min(len(r) for r in runs_ms)
                 fraction = min(stop.progress(fewest, totals_s), rounds / max(1, min_rounds))
                 on_round(rounds, fraction)
-    finally:
-        if pause_gc and gc_was_enabled:
-            gc.enable()
     return BlockTimes(runs_ms, medians)

@@ -100,12 +100,11 @@ class Allocator:
         trial[gid] = nxt
         return before - (self._layers_ms(gid, trial, t) + t.rest(trial))
 
-    def _cost(self, gid: int, width: int, nxt: int, widths: dict[int, int] | None = None) -> float:
-        size = len(self.order[gid])
+    def _cost(self, gid: int, widths: dict[int, int], nxt: int) -> float:
+        """What taking group ``gid`` from ``widths[gid]`` to ``nxt`` channels costs."""
+        size, width = len(self.order[gid]), widths[gid]
         if self.macs is not None:  # the MACs the step removes, at the current widths of the neighbours
-            current = dict(widths if widths is not None else self.dense)
-            current[gid] = width
-            return max(self._saving(gid, current, nxt, self.macs), 0.0) / self.macs_dense
+            return max(self._saving(gid, widths, nxt, self.macs), 0.0) / self.macs_dense
         if self.sensitivity is not None:
             sens = self.sensitivity
             return sens.at(gid, (size - nxt) / size) - sens.at(gid, (size - width) / size)
@@ -124,7 +123,7 @@ class Allocator:
             if nxt is None:
                 return
             saving = self._saving(gid, widths, nxt)
-            cost = self._cost(gid, widths[gid], nxt, widths)
+            cost = self._cost(gid, widths, nxt)
             heapq.heappush(heap, (cost / max(saving, 1e-9), gid, widths[gid]))
 
         for g in self.groups:
@@ -135,7 +134,7 @@ class Allocator:
                 continue  # stale entry
             nxt = self._next(gid, widths[gid])
             saving = self._saving(gid, widths, nxt)
-            fresh = self._cost(gid, widths[gid], nxt, widths) / max(saving, 1e-9)
+            fresh = self._cost(gid, widths, nxt) / max(saving, 1e-9)
             if heap and fresh > heap[0][0] * (1 + 1e-9) and fresh > prio * (1 + 1e-9):
                 heapq.heappush(heap, (fresh, gid, widths[gid]))  # its neighbours shrank: re-rank
                 continue
@@ -150,14 +149,14 @@ class Allocator:
 
     def _closing_step(self, widths: dict[int, int], gap: float, gid: int, nxt: int,
                       saving: float) -> tuple[int, int, float]:
-        best = (self._cost(gid, widths[gid], nxt, widths), gid, nxt, saving)
+        best = (self._cost(gid, widths, nxt), gid, nxt, saving)
         for g in self.groups:
             n = self._next(g.id, widths[g.id])
             if n is None or g.id == gid:
                 continue
             s = self._saving(g.id, widths, n)
             if s >= gap:
-                c = self._cost(g.id, widths[g.id], n, widths)
+                c = self._cost(g.id, widths, n)
                 if c < best[0]:
                     best = (c, g.id, n, s)
         return best[1], best[2], best[3]
@@ -283,8 +282,3 @@ def plan_for_allocated(analysis: Analysis, scores: dict[int, np.ndarray], opts: 
                      f"more than {max_group_ratio:.0%} of its channels, which keeps {v / base:.3f} of the {kind} "
                      f"(min-channels {opts.min_channels}, round-to {opts.round_to}; try --no-sensitivity)")
 
-
-def plan_for_macs_allocated(analysis: Analysis, scores: dict[int, np.ndarray], opts: PlanOptions, fraction: float,
-                            sensitivity: Sensitivity, opset: int, max_group_ratio: float = MAX_GROUP_RATIO):
-    """:func:`plan_for_allocated` for a MACs budget."""
-    return plan_for_allocated(analysis, scores, opts, "macs", fraction, sensitivity, opset, max_group_ratio)
