@@ -28,6 +28,7 @@ from compressor.planning import PlanOptions, PruningPlan, make_plan, plan_from_s
 from compressor.planning.allocate import importance_kept
 from compressor.planning.budget import plan_cost, plan_for_fraction, plan_for_latency
 from compressor.surgery import apply_plan
+from compressor.surgery.drop import removable_groups
 from compressor.surgery.finalize import finalize
 from compressor.verify import masked_reference, pruned_norm_nodes, verify
 
@@ -120,7 +121,8 @@ def prune(model, *, ratio: float = 0.5, output: str | os.PathLike | None = None,
           latency_table: bool = True, sensitivity: bool | None = None, calibration=None,
           merge_identical: float | None = None, merge_learned: bool = False, fold_constants: bool = False,
           prune_norms: bool = True, verify_model: bool = True, tolerance: float = 1e-4,
-          seed: int = 0, spinning: bool = False, keep_macs: bool = False) -> PruneResult:
+          seed: int = 0, spinning: bool = False, keep_macs: bool = False,
+          drop_layers: bool = False) -> PruneResult:
     """Prune a model; verify it against the masked original; write it atomically if ``output``.
 
     Exact transforms run first when asked (each proven against its own input): ``merge_learned``
@@ -147,6 +149,12 @@ def prune(model, *, ratio: float = 0.5, output: str | os.PathLike | None = None,
     candidates, with onnxruntime's default thread spinning on (models in alternating blocks, see
     bench.runner.measure_blocks), as a deployment with default session options runs them; off by
     default, as every measurement here.
+
+    ``drop_layers``: the budget's allocation may also remove a group whole where that can be done
+    exactly (surgery/drop.py): the layers only it feeds leave the graph (a DenseNet layer, a
+    residual branch, which becomes its bias), and their kernel calls with them. Needs an allocated
+    budget: ``target_latency`` with the latency table, or ``target_macs``/``target_params`` with
+    sensitivity.
 
     ``prune_norms``: a LayerNorm over the channel axis is pruned through (its statistics then run
     over the kept channels; the oracle's reference computes it so); False freezes those groups.
@@ -201,10 +209,14 @@ def prune(model, *, ratio: float = 0.5, output: str | os.PathLike | None = None,
                          "the latency table), --target-macs or --target-params")
     if calibration is not None and not sensitivity:
         raise UsageError("--calibration data is used by --sensitivity only")
+    if drop_layers and not ((target_latency is not None and latency_table)
+                            or ((target_macs is not None or target_params is not None) and sensitivity)):
+        raise UsageError("--drop-layers lets a budget's allocation remove whole groups: it needs --target-latency "
+                         "(with the latency table), or --target-macs/--target-params with --sensitivity")
     calibration_data = load_calibration(calibration) if calibration is not None else None
     importance, importance_notes = _resolve_importance(proto, importance)
     opts = PlanOptions(ratio=ratio, global_ranking=global_ranking, round_to=1 if auto_round else round_to,
-                       min_channels=min_channels, importance=importance)
+                       min_channels=min_channels, importance=importance, drop_layers=drop_layers)
     opts.validate()
     spec = _spec(proto, input_shapes)
     detached = None
@@ -233,7 +245,9 @@ def prune(model, *, ratio: float = 0.5, output: str | os.PathLike | None = None,
 
                 feeds, described = calibration_feeds(spec, calibration_data, seed=seed,
                                                      fixed_batch=fixed_batch_size(proto))
-                sens_cache.append(measure_sensitivity(an, scores, feeds, inputs=described, progress=True))
+                whole = removable_groups(an) if drop_layers else ()
+                sens_cache.append(measure_sensitivity(an, scores, feeds, inputs=described, progress=True,
+                                                      whole=whole))
             return sens_cache[0]
 
         def choose(o: PlanOptions) -> PruningPlan:
@@ -271,7 +285,10 @@ def prune(model, *, ratio: float = 0.5, output: str | os.PathLike | None = None,
     pruned = finalize(pruned, what="pruned")
 
     macs_b, params_b, _ = count(index)
-    macs_a, params_a, _ = count(index, surgery.context.new_shape)
+    if surgery.dropped_nodes:  # what the removed layers leave is counted on the model itself
+        macs_a, params_a, _ = count(GraphIndex(pruned, spec))
+    else:
+        macs_a, params_a, _ = count(index, surgery.context.new_shape)
     ver = None
     if verify_model:
         # the masked original feeds onnxruntime the index's weight arrays in place (no copy)
@@ -295,6 +312,8 @@ def prune(model, *, ratio: float = 0.5, output: str | os.PathLike | None = None,
                    "pruned": sum(1 for g in plan.groups if g.removed)},
         "channels": {"total": sum(g.size for g in an.prunable),
                      "removed": sum(g.removed for g in plan.groups)},
+        "removed_whole": {"groups": sum(1 for g in plan.groups if g.size and not g.kept),
+                          "nodes": surgery.dropped_nodes},
         "barriers": [b.__dict__ for b in an.barriers],
         # groups a rule froze without its node being a whole barrier (LayerNorm over channels, an
         # untracked operand, a graph output, ...): left as they are, each with its reasons

@@ -117,6 +117,9 @@ def render_prune_report(r: dict) -> str:
     out = [_table(rows), ""]
     out.append(f"groups: {g['pruned']} pruned of {g['prunable']} prunable ({g['total']} total); "
                f"channels removed: {ch['removed']} of {ch['total']}")
+    rw = r.get("removed_whole") or {}
+    if rw.get("groups"):
+        out.append(f"removed whole: {rw['groups']} group(s), {rw['nodes']} node(s) left the graph (--drop-layers)")
     v = r["verify"]
     if v.get("skipped"):
         out.append("verification: SKIPPED (--no-verify): this model has not been proven")
@@ -218,6 +221,10 @@ shape_option = click.option("--input-shape", "input_shapes", multiple=True, meta
 @click.option("--keep-macs", is_flag=True,
               help="With --target-latency: allocate the cut so that the plan keeps the most MACs the target allows "
               "(each step removes the fewest MACs per millisecond saved) instead of by sensitivity.")
+@click.option("--drop-layers", is_flag=True,
+              help="Let the budget's allocation also remove a channel group whole where that is exact: the layers "
+              "only it feeds leave the graph (a DenseNet layer, a residual branch, which becomes its bias). Needs "
+              "--target-latency, or --target-macs/--target-params with --sensitivity.")
 @click.option("--calibration", type=click.Path(), metavar="FILE.npz|FILE.npy",
               help="Real input samples for --sensitivity (implies it): a .npz keyed by input name, or a .npy for "
               "a one-input model (first axis = samples).")
@@ -249,7 +256,7 @@ shape_option = click.option("--input-shape", "input_shapes", multiple=True, meta
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report on stdout.")
 @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
 def prune_command(model, output, ratio, global_ranking, round_to, target_macs, target_params, target_latency,
-                  latency_table, sensitivity, keep_macs, calibration, min_channels, exclude, importance, input_shapes, plan_out, plan_in, merge_tol, merge_learned,
+                  latency_table, sensitivity, keep_macs, drop_layers, calibration, min_channels, exclude, importance, input_shapes, plan_out, plan_in, merge_tol, merge_learned,
                   fold_constants, freeze_norms, no_verify, tolerance, seed, bench, provider, spinning, dry_run,
                   as_json, debug):
     """Prune MODEL's channel groups and write a verified, smaller model."""
@@ -263,6 +270,7 @@ def prune_command(model, output, ratio, global_ranking, round_to, target_macs, t
                         global_ranking=global_ranking, round_to=round_to, min_channels=min_channels,
                         target_macs=target_macs, target_params=target_params, target_latency=target_latency,
                         provider=provider, latency_table=latency_table, sensitivity=sensitivity, keep_macs=keep_macs,
+                        drop_layers=drop_layers,
                         calibration=calibration, merge_identical=merge_tol, merge_learned=merge_learned,
                         fold_constants=fold_constants, prune_norms=not freeze_norms,
                         exclude=exclude, importance=importance, plan_in=plan_in, verify_model=not no_verify,

@@ -135,8 +135,8 @@ def prune_in_fresh_process(dense: Path, out: Path, target_ms: float, round_to: s
     --round-to R` does (the CLI is a thin layer over api.prune), in a fresh process, returning the
     report, or the error with the search's measurements (which the CLI's one error line omits)."""
     job = {"dense": str(dense), "out": str(out), "target_ms": target_ms, "round_to": round_to,
-           "latency_table": allocation in ("table", "keep-macs"), "keep_macs": allocation == "keep-macs",
-           "spinning": SPINNING}
+           "latency_table": allocation != "uniform", "keep_macs": allocation.startswith("keep-macs"),
+           "drop_layers": allocation.endswith("+drop"), "spinning": SPINNING}
     res = subprocess.run([sys.executable, __file__, "--worker", json.dumps(job)], capture_output=True, text=True,
                          cwd=ROOT, env={**os.environ, "COMPRESSOR_STRICT_RULES": "0"})
     lines = [line for line in res.stdout.splitlines() if line.startswith("{")]
@@ -155,7 +155,7 @@ def worker(job: dict) -> None:
         rep = api.prune(job["dense"], output=job["out"], target_latency=job["target_ms"], provider="cpu",
                         input_shapes=[INPUT_SHAPE], round_to=round_to,
                         latency_table=job.get("latency_table", True), spinning=job.get("spinning", False),
-                        keep_macs=job.get("keep_macs", False)).report
+                        keep_macs=job.get("keep_macs", False), drop_layers=job.get("drop_layers", False)).report
         print(json.dumps({"ok": True, "report": rep}))
     except CompressorError as exc:  # what the CLI turns into one line and its exit code
         print(json.dumps({"ok": False, "exit_code": exc.exit_code, "error": f"error: {exc}",
@@ -282,6 +282,7 @@ def markdown(rows: list[Row], meta: dict) -> str:
         "check ratio / target ratio − 1, the column the goal (±5%) is judged on. raw: the check's pruned p50 "
         "against the target in absolute ms (includes the load drift between processes).",
         "- allocation: `keep-macs` = the table allocated by the MACs each step removes per ms saved (`--keep-macs`); "
+        "`+drop`: with `--drop-layers` (the allocation may also remove groups whole); "
         "`table` = per-group widths allocated on the latency table of the model's layers (the "
         "default; its cost is each group's sensitivity on random inputs, the default since 2026-11-30 05:00; "
         "table s = seconds spent measuring the table), `uniform` = `--no-latency-table` (uniform ratios "
@@ -344,7 +345,8 @@ def main(argv: list[str] | None = None) -> int:
                     "(no --round-to: the engine's default for --target-latency, 8 with fallbacks to 4 and 1), 1, 8, auto")
     ap.add_argument("--allocation", default="table,uniform",
                     help="'table' (the default: widths allocated on the layer latency table by sensitivity), "
-                    "'keep-macs' (the table, allocated by MACs: --keep-macs), 'uniform' (--no-latency-table); "
+                    "'keep-macs' (the table, allocated by MACs: --keep-macs), 'uniform' (--no-latency-table), "
+                    "'table+drop' / 'keep-macs+drop' (with --drop-layers); "
                     "comma-separated")
     ap.add_argument("--check-time", type=float, default=15.0,
                     help="seconds per model in the fresh-process check (compress bench --min-time)")
@@ -376,8 +378,9 @@ def main(argv: list[str] | None = None) -> int:
     if not round_tos or not all(r in ("auto", "default") or (r.isdigit() and int(r) > 0) for r in round_tos):
         ap.error(f"--round-to must be positive integers, 'auto' or 'default', got {args.round_to!r}")
     allocations = [a.strip() for a in args.allocation.split(",") if a.strip()]
-    if not allocations or not all(a in ("table", "uniform", "keep-macs") for a in allocations):
-        ap.error(f"--allocation must be among table, keep-macs, uniform, got {args.allocation!r}")
+    known = ("table", "uniform", "keep-macs", "table+drop", "keep-macs+drop")
+    if not allocations or not all(a in known for a in allocations):
+        ap.error(f"--allocation must be among {', '.join(known)}, got {args.allocation!r}")
     import onnxruntime as ort
 
     load_before = os.getloadavg()[0]

@@ -228,6 +228,8 @@ class LatencyTable:
     _memo: dict = field(default_factory=dict, repr=False)
 
     def layer_ms(self, layer: Layer, cin: int, cout: int) -> float:
+        if cin <= 0 or cout <= 0:
+            return 0.0  # a group removed whole (--drop-layers): the layer is gone or a constant
         cins, couts, ms = self.grids[layer.grid_key]
         i0, i1, a = _interp(cins, cin)
         j0, j1, b = _interp(couts, cout)

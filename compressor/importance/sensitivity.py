@@ -149,12 +149,14 @@ def fixed_batch_size(model) -> int | None:
 
 def measure_sensitivity(analysis: Analysis, scores: dict[int, np.ndarray], feeds: list[dict[str, np.ndarray]],
                         fractions=FRACTIONS, inputs: str = "random", progress: bool = False,
-                        time_budget_s: float | None = TIME_BUDGET_S) -> Sensitivity:
+                        time_budget_s: float | None = TIME_BUDGET_S, whole=()) -> Sensitivity:
     """Probe every prunable group at ``fractions`` removed (least important channels first, as
     ``scores`` order them) on ``feeds``; see the module docstring.
 
     ``time_budget_s``: the probes use as many of ``feeds`` (in order, at least one) as the time
-    one run of the first feed says fit in this budget; ``Sensitivity.inputs`` says how many."""
+    one run of the first feed says fit in this budget; ``Sensitivity.inputs`` says how many.
+
+    ``whole``: groups also probed with every channel removed (those --drop-layers may remove)."""
     import onnxruntime as ort
 
     from compressor.ir.model_io import ort_max_ir_version
@@ -172,10 +174,12 @@ def measure_sensitivity(analysis: Analysis, scores: dict[int, np.ndarray], feeds
     names = [o.name for o in sess.get_outputs()]
     ones = mm.feeds({})
     groups = [g for g in analysis.prunable if g.size > 1]
+    whole = set(whole)
     plans = []
     for g in groups:
         order = np.argsort(-np.asarray(scores[g.id], dtype=np.float64), kind="stable")
-        counts = sorted({min(g.size - 1, max(1, int(round(f * g.size)))) for f in fractions})
+        counts = sorted({min(g.size - 1, max(1, int(round(f * g.size)))) for f in fractions}
+                        | ({g.size} if g.id in whole else set()))
         plans.append((g, order, counts))
     probes = sum(len(c) for _, _, c in plans)
 

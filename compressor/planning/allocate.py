@@ -16,7 +16,11 @@ Costs: by default each channel's score over its group's mean; with a :class:`Sen
 compares groups directly.
 
 No group loses more than ``max_group_ratio`` of its channels (never fewer than min-channels), so a
-layer whose channels are cheap to remove is not emptied to pay for the others.
+layer whose channels are cheap to remove is not emptied to pay for the others. With
+``PlanOptions.drop_layers`` a group at that floor offers one more step: all of it, where
+surgery/drop.py can remove it whole (a residual branch, a DenseNet layer). Its cost is the whole
+group's importance (or its sensitivity with every channel removed); what it saves is every layer
+it feeds, and the kernel calls with them.
 """
 
 from __future__ import annotations
@@ -78,16 +82,36 @@ class Allocator:
                 if gid in self.touch:
                     self.touch[gid].append(i)
         self.dense = {g.id: g.size for g in self.groups}
+        self._blockers: dict[frozenset, str | None] = {}
         self.dense_ms = table.predict(self.dense)
         if macs is not None:
             if [lyr.node for lyr in macs.layers] != [lyr.node for lyr in table.layers]:
                 raise ValueError("the MACs table must have the latency table's layers")
             self.macs_dense = max(macs.predict(self.dense), 1.0)
 
-    def _next(self, gid: int, width: int) -> int | None:
+    def _next(self, gid: int, width: int, widths: dict[int, int] | None = None) -> int | None:
         st = self.step[gid]
         nxt = (width - 1) // st * st
-        return nxt if nxt >= self.floor[gid] and nxt < width else None
+        if nxt >= self.floor[gid] and nxt < width:
+            return nxt
+        if self.opts.drop_layers and width > 0 and widths is not None and self.removable(gid, widths):
+            return 0
+        return None
+
+    def removable(self, gid: int, widths: dict[int, int]) -> bool:
+        """Can group ``gid`` be removed whole, beside the groups ``widths`` already removes?"""
+        from compressor.ir.model_io import default_opset
+        from compressor.surgery.drop import removal_blocker
+
+        alone = frozenset([gid])
+        if alone not in self._blockers:
+            self._blockers[alone] = removal_blocker(self.analysis, set(alone), default_opset(self.analysis.index.model))
+        if self._blockers[alone] is not None:
+            return False
+        key = frozenset(g for g, w in widths.items() if w == 0) | alone
+        if key not in self._blockers:
+            self._blockers[key] = removal_blocker(self.analysis, set(key), default_opset(self.analysis.index.model))
+        return self._blockers[key] is None
 
     def _layers_ms(self, gid: int, widths: dict[int, int], table: LatencyTable | None = None) -> float:
         t = table or self.table
@@ -119,7 +143,7 @@ class Allocator:
         heap: list[tuple[float, int, int]] = []
 
         def push(gid: int) -> None:
-            nxt = self._next(gid, widths[gid])
+            nxt = self._next(gid, widths[gid], widths)
             if nxt is None:
                 return
             saving = self._saving(gid, widths, nxt)
@@ -132,7 +156,9 @@ class Allocator:
             prio, gid, at = heapq.heappop(heap)
             if at != widths[gid]:
                 continue  # stale entry
-            nxt = self._next(gid, widths[gid])
+            nxt = self._next(gid, widths[gid], widths)
+            if nxt is None:
+                continue  # a removal the groups removed since then rule out
             saving = self._saving(gid, widths, nxt)
             fresh = self._cost(gid, widths, nxt) / max(saving, 1e-9)
             if heap and fresh > heap[0][0] * (1 + 1e-9) and fresh > prio * (1 + 1e-9):
@@ -151,7 +177,7 @@ class Allocator:
                       saving: float) -> tuple[int, int, float]:
         best = (self._cost(gid, widths, nxt), gid, nxt, saving)
         for g in self.groups:
-            n = self._next(g.id, widths[g.id])
+            n = self._next(g.id, widths[g.id], widths)
             if n is None or g.id == gid:
                 continue
             s = self._saving(g.id, widths, n)

@@ -2,7 +2,8 @@
 
 Strategies: a uniform ratio per group, or a global ranking across groups (scores normalised by
 each group's mean). ``round_to`` keeps channel counts multiples of N; no group drops below
-``min_channels`` (and never to zero).
+``min_channels`` (and never to zero: only the latency/MACs allocation removes whole groups, with
+``drop_layers``; a plan file may too, and surgery then checks that it can).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ class PlanOptions:
     round_to: int = 1
     min_channels: int = 1
     importance: str = "l2"
+    drop_layers: bool = False  # the allocation may remove a group whole (surgery/drop.py)
 
     def validate(self) -> None:
         if not (0.0 <= self.ratio < 1.0) or math.isnan(self.ratio):
@@ -84,7 +86,7 @@ class PruningPlan:
             if dec.removed and not g.prunable:
                 raise UsageError(f"the plan prunes group {dec.signature[:2]}, which is not prunable here: "
                                  f"{'; '.join(g.reasons)}")
-            if any(not 0 <= c < g.size for c in dec.kept) or len(set(dec.kept)) != len(dec.kept) or not dec.kept:
+            if any(not 0 <= c < g.size for c in dec.kept) or len(set(dec.kept)) != len(dec.kept):
                 raise UsageError(f"the plan keeps invalid channel indices for group {dec.signature[:2]}")
             out.append(GroupDecision(g.id, g.size, sorted(dec.kept), dec.signature))
         return PruningPlan(self.options, out)
@@ -116,8 +118,6 @@ def plan_from_slices(analysis: Analysis, slices: list[dict], opts: PlanOptions |
         kept = list(kept_sets[0])
         if len(kept) < g.size and not g.prunable:
             raise UsageError(f"the plan prunes a group that is not prunable here: {'; '.join(g.reasons)}")
-        if not kept:
-            raise UsageError("the plan removes every channel of a group")
         decisions.append(GroupDecision(g.id, g.size, kept, signature(g)))
     return PruningPlan(opts or PlanOptions(), decisions)
 

@@ -14,6 +14,7 @@ from compressor.errors import CompressorError
 from compressor.ir.model_io import default_opset
 from compressor.ir.proto import copy_without_initializers
 from compressor.surgery.context import SurgeryContext
+from compressor.surgery.drop import drop_vanished, vanished_tensors
 
 
 @dataclass
@@ -33,6 +34,7 @@ class SurgeryResult:
     model: onnx.ModelProto
     slices: list[SliceEntry]
     context: SurgeryContext
+    dropped_nodes: int = 0  # nodes deleted with the groups removed whole (surgery/drop.py)
 
 
 def apply_plan(analysis: Analysis, keep: dict[int, list[int]]) -> SurgeryResult:
@@ -75,7 +77,12 @@ def apply_plan(analysis: Analysis, keep: dict[int, list[int]]) -> SurgeryResult:
         else:  # pragma: no cover - members are constants by construction
             raise CompressorError(f"internal: member tensor '{name}' is not a constant")
 
+    removed = {gid for gid, kept in keep.items() if len(kept) == 0}
+    vanished = vanished_tensors(analysis, removed)
     for node in model.graph.node:
+        outs = [o for o in node.output if o]
+        if vanished and outs and all(o in vanished for o in outs):
+            continue  # deleted below with the groups removed whole
         rule = get_rule(node.op_type, node.domain, opset)
         if rule is not None:
             rule.rewrite(node, sctx)
@@ -84,7 +91,9 @@ def apply_plan(analysis: Analysis, keep: dict[int, list[int]]) -> SurgeryResult:
     for pin in analysis.ctx.shape_pins:
         sctx.replace_input(model.graph.node[pin.node_index], pin.slot, pin.value)
 
+    dropped = drop_vanished(model, vanished, sctx.new_shape, sctx.replace_input) if vanished else 0
+
     # stale shape annotations would contradict the new channel counts
     del model.graph.value_info[:]
-    return SurgeryResult(model=model, slices=slices, context=sctx)
+    return SurgeryResult(model=model, slices=slices, context=sctx, dropped_nodes=dropped)
 

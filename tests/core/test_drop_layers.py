@@ -1,0 +1,170 @@
+"""Groups removed whole (--drop-layers): the layers only they feed leave the graph, exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from compressor import api
+from compressor.cli import main
+from compressor.errors import CompressorError, UsageError
+from compressor.ir.model_io import default_opset
+from compressor.planning import PlanOptions, PruningPlan
+from compressor.planning.plan import GroupDecision, signature
+from compressor.surgery.drop import removable_groups, removal_blocker
+from tests.core.graphs import G
+
+
+def resnetish(blocks: int = 1):
+    """stem -> [conv3x3 -> relu -> conv3x3(bias) -> + identity -> relu] x blocks -> pool -> gemm."""
+    g = G()
+    x = g.input("x", [1, 3, 8, 8])
+    h = g.op("Relu", [g.conv(x, 3, 8)])
+    for _ in range(blocks):
+        b = g.conv(g.op("Relu", [g.conv(h, 8, 6)]), 6, 8)
+        h = g.op("Relu", [g.op("Add", [h, b])])
+    p = g.op("Flatten", [g.op("GlobalAveragePool", [h])])
+    return g.model([g.op("Gemm", [p, g.rand(5, 8), g.rand(5, base="b")], transB=1)])
+
+
+def densenetish():
+    """A DenseNet block: each layer BN-ReLU-conv1x1-BN-ReLU-conv3x3 on the concat of all before."""
+    g = G()
+    x = g.input("x", [1, 3, 8, 8])
+    feats = [g.conv(x, 3, 8)]
+    c = 8
+    for _ in range(3):
+        cat = g.op("Concat", feats, axis=1) if len(feats) > 1 else feats[0]
+        h = g.conv(g.op("Relu", [g.bn(cat, c)]), c, 12, k=1, bias=False)
+        feats.append(g.conv(g.op("Relu", [g.bn(h, 12)]), 12, 4, bias=False))
+        c += 4
+    cat = g.op("Concat", feats, axis=1)
+    return g.model([g.conv(g.op("Relu", [g.bn(cat, c)]), c, 5, k=1)])
+
+
+def mlp_block():
+    """A ConvNeXt-style MLP in NHWC with a layer scale, added back to its NCHW input."""
+    g = G()
+    x = g.input("x", [1, 8, 4, 4])
+    t = g.op("Transpose", [g.conv(x, 8, 8)], perm=[0, 2, 3, 1])
+    h = g.op("Relu", [g.op("Add", [g.op("MatMul", [t, g.rand(8, 16)]), g.rand(16, base="b")])])
+    h = g.op("Mul", [g.op("Add", [g.op("MatMul", [h, g.rand(16, 8)]), g.rand(8, base="b")]), g.rand(8, base="s")])
+    y = g.op("Add", [x, g.op("Transpose", [h], perm=[0, 3, 1, 2])])
+    return g.model([g.conv(y, 8, 3, k=1)])
+
+
+def plan_removing(model, pick) -> PruningPlan:
+    """A plan that keeps no channel of the groups ``pick(group)`` selects."""
+    an = api.analyze(model)
+    return PruningPlan(PlanOptions(), [GroupDecision(g.id, g.size, [] if pick(g) else list(range(g.size)), signature(g))
+                                       for g in an.groups])
+
+
+def ops(model) -> list[str]:
+    return [n.op_type for n in model.graph.node]
+
+
+def test_residual_branch_becomes_its_bias():
+    m = resnetish()
+    res = api.prune(m, plan_in=plan_removing(m, lambda g: g.size == 6))
+    r = res.report
+    assert r["verify"]["passed"] and r["verify"]["max_rel_err"] < 1e-5
+    assert ops(res.model).count("Conv") == 1  # the stem only: both branch convs left
+    assert r["removed_whole"] == {"groups": 1, "nodes": 3}
+    add = next(n for n in res.model.graph.node if n.op_type == "Add")
+    inits = {t.name: t for t in res.model.graph.initializer}
+    assert sum(i in inits for i in add.input) == 1  # identity + the second conv's bias, a constant
+    assert list(inits[next(i for i in add.input if i in inits)].dims) == [1, 8, 1, 1]
+    assert r["macs_after"] < r["macs_before"] / 3
+
+
+def test_dense_layer_leaves_the_concat():
+    m = densenetish()
+    an = api.analyze(m)
+    outs = [g for g in an.prunable if g.size == 4]  # each layer's new features
+    assert outs and all(removal_blocker(an, {g.id}, default_opset(m)) is None for g in outs)
+    res = api.prune(m, plan_in=plan_removing(m, lambda g: g.id == outs[1].id))
+    assert res.report["verify"]["passed"] and res.report["verify"]["max_rel_err"] < 1e-5
+    assert ops(res.model).count("Conv") == ops(m).count("Conv") - 2
+    assert ops(res.model).count("BatchNormalization") == ops(m).count("BatchNormalization") - 2
+    # its input concat (read by it alone), BN, ReLU, conv1x1, BN, ReLU, conv3x3
+    assert res.report["removed_whole"]["nodes"] == 7
+
+
+def test_mlp_constant_is_carried_through_bias_scale_and_transpose():
+    m = mlp_block()
+    res = api.prune(m, plan_in=plan_removing(m, lambda g: g.size == 16))
+    assert res.report["verify"]["passed"] and res.report["verify"]["max_rel_err"] < 1e-5
+    assert "MatMul" not in ops(res.model) and "Transpose" not in ops(res.model)
+    assert ops(res.model).count("Add") == 1
+
+
+def test_several_groups_removed_at_once_and_widths_elsewhere():
+    m = resnetish(blocks=3)
+    an = api.analyze(m)
+    inner = [g.id for g in an.prunable if g.size == 6]
+    assert len(inner) == 3 and removal_blocker(an, set(inner), default_opset(m)) is None
+    plan = PruningPlan(PlanOptions(), [GroupDecision(g.id, g.size, [] if g.id in inner[:2] else
+                                                     (list(range(0, g.size, 2)) if g.id == inner[2] else
+                                                      list(range(g.size))), signature(g)) for g in an.groups])
+    res = api.prune(m, plan_in=plan)
+    assert res.report["verify"]["passed"] and res.report["verify"]["max_rel_err"] < 1e-5
+    assert ops(res.model).count("Conv") == 3 and res.report["removed_whole"]["groups"] == 2
+
+
+def test_unremovable_group_is_refused_clearly():
+    m = resnetish()
+    an = api.analyze(m)
+    trunk = next(g for g in an.prunable if g.size == 8)
+    why = removal_blocker(an, {trunk.id}, default_opset(m))
+    assert why and "graph output" in why  # the whole trunk would leave: the logits a constant
+    assert removable_groups(an) == [g.id for g in an.prunable if g.size == 6]
+    with pytest.raises(CompressorError, match="cannot be removed whole"):
+        api.prune(m, plan_in=plan_removing(m, lambda g: g.id == trunk.id))
+
+
+def test_allocation_drops_groups_when_widths_alone_cannot_reach_the_budget():
+    m = resnetish(blocks=3)
+    # every group keeps at least a quarter of its channels without --drop-layers (0.096 of the MACs)
+    with pytest.raises(UsageError, match="unreachable"):
+        api.prune(m, target_macs=0.05, sensitivity=True)
+    res = api.prune(m, target_macs=0.05, sensitivity=True, drop_layers=True)
+    r = res.report
+    assert r["verify"]["passed"] and r["macs_after"] <= 0.05 * r["macs_before"]
+    assert r["removed_whole"]["groups"] >= 1 and r["options"]["drop_layers"] is True
+    # what is removed whole was probed with all of its channels gone
+    sens = r["budget"]["sensitivity"]["per_group"]
+    removed = [d.id for d in res.plan.groups if d.size and not d.kept]
+    assert all(1.0 in sens[str(gid)]["removed"] for gid in removed)
+
+
+def test_drop_layers_needs_an_allocated_budget():
+    with pytest.raises(UsageError, match="--drop-layers"):
+        api.prune(resnetish(), ratio=0.5, drop_layers=True)
+    with pytest.raises(UsageError, match="--drop-layers"):
+        api.prune(resnetish(), target_macs=0.5, drop_layers=True)
+
+
+def test_cli_drop_layers(tmp_path):
+    import onnx
+
+    src = tmp_path / "m.onnx"
+    onnx.save(resnetish(blocks=3), src)
+    out = tmp_path / "small.onnx"
+    r = CliRunner().invoke(main, [str(src), "-o", str(out), "--target-macs", "0.05", "--sensitivity",
+                                  "--drop-layers"])
+    assert r.exit_code == 0, r.output
+    assert "removed whole:" in r.output and out.exists()
+    r = CliRunner().invoke(main, [str(src), "-o", str(out), "--ratio", "0.5", "--drop-layers"])
+    assert r.exit_code == 2 and "--drop-layers" in r.output
+
+
+def test_plan_file_round_trip_keeps_an_emptied_group(tmp_path):
+    m = resnetish()
+    plan = plan_removing(m, lambda g: g.size == 6)
+    path = tmp_path / "plan.json"
+    path.write_text(plan.to_json())
+    res = api.prune(m, plan_in=str(path))
+    assert res.report["removed_whole"]["groups"] == 1 and res.report["verify"]["passed"]
+    assert np.isclose(res.report["verify"]["max_rel_err"], 0.0, atol=1e-5)
