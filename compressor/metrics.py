@@ -39,13 +39,23 @@ def _attr(node, name, default=0):
     return default
 
 
-def count(index: GraphIndex, shape: ShapeFn | None = None) -> tuple[int, int, dict[str, int]]:
-    """(total MACs, float parameters, MACs per node) using ``shape`` (default: the original shapes)."""
+def count(index: GraphIndex, shape: ShapeFn | None = None,
+          gone: set[str] | frozenset = frozenset()) -> tuple[int, int, dict[str, int]]:
+    """(total MACs, float parameters, MACs per node) using ``shape`` (default: the original shapes).
+    ``gone``: labels of nodes a plan takes out of the graph (surgery/drop.py); their MACs and the
+    constants only they read are not counted."""
     shape = shape or index.shape
     per_node = {}
     for node in index.nodes:
+        if gone and index.node_label(node) in gone:
+            continue
         m = node_macs(node, shape)
         if m:
             per_node[index.node_label(node)] = m
-    params = sum(math.prod(shape(n) or ()) for n in index.float_constants)
+
+    def counted(name: str) -> bool:
+        readers = index.consumers.get(name, ())
+        return not gone or not readers or any(index.node_label(n) not in gone for n, _ in readers)
+
+    params = sum(math.prod(shape(n) or ()) for n in index.float_constants if counted(n))
     return sum(per_node.values()), params, per_node

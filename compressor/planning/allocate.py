@@ -82,46 +82,71 @@ class Allocator:
                 if gid in self.touch:
                     self.touch[gid].append(i)
         self.dense = {g.id: g.size for g in self.groups}
-        self._blockers: dict[frozenset, str | None] = {}
+        self._effects: dict[frozenset, tuple[str | None, frozenset]] = {}
         self.dense_ms = table.predict(self.dense)
         if macs is not None:
             if [lyr.node for lyr in macs.layers] != [lyr.node for lyr in table.layers]:
                 raise ValueError("the MACs table must have the latency table's layers")
             self.macs_dense = max(macs.predict(self.dense), 1.0)
 
-    def _next(self, gid: int, width: int, widths: dict[int, int] | None = None) -> int | None:
+    def _next(self, gid: int, width: int) -> int | None:
         st = self.step[gid]
         nxt = (width - 1) // st * st
-        if nxt >= self.floor[gid] and nxt < width:
-            return nxt
-        if self.opts.drop_layers and width > 0 and widths is not None and self.removable(gid, widths):
-            return 0
-        return None
+        return nxt if nxt >= self.floor[gid] and nxt < width else None
+
+    def _steps(self, gid: int, widths: dict[int, int]) -> list[int]:
+        """The widths group ``gid`` can go to next: one channel step narrower, and with
+        ``drop_layers`` none at all (from any width: a layer worth removing need not be worth
+        narrowing first)."""
+        out = []
+        nxt = self._next(gid, widths[gid])
+        if nxt is not None:
+            out.append(nxt)
+        if self.opts.drop_layers and widths[gid] > 0 and self.removable(gid, widths):
+            out.append(0)
+        return out
+
+    def _effect(self, removed: frozenset) -> tuple[str | None, frozenset]:
+        """Removing ``removed`` whole: (why not, or None; the table layers it takes out)."""
+        if removed not in self._effects:
+            from compressor.surgery.drop import removal_effect
+
+            eff = removal_effect(self.analysis, set(removed))
+            self._effects[removed] = (eff.why, frozenset(i for i, lyr in enumerate(self.table.layers)
+                                                         if lyr.node in eff.gone))
+        return self._effects[removed]
+
+    def _gone(self, widths: dict[int, int]) -> frozenset:
+        """The table layers that the groups ``widths`` removes whole take out of the graph."""
+        removed = frozenset(g for g, w in widths.items() if w == 0)
+        return self._effect(removed)[1] if removed else frozenset()
 
     def removable(self, gid: int, widths: dict[int, int]) -> bool:
         """Can group ``gid`` be removed whole, beside the groups ``widths`` already removes?"""
-        from compressor.ir.model_io import default_opset
-        from compressor.surgery.drop import removal_blocker
-
-        alone = frozenset([gid])
-        if alone not in self._blockers:
-            self._blockers[alone] = removal_blocker(self.analysis, set(alone), default_opset(self.analysis.index.model))
-        if self._blockers[alone] is not None:
+        if self._effect(frozenset([gid]))[0] is not None:
             return False
-        key = frozenset(g for g, w in widths.items() if w == 0) | alone
-        if key not in self._blockers:
-            self._blockers[key] = removal_blocker(self.analysis, set(key), default_opset(self.analysis.index.model))
-        return self._blockers[key] is None
+        key = frozenset(g for g, w in widths.items() if w == 0) | {gid}
+        return self._effect(key)[0] is None
+
+    def predict(self, widths: dict[int, int], table: LatencyTable | None = None) -> float:
+        """The table's latency (cost) at ``widths``, without the layers removed groups take out."""
+        t = table or self.table
+        gone = self._gone(widths)
+        return sum(t.layer_ms(lyr, *lyr.channels(widths)) for i, lyr in enumerate(t.layers)
+                   if i not in gone) + t.rest(widths)
 
     def _layers_ms(self, gid: int, widths: dict[int, int], table: LatencyTable | None = None) -> float:
         t = table or self.table
-        return sum(t.layer_ms(t.layers[i], *t.layers[i].channels(widths)) for i in self.touch[gid])
+        gone = self._gone(widths) if self.opts.drop_layers else ()
+        return sum(t.layer_ms(t.layers[i], *t.layers[i].channels(widths)) for i in self.touch[gid] if i not in gone)
 
     def _saving(self, gid: int, widths: dict[int, int], nxt: int, table: LatencyTable | None = None) -> float:
         t = table or self.table
-        before = self._layers_ms(gid, widths, t) + t.rest(widths)
         trial = dict(widths)
         trial[gid] = nxt
+        if nxt == 0:  # a removal takes layers out that need not touch the group (what only they fed)
+            return self.predict(widths, t) - self.predict(trial, t)
+        before = self._layers_ms(gid, widths, t) + t.rest(widths)
         return before - (self._layers_ms(gid, trial, t) + t.rest(trial))
 
     def _cost(self, gid: int, widths: dict[int, int], nxt: int) -> float:
@@ -140,29 +165,26 @@ class Allocator:
         widths = dict(self.dense)
         budget = fraction * self.dense_ms
         total = self.dense_ms
-        heap: list[tuple[float, int, int]] = []
+        heap: list[tuple[float, int, int, int]] = []  # (cost per ms, group, width at push, next width)
 
         def push(gid: int) -> None:
-            nxt = self._next(gid, widths[gid], widths)
-            if nxt is None:
-                return
-            saving = self._saving(gid, widths, nxt)
-            cost = self._cost(gid, widths, nxt)
-            heapq.heappush(heap, (cost / max(saving, 1e-9), gid, widths[gid]))
+            for nxt in self._steps(gid, widths):
+                saving = self._saving(gid, widths, nxt)
+                cost = self._cost(gid, widths, nxt)
+                heapq.heappush(heap, (cost / max(saving, 1e-9), gid, widths[gid], nxt))
 
         for g in self.groups:
             push(g.id)
         while heap and total > budget:
-            prio, gid, at = heapq.heappop(heap)
+            prio, gid, at, nxt = heapq.heappop(heap)
             if at != widths[gid]:
                 continue  # stale entry
-            nxt = self._next(gid, widths[gid], widths)
-            if nxt is None:
+            if nxt == 0 and not self.removable(gid, widths):
                 continue  # a removal the groups removed since then rule out
             saving = self._saving(gid, widths, nxt)
             fresh = self._cost(gid, widths, nxt) / max(saving, 1e-9)
             if heap and fresh > heap[0][0] * (1 + 1e-9) and fresh > prio * (1 + 1e-9):
-                heapq.heappush(heap, (fresh, gid, widths[gid]))  # its neighbours shrank: re-rank
+                heapq.heappush(heap, (fresh, gid, widths[gid], nxt))  # its neighbours shrank: re-rank
                 continue
             if saving >= total - budget:
                 # the last step: the cheapest step that alone reaches the budget may cost less than
@@ -171,20 +193,20 @@ class Allocator:
             widths[gid] = nxt
             total -= saving
             push(gid)
-        return widths, self.table.predict(widths) / self.dense_ms
+        return widths, self.predict(widths) / self.dense_ms
 
     def _closing_step(self, widths: dict[int, int], gap: float, gid: int, nxt: int,
                       saving: float) -> tuple[int, int, float]:
         best = (self._cost(gid, widths, nxt), gid, nxt, saving)
         for g in self.groups:
-            n = self._next(g.id, widths[g.id], widths)
-            if n is None or g.id == gid:
-                continue
-            s = self._saving(g.id, widths, n)
-            if s >= gap:
-                c = self._cost(g.id, widths, n)
-                if c < best[0]:
-                    best = (c, g.id, n, s)
+            for n in self._steps(g.id, widths):
+                if (g.id, n) == (gid, nxt):
+                    continue
+                s = self._saving(g.id, widths, n)
+                if s >= gap:
+                    c = self._cost(g.id, widths, n)
+                    if c < best[0]:
+                        best = (c, g.id, n, s)
         return best[1], best[2], best[3]
 
     def plan(self, widths: dict[int, int]) -> PruningPlan:

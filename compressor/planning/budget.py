@@ -33,7 +33,16 @@ MAX_RATIO = 0.99
 def plan_cost(analysis: Analysis, keep: dict[int, list[int]]) -> tuple[int, int]:
     """(MACs, params) of the model that ``keep`` would produce."""
     ctx = SurgeryContext(analysis, keep, analysis.index.model, 0)
-    macs, params, _ = count(analysis.index, ctx.new_shape)
+    removed = {gid for gid, kept in keep.items() if len(kept) == 0}
+    gone: set[str] = set()
+    added = 0
+    if removed:  # groups removed whole take layers with them (surgery/drop.py)
+        from compressor.surgery.drop import removal_effect
+
+        eff = removal_effect(analysis, removed)
+        gone, added = eff.gone, eff.added
+    macs, params, _ = count(analysis.index, ctx.new_shape, gone)
+    params += added
     return macs, params
 
 

@@ -23,7 +23,7 @@ the same function.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 import onnx
@@ -178,33 +178,53 @@ def _broadcasts(small: tuple, full: tuple) -> bool:
     return all(a in (1, b) for a, b in zip(s, full))
 
 
-def removal_blocker(analysis: Analysis, removed: set[int], opset) -> str | None:
-    """Why removing the groups in ``removed`` whole cannot be done exactly, or None if it can
-    (checked on the original graph: its weights give the same shapes of constants)."""
+class RemovalEffect(NamedTuple):
+    why: str | None  # why the removal cannot be done exactly, or None
+    gone: set[str]  # labels of the nodes it takes out: the vanished region and what only it read
+    added: int  # constant elements it adds (the biases that stand for removed branches)
+
+
+def removal_effect(analysis: Analysis, removed: set[int], opset=None) -> RemovalEffect:
+    """Removing the groups in ``removed`` whole, checked on the original graph (its weights give the
+    same shapes of constants as the pruned model's, up to the pruned channel counts)."""
     index = analysis.index
     vanished = vanished_tensors(analysis, removed)
     try:
-        plan_drop(index.nodes, index.const, index.shape, vanished, set(index.output_names),
-                  index.model.opset_import)
+        edits = plan_drop(index.nodes, index.const, index.shape, vanished, set(index.output_names),
+                          index.model.opset_import)
     except DropError as exc:
-        return str(exc)
+        return RemovalEffect(str(exc), set(), 0)
     except Exception as exc:  # an op the reference evaluator cannot run on the constant
-        return f"the removed layers' constant could not be carried forward ({type(exc).__name__}: {exc})"
-    return None
+        return RemovalEffect(f"the removed layers' constant could not be carried forward ({type(exc).__name__}: "
+                             f"{exc})", set(), 0)
+    cut = {(i, k) for i, k in edits.concat_drops} | {(i, k) for i, k, _ in edits.substitutions}
+    gone = _dead(index.nodes, index.output_names, cut) - _dead(index.nodes, index.output_names, set())
+    return RemovalEffect(None, {index.node_label(index.nodes[i]) for i in gone},
+                         sum(int(v.size) for _, _, v in edits.substitutions))
 
 
-def dead_nodes(graph: onnx.GraphProto) -> set[int]:
-    """Indices of nodes none of whose outputs is read (by a node or as a graph output)."""
-    used = {o.name for o in graph.output}
+def removal_blocker(analysis: Analysis, removed: set[int], opset=None) -> str | None:
+    """Why removing the groups in ``removed`` whole cannot be done exactly, or None if it can."""
+    return removal_effect(analysis, removed).why
+
+
+def _dead(nodes, outputs, cut: set[tuple[int, int]]) -> set[int]:
+    """Indices of nodes none of whose outputs is read, with the input edges in ``cut`` not reading."""
+    used = set(outputs)
     dead: set[int] = set()
-    for i in reversed(range(len(graph.node))):
-        node = graph.node[i]
+    for i in reversed(range(len(nodes))):
+        node = nodes[i]
         if any(o in used for o in node.output if o):
-            used.update(x for x in node.input if x)
+            used.update(x for k, x in enumerate(node.input) if x and (i, k) not in cut)
             used.update(subgraph_outer_refs(node))
         else:
             dead.add(i)
     return dead
+
+
+def dead_nodes(graph: onnx.GraphProto) -> set[int]:
+    """Indices of nodes none of whose outputs is read (by a node or as a graph output)."""
+    return _dead(graph.node, [o.name for o in graph.output], set())
 
 
 def drop_vanished(model: onnx.ModelProto, vanished: set[str], shape: Callable[[str], tuple | None],

@@ -168,3 +168,24 @@ def test_plan_file_round_trip_keeps_an_emptied_group(tmp_path):
     res = api.prune(m, plan_in=str(path))
     assert res.report["removed_whole"]["groups"] == 1 and res.report["verify"]["passed"]
     assert np.isclose(res.report["verify"]["max_rel_err"], 0.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("build,size", [(resnetish, 6), (densenetish, 4), (mlp_block, 16)])
+def test_planned_cost_counts_what_the_removal_takes_out(build, size):
+    """plan_cost (what MACs/params budgets are checked on) agrees with the pruned model's own count,
+    layers taken out by a removal (a DenseNet layer's conv1x1, an MLP's first MatMul) included."""
+    from compressor.ir.graph import GraphIndex
+    from compressor.metrics import count
+    from compressor.planning.budget import plan_cost
+    from compressor.surgery.drop import removal_effect
+
+    m = build()
+    plan = plan_removing(m, lambda g: g.size == size and g.id == min(x.id for x in api.analyze(m).prunable
+                                                                         if x.size == size))
+    res = api.prune(m, plan_in=plan)
+    an = api.analyze(m)
+    macs, params = plan_cost(an, plan.keep)
+    got_macs, got_params, _ = count(GraphIndex(res.model, an.index.spec))
+    assert (macs, params) == (got_macs, got_params)
+    eff = removal_effect(an, {gid for gid, kept in plan.keep.items() if not kept})
+    assert eff.why is None and len(eff.gone) == res.report["removed_whole"]["nodes"]
