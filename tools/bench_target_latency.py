@@ -399,7 +399,8 @@ def main(argv: list[str] | None = None) -> int:
         "spinning": SPINNING,
     }
     OUT.mkdir(parents=True, exist_ok=True)
-    cache_path().write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=1))
+    if not args.no_doc:  # the cache is what --render writes the doc block from: only the doc's run
+        cache_path().write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=1))
     text = markdown(rows, meta)
     print(text)
     if not args.no_doc:

@@ -111,7 +111,25 @@ def _foldable(node: onnx.NodeProto, const: Callable) -> bool:
     return False
 
 
+_NUMPY = {
+    "Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.divide, "Max": np.maximum,
+    "Min": np.minimum, "Relu": lambda x: np.maximum(x, 0), "Neg": np.negative, "Identity": lambda x: x,
+    "Sigmoid": lambda x: 1 / (1 + np.exp(-x)), "Tanh": np.tanh, "Abs": np.abs, "Exp": np.exp, "Sqrt": np.sqrt,
+}
+
+
 def _evaluate(node: onnx.NodeProto, feeds: dict[str, np.ndarray], opset) -> list[np.ndarray]:
+    """The node on constant inputs: numpy for the common element-wise ops and Transpose (the
+    reference evaluator costs milliseconds per call, and the planner checks many removals)."""
+    args = [feeds[x] for x in node.input if x]
+    fn = _NUMPY.get(node.op_type)
+    if fn is not None and len(args) == (1 if node.op_type in ("Relu", "Neg", "Identity", "Sigmoid", "Tanh", "Abs",
+                                                              "Exp", "Sqrt") else 2):
+        out = fn(*args)
+        return [np.asarray(out, dtype=np.result_type(*args))]
+    if node.op_type == "Transpose":
+        perm = node_attr(node, "perm", None)
+        return [np.transpose(args[0], perm)]
     from compressor.ir.fold import _evaluate as evaluate
 
     return evaluate(node, feeds, opset)
