@@ -122,7 +122,7 @@ def prune(model, *, ratio: float = 0.5, output: str | os.PathLike | None = None,
           merge_identical: float | None = None, merge_learned: bool = False, fold_constants: bool = False,
           prune_norms: bool = True, verify_model: bool = True, tolerance: float = 1e-4,
           seed: int = 0, spinning: bool = False, keep_macs: bool = False,
-          drop_layers: bool = False) -> PruneResult:
+          drop_layers: bool = False, target_speedup: float | None = None) -> PruneResult:
     """Prune a model; verify it against the masked original; write it atomically if ``output``.
 
     Exact transforms run first when asked (each proven against its own input): ``merge_learned``
@@ -149,6 +149,11 @@ def prune(model, *, ratio: float = 0.5, output: str | os.PathLike | None = None,
     candidates, with onnxruntime's default thread spinning on (models in alternating blocks, see
     bench.runner.measure_blocks), as a deployment with default session options runs them; off by
     default, as every measurement here.
+
+    ``target_speedup``: a latency target given as a speedup over the dense model, read against
+    the dense latency the search measures itself (``target_latency`` = that reading / S): the
+    ratio aimed at does not depend on a reading taken elsewhere. Everything else is as for
+    ``target_latency``.
 
     ``drop_layers``: the budget's allocation may also remove a group whole where that can be done
     exactly (surgery/drop.py): the layers only it feeds leave the graph (a DenseNet layer, a
@@ -180,14 +185,17 @@ def prune(model, *, ratio: float = 0.5, output: str | os.PathLike | None = None,
         if fold_constants:
             proto, rep = surgery.fold_constant_channels(proto, input_shapes)
             transforms.append(rep)
-    budgets = [b for b in (target_macs, target_params, target_latency) if b is not None]
+    budgets = [b for b in (target_macs, target_params, target_latency, target_speedup) if b is not None]
     if len(budgets) > 1:
-        raise UsageError("give at most one of --target-macs, --target-params, --target-latency")
+        raise UsageError("give at most one of --target-macs, --target-params, --target-latency, --target-speedup")
+    if target_speedup is not None and not target_speedup > 1.0:
+        raise UsageError(f"--target-speedup must be above 1, got {target_speedup}")
+    latency_goal = target_latency is not None or target_speedup is not None
     round_defaulted = round_to is None
     if round_to is None:
         # A latency target searches on multiples of LATENCY_ROUND_TO unless told otherwise: at odd
         # widths latency is not monotone in MACs on ORT's CPU kernels (docs/benchmarks.md)
-        round_to = LATENCY_ROUND_TO if target_latency is not None else 1
+        round_to = LATENCY_ROUND_TO if latency_goal else 1
     auto_round = round_to == "auto"
     if not auto_round:
         try:
@@ -195,21 +203,21 @@ def prune(model, *, ratio: float = 0.5, output: str | os.PathLike | None = None,
         except (TypeError, ValueError):
             raise UsageError(f"--round-to must be a positive integer or 'auto', got {round_to!r}") from None
     if keep_macs:
-        if target_latency is None or not latency_table:
+        if not latency_goal or not latency_table:
             raise UsageError("--keep-macs allocates a --target-latency on the latency table; it needs --target-latency "
                              "(without --no-latency-table)")
         if sensitivity or calibration is not None:
             raise UsageError("--keep-macs and --sensitivity/--calibration are two allocation costs; pick one")
         sensitivity = False
     if sensitivity is None:  # the latency-table allocation's default cost; calibration data implies it
-        sensitivity = calibration is not None or (target_latency is not None and latency_table)
-    if sensitivity and not ((target_latency is not None and latency_table) or target_macs is not None
+        sensitivity = calibration is not None or (latency_goal and latency_table)
+    if sensitivity and not ((latency_goal and latency_table) or target_macs is not None
                             or target_params is not None):
         raise UsageError("--sensitivity allocates per-group widths for a budget: it needs --target-latency (with "
                          "the latency table), --target-macs or --target-params")
     if calibration is not None and not sensitivity:
         raise UsageError("--calibration data is used by --sensitivity only")
-    if drop_layers and not ((target_latency is not None and latency_table)
+    if drop_layers and not ((latency_goal and latency_table)
                             or ((target_macs is not None or target_params is not None) and sensitivity)):
         raise UsageError("--drop-layers lets a budget's allocation remove whole groups: it needs --target-latency "
                          "(with the latency table), or --target-macs/--target-params with --sensitivity")
@@ -220,7 +228,7 @@ def prune(model, *, ratio: float = 0.5, output: str | os.PathLike | None = None,
     opts.validate()
     spec = _spec(proto, input_shapes)
     detached = None
-    if (path is not None or transforms) and target_latency is None and not auto_round:
+    if (path is not None or transforms) and not latency_goal and not auto_round:
         # The model was loaded (or rebuilt) here, so nobody else holds it: its large weights are
         # kept once, as arrays, and the parsed protobuf is dropped (ir.proto.detach_weights). The
         # latency search and round-to auto time the dense model itself, so they keep it whole.
@@ -265,8 +273,9 @@ def prune(model, *, ratio: float = 0.5, output: str | os.PathLike | None = None,
                 res = plan_for_fraction(an, scores, o, kind, frac)
                 extra["budget"] = res.to_dict()
                 return res.plan
-            if target_latency is not None:
+            if latency_goal:
                 res = _latency_plan(proto, an, scores, o, target_latency, provider, spec, latency_tolerance,
+                                    speedup=target_speedup,
                                     spinning=spinning,
                                     fallback_to_1=round_defaulted, use_table=latency_table,
                                     sensitivity=sensitivities if sensitivity else None, keep_macs=keep_macs)
@@ -381,7 +390,8 @@ def _pruned_for_timing(an: Analysis, plan: PruningPlan) -> onnx.ModelProto:
 
 
 def _latency_plan(proto, an, scores, opts, target_ms, provider, spec, tol, fallback_to_1: bool = False,
-                  use_table: bool = True, sensitivity=None, spinning: bool = False, keep_macs: bool = False):
+                  use_table: bool = True, sensitivity=None, spinning: bool = False, keep_macs: bool = False,
+                  speedup: float | None = None):
     """Read the target against the dense model measured here (3 s alone, after a warm-up), then
     search on pruned/dense ratios timed interleaved. ``reference_pooled_ms``: the median of every
     dense run of the search, to show how far the machine's load drifted meanwhile.
@@ -394,7 +404,9 @@ def _latency_plan(proto, an, scores, opts, target_ms, provider, spec, tol, fallb
     ``use_table``: measure the layer latency table first (bench/layers.py) and search over the
     widths the Allocator gives for fractions of its predicted latency; ``budget.layers`` then lists
     every layer's dense and planned channels and table latencies. ``sensitivity``: a callable giving
-    the groups' measured output changes (importance/sensitivity.py), the allocation's costs."""
+    the groups' measured output changes (importance/sensitivity.py), the allocation's costs.
+    ``speedup``: the target is this reference reading / ``speedup`` (and stays that ratio: the
+    reference is not re-read)."""
     from compressor.bench.ratio import RatioMeter, RatioPrecision, median_interval
     from compressor.planning.budget import LatencySearch, LatencyTargetError
 
@@ -406,6 +418,9 @@ def _latency_plan(proto, an, scores, opts, target_ms, provider, spec, tol, fallb
 
     def reread() -> float:  # the dense model alone again, when a measurement says the machine changed speed
         return median_interval(meter.reference_ms(min_time_s=3.0))[1]
+
+    if speedup is not None:
+        target_ms = reference / speedup
 
     def measure(plan: PruningPlan, confirm: bool):
         candidate = _pruned_for_timing(an, plan)
@@ -445,7 +460,7 @@ def _latency_plan(proto, an, scores, opts, target_ms, provider, spec, tol, fallb
             o = dataclasses.replace(opts, round_to=multiple)
             try:
                 res = plan_for_latency(an, scores, o, target_ms, measure, reference, LatencySearch(tolerance=tol),
-                                       knob=knob_for(o), reread_reference=reread)
+                                       knob=knob_for(o), reread_reference=reread if speedup is None else None)
                 break
             except LatencyTargetError as exc:
                 if i == len(multiples) - 1:
@@ -460,6 +475,8 @@ def _latency_plan(proto, an, scores, opts, target_ms, provider, spec, tol, fallb
         res.details["fallback"] = missed
     if table is not None:
         res.details["layers"] = table.rows({g.id: len(g.kept) for g in res.plan.groups})
+    if speedup is not None:
+        res.details["target_speedup"] = speedup
     res.details.update({"reference_interval_ms": [lo, hi], "reference_runs": len(dense),
                         "reference_pooled_ms": median_interval(meter.reference_history)[1],
                         "provider": meter.provider_used, "threads": meter.threads, "spinning": bool(spinning)})

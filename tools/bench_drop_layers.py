@@ -10,10 +10,12 @@ Per model, with the files tools/bench_peers.py left in out/peers/<model>/ (dense
 torch_pruning.onnx, Torch-Pruning 1.6.1 at ratio 0.5):
 
 1. Torch-Pruning's speedup s_TP: ``compress bench dense.onnx torch_pruning.onnx`` (CPU provider,
-   2 threads, spinning off, interleaved) in 3 fresh processes, the median; the dense p50 likewise;
-2. prune in a fresh process: ``compress dense.onnx -o ours.onnx --target-latency T --keep-macs
-   --drop-layers`` with T = dense p50 / (goal x (1 + margin) x s_TP) (``api.prune`` with the same
-   arguments); ``--keep-macs`` keeps the most MACs the latency allows;
+   2 threads, spinning off, interleaved) in 3 fresh processes, the median;
+2. prune in a fresh process: ``compress dense.onnx -o ours.onnx --target-speedup S --keep-macs
+   --drop-layers`` with S = goal x (1 + margin) x s_TP (``api.prune`` with the same arguments):
+   the engine reads S against its own dense reading (an absolute --target-latency computed from
+   a reading in another process was 5-8% off the engine's); ``--keep-macs`` keeps the most MACs
+   the latency allows;
 3. check: ``compress bench dense.onnx torch_pruning.onnx ours.onnx`` in 3 fresh processes: each
    process gives both speedups from the same interleaved rounds; ours / TP per process, the median.
 
@@ -50,8 +52,7 @@ BEGIN, END = "<!-- drop-layers:begin -->", "<!-- drop-layers:end -->"
 class Row:
     model: str
     tp_speedup: float | None = None  # step 1
-    dense_ms: float | None = None
-    target_ms: float | None = None
+    target_speedup: float | None = None  # given to --target-speedup
     status: str = "ok"
     note: str = ""
     tp_macs: float | None = None  # fractions of the dense MACs
@@ -62,7 +63,9 @@ class Row:
     removed_nodes: int | None = None
     nodes: tuple[int, int, int] | None = None  # dense, TP, ours
     importance_kept: float | None = None
-    engine_ratio: float | None = None
+    engine_ratio: float | None = None  # what the engine confirmed, pruned / dense
+    engine_target_ratio: float | None = None  # target ms / the engine's own dense reading
+    engine_reference_ms: float | None = None
     check_tp: float | None = None  # step 3: speedups over dense, medians
     check_ours: float | None = None
     vs_tp: float | None = None  # ours / TP, median of the per-process ratios
@@ -102,10 +105,9 @@ def run(name: str, goal: float, margin: float, min_time: float, processes: int =
     t0 = time.perf_counter()
     reads = [bench([dense, tp], min_time) for _ in range(processes)]
     row.tp_speedup = median([r[1]["ratio_to_first"]["median"] for r in reads])
-    row.dense_ms = median([r[0]["p50_ms"] for r in reads])
-    row.target_ms = round(row.dense_ms / (goal * (1 + margin) * row.tp_speedup), 3)
+    row.target_speedup = round(goal * (1 + margin) * row.tp_speedup, 4)
     ours.unlink(missing_ok=True)
-    res = prune_in_fresh_process(dense, ours, row.target_ms, "default", "keep-macs+drop")
+    res = prune_in_fresh_process(dense, ours, None, "default", "keep-macs+drop", target_speedup=row.target_speedup)
     macs0, params0 = onnx_cost(dense)
     macs_tp, params_tp = onnx_cost(tp)
     row.tp_macs, row.tp_params = macs_tp / macs0, params_tp / params0
@@ -115,6 +117,8 @@ def run(name: str, goal: float, margin: float, min_time: float, processes: int =
         return row
     rep = res["report"]
     row.engine_ratio = rep["budget"]["ratio"]
+    row.engine_target_ratio = rep["budget"]["target_ratio"]
+    row.engine_reference_ms = rep["budget"]["reference_ms"]
     row.importance_kept = rep["budget"].get("importance_kept")
     row.removed_groups = rep["removed_whole"]["groups"]
     row.removed_nodes = rep["removed_whole"]["nodes"]
@@ -142,9 +146,9 @@ def markdown(rows: list[Row], meta: dict) -> str:
         f"{THREADS} threads, spinning off, batch 1, torchvision weights random; load (1-min) "
         f"{meta['load_before']:.1f} → {meta['load_after']:.1f}.",
         "",
-        f"- target ms = dense p50 / ({goal:g} × {1 + meta['margin']:g} × TP speedup), both read just before "
-        "(3 fresh `compress bench` processes); ours = `compress dense.onnx --target-latency T --keep-macs "
-        "--drop-layers` (multiples of 8, the engine's default).",
+        f"- ours = `compress dense.onnx --target-speedup S --keep-macs --drop-layers` (multiples of 8, the "
+        f"engine's default) with S = {goal:g} × {1 + meta['margin']:g} × TP speedup, the latter read just before "
+        "(3 fresh `compress bench dense.onnx torch_pruning.onnx` processes).",
         "- check: `compress bench dense.onnx torch_pruning.onnx ours.onnx` (interleaved) in 3 fresh processes; "
         "speedups over dense are their medians; **ours / TP** is the median of the per-process ratios "
         "[range]. MACs and params: fractions of the dense model's, compressor's counter on the ONNX files.",
@@ -196,8 +200,10 @@ def main(argv: list[str] | None = None) -> int:
             r = run(name, args.goal, args.margin, args.min_time)
             rows.append(r)
             print(f"  {r.status} TP {_f(r.check_tp, '.2f')}x at MACs {_f(r.tp_macs, '.3f')}; ours "
-                  f"{_f(r.check_ours, '.2f')}x at MACs {_f(r.ours_macs, '.3f')}: ours/TP {_f(r.vs_tp, '.2f')} "
-                  f"{r.note}", flush=True)
+                  f"{_f(r.check_ours, '.2f')}x at MACs {_f(r.ours_macs, '.3f')}: ours/TP {_f(r.vs_tp, '.2f')}; "
+                  f"target speedup {_f(r.target_speedup, '.3f')}; engine ref "
+                  f"{_f(r.engine_reference_ms, '.2f')} ms, aimed {_f(r.engine_target_ratio, '.3f')}, confirmed "
+                  f"{_f(r.engine_ratio, '.3f')} {r.note}", flush=True)
         shown = sys.argv[1:] if argv is None else argv
         meta = {"command": (".venv-zoo/bin/python tools/bench_drop_layers.py " +
                             " ".join(shlex.quote(a) for a in shown)).strip(),
@@ -205,8 +211,8 @@ def main(argv: list[str] | None = None) -> int:
                 "onnxruntime": ort.__version__, "load_before": load_before, "load_after": os.getloadavg()[0],
                 "goal": args.goal, "margin": args.margin}
         text = markdown(rows, meta)
-        if not args.no_doc:
-            cache.write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=1))
+        (cache if not args.no_doc else cache.with_name("drop_layers_last.json")).write_text(
+            json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=1))
     print(text)
     if not args.no_doc:
         write_block(Path(args.doc), BEGIN, END, text,

@@ -130,11 +130,13 @@ def _compress(*args: str) -> subprocess.CompletedProcess:
 SPINNING = False  # --spinning: onnxruntime's default thread spinning in the engine and the check
 
 
-def prune_in_fresh_process(dense: Path, out: Path, target_ms: float, round_to: str, allocation: str) -> dict:
+def prune_in_fresh_process(dense: Path, out: Path, target_ms: float | None, round_to: str, allocation: str,
+                           target_speedup: float | None = None) -> dict:
     """What `compress DENSE -o OUT --target-latency T --provider cpu --input-shape 1x3x224x224
     --round-to R` does (the CLI is a thin layer over api.prune), in a fresh process, returning the
     report, or the error with the search's measurements (which the CLI's one error line omits)."""
-    job = {"dense": str(dense), "out": str(out), "target_ms": target_ms, "round_to": round_to,
+    job = {"dense": str(dense), "out": str(out), "target_ms": target_ms, "target_speedup": target_speedup,
+           "round_to": round_to,
            "latency_table": allocation != "uniform", "keep_macs": allocation.startswith("keep-macs"),
            "drop_layers": allocation.endswith("+drop"), "spinning": SPINNING}
     res = subprocess.run([sys.executable, __file__, "--worker", json.dumps(job)], capture_output=True, text=True,
@@ -152,7 +154,8 @@ def worker(job: dict) -> None:
     rt = job["round_to"]
     try:
         round_to = None if rt == "default" else rt if rt == "auto" else int(rt)  # default: no --round-to
-        rep = api.prune(job["dense"], output=job["out"], target_latency=job["target_ms"], provider="cpu",
+        rep = api.prune(job["dense"], output=job["out"], target_latency=job["target_ms"],
+                        target_speedup=job.get("target_speedup"), provider="cpu",
                         input_shapes=[INPUT_SHAPE], round_to=round_to,
                         latency_table=job.get("latency_table", True), spinning=job.get("spinning", False),
                         keep_macs=job.get("keep_macs", False), drop_layers=job.get("drop_layers", False)).report

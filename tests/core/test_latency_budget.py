@@ -433,3 +433,15 @@ def test_a_second_reading_that_agrees_with_the_first_keeps_the_target(setup):
     d = res.to_dict()
     assert d["target_ratio"] == pytest.approx(0.4) and len(readings) <= 2, (readings, d["steps"])
     assert all(not r["reanchored"] for r in d["rereads"]) and d["reference_ms"] == 15.0
+
+
+def test_target_speedup_is_read_against_the_searchs_own_reference(fake_meter):
+    res = api.prune(net(), target_speedup=2.0, latency_table=False)
+    b = res.report["budget"]
+    assert b["target_speedup"] == 2.0 and b["reference_ms"] == 10.0
+    assert b["target"] == pytest.approx(5.0) and b["target_ratio"] == pytest.approx(0.5)
+    assert abs(b["ratio"] / 0.5 - 1) <= 0.05
+    with pytest.raises(UsageError, match="above 1"):
+        api.prune(net(), target_speedup=0.9)
+    with pytest.raises(UsageError, match="at most one"):
+        api.prune(net(), target_speedup=2.0, target_latency=5.0)
