@@ -225,6 +225,7 @@ class LatencyTable:
     seconds: float = 0.0
     probes: int = 0
     reference_ms: float = 0.0
+    rest_nodes: list = field(default_factory=list)  # (node label, Linear elements) per rest node
     _memo: dict = field(default_factory=dict, repr=False)
 
     def layer_ms(self, layer: Layer, cin: int, cout: int) -> float:
@@ -237,9 +238,16 @@ class LatencyTable:
         bottom = ms[i1, j0] * (1 - b) + ms[i1, j1] * b
         return float(max(0.0, top * (1 - a) + bottom * a))
 
-    def rest(self, widths: dict[int, int]) -> float:
+    def rest(self, widths: dict[int, int], gone: Linear | None = None) -> float:
+        """The rest's latency at ``widths``, in proportion to the activation elements it writes.
+        ``gone``: the elements of the rest nodes that groups removed whole take out of the graph
+        (surgery/drop.py). A fixed cost per node was measured too small to model here: a chain of
+        small element-wise nodes costs under 1 us per node on the CPU provider (2026-11-30)."""
         dense = _value(self.rest_coef, self.dense_widths)
-        return self.rest_ms * (_value(self.rest_coef, widths) / dense if dense > 0 else 1.0)
+        if dense <= 0:
+            return self.rest_ms
+        elems = _value(self.rest_coef, widths) - (_value(gone, widths) if gone is not None else 0.0)
+        return self.rest_ms * max(elems, 0.0) / dense
 
     def layers_ms(self, widths: dict[int, int]) -> float:
         """The layers' table latency (ms) at ``widths``."""
@@ -268,19 +276,22 @@ class LatencyTable:
         return {"layers": len(self.layers), "distinct_layers": len(self.grids), "probes": self.probes,
                 "seconds": round(self.seconds, 2), "layers_dense_ms": round(layer_sum, 4),
                 "rest_dense_ms": round(self.rest_ms, 4), "call_overhead_ms": round(self.overhead_ms, 5),
+                "rest_nodes": len(self.rest_nodes),
                 "reference_ms": round(self.reference_ms, 4)}
 
 
-def _rest_coefficients(analysis: Analysis, layer_nodes: set[str]) -> Linear:
-    """Activation elements written by nodes that are not layers, as a linear function of widths
-    (a tensor with channels on two axes is linearised around the dense widths)."""
+def _rest_nodes(analysis: Analysis, layer_nodes: set[str]) -> list[tuple[str, Linear]]:
+    """Per node that is not a layer: the activation elements it writes, as a linear function of
+    widths (a tensor with channels on two axes is linearised around the dense widths)."""
     index = analysis.index
     prunable = {g.id for g in analysis.prunable}
     table = analysis.ctx.table
-    const, coef = 0.0, {}
+    out: list[tuple[str, Linear]] = []
     for node in index.nodes:
-        if index.node_label(node) in layer_nodes:
+        label = index.node_label(node)
+        if label in layer_nodes or node.op_type == "Constant":
             continue
+        const, coef = 0.0, {}
         for name in node.output:
             shape = index.shape(name) if name else None
             if not shape or any(not isinstance(d, int) for d in shape):
@@ -301,7 +312,22 @@ def _rest_coefficients(analysis: Analysis, layer_nodes: set[str]) -> Linear:
                         coef[r] = coef.get(r, 0.0) + per_channel * inner
                         shares += table.size(g) * inner / shape[ax]
             const += total * max(0.0, 1.0 - shares)
+        out.append((label, (const, coef)))
+    return out
+
+
+def sum_linear(parts) -> Linear:
+    const, coef = 0.0, {}
+    for c, k in parts:
+        const += c
+        for g, v in k.items():
+            coef[g] = coef.get(g, 0.0) + v
     return const, coef
+
+
+def _rest_coefficients(analysis: Analysis, layer_nodes: set[str]) -> Linear:
+    """Activation elements written by nodes that are not layers, as a linear function of widths."""
+    return sum_linear(lin for _, lin in _rest_nodes(analysis, layer_nodes))
 
 
 TimeFn = Callable[[onnx.ModelProto], float]
@@ -354,8 +380,9 @@ def measure_table(analysis: Analysis, opset: int, time_layer: TimeFn, reference_
         grids[gkey] = (cins, couts, ms)
     if bar is not None:
         bar.close()
-    table = LatencyTable(layers, grids, 0.0, _rest_coefficients(analysis, {lyr.node for lyr in layers}), widths,
-                         overhead_ms, 0.0, probes, reference_ms)
+    rest_nodes = _rest_nodes(analysis, {lyr.node for lyr in layers})
+    table = LatencyTable(layers, grids, 0.0, sum_linear(lin for _, lin in rest_nodes), widths,
+                         overhead_ms, 0.0, probes, reference_ms, rest_nodes=rest_nodes)
     table.rest_ms = max(0.0, reference_ms - table.layers_ms(widths))
     table.seconds = time.monotonic() - start
     return table
@@ -410,3 +437,4 @@ def call_overhead_ms(time_layer: TimeFn) -> float:
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
     return time_layer(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8))
+

@@ -45,6 +45,10 @@ from compressor.planning.plan import (
 
 #: The most of a group's channels the latency allocation removes.
 MAX_GROUP_RATIO = 0.75
+#: A removal (--drop-layers) that would save more than this many times what is left to save is
+#: skipped: a whole block can be several percent of the model's latency, and the latency search
+#: needs plans between "with it" and "without it" to land within its tolerance.
+OVERSHOOT = 1.5
 
 
 def fewest_kept(size: int, min_channels: int = 1, max_group_ratio: float = MAX_GROUP_RATIO) -> int:
@@ -106,20 +110,33 @@ class Allocator:
             out.append(0)
         return out
 
-    def _effect(self, removed: frozenset) -> tuple[str | None, frozenset]:
-        """Removing ``removed`` whole: (why not, or None; the table layers it takes out)."""
+    def _effect(self, removed: frozenset) -> tuple:
+        """Removing ``removed`` whole: (why not, or None; the table layers it takes out; per table
+        (latency, MACs) the elements of the rest nodes it takes out)."""
         if removed not in self._effects:
+            from compressor.bench.layers import sum_linear
             from compressor.surgery.drop import removal_effect
 
             eff = removal_effect(self.analysis, set(removed))
-            self._effects[removed] = (eff.why, frozenset(i for i, lyr in enumerate(self.table.layers)
-                                                         if lyr.node in eff.gone))
+            layers = frozenset(i for i, lyr in enumerate(self.table.layers) if lyr.node in eff.gone)
+            rest = {}
+            for t in (self.table, self.macs):
+                if t is not None:
+                    rest[id(t)] = sum_linear(lin for label, lin in t.rest_nodes if label in eff.gone)
+            self._effects[removed] = (eff.why, layers, rest)
         return self._effects[removed]
 
     def _gone(self, widths: dict[int, int]) -> frozenset:
         """The table layers that the groups ``widths`` removes whole take out of the graph."""
         removed = frozenset(g for g, w in widths.items() if w == 0)
         return self._effect(removed)[1] if removed else frozenset()
+
+    def _rest(self, widths: dict[int, int], t: LatencyTable) -> float:
+        """The table's rest at ``widths``, without the nodes removed groups take out."""
+        removed = frozenset(g for g, w in widths.items() if w == 0) if self.opts.drop_layers else frozenset()
+        if not removed:
+            return t.rest(widths)
+        return t.rest(widths, self._effect(removed)[2][id(t)])
 
     def removable(self, gid: int, widths: dict[int, int]) -> bool:
         """Can group ``gid`` be removed whole, beside the groups ``widths`` already removes?"""
@@ -133,7 +150,7 @@ class Allocator:
         t = table or self.table
         gone = self._gone(widths)
         return sum(t.layer_ms(lyr, *lyr.channels(widths)) for i, lyr in enumerate(t.layers)
-                   if i not in gone) + t.rest(widths)
+                   if i not in gone) + self._rest(widths, t)
 
     def _layers_ms(self, gid: int, widths: dict[int, int], table: LatencyTable | None = None) -> float:
         t = table or self.table
@@ -146,8 +163,8 @@ class Allocator:
         trial[gid] = nxt
         if nxt == 0:  # a removal takes layers out that need not touch the group (what only they fed)
             return self.predict(widths, t) - self.predict(trial, t)
-        before = self._layers_ms(gid, widths, t) + t.rest(widths)
-        return before - (self._layers_ms(gid, trial, t) + t.rest(trial))
+        before = self._layers_ms(gid, widths, t) + self._rest(widths, t)
+        return before - (self._layers_ms(gid, trial, t) + self._rest(trial, t))
 
     def _cost(self, gid: int, widths: dict[int, int], nxt: int) -> float:
         """What taking group ``gid`` from ``widths[gid]`` to ``nxt`` channels costs."""
@@ -186,6 +203,8 @@ class Allocator:
             if heap and fresh > heap[0][0] * (1 + 1e-9) and fresh > prio * (1 + 1e-9):
                 heapq.heappush(heap, (fresh, gid, widths[gid], nxt))  # its neighbours shrank: re-rank
                 continue
+            if nxt == 0 and saving > OVERSHOOT * (total - budget):
+                continue  # a removal far past the budget: narrower steps fill the gap instead (see below)
             if saving >= total - budget:
                 # the last step: the cheapest step that alone reaches the budget may cost less than
                 # the best-ratio one, which can overshoot by a whole coarse step (16 -> 8 channels)
@@ -203,7 +222,7 @@ class Allocator:
                 if (g.id, n) == (gid, nxt):
                     continue
                 s = self._saving(g.id, widths, n)
-                if s >= gap:
+                if s >= gap and not (n == 0 and s > OVERSHOOT * gap):
                     c = self._cost(g.id, widths, n)
                     if c < best[0]:
                         best = (c, g.id, n, s)

@@ -189,3 +189,31 @@ def test_planned_cost_counts_what_the_removal_takes_out(build, size):
     assert (macs, params) == (got_macs, got_params)
     eff = removal_effect(an, {gid for gid, kept in plan.keep.items() if not kept})
     assert eff.why is None and len(eff.gone) == res.report["removed_whole"]["nodes"]
+
+
+def test_allocator_predicts_what_a_removal_takes_out():
+    """Removing a DenseNet layer's new features takes its conv1x1, BNs and ReLUs with it: the
+    allocation's prediction drops by those too, not only by the layers the group touches."""
+    from compressor.importance import score_groups
+    from compressor.planning.allocate import Allocator
+    from compressor.bench.layers import measure_table
+    from tests.core.test_latency_table import _bilinear_timer
+
+    m = densenetish()
+    an = api.analyze(m)
+    scores = score_groups(an, "l2")
+    table = measure_table(an, 17, _bilinear_timer, reference_ms=5.0, step=1, floor=lambda n: max(1, n // 4))
+    alloc = Allocator(an, scores, PlanOptions(round_to=1, drop_layers=True), table)
+    out = [g for g in an.prunable if g.size == 4][1]
+    dense = dict(alloc.dense)
+    removed = {**dense, out.id: 0}
+    gone_layers = alloc._gone(removed)
+    assert len(gone_layers) == 2  # conv3x3 (its producer) and conv1x1 before it
+    touching = sum(table.layer_ms(table.layers[i], *table.layers[i].channels(dense)) for i in alloc.touch[out.id])
+    saved = alloc.predict(dense) - alloc.predict(removed)
+    assert saved > touching - table.layer_ms(table.layers[alloc.touch[out.id][-1]],
+                                             *table.layers[alloc.touch[out.id][-1]].channels(dense))
+    layers_left = sum(table.layer_ms(lyr, *lyr.channels(removed)) for i, lyr in enumerate(table.layers)
+                      if i not in gone_layers)
+    assert alloc.predict(removed) - layers_left < table.rest(removed)  # its BN/ReLU elements left the rest
+    assert alloc.removable(out.id, dense) and 0 in alloc._steps(out.id, dense)
