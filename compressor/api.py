@@ -78,6 +78,16 @@ def inspect(model, input_shapes=None, exclude=(), prune_norms: bool = True) -> d
     index = GraphIndex(proto, spec)
     an = analyze_index(index, exclude=exclude, prune_norms=prune_norms)
     macs, params, per_node = count(index)
+    from compressor.surgery.drop import removal_effect
+
+    groups = []
+    for g in an.groups:
+        d = g.to_dict()
+        if g.prunable:  # can --drop-layers remove it whole, and what would leave with it
+            eff = removal_effect(an, {g.id})
+            d["removable_whole"] = eff.why is None
+            d["removal"] = {"nodes": len(eff.gone)} if eff.why is None else {"blocked_by": eff.why}
+        groups.append(d)
     return {
         "input": path,
         "input_shapes": {k: list(v) for k, v in spec.shapes.items()},
@@ -86,7 +96,7 @@ def inspect(model, input_shapes=None, exclude=(), prune_norms: bool = True) -> d
         "macs": macs,
         "params": params,
         "groups": {"total": len(an.groups), "prunable": len(an.prunable)},
-        "group_list": [g.to_dict() for g in an.groups],
+        "group_list": groups,
         "barriers": [b.__dict__ for b in an.barriers],
         "shape_pins": _shape_pins(an),
         "layers": [{"node": k, "macs": v} for k, v in per_node.items()],

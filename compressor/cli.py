@@ -336,13 +336,17 @@ def inspect_command(model, input_shapes, exclude, freeze_norms, as_json, debug):
     click.echo(f"MACs {_human(info['macs'])}, params {_human(info['params'])}; "
                f"groups: {info['groups']['prunable']} prunable of {info['groups']['total']}")
     click.echo("")
-    click.echo(f"{'group':>5}  {'channels':>8}  {'prunable':<8}  members / reason")
+    click.echo(f"{'group':>5}  {'channels':>8}  {'prunable':<8}  {'whole':<5}  members / reason")
     for g in info["group_list"]:
         members = ", ".join(sorted({m["tensor"] for m in g["members"]}))
         if len(members) > 70:
             members = members[:67] + "..."
         what = members if g["prunable"] else "; ".join(g["reasons"])[:160]
-        click.echo(f"{g['id']:>5}  {g['size']:>8}  {'yes' if g['prunable'] else 'no':<8}  {what}")
+        whole = ("yes" if g.get("removable_whole") else "no") if g["prunable"] else "-"
+        click.echo(f"{g['id']:>5}  {g['size']:>8}  {'yes' if g['prunable'] else 'no':<8}  {whole:<5}  {what}")
+    if any(g.get("removable_whole") for g in info["group_list"]):
+        click.echo("whole: --drop-layers may remove the group entirely (the JSON gives the nodes that would leave, "
+                   "or what blocks it)")
     if info["barriers"]:
         click.echo("")
         click.echo("barriers:")

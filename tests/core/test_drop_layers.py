@@ -217,3 +217,19 @@ def test_allocator_predicts_what_a_removal_takes_out():
                       if i not in gone_layers)
     assert alloc.predict(removed) - layers_left < table.rest(removed)  # its BN/ReLU elements left the rest
     assert alloc.removable(out.id, dense) and 0 in alloc._steps(out.id, dense)
+
+
+def test_inspect_says_which_groups_can_go_whole(tmp_path):
+    import json
+
+    import onnx
+
+    src = tmp_path / "m.onnx"
+    onnx.save(resnetish(), src)
+    info = api.inspect(str(src))
+    by_size = {g["size"]: g for g in info["group_list"] if g["prunable"]}
+    assert by_size[6]["removable_whole"] and by_size[6]["removal"] == {"nodes": 3}
+    assert not by_size[8]["removable_whole"] and "graph output" in by_size[8]["removal"]["blocked_by"]
+    r = CliRunner().invoke(main, ["inspect", str(src)])
+    assert r.exit_code == 0 and "whole" in r.output
+    assert json.loads(CliRunner().invoke(main, ["inspect", str(src), "--json"]).output)["group_list"]
