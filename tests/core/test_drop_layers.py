@@ -233,3 +233,29 @@ def test_inspect_says_which_groups_can_go_whole(tmp_path):
     r = CliRunner().invoke(main, ["inspect", str(src)])
     assert r.exit_code == 0 and "whole" in r.output
     assert json.loads(CliRunner().invoke(main, ["inspect", str(src), "--json"]).output)["group_list"]
+
+
+def test_a_layer_left_with_no_input_blocks_the_removal():
+    """DenseNet without bottlenecks: removing the stem's features leaves the first layer's conv
+    reading nothing; its output (a constant) cannot enter the concat, so that removal is refused;
+    the layers' own features can go (the densenet40 reference model found this)."""
+    g = G()
+    x = g.input("x", [1, 3, 8, 8])
+    feats = [g.conv(x, 3, 8)]
+    c = 8
+    for _ in range(3):
+        cat = g.op("Concat", feats, axis=1) if len(feats) > 1 else feats[0]
+        feats.append(g.conv(g.op("Relu", [g.bn(cat, c)]), c, 4, bias=False))
+        c += 4
+    m = g.model([g.conv(g.op("Relu", [g.bn(g.op("Concat", feats, axis=1), c)]), c, 5, k=1)])
+    an = api.analyze(m)
+    stem = next(gr.id for gr in an.prunable if gr.size == 8)
+    layers = sorted(gr.id for gr in an.prunable if gr.size == 4)
+    opset = default_opset(m)
+    assert all(removal_blocker(an, {gid}, opset) is None for gid in layers)
+    why = removal_blocker(an, {stem}, opset)
+    assert why and "concatenate a constant" in why
+    with pytest.raises(CompressorError, match="concatenate a constant"):
+        api.prune(m, plan_in=plan_removing(m, lambda gr: gr.id == stem))
+    res = api.prune(m, plan_in=plan_removing(m, lambda gr: gr.id in layers[:2]))
+    assert res.report["verify"]["passed"] and res.report["verify"]["max_rel_err"] < 1e-5

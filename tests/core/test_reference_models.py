@@ -67,3 +67,34 @@ def test_reference_model_dynamo_export_prunes(name, tmp_path):
     assert r["verify"]["passed"] and r["verify"]["max_rel_err"] < 1e-4, f"{name}: {r['verify']}"
     assert r["groups"]["prunable"] > 0, f"{name}: nothing prunable; barriers: {r['barriers']}"
     assert r["macs_before"] / r["macs_after"] > 1.3, f"{name}: MACs ratio {r['macs_before'] / r['macs_after']:.2f}"
+
+
+def test_reference_model_groups_removed_whole_verify(exported):
+    """--drop-layers' surgery on every reference architecture: as many groups removed whole as can
+    go together (added one at a time while the removal stays exact), the others pruned by half;
+    the oracle proves the result and the removed layers are gone from the graph."""
+    import onnx
+
+    from compressor.ir.model_io import default_opset
+    from compressor.planning import PlanOptions, PruningPlan
+    from compressor.planning.plan import GroupDecision, signature
+    from compressor.surgery.drop import removal_blocker, removable_groups
+
+    name, path = exported
+    model = onnx.load(str(path))
+    an = api.analyze(model)
+    removed: set[int] = set()
+    for gid in removable_groups(an):
+        if removal_blocker(an, removed | {gid}, default_opset(model)) is None:
+            removed.add(gid)
+    if not removed:
+        pytest.skip(f"{name}: no group can be removed whole")
+    plan = PruningPlan(PlanOptions(), [
+        GroupDecision(g.id, g.size, [] if g.id in removed else
+                      (list(range(0, g.size, 2)) if g.prunable else list(range(g.size))), signature(g))
+        for g in an.groups])
+    res = api.prune(model, plan_in=plan)
+    r = res.report
+    assert r["verify"]["passed"] and r["verify"]["max_rel_err"] < 1e-4, f"{name}: {r['verify']}"
+    assert r["removed_whole"]["groups"] == len(removed) and r["removed_whole"]["nodes"] > 0
+    assert len(res.model.graph.node) < len(model.graph.node)
