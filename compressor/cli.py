@@ -161,7 +161,8 @@ def render_prune_report(r: dict) -> str:
         if b.get("allocation") in ("macs-table", "params-table"):
             what = "MACs" if b["allocation"] == "macs-table" else "parameters"
             out.append(f"allocation: per-group widths on the layers' exact {what} by {b['allocation_cost']}, "
-                       f"at most {b['max_group_ratio']:.0%} of a group removed")
+                       f"at most {b['max_group_ratio']:.0%} of a group removed"
+                       + (" unless all of it (--drop-layers)" if (r.get("options") or {}).get("drop_layers") else ""))
         if b.get("sensitivity"):
             sv = b["sensitivity"]
             out.append(f"sensitivity: {sv['groups']} groups probed on {sv['inputs']}, {sv['runs']} runs, "
