@@ -28,7 +28,7 @@ from compressor.planning import PlanOptions, PruningPlan, make_plan, plan_from_s
 from compressor.planning.allocate import importance_kept
 from compressor.planning.budget import plan_cost, plan_for_fraction, plan_for_latency
 from compressor.surgery import apply_plan
-from compressor.surgery.drop import removable_groups
+from compressor.surgery.drop import removable_groups, removal_effect
 from compressor.surgery.finalize import finalize
 from compressor.verify import masked_reference, pruned_norm_nodes, verify
 
@@ -78,8 +78,6 @@ def inspect(model, input_shapes=None, exclude=(), prune_norms: bool = True) -> d
     index = GraphIndex(proto, spec)
     an = analyze_index(index, exclude=exclude, prune_norms=prune_norms)
     macs, params, per_node = count(index)
-    from compressor.surgery.drop import removal_effect
-
     groups = []
     for g in an.groups:
         d = g.to_dict()

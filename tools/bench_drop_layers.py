@@ -35,12 +35,13 @@ import os
 import shlex
 import sys
 import time
+from statistics import median
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_peers import onnx_cost, write_block  # noqa: E402
-from bench_target_latency import INPUT_SHAPE, OUT, THREADS, _compress, prune_in_fresh_process  # noqa: E402
+from bench_target_latency import INPUT_SHAPE, OUT, THREADS, _compress, _f, prune_in_fresh_process  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -83,10 +84,6 @@ def bench(files: list[Path], min_time: float) -> list[dict]:
     if res.returncode != 0:
         raise RuntimeError(f"compress bench failed: {res.stderr.strip()[-300:]}")
     return json.loads(res.stdout)["results"]
-
-
-def median(xs: list[float]) -> float:
-    return sorted(xs)[len(xs) // 2]
 
 
 def node_count(path: Path) -> int:
@@ -132,10 +129,6 @@ def run(name: str, goal: float, margin: float, min_time: float, processes: int =
     row.vs_tp, row.vs_tp_range = median(per), [min(per), max(per)]
     row.seconds = time.perf_counter() - t0
     return row
-
-
-def _f(v, spec: str) -> str:
-    return "–" if v is None else format(v, spec)
 
 
 def markdown(rows: list[Row], meta: dict) -> str:

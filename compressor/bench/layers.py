@@ -317,17 +317,13 @@ def _rest_nodes(analysis: Analysis, layer_nodes: set[str]) -> list[tuple[str, Li
 
 
 def sum_linear(parts) -> Linear:
+    """The sum of linear functions of the widths."""
     const, coef = 0.0, {}
     for c, k in parts:
         const += c
         for g, v in k.items():
             coef[g] = coef.get(g, 0.0) + v
     return const, coef
-
-
-def _rest_coefficients(analysis: Analysis, layer_nodes: set[str]) -> Linear:
-    """Activation elements written by nodes that are not layers, as a linear function of widths."""
-    return sum_linear(lin for _, lin in _rest_nodes(analysis, layer_nodes))
 
 
 TimeFn = Callable[[onnx.ModelProto], float]
@@ -437,4 +433,3 @@ def call_overhead_ms(time_layer: TimeFn) -> float:
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
     return time_layer(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8))
-

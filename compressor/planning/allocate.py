@@ -17,10 +17,10 @@ compares groups directly.
 
 No group loses more than ``max_group_ratio`` of its channels (never fewer than min-channels), so a
 layer whose channels are cheap to remove is not emptied to pay for the others. With
-``PlanOptions.drop_layers`` a group at that floor offers one more step: all of it, where
-surgery/drop.py can remove it whole (a residual branch, a DenseNet layer). Its cost is the whole
-group's importance (or its sensitivity with every channel removed); what it saves is every layer
-it feeds, and the kernel calls with them.
+``PlanOptions.drop_layers`` every group also offers, from any width, the step to none at all,
+where surgery/drop.py can remove it whole (a residual branch, a DenseNet layer). Its cost is the
+whole group's importance (or its sensitivity with every channel removed, or its MACs); what it
+saves is every layer and rest node that leaves the graph with it.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ class Allocator:
                 if gid in self.touch:
                     self.touch[gid].append(i)
         self.dense = {g.id: g.size for g in self.groups}
-        self._effects: dict[frozenset, tuple[str | None, frozenset]] = {}
+        self._effects: dict[frozenset, tuple[str | None, frozenset, dict]] = {}
         self.dense_ms = table.predict(self.dense)
         if macs is not None:
             if [lyr.node for lyr in macs.layers] != [lyr.node for lyr in table.layers]:
@@ -126,24 +126,25 @@ class Allocator:
             self._effects[removed] = (eff.why, layers, rest)
         return self._effects[removed]
 
+    def _removed(self, widths: dict[int, int]) -> frozenset:
+        """The groups ``widths`` removes whole (none without ``drop_layers``)."""
+        return frozenset(g for g, w in widths.items() if w == 0) if self.opts.drop_layers else frozenset()
+
     def _gone(self, widths: dict[int, int]) -> frozenset:
         """The table layers that the groups ``widths`` removes whole take out of the graph."""
-        removed = frozenset(g for g, w in widths.items() if w == 0)
+        removed = self._removed(widths)
         return self._effect(removed)[1] if removed else frozenset()
 
     def _rest(self, widths: dict[int, int], t: LatencyTable) -> float:
         """The table's rest at ``widths``, without the nodes removed groups take out."""
-        removed = frozenset(g for g, w in widths.items() if w == 0) if self.opts.drop_layers else frozenset()
-        if not removed:
-            return t.rest(widths)
-        return t.rest(widths, self._effect(removed)[2][id(t)])
+        removed = self._removed(widths)
+        return t.rest(widths, self._effect(removed)[2][id(t)]) if removed else t.rest(widths)
 
     def removable(self, gid: int, widths: dict[int, int]) -> bool:
         """Can group ``gid`` be removed whole, beside the groups ``widths`` already removes?"""
         if self._effect(frozenset([gid]))[0] is not None:
             return False
-        key = frozenset(g for g, w in widths.items() if w == 0) | {gid}
-        return self._effect(key)[0] is None
+        return self._effect(self._removed(widths) | {gid})[0] is None
 
     def predict(self, widths: dict[int, int], table: LatencyTable | None = None) -> float:
         """The table's latency (cost) at ``widths``, without the layers removed groups take out."""
@@ -154,7 +155,7 @@ class Allocator:
 
     def _layers_ms(self, gid: int, widths: dict[int, int], table: LatencyTable | None = None) -> float:
         t = table or self.table
-        gone = self._gone(widths) if self.opts.drop_layers else ()
+        gone = self._gone(widths)
         return sum(t.layer_ms(t.layers[i], *t.layers[i].channels(widths)) for i in self.touch[gid] if i not in gone)
 
     def _saving(self, gid: int, widths: dict[int, int], nxt: int, table: LatencyTable | None = None) -> float:

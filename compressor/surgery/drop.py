@@ -205,7 +205,7 @@ class RemovalEffect(NamedTuple):
     added: int  # constant elements it adds (the biases that stand for removed branches)
 
 
-def removal_effect(analysis: Analysis, removed: set[int], opset=None) -> RemovalEffect:
+def removal_effect(analysis: Analysis, removed: set[int]) -> RemovalEffect:
     """Removing the groups in ``removed`` whole, checked on the original graph (its weights give the
     same shapes of constants as the pruned model's, up to the pruned channel counts)."""
     index = analysis.index
@@ -224,7 +224,7 @@ def removal_effect(analysis: Analysis, removed: set[int], opset=None) -> Removal
                          sum(int(v.size) for _, _, v in edits.substitutions))
 
 
-def removal_blocker(analysis: Analysis, removed: set[int], opset=None) -> str | None:
+def removal_blocker(analysis: Analysis, removed: set[int]) -> str | None:
     """Why removing the groups in ``removed`` whole cannot be done exactly, or None if it can."""
     return removal_effect(analysis, removed).why
 
@@ -298,7 +298,4 @@ def drop_vanished(model: onnx.ModelProto, vanished: set[str], shape: Callable[[s
 
 def removable_groups(analysis: Analysis) -> list[int]:
     """The prunable groups that can each be removed whole (alone)."""
-    from compressor.ir.model_io import default_opset
-
-    opset = default_opset(analysis.index.model)
-    return [g.id for g in analysis.prunable if removal_blocker(analysis, {g.id}, opset) is None]
+    return [g.id for g in analysis.prunable if removal_blocker(analysis, {g.id}) is None]

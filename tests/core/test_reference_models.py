@@ -75,7 +75,6 @@ def test_reference_model_groups_removed_whole_verify(exported):
     the oracle proves the result and the removed layers are gone from the graph."""
     import onnx
 
-    from compressor.ir.model_io import default_opset
     from compressor.planning import PlanOptions, PruningPlan
     from compressor.planning.plan import GroupDecision, signature
     from compressor.surgery.drop import removal_blocker, removable_groups
@@ -85,7 +84,7 @@ def test_reference_model_groups_removed_whole_verify(exported):
     an = api.analyze(model)
     removed: set[int] = set()
     for gid in removable_groups(an):
-        if removal_blocker(an, removed | {gid}, default_opset(model)) is None:
+        if removal_blocker(an, removed | {gid}) is None:
             removed.add(gid)
     if not removed:
         pytest.skip(f"{name}: no group can be removed whole")
