@@ -91,7 +91,7 @@ def apply_plan(analysis: Analysis, keep: dict[int, list[int]]) -> SurgeryResult:
     for pin in analysis.ctx.shape_pins:
         sctx.replace_input(model.graph.node[pin.node_index], pin.slot, pin.value)
 
-    dropped = drop_vanished(model, vanished, sctx.new_shape, sctx.replace_input) if vanished else 0
+    dropped = drop_vanished(model, vanished, sctx.new_shape, sctx.replace_input, sctx.add_input) if vanished else 0
 
     # stale shape annotations would contradict the new channel counts
     del model.graph.value_info[:]

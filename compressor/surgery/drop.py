@@ -249,9 +249,12 @@ def dead_nodes(graph: onnx.GraphProto) -> set[int]:
 
 
 def drop_vanished(model: onnx.ModelProto, vanished: set[str], shape: Callable[[str], tuple | None],
-                  replace_input: Callable[[onnx.NodeProto, int, np.ndarray], None]) -> int:
+                  replace_input: Callable[[onnx.NodeProto, int, np.ndarray], None],
+                  add_input: Callable[[onnx.NodeProto, np.ndarray], None] | None = None) -> int:
     """Take the vanished region out of the pruned ``model`` in place; returns the nodes removed.
-    Nodes that were dead before stay (this edit removes only what it made dead)."""
+    Nodes that were dead before stay (this edit removes only what it made dead). With
+    ``add_input``, the constant ``Add`` nodes left where removed branches met live tensors are
+    merged and absorbed into the biases before them (surgery/absorb.py)."""
     from onnx import numpy_helper
 
     from compressor.ir.fold import _drop_unused
@@ -282,6 +285,7 @@ def drop_vanished(model: onnx.ModelProto, vanished: set[str], shape: Callable[[s
         raise CompressorError(f"a group cannot be removed whole: {exc}") from None
     for i, k, v in edits.substitutions:
         replace_input(g.node[i], k, v)
+    met = [g.node[i].output[0] for i, _, _ in edits.substitutions]  # before the indices shift
     for i, k in sorted(edits.concat_drops, reverse=True):
         del g.node[i].input[k]
     after = dead_nodes(g) - before
@@ -292,8 +296,17 @@ def drop_vanished(model: onnx.ModelProto, vanished: set[str], shape: Callable[[s
         from compressor.errors import CompressorError
         raise CompressorError(f"internal: '{left}' has no channels left but is still computed after removing "
                               "the groups whole")
+    absorbed = 0
+    if add_input is not None and edits.substitutions:
+        from compressor.surgery.absorb import absorb_constant_adds
+
+        def rank(name: str) -> int | None:
+            s = shape(name)
+            return len(s) if s is not None else None
+
+        absorbed = absorb_constant_adds(model, met, rank, replace_input, add_input)
     _drop_unused(model)
-    return len(after)
+    return len(after) + absorbed
 
 
 def removable_groups(analysis: Analysis) -> list[int]:

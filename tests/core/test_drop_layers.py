@@ -251,3 +251,49 @@ def test_a_layer_left_with_no_input_blocks_the_removal():
         api.prune(m, plan_in=plan_removing(m, lambda gr: gr.id == stem))
     res = api.prune(m, plan_in=plan_removing(m, lambda gr: gr.id in layers[:2]))
     assert res.report["verify"]["passed"] and res.report["verify"]["max_rel_err"] < 1e-5
+
+
+def convnext_stage(blocks: int = 2, stem: str = "conv", sub: bool = False):
+    """A stem, then ``blocks`` ConvNeXt-style MLP blocks (NHWC, layer scale) added back to their
+    NCHW input, then a 1x1 conv. ``stem``: "conv" (a conv with bias), "conv-nobias", "bn" (conv
+    then BatchNormalization) or "ln" (conv, then a LayerNormalization over channels in NHWC
+    between two transposes, as torchvision's LayerNorm2d). ``sub``: the blocks subtract."""
+    g = G()
+    x = g.input("x", [1, 3, 6, 6])
+    h = g.conv(x, 3, 8, bias=stem != "conv-nobias")
+    if stem == "bn":
+        h = g.bn(h, 8)
+    elif stem == "ln":
+        t = g.op("Transpose", [h], perm=[0, 2, 3, 1])
+        h = g.op("Transpose", [g.op("LayerNormalization", [t, g.rand(8, base="s", positive=True), g.rand(8, base="b")],
+                                    axis=-1, epsilon=1e-5)], perm=[0, 3, 1, 2])
+    for _ in range(blocks):
+        t = g.op("Transpose", [h], perm=[0, 2, 3, 1])
+        m = g.op("Relu", [g.op("Add", [g.op("MatMul", [t, g.rand(8, 16)]), g.rand(16, base="b")])])
+        m = g.op("Mul", [g.op("Add", [g.op("MatMul", [m, g.rand(16, 8)]), g.rand(8, base="b")]), g.rand(8, base="s")])
+        h = g.op("Sub" if sub else "Add", [h, g.op("Transpose", [m], perm=[0, 3, 1, 2])])
+    return g.model([g.conv(h, 8, 3, k=1)])
+
+
+@pytest.mark.parametrize("stem", ["conv", "conv-nobias", "bn", "ln"])
+@pytest.mark.parametrize("sub", [False, True])
+def test_removed_blocks_constants_are_absorbed_into_the_bias_before(stem, sub):
+    m = convnext_stage(2, stem, sub)
+    res = api.prune(m, plan_in=plan_removing(m, lambda g: g.size == 16))
+    r = res.report
+    assert r["verify"]["passed"] and r["verify"]["max_rel_err"] < 1e-5
+    kinds = ops(res.model)
+    assert "Add" not in kinds and "Sub" not in kinds and "MatMul" not in kinds
+    assert kinds.count("Transpose") == (2 if stem == "ln" else 0)
+    assert r["removed_whole"]["groups"] == 2
+
+
+def test_a_constant_stays_after_a_sum_of_live_tensors():
+    m = convnext_stage(2)
+    an = api.analyze(m)
+    second = [g.id for g in an.prunable if g.size == 16][1]
+    res = api.prune(m, plan_in=plan_removing(m, lambda g: g.id == second))
+    assert res.report["verify"]["passed"] and res.report["verify"]["max_rel_err"] < 1e-5
+    # the first block's MLP keeps its two bias Adds and its residual Add; the second block's
+    # "+ b" follows that residual Add (no bias there to take it) and stays
+    assert ops(res.model).count("Add") == 4

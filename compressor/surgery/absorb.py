@@ -1,0 +1,281 @@
+"""Absorb the constants that removed layers leave behind into the layers before them.
+
+A group removed whole (surgery/drop.py) leaves its branch's bias as a constant operand of the
+``Add`` where the branch met the live tensor: a ConvNeXt or ResNet block becomes ``x + b``. That
+``Add`` is a kernel of its own over a full-size activation, and a stage whose blocks were all
+removed keeps one per block. Most can go:
+
+- ``(x + b1) + b2`` becomes ``x + (b1 + b2)`` when nothing else reads ``x + b1``;
+- ``conv(x) + b`` becomes a conv with bias ``bias + b`` when nothing else reads the conv's output
+  and ``b`` is constant over everything but the output channels (likewise BatchNormalization's and
+  LayerNormalization's ``B``, and Gemm's ``C``);
+- ``transpose(x) + b`` becomes ``transpose(x + b')`` (``b'`` permuted back) when that lets ``b'``
+  be absorbed or merged further up.
+
+Each step is exact up to float rounding (the bias is added once, in another place), and the
+pruned model is verified against the masked original as always. Only the ``Add``/``Sub`` nodes
+the removal rewrote are touched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from compressor.ir.shapes import constant_node_value
+
+AddInput = Callable[[onnx.NodeProto, np.ndarray], None]
+ReplaceInput = Callable[[onnx.NodeProto, int, np.ndarray], None]
+
+
+class _Graph:
+    """Producers, readers and constants of a graph being edited (rebuilt after every edit)."""
+
+    def __init__(self, model: onnx.ModelProto):
+        g = model.graph
+        self.graph = g
+        self.outputs = {o.name for o in g.output}
+        self.producer: dict[str, onnx.NodeProto] = {}
+        self.readers: dict[str, int] = {}
+        for n in g.node:
+            for o in n.output:
+                if o:
+                    self.producer[o] = n
+            for x in n.input:
+                if x:
+                    self.readers[x] = self.readers.get(x, 0) + 1
+        self.inits = {t.name: t for t in g.initializer}
+
+    def const(self, name: str) -> np.ndarray | None:
+        if name in self.inits:
+            return numpy_helper.to_array(self.inits[name])
+        p = self.producer.get(name)
+        if p is not None and p.op_type == "Constant":
+            return constant_node_value(p)
+        return None
+
+    def private(self, name: str) -> bool:
+        """Is ``name`` read by exactly one node and not a graph output?"""
+        return self.readers.get(name, 0) == 1 and name not in self.outputs
+
+
+def _attr(node: onnx.NodeProto, name: str, default):
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+def _split(node: onnx.NodeProto, g: _Graph) -> tuple[str, np.ndarray] | None:
+    """``node`` as live + constant: (the live input, the constant added), or None."""
+    if node.op_type not in ("Add", "Sub") or len(node.input) != 2:
+        return None
+    a, b = node.input
+    ca, cb = g.const(a), g.const(b)
+    if node.op_type == "Add":
+        if ca is None and cb is not None:
+            return a, cb
+        if cb is None and ca is not None:
+            return b, ca
+        return None
+    if ca is None and cb is not None:  # x - c
+        return a, -cb
+    return None
+
+
+def _as_rank(c: np.ndarray, rank: int) -> np.ndarray | None:
+    if c.ndim > rank:
+        if any(d != 1 for d in c.shape[: c.ndim - rank]):
+            return None
+        return c.reshape(c.shape[c.ndim - rank:])
+    return c.reshape((1,) * (rank - c.ndim) + c.shape)
+
+
+def _only_on(c: np.ndarray, axes: set[int]) -> bool:
+    return all(d == 1 for i, d in enumerate(c.shape) if i not in axes)
+
+
+def _bias_edit(p: onnx.NodeProto, c: np.ndarray, g: _Graph, rank: int) -> tuple[int, np.ndarray] | None:
+    """Where producer ``p`` could take the constant ``c`` (at its output's ``rank``) into a bias:
+    (the bias input's slot, its new value), or None."""
+    op = p.op_type
+    if p.domain not in ("", "ai.onnx") or len([o for o in p.output if o]) != 1:
+        return None
+    if op in ("Conv", "ConvTranspose", "BatchNormalization"):
+        if rank < 2 or not _only_on(c, {1}):
+            return None
+        slot = 2
+        if op == "BatchNormalization":
+            bias = g.const(p.input[2])
+            if bias is None or bias.ndim != 1:
+                return None
+            channels = bias.shape[0]
+        else:
+            w = g.const(p.input[1])
+            if w is None:
+                return None
+            group = int(_attr(p, "group", 1))
+            channels = w.shape[0] if op == "Conv" else w.shape[1] * group
+            bias = g.const(p.input[2]) if len(p.input) > 2 and p.input[2] else np.zeros(channels, w.dtype)
+            if bias is None:
+                return None
+        add = c.reshape(-1)
+        if add.size not in (1, channels):
+            return None
+        return slot, (bias + add).astype(bias.dtype)
+    if op == "LayerNormalization":
+        axis = int(_attr(p, "axis", -1))
+        axis = axis + rank if axis < 0 else axis
+        scale = g.const(p.input[1])
+        if scale is None or not 0 <= axis < rank or not _only_on(c, set(range(axis, rank))):
+            return None
+        bias = g.const(p.input[2]) if len(p.input) > 2 and p.input[2] else np.zeros(scale.shape, scale.dtype)
+        if bias is None:
+            return None
+        tail = c.reshape(c.shape[axis:])
+        try:
+            new = bias + tail
+        except ValueError:
+            return None
+        if new.shape != bias.shape and new.shape != scale.shape:
+            return None
+        return 2, new.astype(bias.dtype)
+    if op == "Gemm":
+        beta = float(_attr(p, "beta", 1.0))
+        if rank != 2 or beta == 0.0 or c.shape[0] != 1:
+            return None
+        bias = g.const(p.input[2]) if len(p.input) > 2 and p.input[2] else None
+        add = (c / beta).astype(c.dtype)
+        new = add if bias is None else bias + add
+        if new.ndim > 2:
+            return None
+        return 2, new.astype(c.dtype)
+    return None
+
+
+def _sink(name: str, c: np.ndarray, g: _Graph, rank: int, depth: int = 0) -> bool:
+    """Could ``c``, added to tensor ``name``, be merged or absorbed further up?"""
+    p = g.producer.get(name)
+    if p is None or not g.private(name) or depth > 8:
+        return False
+    if _split(p, g) is not None:
+        return True
+    if _bias_edit(p, c, g, rank) is not None:
+        return True
+    if p.op_type == "Transpose":
+        perm = _perm(p, rank)
+        return perm is not None and _sink(p.input[0], c.transpose(np.argsort(perm)), g, rank, depth + 1)
+    return False
+
+
+def _perm(node: onnx.NodeProto, rank: int) -> list[int] | None:
+    perm = _attr(node, "perm", None)
+    perm = list(range(rank))[::-1] if perm is None else [int(v) for v in perm]
+    return perm if sorted(perm) == list(range(rank)) else None
+
+
+def _index(g: _Graph, node: onnx.NodeProto) -> int:
+    for i, n in enumerate(g.graph.node):
+        if n is node:
+            return i
+    raise ValueError("node not in graph")
+
+
+def _step(node: onnx.NodeProto, g: _Graph, rank: int, replace_input: ReplaceInput,
+          add_input: AddInput) -> str | None:
+    """One edit of the constant ``Add``/``Sub`` ``node``: None when nothing could be done, else the
+    name of the tensor the (merged or moved) constant ``Add`` now writes, or "" when it is gone."""
+    split = _split(node, g)
+    if split is None:
+        return None
+    live, c = split
+    c = _as_rank(c, rank)
+    if c is None:
+        return None
+    p = g.producer.get(live)
+    if p is None or not g.private(live):
+        return None
+    out = node.output[0]
+    inner = _split(p, g)
+    if inner is not None:  # (x + c2) + c  ->  x + (c2 + c)
+        x, c2 = inner
+        c2 = _as_rank(c2, rank)
+        if c2 is None:
+            return None
+        merged = (c2 + c).astype(c.dtype)
+        p.op_type = "Add"
+        del p.input[:]
+        p.input.extend([x, ""])
+        replace_input(p, 1, merged)
+        p.output[0] = out
+        del g.graph.node[_index(g, node)]
+        return out
+    edit = _bias_edit(p, c, g, rank)
+    if edit is not None:  # conv(x) + c  ->  conv with its bias + c
+        slot, value = edit
+        if len(p.input) > slot and p.input[slot]:
+            replace_input(p, slot, value)
+        else:
+            while len(p.input) < slot:
+                p.input.append("")
+            add_input(p, value)
+        p.output[0] = out
+        del g.graph.node[_index(g, node)]
+        return ""
+    if p.op_type == "Transpose":  # transpose(x) + c  ->  transpose(x + c')
+        perm = _perm(p, rank)
+        if perm is None:
+            return None
+        back = c.transpose(np.argsort(perm))
+        if not _sink(p.input[0], back, g, rank):
+            return None
+        mid = live  # the transpose's old output name now carries x + c'
+        del node.input[:]
+        node.op_type = "Add"
+        node.input.extend([p.input[0], ""])
+        replace_input(node, 1, back)
+        node.output[0] = mid
+        p.input[0] = mid
+        p.output[0] = out
+        nodes = g.graph.node
+        i, j = _index(g, node), _index(g, p)
+        moved = onnx.NodeProto()
+        moved.CopyFrom(nodes[i])
+        del nodes[i]
+        nodes.insert(j, moved)
+        return mid
+    return None
+
+
+def absorb_constant_adds(model: onnx.ModelProto, outputs: list[str], rank: Callable[[str], int | None],
+                         replace_input: ReplaceInput, add_input: AddInput) -> int:
+    """Merge and absorb the constant ``Add``/``Sub`` nodes writing ``outputs`` (the nodes a removal
+    rewrote) in place; returns how many nodes left the graph."""
+    before = len(model.graph.node)
+    pending = list(outputs)
+    for _ in range(4 * len(pending) + 8):  # every edit removes a node or moves a constant up a transpose
+        g = _Graph(model)
+        changed = False
+        for name in list(pending):
+            node = g.producer.get(name)
+            if node is None:
+                pending.remove(name)
+                continue
+            r = rank(name)
+            if r is None:
+                continue
+            now = _step(node, g, r, replace_input, add_input)
+            if now is not None:
+                changed = True
+                if now:
+                    pending[pending.index(name)] = now
+                else:
+                    pending.remove(name)
+                break
+            pending.remove(name)  # nothing to do now; an edit elsewhere cannot change that
+        if not changed:
+            break
+    return before - len(model.graph.node)
