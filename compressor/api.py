@@ -158,6 +158,10 @@ def prune(model, *, ratio: float = 0.5, output: str | os.PathLike | None = None,
     bench.runner.measure_blocks), as a deployment with default session options runs them; off by
     default, as every measurement here.
 
+    ``latency_tolerance``: how close (relative) the measured latency must come to the target
+    (5 % by default). Below 5 % each search reading is made to half the tolerance, and the search
+    may take up to twice the measurements and time.
+
     ``target_speedup``: a latency target given as a speedup over the dense model, read against
     the dense latency the search measures itself (``target_latency`` = that reading / S): the
     ratio aimed at does not depend on a reading taken elsewhere. Everything else is as for
@@ -165,7 +169,9 @@ def prune(model, *, ratio: float = 0.5, output: str | os.PathLike | None = None,
 
     ``drop_layers``: the budget's allocation may also remove a group whole where that can be done
     exactly (surgery/drop.py): the layers only it feeds leave the graph (a DenseNet layer, a
-    residual branch, which becomes its bias), and their kernel calls with them. Needs an allocated
+    residual branch, which becomes its bias), and their kernel calls with them. That bias is
+    absorbed into the bias of the layer before where nothing else reads its output
+    (surgery/absorb.py). Needs an allocated
     budget: ``target_latency`` with the latency table, or ``target_macs``/``target_params`` with
     sensitivity.
 
@@ -199,6 +205,8 @@ def prune(model, *, ratio: float = 0.5, output: str | os.PathLike | None = None,
     if target_speedup is not None and not target_speedup > 1.0:
         raise UsageError(f"--target-speedup must be above 1, got {target_speedup}")
     latency_goal = target_latency is not None or target_speedup is not None
+    if not 0.005 <= latency_tolerance <= 0.5:
+        raise UsageError(f"--latency-tolerance must be in [0.005, 0.5], got {latency_tolerance}")
     round_defaulted = round_to is None
     if round_to is None:
         # A latency target searches on multiples of LATENCY_ROUND_TO unless told otherwise: at odd
@@ -422,7 +430,11 @@ def _latency_plan(proto, an, scores, opts, target_ms, provider, spec, tol, fallb
                        spinning=spinning)
     dense = meter.reference_ms(min_time_s=3.0)
     lo, reference, hi = median_interval(dense)
-    search_precision = RatioPrecision(rel_halfwidth=0.025, min_time_s=1.0, max_time_s=6.0)
+    # a search step's reading is precise to half the tolerance (2.5 % at the default 5 %); a tighter
+    # tolerance gets more measurements and time to find its plan in
+    search_precision = RatioPrecision(rel_halfwidth=min(0.025, tol / 2), min_time_s=1.0, max_time_s=6.0)
+    tight = max(1.0, min(2.0, 0.05 / tol))
+    search = LatencySearch(tolerance=tol, max_measurements=round(16 * tight), time_budget_s=300.0 * tight)
 
     def reread() -> float:  # the dense model alone again, when a measurement says the machine changed speed
         return median_interval(meter.reference_ms(min_time_s=3.0))[1]
@@ -467,7 +479,7 @@ def _latency_plan(proto, an, scores, opts, target_ms, provider, spec, tol, fallb
         for i, multiple in enumerate(multiples):
             o = dataclasses.replace(opts, round_to=multiple)
             try:
-                res = plan_for_latency(an, scores, o, target_ms, measure, reference, LatencySearch(tolerance=tol),
+                res = plan_for_latency(an, scores, o, target_ms, measure, reference, search,
                                        knob=knob_for(o), reread_reference=reread if speedup is None else None)
                 break
             except LatencyTargetError as exc:

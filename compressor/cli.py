@@ -210,10 +210,13 @@ shape_option = click.option("--input-shape", "input_shapes", multiple=True, meta
 @click.option("--target-macs", type=float, metavar="F", help="Keep at most fraction F of the MACs (instead of --ratio).")
 @click.option("--target-params", type=float, metavar="F", help="Keep at most fraction F of the parameters.")
 @click.option("--target-latency", type=float, metavar="MS",
-              help="Prune until the measured latency on --provider is within 5% of MS milliseconds.")
+              help="Prune until the measured latency on --provider is within --latency-tolerance of MS milliseconds.")
 @click.option("--target-speedup", type=float, metavar="S",
               help="A latency target as a speedup: S times faster than the dense model as the search measures it "
               "(as --target-latency, which then is that reading / S).")
+@click.option("--latency-tolerance", type=float, default=0.05, show_default=True, metavar="F",
+              help="How close (relative) the measured latency must come to --target-latency/--target-speedup. "
+              "Tighter takes more measurements.")
 @click.option("--latency-table/--no-latency-table", default=True, show_default=True,
               help="With --target-latency: allocate per-group widths on a latency table of the model's layers "
               "measured on --provider (--no-latency-table: search uniform or --global ratios by MACs).")
@@ -261,7 +264,7 @@ shape_option = click.option("--input-shape", "input_shapes", multiple=True, meta
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report on stdout.")
 @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
 def prune_command(model, output, ratio, global_ranking, round_to, target_macs, target_params, target_latency,
-                  target_speedup,
+                  target_speedup, latency_tolerance,
                   latency_table, sensitivity, keep_macs, drop_layers, calibration, min_channels, exclude, importance, input_shapes, plan_out, plan_in, merge_tol, merge_learned,
                   fold_constants, freeze_norms, no_verify, tolerance, seed, bench, provider, spinning, dry_run,
                   as_json, debug):
@@ -275,7 +278,7 @@ def prune_command(model, output, ratio, global_ranking, round_to, target_macs, t
         res = api.prune(model, ratio=ratio, output=None if dry_run else output, input_shapes=input_shapes,
                         global_ranking=global_ranking, round_to=round_to, min_channels=min_channels,
                         target_macs=target_macs, target_params=target_params, target_latency=target_latency,
-                        target_speedup=target_speedup,
+                        target_speedup=target_speedup, latency_tolerance=latency_tolerance,
                         provider=provider, latency_table=latency_table, sensitivity=sensitivity, keep_macs=keep_macs,
                         drop_layers=drop_layers,
                         calibration=calibration, merge_identical=merge_tol, merge_learned=merge_learned,

@@ -131,12 +131,12 @@ SPINNING = False  # --spinning: onnxruntime's default thread spinning in the eng
 
 
 def prune_in_fresh_process(dense: Path, out: Path, target_ms: float | None, round_to: str, allocation: str,
-                           target_speedup: float | None = None) -> dict:
+                           target_speedup: float | None = None, latency_tolerance: float = 0.05) -> dict:
     """What `compress DENSE -o OUT --target-latency T --provider cpu --input-shape 1x3x224x224
     --round-to R` does (the CLI is a thin layer over api.prune), in a fresh process, returning the
     report, or the error with the search's measurements (which the CLI's one error line omits)."""
     job = {"dense": str(dense), "out": str(out), "target_ms": target_ms, "target_speedup": target_speedup,
-           "round_to": round_to,
+           "round_to": round_to, "latency_tolerance": latency_tolerance,
            "latency_table": allocation != "uniform", "keep_macs": allocation.startswith("keep-macs"),
            "drop_layers": allocation.endswith("+drop"), "spinning": SPINNING}
     res = subprocess.run([sys.executable, __file__, "--worker", json.dumps(job)], capture_output=True, text=True,
@@ -156,6 +156,7 @@ def worker(job: dict) -> None:
         round_to = None if rt == "default" else rt if rt == "auto" else int(rt)  # default: no --round-to
         rep = api.prune(job["dense"], output=job["out"], target_latency=job["target_ms"],
                         target_speedup=job.get("target_speedup"), provider="cpu",
+                        latency_tolerance=job.get("latency_tolerance", 0.05),
                         input_shapes=[INPUT_SHAPE], round_to=round_to,
                         latency_table=job.get("latency_table", True), spinning=job.get("spinning", False),
                         keep_macs=job.get("keep_macs", False), drop_layers=job.get("drop_layers", False)).report

@@ -445,3 +445,11 @@ def test_target_speedup_is_read_against_the_searchs_own_reference(fake_meter):
         api.prune(net(), target_speedup=0.9)
     with pytest.raises(UsageError, match="at most one"):
         api.prune(net(), target_speedup=2.0, target_latency=5.0)
+
+
+def test_latency_tolerance_is_the_searchs(fake_meter):
+    res = api.prune(net(), target_speedup=2.0, latency_table=False, latency_tolerance=0.02)
+    b = res.report["budget"]
+    assert b["tolerance"] == 0.02 and abs(b["ratio"] / 0.5 - 1) <= 0.02
+    with pytest.raises(UsageError, match="latency-tolerance"):
+        api.prune(net(), target_speedup=2.0, latency_tolerance=0.0)
