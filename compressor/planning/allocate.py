@@ -213,7 +213,37 @@ class Allocator:
             widths[gid] = nxt
             total -= saving
             push(gid)
+        if total <= budget:
+            self._fill(widths, budget - total)
         return widths, self.predict(widths) / self.dense_ms
+
+    def _fill(self, widths: dict[int, int], slack: float) -> None:
+        """Give back, in ``widths``, the channel steps that fit in the ``slack`` left below the
+        budget, the most cost regained per unit of it first. The greedy's last step can overshoot
+        the budget by a whole coarse step, or a removal by a whole layer; without this, every budget
+        in that gap got the same plan, and a latency search found no plan between (convnext_tiny:
+        nothing from 0.246 to 0.262 of the dense latency). Removed groups stay removed."""
+        while slack > 0:
+            best = None
+            for g in self.groups:
+                w = widths[g.id]
+                if w == 0 or w == self.dense[g.id]:
+                    continue
+                up = min(self.dense[g.id], (w // self.step[g.id] + 1) * self.step[g.id])
+                trial = dict(widths)
+                trial[g.id] = up
+                added = self._saving(g.id, trial, w)  # what going back down from ``up`` would save
+                if added > slack:
+                    continue
+                regained = self._cost(g.id, trial, w)
+                prio = regained / max(added, 1e-9)
+                if regained > 0 and (best is None or prio > best[0]):
+                    best = (prio, g.id, up, added)
+            if best is None:
+                return
+            _, gid, up, added = best
+            widths[gid] = up
+            slack -= max(added, 0.0)
 
     def _closing_step(self, widths: dict[int, int], gap: float, gid: int, nxt: int,
                       saving: float) -> tuple[int, int, float]:

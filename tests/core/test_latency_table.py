@@ -127,6 +127,27 @@ def test_allocator_meets_the_predicted_budget_within_its_limits(analysed):
     assert all(len(d.kept) == max(4, math.ceil(d.size * 0.25 / 4) * 4) or not d.removed for d in floor_plan.groups)
 
 
+def test_allocator_leaves_no_step_that_fits_below_the_budget(analysed):
+    """After the greedy's last (possibly overshooting) step, the slack left is filled: no group can
+    take one step back up and still meet the budget: the predicted fraction follows the budget
+    to within one step of one group."""
+    an, _ = analysed
+    table = measure_table(an, 17, _bilinear_timer, reference_ms=5.0, step=4, floor=lambda n: max(1, n // 4))
+    for seed in range(4):  # skewed scores: cheap early steps on one group, a coarse closing step on another
+        rng = np.random.default_rng(seed)
+        scores = {g.id: rng.random(g.size) ** rng.choice([1, 4, 8]) for g in an.prunable}
+        alloc = Allocator(an, scores, PlanOptions(round_to=4), table, max_group_ratio=0.75)
+        for f in np.linspace(0.45, 0.95, 21):
+            widths, a = alloc.widths_for(float(f))
+            assert a <= f + 1e-9
+            for g in an.prunable:
+                w = widths[g.id]
+                if 0 < w < g.size:
+                    up = dict(widths)
+                    up[g.id] = min(g.size, w + 4)
+                    assert alloc.predict(up) / alloc.dense_ms > f, (seed, f, g.id, w)
+
+
 def test_allocator_takes_the_channels_that_buy_time_cheaply():
     """Two groups of equal size and importance; only one feeds an expensive layer. The allocator
     prunes that one first, while a uniform ratio would cut both alike."""
