@@ -220,6 +220,11 @@ def removal_effect(analysis: Analysis, removed: set[int]) -> RemovalEffect:
                              f"{exc})", set(), 0)
     cut = {(i, k) for i, k in edits.concat_drops} | {(i, k) for i, k, _ in edits.substitutions}
     gone = _dead(index.nodes, index.output_names, cut) - _dead(index.nodes, index.output_names, set())
+    for i in {i for i, _ in edits.concat_drops}:  # left with one input: bypassed (_bypass_single_concats)
+        node = index.nodes[i]
+        if (len([x for k, x in enumerate(node.input) if x and (i, k) not in cut]) == 1
+                and node.output[0] not in index.output_names and not _has_subgraphs(index.nodes)):
+            gone.add(i)
     return RemovalEffect(None, {index.node_label(index.nodes[i]) for i in gone},
                          sum(int(v.size) for _, _, v in edits.substitutions))
 
@@ -288,9 +293,11 @@ def drop_vanished(model: onnx.ModelProto, vanished: set[str], shape: Callable[[s
     met = [g.node[i].output[0] for i, _, _ in edits.substitutions]  # before the indices shift
     for i, k in sorted(edits.concat_drops, reverse=True):
         del g.node[i].input[k]
+    concats = [g.node[i].output[0] for i in sorted({i for i, _ in edits.concat_drops})]
     after = dead_nodes(g) - before
     for i in sorted(after, reverse=True):
         del g.node[i]
+    singles = _bypass_single_concats(g, set(concats))
     left = next((o for n in g.node for o in n.output if o in vanished), None)
     if left is not None:  # a reader plan_drop missed: never hand on a tensor with no channels
         from compressor.errors import CompressorError
@@ -306,7 +313,42 @@ def drop_vanished(model: onnx.ModelProto, vanished: set[str], shape: Callable[[s
 
         absorbed = absorb_constant_adds(model, met, rank, replace_input, add_input)
     _drop_unused(model)
-    return len(after) + absorbed
+    return len(after) + singles + absorbed
+
+
+def _has_subgraphs(nodes) -> bool:
+    return any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in nodes for a in n.attribute)
+
+
+def _bypass_single_concats(g: onnx.GraphProto, outputs: set[str]) -> int:
+    """The concats writing ``outputs`` that are left with one input are that input: their readers
+    read it directly (an Identity stays where the concat wrote a graph output, or a subgraph may
+    read it). Returns the nodes removed."""
+    keep_names = {o.name for o in g.output}
+    if _has_subgraphs(g.node):
+        keep_names |= outputs  # a subgraph may read it by name: leave an Identity
+    removed = []
+    for i, node in enumerate(g.node):
+        if node.op_type != "Concat" or node.output[0] not in outputs:
+            continue
+        ins = [x for x in node.input if x]
+        if len(ins) != 1:
+            continue
+        out = node.output[0]
+        if out in keep_names:
+            node.op_type = "Identity"
+            del node.attribute[:]
+            del node.input[:]
+            node.input.append(ins[0])
+            continue
+        for n in g.node:
+            for k, x in enumerate(n.input):
+                if x == out:
+                    n.input[k] = ins[0]
+        removed.append(i)
+    for i in reversed(removed):
+        del g.node[i]
+    return len(removed)
 
 
 def removable_groups(analysis: Analysis) -> list[int]:

@@ -297,3 +297,15 @@ def test_a_constant_stays_after_a_sum_of_live_tensors():
     # the first block's MLP keeps its two bias Adds and its residual Add; the second block's
     # "+ b" follows that residual Add (no bias there to take it) and stays
     assert ops(res.model).count("Add") == 4
+
+
+def test_a_concat_left_with_one_input_is_bypassed():
+    m = densenetish()
+    an = api.analyze(m)
+    first = min(g.id for g in an.prunable if g.size == 4)  # the first layer's new features
+    res = api.prune(m, plan_in=plan_removing(m, lambda g: g.id == first))
+    assert res.report["verify"]["passed"] and res.report["verify"]["max_rel_err"] < 1e-5
+    concats = [n for n in res.model.graph.node if n.op_type == "Concat"]
+    assert concats and all(len(n.input) >= 2 for n in concats)
+    assert "Identity" not in ops(res.model)
+    assert len(concats) == ops(m).count("Concat") - 1  # the second layer's input was [stem, first]
