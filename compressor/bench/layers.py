@@ -226,6 +226,7 @@ class LatencyTable:
     probes: int = 0
     reference_ms: float = 0.0
     rest_nodes: list = field(default_factory=list)  # (node label, Linear elements) per rest node
+    retimed: int = 0  # grid points timed again as outliers (measure_table)
     _memo: dict = field(default_factory=dict, repr=False)
 
     def layer_ms(self, layer: Layer, cin: int, cout: int) -> float:
@@ -276,7 +277,7 @@ class LatencyTable:
         return {"layers": len(self.layers), "distinct_layers": len(self.grids), "probes": self.probes,
                 "seconds": round(self.seconds, 2), "layers_dense_ms": round(layer_sum, 4),
                 "rest_dense_ms": round(self.rest_ms, 4), "call_overhead_ms": round(self.overhead_ms, 5),
-                "rest_nodes": len(self.rest_nodes),
+                "rest_nodes": len(self.rest_nodes), "retimed": self.retimed,
                 "reference_ms": round(self.reference_ms, 4)}
 
 
@@ -329,6 +330,25 @@ def sum_linear(parts) -> Linear:
 TimeFn = Callable[[onnx.ModelProto], float]
 
 
+OUTLIER = 1.3  # a probe this much slower than a probe of the same layer with more channels is retimed
+
+
+def _retime_outliers(ms: np.ndarray, retime: Callable[[int, int], float]) -> int:
+    """Time again (keeping the faster reading) each grid point that came out more than OUTLIER
+    times slower than a point of the same layer with more channels: on this machine a single
+    probe now and then reads 1.7-2.2x its neighbours. Returns how many were retimed."""
+    n = 0
+    rows, cols = ms.shape
+    for i in range(rows):
+        for j in range(cols):
+            larger = [ms[i + 1, j]] if i + 1 < rows else []
+            larger += [ms[i, j + 1]] if j + 1 < cols else []
+            if larger and ms[i, j] > OUTLIER * max(larger):
+                ms[i, j] = min(ms[i, j], retime(i, j))
+                n += 1
+    return n
+
+
 def measure_table(analysis: Analysis, opset: int, time_layer: TimeFn, reference_ms: float, step: int,
                   floor: Callable[[int], int], progress: bool = False, overhead_ms: float = 0.0) -> LatencyTable:
     """Measure each distinct layer on its grid with ``time_layer(model) -> ms`` (one-node models).
@@ -362,24 +382,28 @@ def measure_table(analysis: Analysis, opset: int, time_layer: TimeFn, reference_
         from tqdm import tqdm
         bar = tqdm(total=total, desc="latency table", unit="probe", leave=False, disable=None)
     grids: dict[tuple, tuple[list[int], list[int], np.ndarray]] = {}
-    probes = 0
+    probes = retimed = 0
     for gkey, (lyr, cins, couts) in jobs.items():
         ms = np.zeros((len(cins), len(couts)))
-        for i, ci in enumerate(cins):
-            for j, co in enumerate(couts):
-                ms[i, j] = max(0.0, time_layer(lyr.build(ci, ci if lyr.depthwise else co)) - overhead_ms)
+
+        def probe(i: int, j: int) -> float:
+            return time_layer(lyr.build(cins[i], cins[i] if lyr.depthwise else couts[j]))
+
+        for i in range(len(cins)):
+            for j in range(len(couts)):
+                ms[i, j] = probe(i, j)
                 probes += 1
                 if bar is not None:
                     bar.update()
-        if lyr.depthwise:
-            couts = [lyr.dense_cout]
-        grids[gkey] = (cins, couts, ms)
+        retimed += _retime_outliers(ms, probe)
+        grids[gkey] = (cins, [lyr.dense_cout] if lyr.depthwise else couts, np.maximum(0.0, ms - overhead_ms))
     if bar is not None:
         bar.close()
     rest_nodes = _rest_nodes(analysis, {lyr.node for lyr in layers})
     table = LatencyTable(layers, grids, 0.0, sum_linear(lin for _, lin in rest_nodes), widths,
                          overhead_ms, 0.0, probes, reference_ms, rest_nodes=rest_nodes)
     table.rest_ms = max(0.0, reference_ms - table.layers_ms(widths))
+    table.retimed = retimed
     table.seconds = time.monotonic() - start
     return table
 
