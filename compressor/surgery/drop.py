@@ -149,9 +149,12 @@ def plan_drop(nodes: list[onnx.NodeProto], const: Callable[[str], np.ndarray | N
 
     for i, node in enumerate(nodes):
         names = [x for x in node.input if x]
+        outs = [o for o in node.output if o]
+        if any(o in vanished for o in outs) and not all(o in vanished for o in outs):
+            raise DropError(f"{_label(node)} ({node.op_type}) would write a tensor with no channels beside its "
+                            "other outputs (an output of a multi-output node cannot be removed alone)")
         if not any(x in vanished or x in known for x in names):
             continue
-        outs = [o for o in node.output if o]
         if outs and all(o in vanished for o in outs):
             continue  # inside the removed region: deleted with it
         van = [k for k, x in enumerate(node.input) if x in vanished]

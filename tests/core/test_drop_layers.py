@@ -309,3 +309,18 @@ def test_a_concat_left_with_one_input_is_bypassed():
     assert concats and all(len(n.input) >= 2 for n in concats)
     assert "Identity" not in ops(res.model)
     assert len(concats) == ops(m).count("Concat") - 1  # the second layer's input was [stem, first]
+
+
+def test_a_split_output_is_not_removed_alone():
+    """A Split whose one output would lose every channel: the Split would still write it (found by
+    the property test). Such a removal is refused with its reason, and every group that
+    removable_groups offers really removes."""
+    from tests.core.test_property import build
+
+    m = build([("split", 2)], 0)
+    an = api.analyze(m)
+    refused = [removal_blocker(an, {g.id}) for g in an.prunable]
+    assert any(r and "multi-output" in r for r in refused), refused
+    for gid in removable_groups(an):
+        res = api.prune(m, plan_in=plan_removing(m, lambda g, gid=gid: g.id == gid))
+        assert res.report["verify"]["passed"] and res.report["removed_whole"]["groups"] == 1
