@@ -62,6 +62,13 @@ class Row:
     budget_macs: float | None = None
     budget_err: float | None = None
     budget_note: str = ""
+    # every group that can go removed whole at once (--drop-layers' surgery): groups removed of
+    # those removable alone, graph nodes that left, oracle error, problem
+    whole_groups: int | None = None
+    whole_removable: int | None = None
+    whole_nodes: int | None = None
+    whole_err: float | None = None
+    whole_note: str = ""
 
     @property
     def macs_cut(self) -> float | None:
@@ -206,6 +213,7 @@ def run_compressor(name: str, exporter: str, path: Path, ratio: float) -> Row:
     row.params_ratio = rep["params_before"] / rep["params_after"] if rep["params_after"] else None
     row.max_rel_err = rep["verify"].get("max_rel_err")
     run_budget(row, path)
+    run_whole(row, path)
     if row.status == "ok":
         if row.max_rel_err is not None and row.max_rel_err > MAX_REL_ERR:
             row.status, row.note = "FAIL", "oracle mismatch"
@@ -234,6 +242,41 @@ def run_budget(row: Row, path: Path) -> None:
         row.budget_note = "oracle mismatch"
     elif row.budget_macs is not None and row.budget_macs > TARGET_MACS + 1e-9:
         row.budget_note = "budget not met"
+
+
+def run_whole(row: Row, path: Path) -> None:
+    """The same model with every group that can be removed whole removed at once (the groups
+    removable alone, added one by one while the set stays removable): what --drop-layers' surgery
+    (compressor/surgery/drop.py, absorb.py) can take out of this architecture, verified."""
+    from compressor import api
+    from compressor.planning import PlanOptions, PruningPlan
+    from compressor.planning.plan import GroupDecision, signature
+    from compressor.surgery.drop import removable_groups, removal_blocker
+
+    try:
+        an = api.analyze(str(path))
+        alone = removable_groups(an)
+        chosen: set[int] = set()
+        for gid in alone:
+            if removal_blocker(an, chosen | {gid}) is None:
+                chosen.add(gid)
+        row.whole_removable, row.whole_groups = len(alone), len(chosen)
+        if not chosen:
+            return
+        plan = PruningPlan(PlanOptions(), [GroupDecision(g.id, g.size, [] if g.id in chosen else list(range(g.size)),
+                                                         signature(g)) for g in an.groups])
+        rep = api.prune(str(path), plan_in=plan).report
+    except Exception as exc:  # noqa: BLE001 - reported in the row
+        row.whole_note = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
+        return
+    row.whole_nodes = rep["removed_whole"]["nodes"]
+    row.whole_err = rep["verify"].get("max_rel_err")
+    if not rep["verify"].get("passed"):
+        row.whole_note = "oracle mismatch"
+
+
+def whole_ok(r: Row) -> bool:
+    return not r.whole_note and (not r.whole_groups or (r.whole_err is not None and r.whole_err <= MAX_REL_ERR))
 
 
 def budget_ok(r: Row) -> bool:
@@ -309,7 +352,8 @@ def final_classifiers(model) -> list:
 
 # ---- rendering -------------------------------------------------------------------------------
 HEAD = ["model", "tool", "status", "groups (prunable/total)", "barriers", "first barrier",
-        "MACs ratio", "params ratio", "max rel err", "seconds", "MACs kept at --target-macs 0.5 (max rel err)"]
+        "MACs ratio", "params ratio", "max rel err", "seconds", "MACs kept at --target-macs 0.5 (max rel err)",
+        "removed whole at once: groups / removable alone, nodes (max rel err)"]
 
 
 def _fmt(v, spec: str) -> str:
@@ -324,8 +368,15 @@ def cells(r: Row) -> list[str]:
         budget = f"{r.budget_macs:.3f} ({_fmt(r.budget_err, '.1e')})"
     if r.budget_note:
         budget = (budget + " " if budget else "") + r.budget_note
+    whole = ""
+    if r.whole_groups is not None:
+        whole = f"{r.whole_groups} / {r.whole_removable}"
+        if r.whole_groups:
+            whole += f", {_fmt(r.whole_nodes, 'd')} ({_fmt(r.whole_err, '.1e')})"
+    if r.whole_note:
+        whole = (whole + " " if whole else "") + r.whole_note
     return [r.model, r.tool, status, r.groups, _fmt(r.barriers, "d"), fb, _fmt(r.macs_ratio, ".2f"),
-            _fmt(r.params_ratio, ".2f"), _fmt(r.max_rel_err, ".1e"), _fmt(r.seconds, ".1f"), budget]
+            _fmt(r.params_ratio, ".2f"), _fmt(r.max_rel_err, ".1e"), _fmt(r.seconds, ".1f"), budget, whole]
 
 
 def markdown(rows: list[Row], command: str) -> str:
@@ -343,7 +394,10 @@ def markdown(rows: list[Row], command: str) -> str:
     lines += ["", f"{ok}/{len(ours)} (model, exporter) rows prune at least "
               f"{100 * MIN_MACS_CUT:.0f}% of MACs and pass the oracle (max rel err <= {MAX_REL_ERR:g}); "
               f"{sum(budget_ok(r) for r in ours)}/{len(ours)} meet --target-macs {TARGET_MACS:g} "
-              "(at most that fraction of the MACs kept) and pass the oracle."]
+              "(at most that fraction of the MACs kept) and pass the oracle; "
+              f"{sum(whole_ok(r) and r.whole_groups is not None for r in ours)}/{len(ours)} pass it with every "
+              f"group that can go removed whole at once ({sum(bool(r.whole_groups) for r in ours)} have such "
+              "groups)."]
     return "\n".join(lines) + "\n"
 
 
@@ -369,7 +423,8 @@ def write_markdown(path: Path, table: str) -> None:
 def print_row(r: Row) -> None:
     c = cells(r)
     print(f"  {c[1]:<22} {c[2]:<28} groups {c[3]:<9} barriers {c[4]:<3} MACs x{c[6]:<6} params x{c[7]:<6} "
-          f"err {c[8]:<8} {c[9]}s" + (f"  target-macs {c[10]}" if c[10] else "") + (f"  [{c[5]}]" if c[5] else ""),
+          f"err {c[8]:<8} {c[9]}s" + (f"  target-macs {c[10]}" if c[10] else "") + (f"  whole {c[11]}" if c[11] else "")
+          + (f"  [{c[5]}]" if c[5] else ""),
           flush=True)
 
 
