@@ -32,11 +32,13 @@ ReplaceInput = Callable[[onnx.NodeProto, int, np.ndarray], None]
 
 
 class _Graph:
-    """Producers, readers and constants of a graph being edited (rebuilt after every edit)."""
+    """Producers, readers and constants of a graph being edited (rebuilt after every edit).
+    ``const``: looked up before the graph's own initializers and Constant nodes."""
 
-    def __init__(self, model: onnx.ModelProto):
-        g = model.graph
+    def __init__(self, graph: onnx.GraphProto, const: Callable[[str], np.ndarray | None] | None = None):
+        g = graph
         self.graph = g
+        self._const = const
         self.outputs = {o.name for o in g.output}
         self.producer: dict[str, onnx.NodeProto] = {}
         self.readers: dict[str, int] = {}
@@ -50,6 +52,10 @@ class _Graph:
         self.inits = {t.name: t for t in g.initializer}
 
     def const(self, name: str) -> np.ndarray | None:
+        if self._const is not None:
+            v = self._const(name)
+            if v is not None:
+                return v
         if name in self.inits:
             return numpy_helper.to_array(self.inits[name])
         p = self.producer.get(name)
@@ -250,14 +256,16 @@ def _step(node: onnx.NodeProto, g: _Graph, rank: int, replace_input: ReplaceInpu
     return None
 
 
-def absorb_constant_adds(model: onnx.ModelProto, outputs: list[str], rank: Callable[[str], int | None],
-                         replace_input: ReplaceInput, add_input: AddInput) -> int:
+def absorb_constant_adds(graph: onnx.GraphProto, outputs: list[str], rank: Callable[[str], int | None],
+                         replace_input: ReplaceInput, add_input: AddInput,
+                         const: Callable[[str], np.ndarray | None] | None = None) -> int:
     """Merge and absorb the constant ``Add``/``Sub`` nodes writing ``outputs`` (the nodes a removal
-    rewrote) in place; returns how many nodes left the graph."""
-    before = len(model.graph.node)
+    rewrote) in place; returns how many nodes left the graph. ``const``: constants the graph does
+    not hold itself (see :func:`absorbed`)."""
+    before = len(graph.node)
     pending = list(outputs)
     for _ in range(4 * len(pending) + 8):  # every edit removes a node or moves a constant up a transpose
-        g = _Graph(model)
+        g = _Graph(graph, const)
         changed = False
         for name in list(pending):
             node = g.producer.get(name)
@@ -278,4 +286,52 @@ def absorb_constant_adds(model: onnx.ModelProto, outputs: list[str], rank: Calla
             pending.remove(name)  # nothing to do now; an edit elsewhere cannot change that
         if not changed:
             break
-    return before - len(model.graph.node)
+    return before - len(graph.node)
+
+
+def absorbed(nodes: list[tuple[int, onnx.NodeProto]], outputs: list[str], substituted: dict[tuple[int, int], np.ndarray],
+             const: Callable[[str], np.ndarray | None], rank: Callable[[str], int | None]) -> tuple[set[int], int]:
+    """What :func:`absorb_constant_adds` would do to ``nodes`` ((index, node) of a graph after a
+    removal, before any constant moved), simulated on copies: ``substituted`` maps (node index,
+    input slot) to the constant a removal put there; ``const`` gives the graph's own constants.
+    Returns the indices of the nodes it takes out, and the constant elements the graph then holds
+    beyond its own (the constants left, less the graph's own biases they replaced). Used to predict
+    what a removal takes out and adds (surgery/drop.py, removal_effect)."""
+    g = onnx.GraphProto()
+    overlay: dict[str, np.ndarray] = {}
+    met = []
+    for i, node in nodes:
+        c = g.node.add()
+        c.CopyFrom(node)
+        c.name = f"__node{i}"
+        for (j, k), value in substituted.items():
+            if j == i:
+                c.input[k] = f"__const{len(overlay)}"
+                overlay[c.input[k]] = value
+                met.append(c.output[0])
+    for o in outputs:
+        g.output.add().name = o
+
+    def replace_input(node: onnx.NodeProto, k: int, value: np.ndarray) -> None:
+        node.input[k] = f"__const{len(overlay)}"
+        overlay[node.input[k]] = np.asarray(value)
+
+    def add_input(node: onnx.NodeProto, value: np.ndarray) -> None:
+        node.input.append("")
+        replace_input(node, len(node.input) - 1, value)
+
+    def lookup(name: str) -> np.ndarray | None:
+        return overlay[name] if name in overlay else const(name)
+
+    def read(graph: onnx.GraphProto) -> set[str]:
+        return {x for n in graph.node for x in n.input if x}
+
+    before = read(g) - overlay.keys()
+    absorb_constant_adds(g, met, rank, replace_input, add_input, lookup)
+    after = read(g)
+    left = {n.name for n in g.node}
+    added = sum(int(overlay[x].size) for x in after if x in overlay)
+    for x in before - after:  # the graph's own constants replaced (a bias absorbed into)
+        v = const(x)
+        added -= int(v.size) if v is not None else 0
+    return {i for i, _ in nodes if f"__node{i}" not in left}, added

@@ -228,8 +228,19 @@ def removal_effect(analysis: Analysis, removed: set[int]) -> RemovalEffect:
         if (len([x for k, x in enumerate(node.input) if x and (i, k) not in cut]) == 1
                 and node.output[0] not in index.output_names and not _has_subgraphs(index.nodes)):
             gone.add(i)
-    return RemovalEffect(None, {index.node_label(index.nodes[i]) for i in gone},
-                         sum(int(v.size) for _, _, v in edits.substitutions))
+    added = 0
+    if edits.substitutions:  # the constant Adds absorbed into the biases before them (surgery/absorb.py)
+        from compressor.surgery.absorb import absorbed
+
+        def rank(name: str) -> int | None:
+            s = index.shape(name)
+            return len(s) if s is not None else None
+
+        taken, added = absorbed([(i, n) for i, n in enumerate(index.nodes) if i not in gone],
+                                list(index.output_names), {(i, k): v for i, k, v in edits.substitutions},
+                                index.const, rank)
+        gone |= taken
+    return RemovalEffect(None, {index.node_label(index.nodes[i]) for i in gone}, added)
 
 
 def removal_blocker(analysis: Analysis, removed: set[int]) -> str | None:
@@ -314,7 +325,7 @@ def drop_vanished(model: onnx.ModelProto, vanished: set[str], shape: Callable[[s
             s = shape(name)
             return len(s) if s is not None else None
 
-        absorbed = absorb_constant_adds(model, met, rank, replace_input, add_input)
+        absorbed = absorb_constant_adds(model.graph, met, rank, replace_input, add_input)
     _drop_unused(model)
     return len(after) + singles + absorbed
 

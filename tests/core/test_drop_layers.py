@@ -171,7 +171,8 @@ def test_plan_file_round_trip_keeps_an_emptied_group(tmp_path):
     assert np.isclose(res.report["verify"]["max_rel_err"], 0.0, atol=1e-5)
 
 
-@pytest.mark.parametrize("build,size", [(resnetish, 6), (densenetish, 4), (mlp_block, 16)])
+@pytest.mark.parametrize("build,size", [(resnetish, 6), (densenetish, 4), (mlp_block, 16),
+                                        (lambda: convnext_stage(3, "ln"), 16), (lambda: convnext_stage(2, "bn"), 16)])
 def test_planned_cost_counts_what_the_removal_takes_out(build, size):
     """plan_cost (what MACs/params budgets are checked on) agrees with the pruned model's own count,
     layers taken out by a removal (a DenseNet layer's conv1x1, an MLP's first MatMul) included."""
