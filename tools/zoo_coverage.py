@@ -251,15 +251,12 @@ def run_whole(row: Row, path: Path) -> None:
     from compressor import api
     from compressor.planning import PlanOptions, PruningPlan
     from compressor.planning.plan import GroupDecision, signature
-    from compressor.surgery.drop import removable_groups, removal_blocker
+    from compressor.surgery.drop import removable_groups, removable_together
 
     try:
         an = api.analyze(str(path))
         alone = removable_groups(an)
-        chosen: set[int] = set()
-        for gid in alone:
-            if removal_blocker(an, chosen | {gid}) is None:
-                chosen.add(gid)
+        chosen = removable_together(an, alone)
         row.whole_removable, row.whole_groups = len(alone), len(chosen)
         if not chosen:
             return

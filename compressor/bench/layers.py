@@ -401,9 +401,8 @@ def measure_table(analysis: Analysis, opset: int, time_layer: TimeFn, reference_
         bar.close()
     rest_nodes = _rest_nodes(analysis, {lyr.node for lyr in layers})
     table = LatencyTable(layers, grids, 0.0, sum_linear(lin for _, lin in rest_nodes), widths,
-                         overhead_ms, 0.0, probes, reference_ms, rest_nodes=rest_nodes)
+                         overhead_ms, 0.0, probes, reference_ms, rest_nodes=rest_nodes, retimed=retimed)
     table.rest_ms = max(0.0, reference_ms - table.layers_ms(widths))
-    table.retimed = retimed
     table.seconds = time.monotonic() - start
     return table
 

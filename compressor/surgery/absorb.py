@@ -36,20 +36,19 @@ class _Graph:
     ``const``: looked up before the graph's own initializers and Constant nodes."""
 
     def __init__(self, graph: onnx.GraphProto, const: Callable[[str], np.ndarray | None] | None = None):
-        g = graph
-        self.graph = g
+        self.graph = graph
         self._const = const
-        self.outputs = {o.name for o in g.output}
+        self.outputs = {o.name for o in graph.output}
         self.producer: dict[str, onnx.NodeProto] = {}
         self.readers: dict[str, int] = {}
-        for n in g.node:
+        for n in graph.node:
             for o in n.output:
                 if o:
                     self.producer[o] = n
             for x in n.input:
                 if x:
                     self.readers[x] = self.readers.get(x, 0) + 1
-        self.inits = {t.name: t for t in g.initializer}
+        self.inits = {t.name: t for t in graph.initializer}
 
     def const(self, name: str) -> np.ndarray | None:
         if self._const is not None:
@@ -62,6 +61,13 @@ class _Graph:
         if p is not None and p.op_type == "Constant":
             return constant_node_value(p)
         return None
+
+    def dims(self, name: str) -> tuple[int, ...] | None:
+        """A constant's shape, without converting an initializer (a conv's weights) to an array."""
+        if name in self.inits:
+            return tuple(self.inits[name].dims)
+        v = self.const(name)
+        return None if v is None else v.shape
 
     def private(self, name: str) -> bool:
         """Is ``name`` read by exactly one node and not a graph output?"""
@@ -120,12 +126,12 @@ def _bias_edit(p: onnx.NodeProto, c: np.ndarray, g: _Graph, rank: int) -> tuple[
                 return None
             channels = bias.shape[0]
         else:
-            w = g.const(p.input[1])
+            w = g.dims(p.input[1])
             if w is None:
                 return None
             group = int(_attr(p, "group", 1))
-            channels = w.shape[0] if op == "Conv" else w.shape[1] * group
-            bias = g.const(p.input[2]) if len(p.input) > 2 and p.input[2] else np.zeros(channels, w.dtype)
+            channels = w[0] if op == "Conv" else w[1] * group
+            bias = g.const(p.input[2]) if len(p.input) > 2 and p.input[2] else np.zeros(channels, c.dtype)
             if bias is None:
                 return None
         add = c.reshape(-1)
@@ -256,12 +262,13 @@ def _step(node: onnx.NodeProto, g: _Graph, rank: int, replace_input: ReplaceInpu
     return None
 
 
-def absorb_constant_adds(graph: onnx.GraphProto, outputs: list[str], rank: Callable[[str], int | None],
+def absorb_constant_adds(graph: onnx.GraphProto, outputs: list[str], shape: Callable[[str], tuple | None],
                          replace_input: ReplaceInput, add_input: AddInput,
                          const: Callable[[str], np.ndarray | None] | None = None) -> int:
     """Merge and absorb the constant ``Add``/``Sub`` nodes writing ``outputs`` (the nodes a removal
-    rewrote) in place; returns how many nodes left the graph. ``const``: constants the graph does
-    not hold itself (see :func:`absorbed`)."""
+    rewrote) in place; returns how many nodes left the graph. ``shape`` gives the tensors' shapes
+    (only their rank is used); ``const``: constants the graph does not hold itself (see
+    :func:`absorbed`)."""
     before = len(graph.node)
     pending = list(outputs)
     for _ in range(4 * len(pending) + 8):  # every edit removes a node or moves a constant up a transpose
@@ -272,10 +279,11 @@ def absorb_constant_adds(graph: onnx.GraphProto, outputs: list[str], rank: Calla
             if node is None:
                 pending.remove(name)
                 continue
-            r = rank(name)
-            if r is None:
+            dims = shape(name)
+            if dims is None:
+                pending.remove(name)
                 continue
-            now = _step(node, g, r, replace_input, add_input)
+            now = _step(node, g, len(dims), replace_input, add_input)
             if now is not None:
                 changed = True
                 if now:
@@ -290,7 +298,7 @@ def absorb_constant_adds(graph: onnx.GraphProto, outputs: list[str], rank: Calla
 
 
 def absorbed(nodes: list[tuple[int, onnx.NodeProto]], outputs: list[str], substituted: dict[tuple[int, int], np.ndarray],
-             const: Callable[[str], np.ndarray | None], rank: Callable[[str], int | None]) -> tuple[set[int], int]:
+             const: Callable[[str], np.ndarray | None], shape: Callable[[str], tuple | None]) -> tuple[set[int], int]:
     """What :func:`absorb_constant_adds` would do to ``nodes`` ((index, node) of a graph after a
     removal, before any constant moved), simulated on copies: ``substituted`` maps (node index,
     input slot) to the constant a removal put there; ``const`` gives the graph's own constants.
@@ -327,7 +335,7 @@ def absorbed(nodes: list[tuple[int, onnx.NodeProto]], outputs: list[str], substi
         return {x for n in graph.node for x in n.input if x}
 
     before = read(g) - overlay.keys()
-    absorb_constant_adds(g, met, rank, replace_input, add_input, lookup)
+    absorb_constant_adds(g, met, shape, replace_input, add_input, lookup)
     after = read(g)
     left = {n.name for n in g.node}
     added = sum(int(overlay[x].size) for x in after if x in overlay)

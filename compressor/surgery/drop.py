@@ -223,22 +223,19 @@ def removal_effect(analysis: Analysis, removed: set[int]) -> RemovalEffect:
                              f"{exc})", set(), 0)
     cut = {(i, k) for i, k in edits.concat_drops} | {(i, k) for i, k, _ in edits.substitutions}
     gone = _dead(index.nodes, index.output_names, cut) - _dead(index.nodes, index.output_names, set())
-    for i in {i for i, _ in edits.concat_drops}:  # left with one input: bypassed (_bypass_single_concats)
+    dropped_into = {i for i, _ in edits.concat_drops}
+    keep = _concat_names_kept(index.nodes, index.output_names, {index.nodes[i].output[0] for i in dropped_into})
+    for i in dropped_into:  # left with one input: bypassed (_bypass_single_concats)
         node = index.nodes[i]
-        if (len([x for k, x in enumerate(node.input) if x and (i, k) not in cut]) == 1
-                and node.output[0] not in index.output_names and not _has_subgraphs(index.nodes)):
+        if len([x for k, x in enumerate(node.input) if x and (i, k) not in cut]) == 1 and node.output[0] not in keep:
             gone.add(i)
     added = 0
     if edits.substitutions:  # the constant Adds absorbed into the biases before them (surgery/absorb.py)
         from compressor.surgery.absorb import absorbed
 
-        def rank(name: str) -> int | None:
-            s = index.shape(name)
-            return len(s) if s is not None else None
-
         taken, added = absorbed([(i, n) for i, n in enumerate(index.nodes) if i not in gone],
                                 list(index.output_names), {(i, k): v for i, k, v in edits.substitutions},
-                                index.const, rank)
+                                index.const, index.shape)
         gone |= taken
     return RemovalEffect(None, {index.node_label(index.nodes[i]) for i in gone}, added)
 
@@ -321,26 +318,23 @@ def drop_vanished(model: onnx.ModelProto, vanished: set[str], shape: Callable[[s
     if add_input is not None and edits.substitutions:
         from compressor.surgery.absorb import absorb_constant_adds
 
-        def rank(name: str) -> int | None:
-            s = shape(name)
-            return len(s) if s is not None else None
-
-        absorbed = absorb_constant_adds(model.graph, met, rank, replace_input, add_input)
+        absorbed = absorb_constant_adds(model.graph, met, shape, replace_input, add_input)
     _drop_unused(model)
     return len(after) + singles + absorbed
 
 
-def _has_subgraphs(nodes) -> bool:
-    return any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in nodes for a in n.attribute)
+def _concat_names_kept(nodes, graph_outputs, concats: set[str]) -> set[str]:
+    """The concat outputs that stay written (as an Identity) when the concat is left with one
+    input: graph outputs, and every concat if a subgraph may read it by name."""
+    subgraphs = any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in nodes for a in n.attribute)
+    return set(graph_outputs) | (concats if subgraphs else set())
 
 
 def _bypass_single_concats(g: onnx.GraphProto, outputs: set[str]) -> int:
     """The concats writing ``outputs`` that are left with one input are that input: their readers
     read it directly (an Identity stays where the concat wrote a graph output, or a subgraph may
     read it). Returns the nodes removed."""
-    keep_names = {o.name for o in g.output}
-    if _has_subgraphs(g.node):
-        keep_names |= outputs  # a subgraph may read it by name: leave an Identity
+    keep_names = _concat_names_kept(g.node, [o.name for o in g.output], outputs)
     removed = []
     for i, node in enumerate(g.node):
         if node.op_type != "Concat" or node.output[0] not in outputs:
@@ -368,3 +362,13 @@ def _bypass_single_concats(g: onnx.GraphProto, outputs: set[str]) -> int:
 def removable_groups(analysis: Analysis) -> list[int]:
     """The prunable groups that can each be removed whole (alone)."""
     return [g.id for g in analysis.prunable if removal_blocker(analysis, {g.id}) is None]
+
+
+def removable_together(analysis: Analysis, candidates: list[int] | None = None) -> set[int]:
+    """A set of groups that can be removed whole together: ``candidates`` (default: every group
+    removable alone) added one by one while the set stays removable."""
+    chosen: set[int] = set()
+    for gid in removable_groups(analysis) if candidates is None else candidates:
+        if removal_blocker(analysis, chosen | {gid}) is None:
+            chosen.add(gid)
+    return chosen

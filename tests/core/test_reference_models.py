@@ -77,15 +77,12 @@ def test_reference_model_groups_removed_whole_verify(exported):
 
     from compressor.planning import PlanOptions, PruningPlan
     from compressor.planning.plan import GroupDecision, signature
-    from compressor.surgery.drop import removal_blocker, removable_groups
+    from compressor.surgery.drop import removable_together
 
     name, path = exported
     model = onnx.load(str(path))
     an = api.analyze(model)
-    removed: set[int] = set()
-    for gid in removable_groups(an):
-        if removal_blocker(an, removed | {gid}) is None:
-            removed.add(gid)
+    removed = removable_together(an)
     if not removed:
         pytest.skip(f"{name}: no group can be removed whole")
     plan = PruningPlan(PlanOptions(), [
