@@ -157,6 +157,13 @@ def render_prune_report(r: dict) -> str:
             out.append(f"latency table: {t['layers']} layers ({t['distinct_layers']} distinct) measured in "
                        f"{t['probes']} probes, {t['seconds']:.1f} s; allocation {b['allocation']} "
                        f"by {b.get('allocation_cost', 'importance')}")
+            c = t.get("calibration")
+            if c and "skipped" in c:
+                out.append(f"latency table not fitted to profiles: {c['skipped']}")
+            elif c:
+                out.append(f"latency table fitted to {c['profiled_models']} whole-model profile(s): {c['layers_fitted']} "
+                           f"layers at a median {c['slope_median']:.2f}x their probes, {c['rest_nodes_costed']} other "
+                           f"nodes costed by their kernels ({c['rest_kernels_ms']:.3g} ms dense)")
             out += _layer_rows(b.get("layers", []))
         if b.get("allocation") in ("macs-table", "params-table"):
             what = "MACs" if b["allocation"] == "macs-table" else "parameters"
@@ -220,6 +227,9 @@ shape_option = click.option("--input-shape", "input_shapes", multiple=True, meta
 @click.option("--latency-table/--no-latency-table", default=True, show_default=True,
               help="With --target-latency: allocate per-group widths on a latency table of the model's layers "
               "measured on --provider (--no-latency-table: search uniform or --global ratios by MACs).")
+@click.option("--profile-table/--no-profile-table", default=True, show_default=True,
+              help="With the latency table: fit it to onnxruntime's profiles of the whole model and of a half-width "
+              "copy (CPU provider), so each layer costs what it takes inside the graph, not as a one-node probe.")
 @click.option("--sensitivity/--no-sensitivity", default=None,
               help="Allocate per-group widths by how much the outputs change when each group loses its least "
               "important channels, measured on --calibration data, else on random inputs: on the latency table "
@@ -265,7 +275,7 @@ shape_option = click.option("--input-shape", "input_shapes", multiple=True, meta
 @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
 def prune_command(model, output, ratio, global_ranking, round_to, target_macs, target_params, target_latency,
                   target_speedup, latency_tolerance,
-                  latency_table, sensitivity, keep_macs, drop_layers, calibration, min_channels, exclude, importance, input_shapes, plan_out, plan_in, merge_tol, merge_learned,
+                  latency_table, profile_table, sensitivity, keep_macs, drop_layers, calibration, min_channels, exclude, importance, input_shapes, plan_out, plan_in, merge_tol, merge_learned,
                   fold_constants, freeze_norms, no_verify, tolerance, seed, bench, provider, spinning, dry_run,
                   as_json, debug):
     """Prune MODEL's channel groups and write a verified, smaller model."""
@@ -279,7 +289,8 @@ def prune_command(model, output, ratio, global_ranking, round_to, target_macs, t
                         global_ranking=global_ranking, round_to=round_to, min_channels=min_channels,
                         target_macs=target_macs, target_params=target_params, target_latency=target_latency,
                         target_speedup=target_speedup, latency_tolerance=latency_tolerance,
-                        provider=provider, latency_table=latency_table, sensitivity=sensitivity, keep_macs=keep_macs,
+                        provider=provider, latency_table=latency_table, profile_table=profile_table,
+                        sensitivity=sensitivity, keep_macs=keep_macs,
                         drop_layers=drop_layers,
                         calibration=calibration, merge_identical=merge_tol, merge_learned=merge_learned,
                         fold_constants=fold_constants, prune_norms=not freeze_norms,

@@ -93,7 +93,7 @@ def node_count(path: Path) -> int:
 
 
 def run(name: str, goal: float, margin: float, min_time: float, tolerance: float, round_to: str = "default",
-        processes: int = 3) -> Row:
+        processes: int = 3, profile_table: bool = True) -> Row:
     d = OUT / name
     dense, tp, ours = d / "dense.onnx", d / "torch_pruning.onnx", d / "ours_drop_layers.onnx"
     row = Row(model=name)
@@ -106,7 +106,7 @@ def run(name: str, goal: float, margin: float, min_time: float, tolerance: float
     row.target_speedup = round(goal * (1 + margin) * row.tp_speedup, 4)
     ours.unlink(missing_ok=True)
     res = prune_in_fresh_process(dense, ours, None, round_to, "keep-macs+drop", target_speedup=row.target_speedup,
-                                 latency_tolerance=tolerance)
+                                 latency_tolerance=tolerance, profile_table=profile_table)
     macs0, params0 = onnx_cost(dense)
     macs_tp, params_tp = onnx_cost(tp)
     row.tp_macs, row.tp_params = macs_tp / macs0, params_tp / params0
@@ -186,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="the engine's --latency-tolerance (its default 0.05 lets a plan land up to 5%% faster than "
                     "aimed, with that much fewer MACs)")
     ap.add_argument("--min-time", type=float, default=5.0, help="seconds per model in each bench process")
+    ap.add_argument("--no-profile-table", action="store_true",
+                    help="the engine's --no-profile-table (its layer table as probed, not fitted to profiles)")
     ap.add_argument("--doc", default=str(DOC))
     ap.add_argument("--no-doc", action="store_true")
     ap.add_argument("--render", action="store_true", help="measure nothing: write the table of the last run")
@@ -201,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         for name in (m.strip() for m in args.models.split(",") if m.strip()):
             print(f"[{name}]", flush=True)
-            r = run(name, args.goal, args.margin, args.min_time, args.tolerance, args.round_to)
+            r = run(name, args.goal, args.margin, args.min_time, args.tolerance, args.round_to,
+                    profile_table=not args.no_profile_table)
             rows.append(r)
             print(f"  {r.status} TP {_f(r.check_tp, '.2f')}x at MACs {_f(r.tp_macs, '.3f')}; ours "
                   f"{_f(r.check_ours, '.2f')}x at MACs {_f(r.ours_macs, '.3f')}: ours/TP {_f(r.vs_tp, '.2f')}; "
@@ -213,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
                             " ".join(shlex.quote(a) for a in shown)).strip(),
                 "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
                 "onnxruntime": ort.__version__, "load_before": load_before, "load_after": os.getloadavg()[0],
-                "goal": args.goal, "margin": args.margin, "tolerance": args.tolerance, "round_to": args.round_to}
+                "goal": args.goal, "margin": args.margin, "tolerance": args.tolerance, "round_to": args.round_to,
+                "profile_table": not args.no_profile_table}
         text = markdown(rows, meta)
         (cache if not args.no_doc else cache.with_name("drop_layers_last.json")).write_text(
             json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=1))

@@ -131,14 +131,15 @@ SPINNING = False  # --spinning: onnxruntime's default thread spinning in the eng
 
 
 def prune_in_fresh_process(dense: Path, out: Path, target_ms: float | None, round_to: str, allocation: str,
-                           target_speedup: float | None = None, latency_tolerance: float = 0.05) -> dict:
+                           target_speedup: float | None = None, latency_tolerance: float = 0.05,
+                           profile_table: bool = True) -> dict:
     """What `compress DENSE -o OUT --target-latency T --provider cpu --input-shape 1x3x224x224
     --round-to R` does (the CLI is a thin layer over api.prune), in a fresh process, returning the
     report, or the error with the search's measurements (which the CLI's one error line omits)."""
     job = {"dense": str(dense), "out": str(out), "target_ms": target_ms, "target_speedup": target_speedup,
            "round_to": round_to, "latency_tolerance": latency_tolerance,
            "latency_table": allocation != "uniform", "keep_macs": allocation.startswith("keep-macs"),
-           "drop_layers": allocation.endswith("+drop"), "spinning": SPINNING}
+           "drop_layers": allocation.endswith("+drop"), "spinning": SPINNING, "profile_table": profile_table}
     res = subprocess.run([sys.executable, __file__, "--worker", json.dumps(job)], capture_output=True, text=True,
                          cwd=ROOT, env={**os.environ, "COMPRESSOR_STRICT_RULES": "0"})
     lines = [line for line in res.stdout.splitlines() if line.startswith("{")]
@@ -159,7 +160,8 @@ def worker(job: dict) -> None:
                         latency_tolerance=job.get("latency_tolerance", 0.05),
                         input_shapes=[INPUT_SHAPE], round_to=round_to,
                         latency_table=job.get("latency_table", True), spinning=job.get("spinning", False),
-                        keep_macs=job.get("keep_macs", False), drop_layers=job.get("drop_layers", False)).report
+                        keep_macs=job.get("keep_macs", False), drop_layers=job.get("drop_layers", False),
+                        profile_table=job.get("profile_table", True)).report
         print(json.dumps({"ok": True, "report": rep}))
     except CompressorError as exc:  # what the CLI turns into one line and its exit code
         print(json.dumps({"ok": False, "exit_code": exc.exit_code, "error": f"error: {exc}",

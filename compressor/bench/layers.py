@@ -34,6 +34,8 @@ from compressor.ir.graph import node_attr
 LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 #: Grid of channel counts per dimension, as fractions of the dense count (rounded to the step).
 GRID_FRACTIONS = (0.25, 0.5, 0.75, 1.0)
+#: a calibrated layer's time (slope x probe + offset, calibrate.py) never falls below this share of slope x probe
+MIN_FIT_SHARE = 0.1
 
 Linear = tuple[float, dict[int, float]]  # constant + sum of coefficient * kept channels of group
 
@@ -227,6 +229,8 @@ class LatencyTable:
     reference_ms: float = 0.0
     rest_nodes: list = field(default_factory=list)  # (node label, Linear elements) per rest node
     retimed: int = 0  # grid points timed again as outliers (measure_table)
+    fit: dict[str, tuple[float, float]] = field(default_factory=dict)  # layer node -> in-graph (slope, offset ms) over its probes (calibrate.py)
+    calibration: dict | None = None  # what a whole-model profile changed (calibrate.py), for the report
     _memo: dict = field(default_factory=dict, repr=False)
 
     def layer_ms(self, layer: Layer, cin: int, cout: int) -> float:
@@ -237,7 +241,12 @@ class LatencyTable:
         j0, j1, b = _interp(couts, cout)
         top = ms[i0, j0] * (1 - b) + ms[i0, j1] * b
         bottom = ms[i1, j0] * (1 - b) + ms[i1, j1] * b
-        return float(max(0.0, top * (1 - a) + bottom * a))
+        probe = float(max(0.0, top * (1 - a) + bottom * a))
+        fit = self.fit.get(layer.node)
+        if fit is None:
+            return probe
+        slope, offset = fit
+        return max(slope * probe + offset, MIN_FIT_SHARE * slope * probe)
 
     def rest(self, widths: dict[int, int], gone: Linear | None = None) -> float:
         """The rest's latency at ``widths``, in proportion to the activation elements it writes.
@@ -278,7 +287,8 @@ class LatencyTable:
                 "seconds": round(self.seconds, 2), "layers_dense_ms": round(layer_sum, 4),
                 "rest_dense_ms": round(self.rest_ms, 4), "call_overhead_ms": round(self.overhead_ms, 5),
                 "rest_nodes": len(self.rest_nodes), "retimed": self.retimed,
-                "reference_ms": round(self.reference_ms, 4)}
+                "reference_ms": round(self.reference_ms, 4),
+                **({"calibration": self.calibration} if self.calibration is not None else {})}
 
 
 def _rest_nodes(analysis: Analysis, layer_nodes: set[str]) -> list[tuple[str, Linear]]:

@@ -46,6 +46,11 @@ def subgraph_outer_refs(node: onnx.NodeProto) -> set[str]:
     return refs
 
 
+def node_label(node: onnx.NodeProto) -> str:
+    """A node's name, or its op and first output where it has none."""
+    return node.name or f"{node.op_type}({node.output[0] if node.output else '?'})"
+
+
 class GraphIndex:
     """Producer/consumer maps, constant lookup and shapes for one model at fixed input shapes."""
 
@@ -134,4 +139,4 @@ class GraphIndex:
         return names
 
     def node_label(self, node: onnx.NodeProto) -> str:
-        return node.name or f"{node.op_type}({node.output[0] if node.output else '?'})"
+        return node_label(node)

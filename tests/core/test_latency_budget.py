@@ -248,6 +248,14 @@ def _conv_macs(model) -> float:
 
 @pytest.fixture
 def fake_meter(monkeypatch):
+    """The fake meter's world: its ratios follow the MACs, so the table stays as probed (a real
+    profile of the model would fit it to another world; tests/core/test_calibrate.py covers that)."""
+    monkeypatch.setattr(ratio_module, "RatioMeter", _FakeRatioMeter)
+    monkeypatch.setattr(api, "_profiled_table", lambda table, *a, **k: table)
+
+
+@pytest.fixture
+def fake_meter_real_profiles(monkeypatch):
     monkeypatch.setattr(ratio_module, "RatioMeter", _FakeRatioMeter)
 
 
@@ -453,3 +461,63 @@ def test_latency_tolerance_is_the_searchs(fake_meter):
     assert b["tolerance"] == 0.02 and abs(b["ratio"] / 0.5 - 1) <= 0.02
     with pytest.raises(UsageError, match="latency-tolerance"):
         api.prune(net(), target_speedup=2.0, latency_tolerance=0.0)
+
+
+class _JumpingKnob:
+    """A knob whose plans jump across the target (a removal coming or going): above fraction 0.5
+    every fraction gives the plan at ratio 0.3 (measured 0.62), below it the plan at 0.6 (measured
+    0.40). Once it holds a plan's removals its plans follow the fraction: ratio 1 - f, measured f."""
+
+    name = "predicted_fraction"
+
+    def __init__(self, an, scores):
+        from compressor.planning import make_plan
+
+        self.an, self.scores, self.make_plan = an, scores, make_plan
+        self.held = None
+        self.truth: dict[tuple, float] = {}
+
+    def _plan(self, ratio: float, measured: float):
+        plan = self.make_plan(self.an, self.scores, PlanOptions(ratio=ratio))
+        self.truth[tuple(sorted((g, len(k)) for g, k in plan.keep.items()))] = measured
+        return plan
+
+    def floor(self):
+        return self._plan(0.75, 0.2), 0.2
+
+    def at(self, fraction):
+        if self.held is not None:
+            r = round(min(0.74, max(0.01, 1 - fraction)), 2)
+            return self._plan(r, 1 - r), 1 - r
+        return (self._plan(0.3, 0.62), 0.62) if fraction >= 0.5 else (self._plan(0.6, 0.40), 0.40)
+
+    def hold_removals(self, plan):
+        if self.held is not None:
+            return False
+        self.held = plan
+        return True
+
+    def details(self):
+        return {"allocation": "fake"}
+
+    def measure(self, plan, confirm):
+        truth = self.truth[tuple(sorted((g, len(k)) for g, k in plan.keep.items()))]
+        n = 40 if confirm else 16
+        return RatioSample([truth] * n, [10.0] * n, [10.0 * truth] * n, seconds=1.0)
+
+
+def test_when_plans_jump_across_the_target_the_search_holds_the_closest_removals(setup):
+    an, scores = setup
+    knob = _JumpingKnob(an, scores)
+    res = plan_for_latency(an, scores, PlanOptions(), 5.0, knob.measure, reference_ms=10.0, knob=knob)
+    d = res.to_dict()
+    assert knob.held is not None and d["held_removals_after"] >= 3
+    assert abs(d["ratio"] / 0.5 - 1) <= 0.05, d["steps"]
+
+
+def test_without_a_hold_the_jumping_plans_end_in_a_clear_error(setup):
+    an, scores = setup
+    knob = _JumpingKnob(an, scores)
+    knob.hold_removals = lambda plan: False
+    with pytest.raises(LatencyTargetError, match="no untried plans near the target"):
+        plan_for_latency(an, scores, PlanOptions(), 5.0, knob.measure, reference_ms=10.0, knob=knob)
