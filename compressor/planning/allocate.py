@@ -87,6 +87,7 @@ class Allocator:
                     self.touch[gid].append(i)
         self.dense = {g.id: g.size for g in self.groups}
         self._effects: dict[frozenset, tuple[str | None, frozenset, dict]] = {}
+        self._held = False  # widths_for with a fixed removal set: no removal steps
         self.dense_ms = table.predict(self.dense)
         if macs is not None:
             if [lyr.node for lyr in macs.layers] != [lyr.node for lyr in table.layers]:
@@ -106,7 +107,7 @@ class Allocator:
         nxt = self._next(gid, widths[gid])
         if nxt is not None:
             out.append(nxt)
-        if self.opts.drop_layers and widths[gid] > 0 and self.removable(gid, widths):
+        if self.opts.drop_layers and not self._held and widths[gid] > 0 and self.removable(gid, widths):
             out.append(0)
         return out
 
@@ -177,12 +178,25 @@ class Allocator:
             return sens.at(gid, (size - nxt) / size) - sens.at(gid, (size - width) / size)
         return float(self.cum[gid][size - nxt] - self.cum[gid][size - width])
 
-    def widths_for(self, fraction: float) -> tuple[dict[int, int], float]:
+    def widths_for(self, fraction: float, removed: frozenset | None = None) -> tuple[dict[int, int], float]:
         """Widths predicted to run at ``fraction`` of the dense model's predicted latency (or the
-        floor, if that is as far as the allocation goes), and their predicted fraction."""
+        floor, if that is as far as the allocation goes), and their predicted fraction.
+
+        ``removed``: start with these groups removed whole and remove no other (narrowing only):
+        the plans around one removal set, which the latency search asks for when the plans the
+        free allocation gives jump past its target (planning/budget.py)."""
+        self._held = removed is not None
+        try:
+            return self._widths_for(fraction, removed or frozenset())
+        finally:
+            self._held = False
+
+    def _widths_for(self, fraction: float, removed: frozenset) -> tuple[dict[int, int], float]:
         widths = dict(self.dense)
+        for gid in removed:
+            widths[gid] = 0
         budget = fraction * self.dense_ms
-        total = self.dense_ms
+        total = self.predict(widths) if removed else self.dense_ms
         heap: list[tuple[float, int, int, int]] = []  # (cost per ms, group, width at push, next width)
 
         def push(gid: int) -> None:
@@ -269,8 +283,8 @@ class Allocator:
             decisions.append(GroupDecision(g.id, g.size, kept, signature(g)))
         return PruningPlan(self.opts, decisions)
 
-    def plan_for(self, fraction: float) -> tuple[PruningPlan, float]:
-        widths, achieved = self.widths_for(fraction)
+    def plan_for(self, fraction: float, removed: frozenset | None = None) -> tuple[PruningPlan, float]:
+        widths, achieved = self.widths_for(fraction, removed)
         return self.plan(widths), achieved
 
 class TableKnob:
@@ -281,21 +295,38 @@ class TableKnob:
 
     def __init__(self, allocator: Allocator):
         self.allocator = allocator
-        self._planned: dict[float, tuple[PruningPlan, float]] = {}
+        self._planned: dict[tuple, tuple[PruningPlan, float]] = {}
+        self.held: frozenset | None = None  # hold_removals
 
     def floor(self) -> tuple[PruningPlan, float]:
         return self.at(0.0)
 
     def at(self, fraction: float) -> tuple[PruningPlan, float]:
-        if fraction not in self._planned:
-            self._planned[fraction] = self.allocator.plan_for(fraction)
-        return self._planned[fraction]
+        key = (fraction, self.held)
+        if key not in self._planned:
+            self._planned[key] = self.allocator.plan_for(fraction, self.held)
+        return self._planned[key]
+
+    def hold_removals(self, plan: PruningPlan) -> bool:
+        """Plan from now on with ``plan``'s removed groups removed and no other (narrowing only).
+        A removal changes the predicted latency in one jump, and the table's error on the removed
+        layers can make that jump much larger in measured latency: convnext_tiny's plans at
+        predicted 0.243 and 0.2545 measured 0.245 and 0.269, with nothing between. Holding the
+        removals of the plan measured closest gives the widths between. False when there is
+        nothing to hold (no --drop-layers, already held, or a plan that removes nothing)."""
+        removed = frozenset(g.id for g in plan.groups if not g.kept)
+        if not self.allocator.opts.drop_layers or self.held is not None or not removed:
+            return False
+        self.held = removed
+        return True
 
     def details(self) -> dict:
         a = self.allocator
         cost = "macs" if a.macs is not None else "sensitivity" if a.sensitivity else "importance"
         out = {"allocation": "latency-table", "allocation_cost": cost,
                "max_group_ratio": a.max_group_ratio, "latency_table": a.table.summary()}
+        if self.held is not None:
+            out["held_removals"] = len(self.held)
         if a.sensitivity is not None:
             out["sensitivity"] = a.sensitivity.summary()
         return out

@@ -261,8 +261,12 @@ def plan_for_latency(analysis: Analysis, scores: dict[int, np.ndarray], opts: Pl
     steps: list[dict] = []
     start = clock()
 
+    held_after: int | None = None  # the measurement after which the knob held a plan's removals
+
     def details() -> dict:
         out = {"reference_ms": reference_ms, "target_ratio": target, "tolerance": tol, **knob.details()}
+        if held_after is not None:
+            out["held_removals_after"] = held_after
         if rereads:
             out.update({"reference_first_ms": first_reference, "rereads": rereads})
         return out
@@ -360,6 +364,14 @@ def plan_for_latency(analysis: Analysis, scores: dict[int, np.ndarray], opts: Pl
                 scan = [closest.macs_fraction * (1 + sign * toward * 0.02 * k) for k in range(1, 7) for sign in (1, -1)]
                 fraction = next((f for f in scan if floor_f <= f < 1.0 and _plan_key(plan_near(f)[0]) not in points),
                                 None)
+                hold = getattr(knob, "hold_removals", None)
+                if fraction is None and hold is not None and hold(closest.plan):
+                    # the plans jump across the target where a removal comes or goes: keep the closest
+                    # plan's removals and search the widths around it
+                    held_after = measured
+                    guess = closest.macs_fraction * target / closest.sample.median
+                    fraction = next((f for f in [guess, *scan]
+                                     if floor_f <= f < 1.0 and _plan_key(plan_near(f)[0]) not in points), None)
                 if fraction is None:
                     exhausted = True
                     break

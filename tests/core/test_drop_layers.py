@@ -325,3 +325,31 @@ def test_a_split_output_is_not_removed_alone():
     for gid in removable_groups(an):
         res = api.prune(m, plan_in=plan_removing(m, lambda g, gid=gid: g.id == gid))
         assert res.report["verify"]["passed"] and res.report["removed_whole"]["groups"] == 1
+
+
+def test_widths_with_held_removals_narrow_around_them_and_remove_nothing_else():
+    from compressor.bench.layers import measure_table
+    from compressor.importance import score_groups
+    from compressor.planning.allocate import Allocator, TableKnob
+    from tests.core.test_latency_table import _bilinear_timer
+
+    an = api.analyze(resnetish(blocks=3))
+    scores = score_groups(an, "l2")
+    table = measure_table(an, 17, _bilinear_timer, reference_ms=5.0, step=1, floor=lambda n: max(1, n // 4))
+    alloc = Allocator(an, scores, PlanOptions(round_to=1, drop_layers=True), table)
+    free, _ = alloc.widths_for(0.2)
+    removed = frozenset(g for g, w in free.items() if w == 0)
+    assert len(removed) >= 2, "the free allocation removes blocks at this budget"
+    one = frozenset([sorted(removed)[0]])
+    start = alloc.predict({**alloc.dense, **{g: 0 for g in one}}) / alloc.dense_ms
+    for f in (0.25, 0.4, start - 0.02):
+        widths, achieved = alloc.widths_for(f, one)
+        assert {g for g, w in widths.items() if w == 0} == one
+        assert achieved <= f + 1e-9 or achieved == pytest.approx(alloc.widths_for(0.0, one)[1])
+    assert alloc.widths_for(0.99, one)[1] == pytest.approx(start), "above its start: the held removals alone"
+    knob = TableKnob(alloc)
+    plan, _ = knob.at(0.2)
+    assert knob.hold_removals(plan) and not knob.hold_removals(plan), "held once"
+    assert {g.id for g in knob.at(0.3)[0].groups if not g.kept} == removed
+    assert knob.details()["held_removals"] == len(removed)
+    assert not TableKnob(Allocator(an, scores, PlanOptions(round_to=1), table)).hold_removals(plan)
