@@ -58,6 +58,11 @@ class Profile:
     overhead_us: float  # what profiling added per kernel, subtracted from each
     runs: int
 
+    def wall_share(self) -> float:
+        """The factor that makes the kernels sum to the plain run (within [0.5, 2])."""
+        total = sum(self.kernel_ms.values())
+        return min(2.0, max(0.5, self.plain_ms / total)) if total > 0 and self.plain_ms > 0 else 1.0
+
 
 def _kernel_events(path: str) -> dict[str, float]:
     with open(path) as f:
@@ -215,8 +220,11 @@ def point(table: LatencyTable, graph: onnx.GraphProto, profile: Profile, widths:
     """Credit ``profile``'s kernels (of the model ``graph``, at ``widths``) to the table's layers and
     rest nodes. A kernel that computes a layer is the layer's (with what onnxruntime fused into it;
     split by probe time if it computes several); a kernel of rest nodes is shared among them by the
-    elements they write. ``level`` scales every kernel (to the table's reference reading)."""
+    elements they write. The kernels are first scaled to sum to the model's plain run (the
+    profiler's cost is not the same for every kernel, and the time between kernels belongs to
+    them too); ``level`` then scales every kernel (to the table's reference reading)."""
     cover, times, lost = attribute_kernels(graph, profile.optimized, profile.kernel_ms)
+    level *= profile.wall_share()
     layer_of = {lyr.node: lyr for lyr in table.layers}
     rest_lin = dict(table.rest_nodes)
     layers: dict[str, float] = {}
