@@ -253,21 +253,23 @@ def point(table: LatencyTable, graph: onnx.GraphProto, profile: Profile, widths:
 SLOPE = (0.25, 4.0)
 
 
-def fit_layer(probes: list[float], in_graph: list[float]) -> tuple[float, float]:
-    """(slope, offset) of in-graph time against probe time over the profiled points: the slope
-    through two points far enough apart, else the ratio at the one point (offset 0)."""
+def fit_layer(probes: list[float], in_graph: list[float]) -> tuple[float, float, float]:
+    """(slope, offset, lowest probe) of in-graph time against probe time over the profiled points:
+    the line through two points far enough apart (used from the lower one up; LatencyTable scales
+    the probe by the ratio there below it), else the ratio at the one point (offset 0, from 0 up).
+    Extrapolating the line below the half-width point over-charged mobilenet_v2's narrow layers."""
     if len(probes) >= 2 and abs(probes[0] - probes[1]) > 0.1 * max(probes[0], probes[1]):
         slope = (in_graph[0] - in_graph[1]) / (probes[0] - probes[1])
         if SLOPE[0] <= slope <= SLOPE[1]:
-            return slope, in_graph[0] - slope * probes[0]
-    return (in_graph[0] / probes[0] if probes[0] > 0 else 1.0), 0.0
+            return slope, in_graph[0] - slope * probes[0], min(probes[0], probes[1])
+    return (in_graph[0] / probes[0] if probes[0] > 0 else 1.0), 0.0, 0.0
 
 
 @dataclass
 class Calibration:
     """What the profiles changed in a table (reported in the budget's details)."""
 
-    fit: dict[str, tuple[float, float]] = field(default_factory=dict)  # layer node -> (slope, offset ms)
+    fit: dict[str, tuple[float, float, float]] = field(default_factory=dict)  # layer node -> (slope, offset ms, low)
     rest_ms: dict[str, float] = field(default_factory=dict)  # rest node label -> its kernels' ms (dense)
     constant_ms: float = 0.0  # the reference minus every kernel: the run's own cost
     rest_fixed_ms: float = 0.0  # the rest nodes' parts that do not follow their elements (two profiles)
@@ -277,7 +279,7 @@ class Calibration:
     profile: Profile | None = None  # the dense model's
 
     def summary(self) -> dict:
-        slopes = np.array([a for a, _ in self.fit.values()] or [1.0])
+        slopes = np.array([a for a, _, _ in self.fit.values()] or [1.0])
         p = self.profile
         return {"kernels": self.kernels, "profiled_models": self.points, "layers_fitted": len(self.fit),
                 "slope_median": round(float(np.median(slopes)), 3),
@@ -302,7 +304,7 @@ def calibrate(table: LatencyTable, points: list[Point], profile: Profile | None 
     point shows one (the kernel's dispatch; a removed node takes it along). What the kernels leave
     of the reference is a constant."""
     dense = table.dense_widths
-    fit: dict[str, tuple[float, float]] = {}
+    fit: dict[str, tuple[float, float, float]] = {}
     for lyr in table.layers:
         probes, seen = [], []
         for pt in points:

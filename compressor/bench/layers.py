@@ -229,7 +229,7 @@ class LatencyTable:
     reference_ms: float = 0.0
     rest_nodes: list = field(default_factory=list)  # (node label, Linear elements) per rest node
     retimed: int = 0  # grid points timed again as outliers (measure_table)
-    fit: dict[str, tuple[float, float]] = field(default_factory=dict)  # layer node -> in-graph (slope, offset ms) over its probes (calibrate.py)
+    fit: dict[str, tuple[float, float, float]] = field(default_factory=dict)  # layer node -> in-graph (slope, offset ms, lowest probe ms fitted) (calibrate.py)
     calibration: dict | None = None  # what a whole-model profile changed (calibrate.py), for the report
     _memo: dict = field(default_factory=dict, repr=False)
 
@@ -245,8 +245,12 @@ class LatencyTable:
         fit = self.fit.get(layer.node)
         if fit is None:
             return probe
-        slope, offset = fit
-        return max(slope * probe + offset, MIN_FIT_SHARE * slope * probe)
+        slope, offset, low = fit
+        if probe >= low or low <= 0:
+            return max(slope * probe + offset, MIN_FIT_SHARE * slope * probe)
+        # below the narrowest profiled width the line is not extrapolated: the probe is scaled by the
+        # in-graph / probe ratio there
+        return probe * max(slope * low + offset, MIN_FIT_SHARE * slope * low) / low
 
     def rest(self, widths: dict[int, int], gone: Linear | None = None) -> float:
         """The rest's latency at ``widths``, in proportion to the activation elements it writes.

@@ -69,10 +69,10 @@ def test_a_kernel_with_no_original_node_is_reported_lost():
 
 
 def test_a_layer_fit_takes_the_slope_through_two_points_and_falls_back_to_the_ratio():
-    assert fit_layer([1.0, 0.5], [1.5, 0.9]) == pytest.approx((1.2, 0.3))
-    assert fit_layer([1.0], [1.5]) == (1.5, 0.0)
-    assert fit_layer([1.0, 0.98], [1.5, 1.2]) == (1.5, 0.0), "points too close: no slope"
-    assert fit_layer([1.0, 0.5], [1.5, -2.0]) == (1.5, 0.0), "a slope out of bounds is noise"
+    assert fit_layer([1.0, 0.5], [1.5, 0.9]) == pytest.approx((1.2, 0.3, 0.5))
+    assert fit_layer([1.0], [1.5]) == (1.5, 0.0, 0.0)
+    assert fit_layer([1.0, 0.98], [1.5, 1.2]) == (1.5, 0.0, 0.0), "points too close: no slope"
+    assert fit_layer([1.0, 0.5], [1.5, -2.0]) == (1.5, 0.0, 0.0), "a slope out of bounds is noise"
 
 
 @pytest.fixture(scope="module")
@@ -96,10 +96,14 @@ def test_calibrated_layers_follow_the_fitted_line_and_rest_nodes_their_own_cost(
     cal, info = calibrate(table, [dense_pt, half_pt])
     assert info.summary()["layers_fitted"] == 5 and info.summary()["slope_median"] == pytest.approx(0.8)
     assert cal.dense_ms() == pytest.approx(table.reference_ms), "the fitted table still sums to the reference"
-    third = {g: max(1, w // 4) for g, w in table.dense_widths.items()}
+    third = {g: max(1, w * 3 // 4) for g, w in table.dense_widths.items()}  # between the points: the line
+    quarter = {g: max(1, w // 4) for g, w in table.dense_widths.items()}  # below them: the ratio at half
     for lyr in table.layers:
         raw = table.layer_ms(lyr, *lyr.channels(third))
-        assert cal.layer_ms(lyr, *lyr.channels(third)) == pytest.approx(max(line(raw), 0.1 * 0.8 * raw))
+        assert cal.layer_ms(lyr, *lyr.channels(third)) == pytest.approx(line(raw))
+        low, narrow = probe[lyr.node], table.layer_ms(lyr, *lyr.channels(quarter))
+        if narrow < low:
+            assert cal.layer_ms(lyr, *lyr.channels(quarter)) == pytest.approx(narrow * line(low) / low)
     layers_dense = sum(line(v) for v in dense_probe.values())
     constant = table.reference_ms - layers_dense - 0.4
     assert info.constant_ms == pytest.approx(constant)
