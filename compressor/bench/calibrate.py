@@ -64,16 +64,17 @@ class Profile:
         return min(2.0, max(0.5, self.plain_ms / total)) if total > 0 and self.plain_ms > 0 else 1.0
 
 
-def _kernel_events(path: str) -> dict[str, float]:
+def _kernel_events(path: str, runs: int) -> dict[str, float]:
+    """Microseconds per run of each kernel: the median over the runs of a kernel that ran once per
+    run (one slow run of the machine does not inflate it), else its mean."""
     with open(path) as f:
         events = json.load(f)
-    total: dict[str, float] = {}
+    durations: dict[str, list[float]] = {}
     for e in events:
         name = e.get("name", "")
         if e.get("cat") == "Node" and name.endswith("_kernel_time"):
-            node = name[: -len("_kernel_time")]
-            total[node] = total.get(node, 0.0) + float(e.get("dur", 0.0))  # microseconds
-    return total
+            durations.setdefault(name[: -len("_kernel_time")], []).append(float(e.get("dur", 0.0)))
+    return {node: float(np.median(d)) if len(d) == runs else sum(d) / runs for node, d in durations.items()}
 
 
 def profile_model(model: onnx.ModelProto, feeds: dict[str, np.ndarray], threads: int | None = None,
@@ -104,15 +105,14 @@ def profile_model(model: onnx.ModelProto, feeds: dict[str, np.ndarray], threads:
                 s.run(None, feeds)
                 times.append((time.perf_counter() - t0) * 1e3)
         runs = len(t_prof) + 3
-        kernels_us = _kernel_events(profiled.end_profiling())
+        kernels_us = _kernel_events(profiled.end_profiling(), runs)
         optimized = onnx.load(so.optimized_model_filepath, load_external_data=False).graph
     del profiled, plain
     plain_ms, profiled_ms = float(np.median(t_plain)), float(np.median(t_prof))
     n = max(1, len(kernels_us))
     overhead_us = max(0.0, (profiled_ms - plain_ms) * 1e3 / n)
     kernel_ms = {}
-    for name, us in kernels_us.items():
-        per_run = us / runs
+    for name, per_run in kernels_us.items():
         kernel_ms[name] = max(per_run - overhead_us, 0.2 * per_run) / 1e3
     return Profile(kernel_ms, optimized, plain_ms, profiled_ms, overhead_us, runs)
 

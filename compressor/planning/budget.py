@@ -300,7 +300,8 @@ def plan_for_latency(analysis: Analysis, scores: dict[int, np.ndarray], opts: Pl
             macs_of[key] = plan_cost(analysis, plan.keep)[0] / base
         knob_value = {} if knob.name == "macs_fraction" else {knob.name: round(fraction, 4)}
         steps.append({"macs_fraction": round(macs_of[key], 4), **knob_value,
-                      "latency_ms": round(reference_ms * sample.median, 4), "role": role, **sample.to_dict()})
+                      "latency_ms": round(reference_ms * sample.median, 4), "role": role, **sample.to_dict(),
+                      **({"held_removals": True} if getattr(knob, "held", None) is not None else {})})
 
     def plan_near(fraction: float) -> tuple[PruningPlan, float]:
         if fraction <= floor_f:
