@@ -29,10 +29,8 @@ table. A row meets the goal when ours / TP >= the goal and our MACs >= Torch-Pru
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
 import os
-import shlex
 import sys
 import time
 from statistics import median
@@ -40,7 +38,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_peers import onnx_cost, write_block  # noqa: E402
+from bench_peers import onnx_cost, run_meta, write_block  # noqa: E402
 from bench_target_latency import INPUT_SHAPE, OUT, THREADS, _compress, _f, prune_in_fresh_process  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -200,8 +198,6 @@ def main(argv: list[str] | None = None) -> int:
         data = json.loads(cache.read_text())
         text = markdown([Row(**r) for r in data["rows"]], data["meta"])
     else:
-        import onnxruntime as ort
-
         load_before = os.getloadavg()[0]
         rows = []
         for name in (m.strip() for m in args.models.split(",") if m.strip()):
@@ -214,13 +210,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"target speedup {_f(r.target_speedup, '.3f')}; engine ref "
                   f"{_f(r.engine_reference_ms, '.2f')} ms, aimed {_f(r.engine_target_ratio, '.3f')}, confirmed "
                   f"{_f(r.engine_ratio, '.3f')} {r.note}", flush=True)
-        shown = sys.argv[1:] if argv is None else argv
-        meta = {"command": (".venv-zoo/bin/python tools/bench_drop_layers.py " +
-                            " ".join(shlex.quote(a) for a in shown)).strip(),
-                "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-                "onnxruntime": ort.__version__, "load_before": load_before, "load_after": os.getloadavg()[0],
-                "goal": args.goal, "margin": args.margin, "tolerance": args.tolerance, "round_to": args.round_to,
-                "profile_table": not args.no_profile_table}
+        meta = run_meta("bench_drop_layers.py", argv, load_before, goal=args.goal, margin=args.margin,
+                        tolerance=args.tolerance, round_to=args.round_to, profile_table=not args.no_profile_table)
         text = markdown(rows, meta)
         (cache if not args.no_doc else cache.with_name("drop_layers_last.json")).write_text(
             json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=1))

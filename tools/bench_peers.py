@@ -578,6 +578,17 @@ BEGIN, END = "<!-- peers-table:begin -->", "<!-- peers-table:end -->"
 DOC_HEAD = "# Benchmarks\n\nMeasured latency of pruned models against peers; regenerate with the commands below.\n"
 
 
+def run_meta(script: str, argv: list[str] | None, load_before: float, **extra) -> dict:
+    """What a benchmark tool records about its run: the command as typed, when, onnxruntime's
+    version and the 1-min load before and after (plus ``extra``)."""
+    import onnxruntime as ort
+
+    shown = sys.argv[1:] if argv is None else argv
+    return {"command": (f".venv-zoo/bin/python tools/{script} " + " ".join(shlex.quote(a) for a in shown)).strip(),
+            "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"), "onnxruntime": ort.__version__,
+            "load_before": load_before, "load_after": os.getloadavg()[0], **extra}
+
+
 def write_block(path: Path, begin: str, end: str, text: str, title: str) -> None:
     """Replace the generated block between ``begin``/``end`` in ``path`` (or append it under ``title``)."""
     block = f"{begin}\n{text}{end}\n"

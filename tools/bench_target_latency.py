@@ -39,10 +39,8 @@ checked by ``compress bench --spinning``; its results go to their own cache
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
 import os
-import shlex
 import subprocess
 import sys
 import time
@@ -387,23 +385,15 @@ def main(argv: list[str] | None = None) -> int:
     known = ("table", "uniform", "keep-macs", "table+drop", "keep-macs+drop")
     if not allocations or not all(a in known for a in allocations):
         ap.error(f"--allocation must be among {', '.join(known)}, got {args.allocation!r}")
-    import onnxruntime as ort
+    sys.path.insert(0, str(ROOT / "tools"))
+    from bench_peers import run_meta
 
     load_before = os.getloadavg()[0]
     rows: list[Row] = []
     for i, name in enumerate(m.strip() for m in args.models.split(",") if m.strip()):
         print(f"[{i + 1}] {name}", flush=True)
         rows += run(name, fractions, args.min_time, round_tos, args.check_time, allocations)
-    shown = sys.argv[1:] if argv is None else argv
-    meta = {
-        "command": (".venv-zoo/bin/python tools/bench_target_latency.py " + " ".join(shlex.quote(a) for a in shown)).strip(),
-        "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "onnxruntime": ort.__version__,
-        "load_before": load_before,
-        "load_after": os.getloadavg()[0],
-        "check_time": args.check_time,
-        "spinning": SPINNING,
-    }
+    meta = run_meta("bench_target_latency.py", argv, load_before, check_time=args.check_time, spinning=SPINNING)
     OUT.mkdir(parents=True, exist_ok=True)
     if not args.no_doc:  # the cache is what --render writes the doc block from: only the doc's run
         cache_path().write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=1))

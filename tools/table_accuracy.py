@@ -21,7 +21,6 @@ for the same time).
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
 import os
 import sys
@@ -32,7 +31,7 @@ from statistics import mean
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_peers import write_block  # noqa: E402
+from bench_peers import run_meta, write_block  # noqa: E402
 
 OUT = ROOT / "out" / "peers"
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -148,8 +147,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--doc", default=str(DOC))
     ap.add_argument("--no-doc", action="store_true")
     args = ap.parse_args(argv)
-    import onnxruntime as ort
-
     load_before = os.getloadavg()[0]
     fractions = [float(f) for f in args.fractions.split(",")]
     results = []
@@ -159,10 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(f"[{name}]", flush=True)
         results.append(run_model(name, fractions, args.drop_layers))
-    shown = sys.argv[1:] if argv is None else argv
-    meta = {"command": (".venv-zoo/bin/python tools/table_accuracy.py " + " ".join(shown)).strip(),
-            "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"), "onnxruntime": ort.__version__,
-            "load_before": load_before, "load_after": os.getloadavg()[0], "drop_layers": args.drop_layers}
+    meta = run_meta("table_accuracy.py", argv, load_before, drop_layers=args.drop_layers)
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / ("table_accuracy.json" if not args.no_doc else "table_accuracy_last.json")).write_text(
         json.dumps({"meta": meta, "results": results}, indent=1))

@@ -49,7 +49,7 @@ def _strip(name: str) -> str:
 
 @dataclass
 class Profile:
-    """The dense model's kernels as onnxruntime ran them."""
+    """A model's kernels as onnxruntime ran them (profile_model)."""
 
     kernel_ms: dict[str, float]  # optimised node name -> ms per run, the profiler's own cost removed
     optimized: onnx.GraphProto  # onnxruntime's optimised graph (no weights needed)
@@ -313,7 +313,7 @@ def calibrate(table: LatencyTable, points: list[Point], profile: Profile | None 
                 seen.append(pt.layers[lyr.node])
         if probes:
             fit[lyr.node] = fit_layer(probes, seen)
-    cal = replace(table, fit={**table.fit, **fit}, _memo={})
+    cal = replace(table, fit={**table.fit, **fit})
     budget = max(0.0, table.reference_ms - cal.layers_ms(dense))
     rest_ms = points[0].rest if points else {}
     kernels_rest = sum(rest_ms.values())

@@ -231,7 +231,6 @@ class LatencyTable:
     retimed: int = 0  # grid points timed again as outliers (measure_table)
     fit: dict[str, tuple[float, float, float]] = field(default_factory=dict)  # layer node -> in-graph (slope, offset ms, lowest probe ms fitted) (calibrate.py)
     calibration: dict | None = None  # what a whole-model profile changed (calibrate.py), for the report
-    _memo: dict = field(default_factory=dict, repr=False)
 
     def layer_ms(self, layer: Layer, cin: int, cout: int) -> float:
         if cin <= 0 or cout <= 0:
