@@ -22,6 +22,7 @@ Calibration samples come from the *training* split (seeded); accuracy is on the 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import glob
 import json
 import sys
@@ -58,41 +59,59 @@ COSTS = ("importance", "sensitivity-random", "sensitivity-calibration")
 
 
 def finetune(name: str, dense: str, plan, out: Path, epochs: int, limit: int | None, x, y) -> dict:
-    """The plan's pruned model carried to torch (dense weights, then the verified report's slices),
-    fine-tuned ``epochs`` epochs (SGD lr 0.01 cosine, wd 5e-4, batch 128: phase B of the experiments'
-    --full setting) on ``limit`` training images, exported and evaluated. ``out``: the stem of
-    the files written (.pruned.onnx, .log, .onnx)."""
+    """The plan fine-tuned ``epochs`` epochs (SGD lr 0.01 cosine, wd 5e-4, batch 128: phase B of the
+    experiments' --full setting) on ``limit`` training images, by masks on the dense torch model
+    (exp/masked.py: the route that also carries groups removed whole), then written back into the
+    dense ONNX and pruned by the same plan, verified, evaluated. Both the untrained and the trained
+    masked torch model are checked against their pruned ONNX. ``out``: the stem of the files
+    written (.pruned.onnx, .tuned.onnx, .log, .onnx)."""
     import torch
 
     import models
     from compressor.data.torch_data import make_loader
-    from compressor.train.export import export
+    from exp.masked import PlanMasks, settle_constant_bn, store_onnx_weights
     from exp.runner import Log, train_phase
-    from exp.shrink import load_onnx_weights, shrink
+    from exp.shrink import load_onnx_weights
+
+    def check(model, path: Path, what: str) -> float:
+        model.eval()
+        with torch.no_grad():
+            ref = model(torch.from_numpy(x[:64])).numpy()
+        diff = float(np.abs(ref - onnx_logits(path, x[:64])).max() / max(float(np.abs(ref).max()), 1e-6))
+        if diff > 1e-4:
+            raise RuntimeError(f"{what}: the masked torch model differs from the pruned ONNX by {diff:.2e} (relative)")
+        return diff
 
     pruned = api.prune(dense, plan_in=plan, output=out.with_suffix(".pruned.onnx"), input_shapes=SHAPE)
     torch.manual_seed(0)
-    small = models.create_model(name, in_channels=1, num_classes=10, input_size=28)
-    load_onnx_weights(small, onnx.load(dense))
-    shrink(small, pruned.report["plan"])
-    small.eval()
-    with torch.no_grad():
-        diff = float(np.abs(small(torch.from_numpy(x[:64])).numpy()
-                            - onnx_logits(out.with_suffix(".pruned.onnx"), x[:64])).max())
-    if diff > 1e-3:
-        raise RuntimeError(f"the torch copy differs from the pruned ONNX by {diff}")
+    model = models.create_model(name, in_channels=1, num_classes=10, input_size=28)
+    load_onnx_weights(model, onnx.load(dense))
+    masks = PlanMasks(model, pruned.report["plan"])
     train = make_dataset("fashion-mnist", "train", limit=limit)
+    xs = torch.from_numpy(test_arrays(train)[0][:256])
+    settled = settle_constant_bn(model, xs)
+    check(model, out.with_suffix(".pruned.onnx"), "before fine-tuning")
     loader = make_loader(train, 128, shuffle=True, seed=0, drop_last=True)
-    _, info = train_phase(small, loader, epochs, 0.01, 5e-4, Log(out.with_suffix(".log")), f"FT {name}")
-    small.eval()
-    export(small, torch.zeros(1, 1, 28, 28), out.with_suffix(".onnx"), dynamic_batch=True)
+    _, info = train_phase(model, loader, epochs, 0.01, 5e-4, Log(out.with_suffix(".log")), f"FT {name}",
+                          reg_factory=lambda opt, *_: masks.attach(opt) and None)
+    settle_constant_bn(model, xs, keep="train")
+    proto = onnx.load(dense)
+    store_onnx_weights(model, proto)
+    onnx.save(proto, out.with_suffix(".tuned.onnx"))
+    tuned = api.prune(str(out.with_suffix(".tuned.onnx")), plan_in=plan, output=out.with_suffix(".onnx"),
+                      input_shapes=SHAPE)
+    if not tuned.report["verify"]["passed"]:
+        raise RuntimeError(f"the fine-tuned model's pruning failed its check: {tuned.report['verify']}")
+    diff = check(model, out.with_suffix(".onnx"), "after fine-tuning")
     return {"epochs": epochs, "train_images": len(train), "seconds": info["seconds"],
-            "accuracy": onnx_accuracy(out.with_suffix(".onnx"), x, y, 2)}
+            "removed_whole": pruned.report["removed_whole"]["groups"], "settled_bn_channels": settled,
+            "torch_vs_onnx": diff, "accuracy": onnx_accuracy(out.with_suffix(".onnx"), x, y, 2)}
 
 
 def evaluate(name: str, path: str, fractions: list[float], importance: str, n_calib: int, x, y, xcal,
              tmp: Path, ft_epochs: int = 0, ft_limit: int | None = None,
-             ft_costs: tuple[str, ...] = ("importance", "sensitivity-calibration")) -> list[dict]:
+             ft_costs: tuple[str, ...] = ("importance", "sensitivity-calibration"),
+             drop_layers: bool = False) -> list[dict]:
     proto = onnx.load(path)
     an = api.analyze(proto, input_shapes=SHAPE)
     scores, _ = api._scores(proto, an, importance, 0)
@@ -129,11 +148,11 @@ def evaluate(name: str, path: str, fractions: list[float], importance: str, n_ca
 
     rows = []
     for frac in fractions:
-        for cost in COSTS:
-            al = Allocator(an, scores, opts, table, sensitivity=sens.get(cost))
+        for cost, drop in [(c, False) for c in COSTS] + ([(c, True) for c in ft_costs] if drop_layers else []):
+            al = Allocator(an, scores, dataclasses.replace(opts, drop_layers=drop), table, sensitivity=sens.get(cost))
             plan, predicted = al.plan_for(frac)
-            row = {"model": name, "fraction": frac, "allocation": cost, "predicted": round(predicted, 3),
-                   "plan": measure(plan)}
+            row = {"model": name, "fraction": frac, "allocation": cost + ("+drop" if drop else ""),
+                   "predicted": round(predicted, 3), "plan": measure(plan)}
             for rt in (1, 8):  # uniform cuts at (at most) the same MACs, odd widths and multiples of 8
                 uni = plan_for_fraction(an, scores, PlanOptions(ratio=0.0, round_to=rt, importance=importance),
                                         "macs", row["plan"]["macs"] + 5e-4).plan
@@ -146,7 +165,7 @@ def evaluate(name: str, path: str, fractions: list[float], importance: str, n_ca
     if ft_epochs:
         done: dict[str, dict] = {}
         for row in rows:
-            if row["allocation"] not in ft_costs:
+            if row["allocation"].removesuffix("+drop") not in ft_costs:
                 continue
             for key in ("plan", "uniform_r8"):
                 p = row[key]
@@ -204,6 +223,8 @@ def main(argv=None) -> int:
                     help="also fine-tune the importance and calibration-sensitivity plans and their uniform x8 "
                     "counterparts this many epochs (torch) and report their accuracy")
     ap.add_argument("--finetune-limit", type=int, default=None, help="training images for fine-tuning (default all)")
+    ap.add_argument("--drop-layers", action="store_true",
+                    help="also plan the fine-tuned costs with --drop-layers (groups removed whole), as '<cost>+drop'")
     args = ap.parse_args(argv)
     todo = {}
     if args.model_path:
@@ -223,7 +244,8 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     for name, path in todo.items():
         rows += evaluate(name, path, fractions, args.importance, args.calibration, x, y, xcal, tmp,
-                         ft_epochs=args.finetune_epochs if not args.model_path else 0, ft_limit=args.finetune_limit)
+                         ft_epochs=args.finetune_epochs if not args.model_path else 0, ft_limit=args.finetune_limit,
+                         drop_layers=args.drop_layers)
     if args.markdown:
         print(markdown(rows))
     print(json.dumps({"seconds": round(time.perf_counter() - t0, 1)}))

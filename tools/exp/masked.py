@@ -1,0 +1,134 @@
+"""Fine-tune a pruning plan on the dense torch model under masks, then prune the ONNX with the result.
+
+``shrink`` rebuilds smaller torch modules from a plan, which cannot express a group removed whole
+(``--drop-layers``): torch has no convolution or BatchNorm with zero channels. This route keeps the
+dense architecture instead and makes it compute exactly what the pruned model computes:
+
+1. ``PlanMasks(model, slices)``: every tensor the report's ``plan`` slices is zeroed outside its
+   kept indices (weights, biases, BN affine), and ``reapply()`` zeroes them again after each
+   optimizer step. A removed channel is then exactly 0 wherever it is produced and no consumer
+   reads it (its input columns are 0 too), which is the masked original that compressor's oracle
+   compares a pruned model with.
+2. ``settle_constant_bn(model, x)``: a branch whose input group was removed whole feeds its last
+   BatchNorm a constant (0, or the conv's bias). In eval mode that BN outputs
+   ``beta + (c - running_mean) * gamma / sqrt(running_var + eps)``, in train mode only ``beta``.
+   For each BN channel whose input is constant on ``x``, the eval output is moved into ``beta``
+   and the running mean set to the constant, so that training and inference agree and fine-tuning
+   starts from the pruned model's own outputs (the branch's constant stays trainable through beta).
+3. After training, ``store_onnx_weights(model, proto)`` writes the weights back into the dense ONNX
+   (initializers named like state-dict entries, as ``compressor.train.export`` writes them), and the
+   same plan prunes it: compressor's surgery and oracle run on the fine-tuned weights, and the
+   caller checks the pruned ONNX against the masked torch model.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import torch
+from onnx import numpy_helper
+from torch import nn
+
+
+class PlanMasks:
+    """0/1 masks for the parameters a plan slices (buffers are left: no kept channel reads them)."""
+
+    def __init__(self, model: nn.Module, slices: list[dict]):
+        params = dict(model.named_parameters())
+        self.masks: dict[str, tuple[nn.Parameter, torch.Tensor]] = {}
+        unknown = []
+        for s in slices:
+            name = s["tensor"]
+            if name not in params:
+                if name not in dict(model.named_buffers()):
+                    unknown.append(name)
+                continue
+            p = params[name]
+            mask = self.masks[name][1] if name in self.masks else torch.ones_like(p, dtype=torch.bool)
+            axis = int(s["axis"])
+            keep = torch.zeros(p.shape[axis], dtype=torch.bool)
+            keep[torch.as_tensor([int(k) for k in s["kept"]], dtype=torch.long)] = True
+            shape = [1] * p.dim()
+            shape[axis] = -1
+            self.masks[name] = (p, mask & keep.view(shape))
+        if unknown:
+            raise KeyError(f"plan slices tensors that the torch model lacks: {sorted(set(unknown))[:5]}")
+        self.reapply()
+
+    @torch.no_grad()
+    def reapply(self) -> None:
+        for p, mask in self.masks.values():
+            p.mul_(mask)
+
+    def removed(self) -> int:
+        """Parameter entries held at 0."""
+        return int(sum((~m).sum() for _, m in self.masks.values()))
+
+    def attach(self, opt: torch.optim.Optimizer):
+        """Zero the masked entries again after every step of ``opt`` (momentum and weight decay
+        would otherwise move them). Returns the hook's handle."""
+        return opt.register_step_post_hook(lambda *_: self.reapply())
+
+
+@torch.no_grad()
+def settle_constant_bn(model: nn.Module, x: torch.Tensor, keep: str = "eval", tol: float = 0.0) -> int:
+    """Make train-mode and eval-mode BatchNorm agree on the channels whose input is constant on
+    ``x``; returns how many channels were settled. ``keep="eval"`` (before training) keeps the
+    eval-mode output (moved into ``beta``, see the module docstring); ``keep="train"`` (after
+    training) keeps the train-mode output, ``beta``: the running mean is set to the constant again
+    (weight decay on a bias before the BN may have moved the constant while training could not see
+    it)."""
+    if keep not in ("eval", "train"):
+        raise ValueError(f"keep must be 'eval' or 'train', not {keep!r}")
+    seen: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def hook(module, args):
+        inp = args[0].detach()
+        dims = [d for d in range(inp.dim()) if d != 1]
+        seen[module] = (inp.amin(dim=dims), inp.amax(dim=dims))
+
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    handles = [m.register_forward_pre_hook(hook) for m in bns]
+    was = model.training
+    model.eval()
+    try:
+        model(x)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was)
+    settled = 0
+    for m in bns:
+        if m not in seen or m.running_mean is None:
+            continue
+        lo, hi = seen[m]
+        const = (hi - lo) <= tol * torch.maximum(hi.abs(), lo.abs()).clamp_min(1e-30)
+        if not bool(const.any()):
+            continue
+        c = lo[const]
+        if keep == "eval":
+            gamma = m.weight[const] if m.weight is not None else torch.ones_like(c)
+            out = (c - m.running_mean[const]) * gamma / torch.sqrt(m.running_var[const] + m.eps)
+            if m.bias is None:
+                raise ValueError("a BatchNorm without a bias cannot hold a settled constant")
+            m.bias[const] += out
+        m.running_mean[const] = c
+        settled += int(const.sum())
+    return settled
+
+
+def store_onnx_weights(model: nn.Module, proto: onnx.ModelProto) -> int:
+    """Write ``model``'s state into ``proto``'s initializers of the same names and shapes (in place);
+    returns how many were written. The inverse of ``shrink.load_onnx_weights``."""
+    state = model.state_dict()
+    written = 0
+    for i, init in enumerate(proto.graph.initializer):
+        if init.name not in state:
+            continue
+        value = state[init.name].detach().cpu().numpy()
+        old = numpy_helper.to_array(init)
+        if tuple(old.shape) != tuple(value.shape):
+            raise ValueError(f"{init.name}: ONNX shape {old.shape} != torch {value.shape}")
+        proto.graph.initializer[i].CopyFrom(numpy_helper.from_array(np.asarray(value, dtype=old.dtype), init.name))
+        written += 1
+    return written
