@@ -14,7 +14,11 @@ Needs trained models from the experiments and Fashion-MNIST (`make data`):
 
     .venv-exp/bin/python tools/alloc_accuracy.py [--models resnet20,vgg11_small,mobilenet_v2_small]
         [--fractions 0.9,0.8,0.7] [--importance l1] [--calibration 256] [--markdown]
-        [--finetune-epochs E [--finetune-limit N]]
+        [--finetune-epochs E [--finetune-limit N] [--drop-layers]]
+
+Fine-tuning (``--finetune-epochs``) trains the dense torch model under the plan's masks
+(tools/exp/masked.py), writes the weights back into the dense ONNX and prunes it by the same plan;
+that route also carries ``--drop-layers`` plans, whose removed groups have no torch form.
 
 Calibration samples come from the *training* split (seeded); accuracy is on the 10k test split.
 """
@@ -142,6 +146,7 @@ def evaluate(name: str, path: str, fractions: list[float], importance: str, n_ca
             m.ir_version = min(m.ir_version, ort_max_ir_version())
             onnx.save(m, out)
             plans[key] = {"file": str(out), "macs": round(plan_cost(an, p.keep)[0] / macs0, 3),
+                          "removed_whole": sum(1 for g in p.groups if g.size and not g.kept),
                           "accuracy": onnx_accuracy(out, x, y, 2),
                           "widths": sorted((g.size, len(g.kept)) for g in p.groups if g.removed), "_plan": p}
         return plans[key]
@@ -198,9 +203,10 @@ def markdown(rows: list[dict]) -> str:
             a, u = r["plan"], r["uniform_r8"]
             if "finetuned" not in a:
                 continue
+            gone = sum(1 for _, kept in a["widths"] if kept == 0)
             out.append(f"| {r['model']} ({r['dense_accuracy']:.1%}) | {r['fraction']:.2f} ({r['predicted']:.3f}) | "
-                       f"{r['allocation']} | {a['macs']:.3f} | {a['latency_ratio']:.3f} | {a['accuracy']:.1%} | "
-                       f"**{a['finetuned']['accuracy']:.1%}** | {u['macs']:.3f} / {u['latency_ratio']:.3f} | "
+                       f"{r['allocation']}{f' ({gone} removed)' if gone else ''} | {a['macs']:.3f} | "
+                       f"{a['latency_ratio']:.3f} | {a['accuracy']:.1%} | **{a['finetuned']['accuracy']:.1%}** | {u['macs']:.3f} / {u['latency_ratio']:.3f} | "
                        f"{u['accuracy']:.1%} | **{u['finetuned']['accuracy']:.1%}** |")
         return "\n".join(out)
     for r in rows:
