@@ -10,7 +10,9 @@ model (CPU provider, spinning off), so the table shows measured latency next to 
 Needs trained models from the experiments and Fashion-MNIST (`make data`):
 - resnet20: ``tools/experiments.py run main --full --methods dense`` (runs/main/resnet20-dense-2x-s0-full-*/dense.onnx);
 - vgg11_small, mobilenet_v2_small: ``tools/experiments.py run models --methods dense``
-  (runs/models/<model>-dense-2x-s0-cpu-*/final.onnx).
+  (runs/models/<model>-dense-2x-s0-cpu-*/final.onnx);
+- densenet_bc22 (not in the default list): ``tools/experiments.py run models --models densenet_bc22
+  --methods dense --train-limit 16384``.
 
     .venv-exp/bin/python tools/alloc_accuracy.py [--models resnet20,vgg11_small,mobilenet_v2_small]
         [--fractions 0.9,0.8,0.7] [--importance l1] [--calibration 256] [--markdown]
@@ -58,7 +60,9 @@ MODELS = {
     "resnet20": "runs/main/resnet20-dense-2x-s0-full-*/dense.onnx",
     "vgg11_small": "runs/models/vgg11_small-dense-2x-s0-cpu-*/final.onnx",
     "mobilenet_v2_small": "runs/models/mobilenet_v2_small-dense-2x-s0-cpu-*/final.onnx",
+    "densenet_bc22": "runs/models/densenet_bc22-dense-2x-s0-cpu-*/final.onnx",
 }
+DEFAULT_MODELS = ["resnet20", "vgg11_small", "mobilenet_v2_small"]
 COSTS = ("importance", "sensitivity-random", "sensitivity-calibration")
 
 
@@ -219,7 +223,7 @@ def markdown(rows: list[dict]) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", default=",".join(MODELS), help="comma list of " + ", ".join(MODELS))
+    ap.add_argument("--models", default=",".join(DEFAULT_MODELS), help="comma list of " + ", ".join(MODELS))
     ap.add_argument("--model-path", default=None, help="one trained 1x1x28x28 classifier instead of --models")
     ap.add_argument("--fractions", default="0.9,0.8,0.7")
     ap.add_argument("--importance", default="l1")
