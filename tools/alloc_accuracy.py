@@ -19,7 +19,7 @@ Needs trained models from the experiments and Fashion-MNIST (`make data`):
         [--finetune-epochs E [--finetune-limit N] [--drop-layers]]
 
 Fine-tuning (``--finetune-epochs``) trains the dense torch model under the plan's masks
-(tools/exp/masked.py), writes the weights back into the dense ONNX and prunes it by the same plan;
+(compressor/train/finetune.py), writes the weights back into the dense ONNX and prunes it by the same plan;
 that route also carries ``--drop-layers`` plans, whose removed groups have no torch form.
 
 Calibration samples come from the *training* split (seeded); accuracy is on the 10k test split.
@@ -69,7 +69,7 @@ COSTS = ("importance", "sensitivity-random", "sensitivity-calibration")
 def finetune(name: str, dense: str, plan, out: Path, epochs: int, limit: int | None, x, y) -> dict:
     """The plan fine-tuned ``epochs`` epochs (SGD lr 0.01 cosine, wd 5e-4, batch 128: phase B of the
     experiments' --full setting) on ``limit`` training images, by masks on the dense torch model
-    (exp/masked.py: the route that also carries groups removed whole), then written back into the
+    (compressor/train/finetune.py: the route that also carries groups removed whole), then written back into the
     dense ONNX and pruned by the same plan, verified, evaluated. Both the untrained and the trained
     masked torch model are checked against their pruned ONNX. ``out``: the stem of the files
     written (.pruned.onnx, .tuned.onnx, .log, .onnx)."""
@@ -77,9 +77,8 @@ def finetune(name: str, dense: str, plan, out: Path, epochs: int, limit: int | N
 
     import models
     from compressor.data.torch_data import make_loader
-    from exp.masked import PlanMasks, settle_constant_bn, store_onnx_weights
+    from compressor.train.finetune import PlanMasks, load_onnx_weights, settle_constant_bn, store_onnx_weights
     from exp.runner import Log, train_phase
-    from exp.shrink import load_onnx_weights
 
     def check(model, path: Path, what: str) -> float:
         model.eval()

@@ -14,31 +14,10 @@ The result computes what the pruned ONNX computes; ``runner`` checks that on rea
 
 from __future__ import annotations
 
-import numpy as np
-import onnx
 import torch
-from onnx import numpy_helper
 from torch import nn
 
-
-def load_onnx_weights(model: nn.Module, proto: onnx.ModelProto) -> list[str]:
-    """Copy initializers named like state-dict entries into ``model``; returns missing keys."""
-    inits = {i.name: i for i in proto.graph.initializer}
-    state = model.state_dict()
-    missing = []
-    new = {}
-    for key, value in state.items():
-        if key in inits:
-            arr = numpy_helper.to_array(inits[key])
-            if tuple(arr.shape) != tuple(value.shape):
-                raise ValueError(f"{key}: ONNX shape {arr.shape} != torch {tuple(value.shape)}")
-            new[key] = torch.from_numpy(np.array(arr)).to(value.dtype)
-        else:
-            new[key] = value
-            if not key.endswith("num_batches_tracked"):
-                missing.append(key)
-    model.load_state_dict(new)
-    return missing
+from compressor.train.finetune import load_onnx_weights  # noqa: F401 - this module's step 1
 
 
 def _sliced(tensor: torch.Tensor, cuts: list[tuple[int, list[int]]]) -> torch.Tensor:

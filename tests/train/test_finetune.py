@@ -1,12 +1,10 @@
-"""Masked fine-tuning (tools/exp/masked.py) of a plan that removes groups whole (--drop-layers):
+"""Masked fine-tuning (compressor/train/finetune.py) of a plan that removes groups whole (--drop-layers):
 the dense torch model under the plan's masks computes the pruned ONNX before training, and after
 training steps (momentum, weight decay) the weights written back into the dense ONNX and pruned by
 the same plan compute the masked torch model."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,14 +13,10 @@ torch = pytest.importorskip("torch")
 import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tools"))
-
 import models  # noqa: E402
 from compressor import api  # noqa: E402
 from compressor.train.export import export  # noqa: E402
-from exp.masked import PlanMasks, settle_constant_bn, store_onnx_weights  # noqa: E402
-from exp.shrink import load_onnx_weights  # noqa: E402
+from compressor.train.finetune import PlanMasks, load_onnx_weights, settle_constant_bn, store_onnx_weights  # noqa: E402
 
 pytestmark = pytest.mark.torch
 SHAPE = ["1x1x28x28"]

@@ -1,9 +1,22 @@
-"""Fine-tune a pruning plan on the dense torch model under masks, then prune the ONNX with the result.
+"""Fine-tune a pruning plan in torch: the dense model under the plan's masks, then the ONNX pruned again.
 
-``shrink`` rebuilds smaller torch modules from a plan, which cannot express a group removed whole
-(``--drop-layers``): torch has no convolution or BatchNorm with zero channels. This route keeps the
-dense architecture instead and makes it compute exactly what the pruned model computes:
+A plan's pruned model can be rebuilt as smaller torch modules only where every group keeps a
+channel: torch has no convolution or BatchNorm with zero channels, so a plan that removes groups
+whole (``--drop-layers``) has no such form. This route keeps the dense architecture instead and
+makes it compute exactly what the pruned model computes. It needs a torch model whose state-dict
+names are the ONNX initializer names (``compressor.train.export`` writes them so)::
 
+    res = api.prune("model.onnx", target_latency=4.0, drop_layers=True, output="small.onnx")
+    load_onnx_weights(model, onnx.load("model.onnx"))
+    masks = PlanMasks(model, res.report["plan"])
+    settle_constant_bn(model, x_batch)
+    masks.attach(optimizer)
+    ...  # train as usual
+    settle_constant_bn(model, x_batch, keep="train")
+    proto = onnx.load("model.onnx"); store_onnx_weights(model, proto); onnx.save(proto, "tuned.onnx")
+    api.prune("tuned.onnx", plan_in=res.plan, output="small_tuned.onnx")  # verified as always
+
+0. ``load_onnx_weights(model, proto)``: the ONNX weights into the torch model, by name.
 1. ``PlanMasks(model, slices)``: every tensor the report's ``plan`` slices is zeroed outside its
    kept indices (weights, biases, BN affine), and ``reapply()`` zeroes them again after each
    optimizer step. A removed channel is then exactly 0 wherever it is produced and no consumer
@@ -28,6 +41,27 @@ import onnx
 import torch
 from onnx import numpy_helper
 from torch import nn
+
+
+def load_onnx_weights(model: nn.Module, proto: onnx.ModelProto) -> list[str]:
+    """Copy every initializer named like a state-dict entry into ``model`` (shapes must agree);
+    returns the state-dict keys that no initializer supplied (``num_batches_tracked`` aside)."""
+    inits = {i.name: i for i in proto.graph.initializer}
+    state = model.state_dict()
+    missing = []
+    new = {}
+    for key, value in state.items():
+        if key in inits:
+            arr = numpy_helper.to_array(inits[key])
+            if tuple(arr.shape) != tuple(value.shape):
+                raise ValueError(f"{key}: ONNX shape {arr.shape} != torch {tuple(value.shape)}")
+            new[key] = torch.from_numpy(np.array(arr)).to(value.dtype)
+        else:
+            new[key] = value
+            if not key.endswith("num_batches_tracked"):
+                missing.append(key)
+    model.load_state_dict(new)
+    return missing
 
 
 class PlanMasks:
@@ -119,7 +153,7 @@ def settle_constant_bn(model: nn.Module, x: torch.Tensor, keep: str = "eval", to
 
 def store_onnx_weights(model: nn.Module, proto: onnx.ModelProto) -> int:
     """Write ``model``'s state into ``proto``'s initializers of the same names and shapes (in place);
-    returns how many were written. The inverse of ``shrink.load_onnx_weights``."""
+    returns how many were written. The inverse of ``load_onnx_weights``."""
     state = model.state_dict()
     written = 0
     for i, init in enumerate(proto.graph.initializer):
