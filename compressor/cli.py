@@ -242,7 +242,8 @@ shape_option = click.option("--input-shape", "input_shapes", multiple=True, meta
 @click.option("--drop-layers", is_flag=True,
               help="Let the budget's allocation also remove a channel group whole where that is exact: the layers "
               "only it feeds leave the graph (a DenseNet layer, a residual branch, which becomes its bias). Needs "
-              "--target-latency, or --target-macs/--target-params with --sensitivity.")
+              "--target-latency, or --target-macs/--target-params with --sensitivity. Such plans are meant to be "
+              "fine-tuned: compressor.train.finetune trains them in PyTorch under the plan's masks.")
 @click.option("--calibration", type=click.Path(), metavar="FILE.npz|FILE.npy",
               help="Real input samples for --sensitivity (implies it): a .npz keyed by input name, or a .npy for "
               "a one-input model (first axis = samples).")

@@ -12,6 +12,9 @@ Typical loop (three added lines)::
         opt.step()
     scores = reg.importance()                                                   # 3
     export(model, example_input, "model.onnx", regularizer=reg)
+
+After pruning, ``compressor.train.finetune`` fine-tunes the plan in torch (the dense model under the
+plan's masks, so plans that remove groups whole work too) and the same plan prunes the result.
 """
 
 from __future__ import annotations
