@@ -10,11 +10,17 @@ removed keeps one per block. Most can go:
   and ``b`` is constant over everything but the output channels (likewise BatchNormalization's and
   LayerNormalization's ``B``, and Gemm's ``C``);
 - ``transpose(x) + b`` becomes ``transpose(x + b')`` (``b'`` permuted back) when that lets ``b'``
-  be absorbed or merged further up.
+  be absorbed or merged further up;
+- ``(a + s) + b`` (a residual sum) becomes ``(a + b) + s`` when ``b`` can be absorbed or merged
+  into ``a``'s producer;
+- ``relu(relu(y) + b)`` (a post-activation residual block, such as ResNet's, whose branch was
+  removed) becomes ``relu(y + min(b, 0)) + max(b, 0)`` when ``min(b, 0)`` can be absorbed
+  further up: the block leaves at most one Add, none when ``b`` <= 0.
 
 Each step is exact up to float rounding (the bias is added once, in another place), and the
 pruned model is verified against the masked original as always. Only the ``Add``/``Sub`` nodes
-the removal rewrote are touched.
+the removal rewrote are touched, with the ReLU right after one, the residual sums a constant
+passes and the biases it ends in.
 """
 
 from __future__ import annotations
@@ -180,7 +186,37 @@ def _sink(name: str, c: np.ndarray, g: _Graph, rank: int, depth: int = 0) -> boo
     if p.op_type == "Transpose":
         perm = _perm(p, rank)
         return perm is not None and _sink(p.input[0], c.transpose(np.argsort(perm)), g, rank, depth + 1)
+    if _live_sum(p, g):
+        return any(g.private(x) and _sink(x, c, g, rank, depth + 1) for x in p.input)
     return False
+
+
+def _live_sum(p: onnx.NodeProto, g: _Graph) -> bool:
+    """Is ``p`` an ``Add`` of two tensors, neither of them constant (a residual sum)?"""
+    return (p.op_type == "Add" and p.domain in ("", "ai.onnx") and len(p.input) == 2
+            and all(x and g.const(x) is None for x in p.input))
+
+
+def _reader(g: _Graph, name: str) -> onnx.NodeProto | None:
+    """The one node reading ``name`` (None unless exactly one does and it is no graph output)."""
+    if not g.private(name):
+        return None
+    for n in g.graph.node:
+        if name in n.input:
+            return n
+    return None
+
+
+def _move_up(g: _Graph, i: int, j: int) -> None:
+    """Move the node at index ``i`` to index ``j`` < ``i`` (it now computes an input of the node
+    that was there). Indices, not node objects: the graph's list is edited."""
+    if not j < i:
+        raise ValueError("a node moves up only")
+    nodes = g.graph.node
+    moved = onnx.NodeProto()
+    moved.CopyFrom(nodes[i])
+    del nodes[i]
+    nodes.insert(j, moved)
 
 
 def _perm(node: onnx.NodeProto, rank: int) -> list[int] | None:
@@ -259,7 +295,66 @@ def _step(node: onnx.NodeProto, g: _Graph, rank: int, replace_input: ReplaceInpu
         del nodes[i]
         nodes.insert(j, moved)
         return mid
+    if _live_sum(p, g):  # (a + s) + c  ->  (a + c) + s, where a's producer can take c
+        for k, x in enumerate(p.input):
+            if g.private(x) and _sink(x, c, g, rank):
+                del node.input[:]
+                node.op_type = "Add"
+                node.input.extend([x, ""])
+                replace_input(node, 1, c)
+                node.output[0] = live  # the sum's old output name now carries a + c
+                p.input[k] = live
+                p.output[0] = out
+                _move_up(g, _index(g, node), _index(g, p))
+                return live
+        return None
+    if p.op_type == "Relu" and p.domain in ("", "ai.onnx"):
+        return _relu_step(node, p, live, c, g, rank, replace_input)
     return None
+
+
+def _relu_step(node: onnx.NodeProto, p: onnx.NodeProto, live: str, c: np.ndarray, g: _Graph, rank: int,
+               replace_input: ReplaceInput) -> str | None:
+    """``relu(relu(y) + c)`` (a residual block with its ReLU after the sum, whose branch was
+    removed) is ``relu(y + min(c, 0)) + max(c, 0)``: where ``c`` < 0, adding it to ``y`` first
+    gives the same zeros and the same positives; where ``c`` >= 0 the outer ReLU changes nothing.
+    The first constant goes on up (into a bias) and the second stays as an Add, or goes when ``c`` has
+    no positive entry. Done only when the first can be absorbed further up (or is 0)."""
+    out = node.output[0]
+    r2 = _reader(g, out)
+    if r2 is None or r2.op_type != "Relu" or r2.domain not in ("", "ai.onnx") or not g.private(live):
+        return None
+    y = p.input[0]
+    neg = np.minimum(c, 0).astype(c.dtype)
+    pos = np.maximum(c, 0).astype(c.dtype)
+    has_neg, has_pos = bool(np.any(neg)), bool(np.any(pos))
+    if has_neg and not _sink(y, neg, g, rank):
+        return None
+    i_p, i_n, i_r = _index(g, p), _index(g, node), _index(g, r2)  # p < node < r2
+    if has_pos:  # relu(relu(.)) is relu: the outer one becomes the + max(c, 0)
+        r2.op_type = "Add"
+        del r2.attribute[:]
+        del r2.input[:]
+        r2.input.extend([out, ""])
+        replace_input(r2, 1, pos)
+        p.output[0] = out
+    else:
+        p.output[0] = r2.output[0]
+    if has_neg:
+        del node.input[:]
+        node.op_type = "Add"
+        node.input.extend([y, ""])
+        replace_input(node, 1, neg)
+        node.output[0] = live  # the inner ReLU's old output name now carries y + min(c, 0)
+        p.input[0] = live
+    nodes = g.graph.node
+    if not has_pos:
+        del nodes[i_r]
+    if not has_neg:
+        del nodes[i_n]
+        return ""
+    _move_up(g, i_n, i_p)
+    return live
 
 
 def absorb_constant_adds(graph: onnx.GraphProto, outputs: list[str], shape: Callable[[str], tuple | None],

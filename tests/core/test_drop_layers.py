@@ -72,7 +72,10 @@ def test_residual_branch_becomes_its_bias():
     r = res.report
     assert r["verify"]["passed"] and r["verify"]["max_rel_err"] < 1e-5
     assert ops(res.model).count("Conv") == 1  # the stem only: both branch convs left
-    assert r["removed_whole"] == {"groups": 1, "nodes": 3}
+    # relu(relu(stem) + b) became relu(stem + min(b, 0)) + max(b, 0): the block's convs, its Relu
+    # and the Add of the negative part left (that part went into the stem's bias)
+    assert r["removed_whole"] == {"groups": 1, "nodes": 4}
+    assert ops(res.model).count("Relu") == 1
     add = next(n for n in res.model.graph.node if n.op_type == "Add")
     inits = {t.name: t for t in res.model.graph.initializer}
     assert sum(i in inits for i in add.input) == 1  # identity + the second conv's bias, a constant
@@ -221,6 +224,47 @@ def test_allocator_predicts_what_a_removal_takes_out():
     assert alloc.removable(out.id, dense) and 0 in alloc._steps(out.id, dense)
 
 
+def _with_branch_bias(model, sign: float):
+    """``model`` with its block's last conv bias (8 outputs from 6 inputs) set to |b| * sign."""
+    import onnx
+    from onnx import numpy_helper
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    inits = {t.name: t for t in m.graph.initializer}
+    for n in m.graph.node:
+        if n.op_type == "Conv" and list(inits[n.input[1]].dims) == [8, 6, 3, 3]:
+            b = numpy_helper.to_array(inits[n.input[2]])
+            inits[n.input[2]].CopyFrom(numpy_helper.from_array(np.abs(b) * sign + 0.1 * sign, n.input[2]))
+    return m
+
+
+@pytest.mark.parametrize("sign, left", [(-1.0, ["Conv", "Relu"]), (1.0, ["Conv", "Relu", "Add"])])
+def test_a_removed_post_activation_block_leaves_at_most_one_add(sign, left):
+    """relu(relu(y) + b) = relu(y + min(b, 0)) + max(b, 0): with b <= 0 the block leaves nothing
+    (b went into the stem's bias), with b >= 0 one Add and no second Relu."""
+    m = _with_branch_bias(resnetish(), sign)
+    res = api.prune(m, plan_in=plan_removing(m, lambda g: g.size == 6))
+    assert res.report["verify"]["passed"] and res.report["verify"]["max_rel_err"] < 1e-5
+    assert ops(res.model)[:len(left)] == left and ops(res.model)[len(left):] == ["GlobalAveragePool", "Flatten", "Gemm"]
+
+
+def test_removed_blocks_after_a_kept_one_go_into_its_branch_bias():
+    """Two post-activation blocks, the second removed: relu(relu(a + s) + b) with a the kept
+    branch's conv; min(b, 0) passes the residual sum into that conv's bias; and with both blocks
+    removed the two constants merge first."""
+    m = _with_branch_bias(resnetish(blocks=2), -1.0)
+    an = api.analyze(m)
+    last = max(g.id for g in an.groups if g.size == 6)
+    res = api.prune(m, plan_in=plan_removing(m, lambda g: g.id == last))
+    assert res.report["verify"]["passed"] and res.report["verify"]["max_rel_err"] < 1e-5
+    assert ops(res.model).count("Relu") == 3 and "Add" in ops(res.model)  # stem, kept block (2): nothing of the removed one
+    assert ops(res.model).count("Add") == 1  # the kept block's residual sum only
+    both = api.prune(m, plan_in=plan_removing(m, lambda g: g.size == 6))
+    assert both.report["verify"]["passed"] and both.report["verify"]["max_rel_err"] < 1e-5
+    assert ops(both.model) == ["Conv", "Relu", "GlobalAveragePool", "Flatten", "Gemm"]
+
+
 def test_inspect_says_which_groups_can_go_whole(tmp_path):
     import json
 
@@ -230,7 +274,7 @@ def test_inspect_says_which_groups_can_go_whole(tmp_path):
     onnx.save(resnetish(), src)
     info = api.inspect(str(src))
     by_size = {g["size"]: g for g in info["group_list"] if g["prunable"]}
-    assert by_size[6]["removable_whole"] and by_size[6]["removal"] == {"nodes": 3}
+    assert by_size[6]["removable_whole"] and by_size[6]["removal"] == {"nodes": 4}
     assert not by_size[8]["removable_whole"] and "graph output" in by_size[8]["removal"]["blocked_by"]
     r = CliRunner().invoke(main, ["inspect", str(src)])
     assert r.exit_code == 0 and "whole" in r.output
