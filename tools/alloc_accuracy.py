@@ -99,8 +99,12 @@ def finetune(name: str, dense: str, plan, out: Path, epochs: int, limit: int | N
     settled = settle_constant_bn(model, xs)
     check(model, out.with_suffix(".pruned.onnx"), "before fine-tuning")
     loader = make_loader(train, 128, shuffle=True, seed=0, drop_last=True)
+
+    def hold_masks(opt, *_):  # train_phase's regularizer hook: no regularizer, only the masks
+        masks.attach(opt)
+
     _, info = train_phase(model, loader, epochs, 0.01, 5e-4, Log(out.with_suffix(".log")), f"FT {name}",
-                          reg_factory=lambda opt, *_: masks.attach(opt) and None)
+                          reg_factory=hold_masks)
     settle_constant_bn(model, xs, keep="train")
     proto = onnx.load(dense)
     store_onnx_weights(model, proto)

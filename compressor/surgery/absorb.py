@@ -207,6 +207,16 @@ def _reader(g: _Graph, name: str) -> onnx.NodeProto | None:
     return None
 
 
+def _as_add(node: onnx.NodeProto, x: str, c: np.ndarray, output: str, replace_input: ReplaceInput) -> None:
+    """Rewrite ``node`` in place as ``output = x + c``."""
+    node.op_type = "Add"
+    del node.attribute[:]
+    del node.input[:]
+    node.input.extend([x, ""])
+    replace_input(node, 1, c)
+    node.output[0] = output
+
+
 def _move_up(g: _Graph, i: int, j: int) -> None:
     """Move the node at index ``i`` to index ``j`` < ``i`` (it now computes an input of the node
     that was there). Indices, not node objects: the graph's list is edited."""
@@ -281,28 +291,15 @@ def _step(node: onnx.NodeProto, g: _Graph, rank: int, replace_input: ReplaceInpu
         if not _sink(p.input[0], back, g, rank):
             return None
         mid = live  # the transpose's old output name now carries x + c'
-        del node.input[:]
-        node.op_type = "Add"
-        node.input.extend([p.input[0], ""])
-        replace_input(node, 1, back)
-        node.output[0] = mid
+        _as_add(node, p.input[0], back, mid, replace_input)
         p.input[0] = mid
         p.output[0] = out
-        nodes = g.graph.node
-        i, j = _index(g, node), _index(g, p)
-        moved = onnx.NodeProto()
-        moved.CopyFrom(nodes[i])
-        del nodes[i]
-        nodes.insert(j, moved)
+        _move_up(g, _index(g, node), _index(g, p))
         return mid
     if _live_sum(p, g):  # (a + s) + c  ->  (a + c) + s, where a's producer can take c
         for k, x in enumerate(p.input):
             if g.private(x) and _sink(x, c, g, rank):
-                del node.input[:]
-                node.op_type = "Add"
-                node.input.extend([x, ""])
-                replace_input(node, 1, c)
-                node.output[0] = live  # the sum's old output name now carries a + c
+                _as_add(node, x, c, live, replace_input)  # the sum's old output name now carries a + c
                 p.input[k] = live
                 p.output[0] = out
                 _move_up(g, _index(g, node), _index(g, p))
@@ -322,7 +319,7 @@ def _relu_step(node: onnx.NodeProto, p: onnx.NodeProto, live: str, c: np.ndarray
     no positive entry. Done only when the first can be absorbed further up (or is 0)."""
     out = node.output[0]
     r2 = _reader(g, out)
-    if r2 is None or r2.op_type != "Relu" or r2.domain not in ("", "ai.onnx") or not g.private(live):
+    if r2 is None or r2.op_type != "Relu" or r2.domain not in ("", "ai.onnx"):
         return None
     y = p.input[0]
     neg = np.minimum(c, 0).astype(c.dtype)
@@ -332,20 +329,12 @@ def _relu_step(node: onnx.NodeProto, p: onnx.NodeProto, live: str, c: np.ndarray
         return None
     i_p, i_n, i_r = _index(g, p), _index(g, node), _index(g, r2)  # p < node < r2
     if has_pos:  # relu(relu(.)) is relu: the outer one becomes the + max(c, 0)
-        r2.op_type = "Add"
-        del r2.attribute[:]
-        del r2.input[:]
-        r2.input.extend([out, ""])
-        replace_input(r2, 1, pos)
+        _as_add(r2, out, pos, r2.output[0], replace_input)
         p.output[0] = out
     else:
         p.output[0] = r2.output[0]
-    if has_neg:
-        del node.input[:]
-        node.op_type = "Add"
-        node.input.extend([y, ""])
-        replace_input(node, 1, neg)
-        node.output[0] = live  # the inner ReLU's old output name now carries y + min(c, 0)
+    if has_neg:  # the inner ReLU's old output name now carries y + min(c, 0)
+        _as_add(node, y, neg, live, replace_input)
         p.input[0] = live
     nodes = g.graph.node
     if not has_pos:

@@ -69,12 +69,13 @@ class PlanMasks:
 
     def __init__(self, model: nn.Module, slices: list[dict]):
         params = dict(model.named_parameters())
+        buffers = dict(model.named_buffers())
         self.masks: dict[str, tuple[nn.Parameter, torch.Tensor]] = {}
         unknown = []
         for s in slices:
             name = s["tensor"]
             if name not in params:
-                if name not in dict(model.named_buffers()):
+                if name not in buffers:
                     unknown.append(name)
                 continue
             p = params[name]
@@ -105,7 +106,7 @@ class PlanMasks:
 
 
 @torch.no_grad()
-def settle_constant_bn(model: nn.Module, x: torch.Tensor, keep: str = "eval", tol: float = 0.0) -> int:
+def settle_constant_bn(model: nn.Module, x: torch.Tensor, keep: str = "eval") -> int:
     """Make train-mode and eval-mode BatchNorm agree on the channels whose input is constant on
     ``x``; returns how many channels were settled. ``keep="eval"`` (before training) keeps the
     eval-mode output (moved into ``beta``, see the module docstring); ``keep="train"`` (after
@@ -136,7 +137,7 @@ def settle_constant_bn(model: nn.Module, x: torch.Tensor, keep: str = "eval", to
         if m not in seen or m.running_mean is None:
             continue
         lo, hi = seen[m]
-        const = (hi - lo) <= tol * torch.maximum(hi.abs(), lo.abs()).clamp_min(1e-30)
+        const = hi == lo
         if not bool(const.any()):
             continue
         c = lo[const]
@@ -160,9 +161,9 @@ def store_onnx_weights(model: nn.Module, proto: onnx.ModelProto) -> int:
         if init.name not in state:
             continue
         value = state[init.name].detach().cpu().numpy()
-        old = numpy_helper.to_array(init)
-        if tuple(old.shape) != tuple(value.shape):
-            raise ValueError(f"{init.name}: ONNX shape {old.shape} != torch {value.shape}")
-        proto.graph.initializer[i].CopyFrom(numpy_helper.from_array(np.asarray(value, dtype=old.dtype), init.name))
+        if tuple(init.dims) != tuple(value.shape):
+            raise ValueError(f"{init.name}: ONNX shape {tuple(init.dims)} != torch {value.shape}")
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(init.data_type)
+        proto.graph.initializer[i].CopyFrom(numpy_helper.from_array(value.astype(dtype), init.name))
         written += 1
     return written

@@ -30,9 +30,10 @@ from compressor.importance.learned import learned_scores
 from compressor.train import from_model
 from compressor.train import regularizers as R
 from compressor.train.export import export
+from compressor.train.finetune import load_onnx_weights
 
 from exp.settings import METHODS, SCHEMA, RunConfig, reg_kwargs
-from exp.shrink import load_onnx_weights, shrink
+from exp.shrink import shrink
 from exp.widths import counts_for_cut, is_trunk, plan_from_counts
 
 

@@ -3,7 +3,7 @@
 Route (the simplest correct one for models exported with ``compressor.train.export``, which keeps
 torch parameter names as ONNX initializer names):
 
-1. ``load_onnx_weights(model, proto)``: copy every initializer whose name is a state-dict key into
+1. ``compressor.train.finetune.load_onnx_weights(model, proto)``: copy every initializer whose name is a state-dict key into
    a *plain* model of the same architecture (this also absorbs gates folded into BN at export);
 2. ``shrink(model, slices)``: apply the report's ``plan`` list (``{"tensor", "axis", "kept"}``) to
    those tensors and rebuild each Conv/BatchNorm/Linear with the new sizes (depthwise convs keep
@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-
-from compressor.train.finetune import load_onnx_weights  # noqa: F401 - this module's step 1
 
 
 def _sliced(tensor: torch.Tensor, cuts: list[tuple[int, list[int]]]) -> torch.Tensor:
