@@ -17,10 +17,18 @@ removed keeps one per block. Most can go:
   removed) becomes ``relu(y + min(b, 0)) + max(b, 0)`` when ``min(b, 0)`` can be absorbed
   further up: the block leaves at most one Add, none when ``b`` <= 0.
 
+A constant that cannot go up goes down (:func:`_forward`), when every node reading ``x + b``
+can make up for ``b`` exactly: a 1x1 unpadded conv or a Gemm takes ``W @ b`` into its bias, a
+BatchNormalization takes ``b`` out of its mean, the next residual sum ``(x + b) + s`` passes it
+into the other branch (``x + (s + b)``, absorbed there), a constant ``Add`` merges with it, and a
+global average pool or a flatten to 2-D carries it past (``mean(x + b) = mean(x) + b``). So a
+removed bottleneck block (ResNet-50's, RegNet's) leaves nothing; only a padded conv, which
+reaches the border padding differently, keeps the ``Add`` before it (ResNet-20's basic blocks).
+
 Each step is exact up to float rounding (the bias is added once, in another place), and the
 pruned model is verified against the masked original as always. Only the ``Add``/``Sub`` nodes
 the removal rewrote are touched, with the ReLU right after one, the residual sums a constant
-passes and the biases it ends in.
+passes, the nodes reading it and the biases it ends in.
 """
 
 from __future__ import annotations
@@ -41,8 +49,10 @@ class _Graph:
     """Producers, readers and constants of a graph being edited (rebuilt after every edit).
     ``const``: looked up before the graph's own initializers and Constant nodes."""
 
-    def __init__(self, graph: onnx.GraphProto, const: Callable[[str], np.ndarray | None] | None = None):
+    def __init__(self, graph: onnx.GraphProto, const: Callable[[str], np.ndarray | None] | None = None,
+                 same: dict[str, str] | None = None):
         self.graph = graph
+        self.same = same if same is not None else {}  # a tensor this module named -> one of its shape
         self._const = const
         self.outputs = {o.name for o in graph.output}
         self.producer: dict[str, onnx.NodeProto] = {}
@@ -243,9 +253,10 @@ def _index(g: _Graph, node: onnx.NodeProto) -> int:
 
 
 def _step(node: onnx.NodeProto, g: _Graph, rank: int, replace_input: ReplaceInput,
-          add_input: AddInput) -> str | None:
-    """One edit of the constant ``Add``/``Sub`` ``node``: None when nothing could be done, else the
-    name of the tensor the (merged or moved) constant ``Add`` now writes, or "" when it is gone."""
+          add_input: AddInput) -> list[str] | None:
+    """One edit of the constant ``Add``/``Sub`` ``node`` that moves its constant up: None when
+    nothing could be done, else the tensors the constant ``Add`` nodes it merged, moved or left now
+    write (empty when they are gone)."""
     split = _split(node, g)
     if split is None:
         return None
@@ -270,7 +281,7 @@ def _step(node: onnx.NodeProto, g: _Graph, rank: int, replace_input: ReplaceInpu
         replace_input(p, 1, merged)
         p.output[0] = out
         del g.graph.node[_index(g, node)]
-        return out
+        return [out]
     edit = _bias_edit(p, c, g, rank)
     if edit is not None:  # conv(x) + c  ->  conv with its bias + c
         slot, value = edit
@@ -282,7 +293,7 @@ def _step(node: onnx.NodeProto, g: _Graph, rank: int, replace_input: ReplaceInpu
             add_input(p, value)
         p.output[0] = out
         del g.graph.node[_index(g, node)]
-        return ""
+        return []
     if p.op_type == "Transpose":  # transpose(x) + c  ->  transpose(x + c')
         perm = _perm(p, rank)
         if perm is None:
@@ -295,7 +306,7 @@ def _step(node: onnx.NodeProto, g: _Graph, rank: int, replace_input: ReplaceInpu
         p.input[0] = mid
         p.output[0] = out
         _move_up(g, _index(g, node), _index(g, p))
-        return mid
+        return [mid]
     if _live_sum(p, g):  # (a + s) + c  ->  (a + c) + s, where a's producer can take c
         for k, x in enumerate(p.input):
             if g.private(x) and _sink(x, c, g, rank):
@@ -303,7 +314,7 @@ def _step(node: onnx.NodeProto, g: _Graph, rank: int, replace_input: ReplaceInpu
                 p.input[k] = live
                 p.output[0] = out
                 _move_up(g, _index(g, node), _index(g, p))
-                return live
+                return [live]
         return None
     if p.op_type == "Relu" and p.domain in ("", "ai.onnx"):
         return _relu_step(node, p, live, c, g, rank, replace_input)
@@ -311,12 +322,13 @@ def _step(node: onnx.NodeProto, g: _Graph, rank: int, replace_input: ReplaceInpu
 
 
 def _relu_step(node: onnx.NodeProto, p: onnx.NodeProto, live: str, c: np.ndarray, g: _Graph, rank: int,
-               replace_input: ReplaceInput) -> str | None:
+               replace_input: ReplaceInput) -> list[str] | None:
     """``relu(relu(y) + c)`` (a residual block with its ReLU after the sum, whose branch was
     removed) is ``relu(y + min(c, 0)) + max(c, 0)``: where ``c`` < 0, adding it to ``y`` first
     gives the same zeros and the same positives; where ``c`` >= 0 the outer ReLU changes nothing.
-    The first constant goes on up (into a bias) and the second stays as an Add, or goes when ``c`` has
-    no positive entry. Done only when the first can be absorbed further up (or is 0)."""
+    The first constant goes on up (into a bias) and the second stays as an Add (which may then go on
+    down, :func:`_forward`), or goes when ``c`` has no positive entry. Done only when the first can be
+    absorbed further up (or is 0)."""
     out = node.output[0]
     r2 = _reader(g, out)
     if r2 is None or r2.op_type != "Relu" or r2.domain not in ("", "ai.onnx"):
@@ -337,13 +349,221 @@ def _relu_step(node: onnx.NodeProto, p: onnx.NodeProto, live: str, c: np.ndarray
         _as_add(node, y, neg, live, replace_input)
         p.input[0] = live
     nodes = g.graph.node
+    left = [r2.output[0]] if has_pos else []
     if not has_pos:
         del nodes[i_r]
     if not has_neg:
         del nodes[i_n]
-        return ""
+        return left
     _move_up(g, i_n, i_p)
-    return live
+    return [live, *left]
+
+
+def _vector(c: np.ndarray, n: int) -> np.ndarray | None:
+    """A constant that varies along axis 1 only, as a length-``n`` vector (None if it is not one)."""
+    if c.ndim < 2 or not _only_on(c, {1}) or c.shape[1] not in (1, n):
+        return None
+    return np.broadcast_to(c.reshape(-1).astype(np.float64), (n,))
+
+
+def _fresh(g: _Graph, base: str) -> str:
+    names = set(g.producer) | set(g.readers) | set(g.inits)
+    k, name = 0, f"{base}_c"
+    while name in names:
+        k += 1
+        name = f"{base}_c{k}"
+    return name
+
+
+def _add_after(g: _Graph, producer_out: str, c: np.ndarray, replace_input: ReplaceInput) -> str:
+    """Make the node writing ``producer_out`` write a fresh tensor, and an ``Add`` of ``c`` to it
+    write ``producer_out`` right after it; returns ``producer_out`` (the new Add's output). Finds
+    the producer by name: node objects do not outlive an insertion into the graph's list."""
+    nodes = g.graph.node
+    i = next(k for k, n in enumerate(nodes) if producer_out in n.output)
+    fresh = _fresh(g, producer_out)
+    slot = list(nodes[i].output).index(producer_out)
+    nodes[i].output[slot] = fresh
+    add = onnx.NodeProto(op_type="Add", name=f"{nodes[i].name or producer_out}/folded_constant",
+                         input=[fresh, ""], output=[producer_out])
+    replace_input(add, 1, c)
+    nodes.insert(i + 1, add)
+    g.producer[fresh] = g.producer[producer_out] = add  # names only: keeps _fresh's view current
+    g.same[fresh] = g.same.get(producer_out, producer_out)
+    return producer_out
+
+
+#: a reader's edit: rewires and edits it, and returns what must be inserted after (a callable
+#: returning the tensors its new constant Add writes), or None
+Edit = Callable[[], Callable[[], list[str]] | None]
+
+
+def _reader_edit(r: onnx.NodeProto, z: str, x: str, c: np.ndarray, g: _Graph, rank: int,
+                 shape: Callable[[str], tuple | None], replace_input: ReplaceInput,
+                 add_input: AddInput) -> Edit | None:
+    """How reader ``r`` of ``z = x + c`` can read ``x`` instead and make up for ``c`` exactly (an
+    :data:`Edit`), or None if it cannot."""
+    if r.domain not in ("", "ai.onnx"):
+        return None
+    slots = [k for k, name in enumerate(r.input) if name == z]
+    op = r.op_type
+
+    def rewire() -> None:
+        for k in slots:
+            r.input[k] = x
+
+    if op == "Conv" and slots == [0] and _foldable_conv(r, g):
+        w = g.const(r.input[1])
+        group = int(_attr(r, "group", 1))
+        cin = w.shape[1] * group
+        v = _vector(c, cin)
+        if v is None:
+            return None
+        m = w.shape[0]
+        per = w.reshape(m, w.shape[1], -1).sum(axis=2).astype(np.float64)  # a 1x1 kernel: its one tap
+        groups = v.reshape(group, w.shape[1])
+        delta = np.einsum("gmi,gi->gm", per.reshape(group, m // group, w.shape[1]), groups).reshape(m)
+        bias = g.const(r.input[2]) if len(r.input) > 2 and r.input[2] else None
+        if len(r.input) > 2 and r.input[2] and bias is None:
+            return None
+
+        def conv() -> None:
+            rewire()
+            if bias is None:
+                add_input(r, delta.astype(w.dtype))
+            else:
+                replace_input(r, 2, (bias + delta).astype(bias.dtype))
+        return conv
+    if op == "BatchNormalization" and slots == [0] and len(r.input) == 5 and not _attr(r, "training_mode", 0):
+        mean = g.const(r.input[3])
+        if mean is None or mean.ndim != 1:
+            return None
+        v = _vector(c, mean.shape[0])
+        if v is None:
+            return None
+
+        def bn() -> None:
+            rewire()
+            replace_input(r, 3, (mean - v).astype(mean.dtype))
+        return bn
+    if op == "Add" and len(slots) == 1 and len(r.input) == 2:
+        other = r.input[1 - slots[0]]
+        c2 = g.const(other)
+        if c2 is not None:  # (x + c) + c2  ->  x + (c + c2)
+            merged = _as_rank(np.asarray(c2), rank)
+            if merged is None:
+                return None
+
+            def merge():
+                rewire()
+                replace_input(r, 1 - slots[0], (c + merged).astype(c.dtype))
+                out = r.output[0]
+                return lambda: [out]
+            return merge
+        if shape(other) != shape(z) or not g.private(other) or not _sink(other, c, g, rank):
+            return None
+
+        def branch():  # (x + c) + s  ->  x + (s + c), where s's producer takes c
+            rewire()
+            return lambda: [_add_after(g, other, c, replace_input)]
+        return branch
+    if op == "GlobalAveragePool" and slots == [0] and _only_on(c, {0, 1}):
+        def pool():  # the mean over positions of x + c is mean(x) + c
+            rewire()
+            out = r.output[0]
+            return lambda: [_add_after(g, out, c, replace_input)]
+        return pool
+    if op == "Flatten" and slots == [0] and int(_attr(r, "axis", 1)) == 1:
+        dims = shape(z)
+        if dims is None or len(dims) < 2 or any(d != 1 for d in dims[2:]) or c.shape[0] != 1:
+            return None
+        flat = c.reshape(1, -1)
+
+        def flatten():  # (N, C, 1, ..) -> (N, C): the constant flattens with it
+            rewire()
+            out = r.output[0]
+            return lambda: [_add_after(g, out, flat, replace_input)]
+        return flatten
+    if op == "Gemm" and slots == [0] and rank == 2 and not _attr(r, "transA", 0):
+        b = g.const(r.input[1])
+        alpha, beta = float(_attr(r, "alpha", 1.0)), float(_attr(r, "beta", 1.0))
+        if b is None or b.ndim != 2 or beta == 0.0 or c.shape[0] != 1:
+            return None
+        bmat = (b.T if _attr(r, "transB", 0) else b).astype(np.float64)
+        if c.shape[1] not in (1, bmat.shape[0]):
+            return None
+        delta = alpha * (np.broadcast_to(c.astype(np.float64), (1, bmat.shape[0])) @ bmat) / beta
+        bias = g.const(r.input[2]) if len(r.input) > 2 and r.input[2] else None
+        if len(r.input) > 2 and r.input[2] and bias is None:
+            return None
+
+        def gemm() -> None:
+            rewire()
+            if bias is None:
+                add_input(r, delta.reshape(-1).astype(b.dtype))
+            else:
+                new = bias + delta.reshape(-1) if bias.ndim <= 1 else bias + delta
+                replace_input(r, 2, new.astype(bias.dtype))
+        return gemm
+    return None
+
+
+def _foldable_conv(node: onnx.NodeProto, g: _Graph) -> bool:
+    """A conv that maps an input constant over positions to an output constant over positions: a
+    1x1 (every kernel dim 1) with no padding and constant weights."""
+    if len(node.input) < 2:
+        return False
+    dims = g.dims(node.input[1])
+    pads = _attr(node, "pads", None) or []
+    auto = _attr(node, "auto_pad", b"NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else auto
+    return (dims is not None and len(dims) >= 3 and all(k == 1 for k in dims[2:]) and not any(pads)
+            and auto in ("NOTSET", "VALID"))
+
+
+def _safe(shape: Callable[[str], tuple | None]) -> Callable[[str], tuple | None]:
+    """``shape`` that answers None for a tensor it does not know (one this module named)."""
+    def get(name: str) -> tuple | None:
+        try:
+            dims = shape(name)
+        except (KeyError, TypeError, ValueError):
+            return None
+        return None if dims is None else tuple(dims)
+    return get
+
+
+def _forward(node: onnx.NodeProto, g: _Graph, rank: int, shape: Callable[[str], tuple | None],
+             replace_input: ReplaceInput, add_input: AddInput) -> list[str] | None:
+    """``z = x + c`` whose constant cannot go up goes down: every reader of ``z`` reads ``x`` and
+    makes up for ``c`` exactly (a 1x1 unpadded conv or a Gemm in its bias, a BatchNormalization in
+    its mean, a residual sum in the other branch's bias, a constant Add by merging, a global
+    average pool or a flatten to 2-D by carrying it past). All readers or none: returns the tensors
+    the constant ``Add`` nodes it created write, or None."""
+    split = _split(node, g)
+    if split is None:
+        return None
+    x, c = split
+    c = _as_rank(c, rank)
+    z = node.output[0]
+    shape = _safe(shape)
+    if c is None or z in g.outputs or shape(x) is None or shape(x) != shape(z):
+        return None
+    readers = [n for n in g.graph.node if z in n.input]
+    if not readers:
+        return None
+    edits = []
+    for r in readers:
+        e = _reader_edit(r, z, x, c, g, rank, shape, replace_input, add_input)
+        if e is None:
+            return None
+        edits.append(e)
+    after = [e() for e in edits]  # every reader edited before any node is inserted
+    del g.graph.node[next(k for k, n in enumerate(g.graph.node) if z in n.output)]
+    out: list[str] = []
+    for insert in after:
+        if insert is not None:
+            out.extend(insert())
+    return out
 
 
 def absorb_constant_adds(graph: onnx.GraphProto, outputs: list[str], shape: Callable[[str], tuple | None],
@@ -355,8 +575,11 @@ def absorb_constant_adds(graph: onnx.GraphProto, outputs: list[str], shape: Call
     :func:`absorbed`)."""
     before = len(graph.node)
     pending = list(outputs)
-    for _ in range(4 * len(pending) + 8):  # every edit removes a node or moves a constant up a transpose
-        g = _Graph(graph, const)
+    same: dict[str, str] = {}
+    known = _safe(shape)
+    shape = lambda name: known(same.get(name, name))  # noqa: E731
+    for _ in range(8 * len(pending) + 16):  # every edit removes a node or moves a constant past one
+        g = _Graph(graph, const, same)
         changed = False
         for name in list(pending):
             node = g.producer.get(name)
@@ -368,12 +591,12 @@ def absorb_constant_adds(graph: onnx.GraphProto, outputs: list[str], shape: Call
                 pending.remove(name)
                 continue
             now = _step(node, g, len(dims), replace_input, add_input)
+            if now is None:
+                now = _forward(node, g, len(dims), shape, replace_input, add_input)
             if now is not None:
                 changed = True
-                if now:
-                    pending[pending.index(name)] = now
-                else:
-                    pending.remove(name)
+                k = pending.index(name)
+                pending[k:k + 1] = now
                 break
             pending.remove(name)  # nothing to do now; an edit elsewhere cannot change that
         if not changed:
