@@ -496,7 +496,7 @@ def _latency_plan(proto, an, scores, opts, target_ms, provider, spec, tol, fallb
         timer = ort_layer_timer(provider, meter.threads, spinning=spinning)
         table = measure_table(an, default_opset(proto), timer, reference, opts.round_to,
                               lambda n: fewest_kept(n, opts.min_channels),
-                              progress=True, overhead_ms=call_overhead_ms(timer))
+                              progress=True, overhead_ms=call_overhead_ms(timer), leftovers=opts.drop_layers)
         if profile_table:
             table = _profiled_table(table, proto, an, scores, opts, spec, meter, spinning)
 

@@ -133,7 +133,7 @@ def evaluate(name: str, path: str, fractions: list[float], importance: str, n_ca
     timer = ort_layer_timer("cpu", 2)
     table = measure_table(an, default_opset(proto), timer, dense_ms, opts.round_to,
                           fewest_kept,
-                          overhead_ms=call_overhead_ms(timer))
+                          overhead_ms=call_overhead_ms(timer), leftovers=True)
     inp = next(iter(spec.shapes))
     sens = {}
     for cost in COSTS[1:]:

@@ -66,7 +66,7 @@ def run_model(name: str, fractions: list[float], drop_layers: bool, threads: int
     reference = median_interval(meter.reference_ms(min_time_s=3.0))[1]
     timer = ort_layer_timer("cpu", threads)
     raw = measure_table(an, default_opset(proto), timer, reference, opts.round_to, floor,
-                        progress=True, overhead_ms=call_overhead_ms(timer))
+                        progress=True, overhead_ms=call_overhead_ms(timer), leftovers=drop_layers)
     table_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     fitted = api._profiled_table(raw, proto, an, scores, opts, spec, meter, False)

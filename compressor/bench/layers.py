@@ -12,6 +12,11 @@ bound work whose cost follows the number of activation elements it moves. The re
 the model's measured latency minus the layers' dense sum, and it scales with the activation
 elements the plan keeps.
 
+With ``--drop-layers`` the table also times, at each residual sum's shape, the constant ``Add`` a
+removed block may leave there (``leftover_probe``): where a padded conv reads it, no bias can take
+it (surgery/absorb.py), and it runs as a kernel of its own, with layout conversions around it, in
+the place of a sum the dense model ran fused into a conv.
+
 ``predict(widths)`` is then the model's latency for any widths, in ms. The latency budget planner
 (planning/allocate.py) uses it to decide where channels are cheapest to remove per unit of
 importance; the whole pruned model is still measured before a plan is accepted.
@@ -231,6 +236,16 @@ class LatencyTable:
     retimed: int = 0  # grid points timed again as outliers (measure_table)
     fit: dict[str, tuple[float, float, float]] = field(default_factory=dict)  # layer node -> in-graph (slope, offset ms, lowest probe ms fitted) (calibrate.py)
     calibration: dict | None = None  # what a whole-model profile changed (calibrate.py), for the report
+    leftover: dict[tuple, float] = field(default_factory=dict)  # residual-sum shape -> ms of a constant Add left there
+
+    def leftover_ms(self, shape: tuple | None, elements: float, dense_elements: float) -> float:
+        """What a constant ``Add`` a removal leaves on a tensor of dense ``shape`` costs, with
+        ``elements`` of its ``dense_elements`` kept (in proportion: the kernel and its layout
+        conversions move every element). 0 where no probe was taken for that shape."""
+        ms = self.leftover.get(tuple(shape)) if shape is not None else None
+        if not ms or dense_elements <= 0:
+            return 0.0
+        return ms * max(elements, 0.0) / dense_elements
 
     def layer_ms(self, layer: Layer, cin: int, cout: int) -> float:
         if cin <= 0 or cout <= 0:
@@ -291,43 +306,114 @@ class LatencyTable:
                 "rest_dense_ms": round(self.rest_ms, 4), "call_overhead_ms": round(self.overhead_ms, 5),
                 "rest_nodes": len(self.rest_nodes), "retimed": self.retimed,
                 "reference_ms": round(self.reference_ms, 4),
+                **({"leftover_add_ms": {"x".join(map(str, k)): round(v, 5) for k, v in self.leftover.items()}}
+                   if self.leftover else {}),
                 **({"calibration": self.calibration} if self.calibration is not None else {})}
+
+
+def tensor_elements(analysis: Analysis, name: str) -> Linear | None:
+    """The elements of tensor ``name`` as a linear function of the widths (a tensor with channels
+    on two axes is linearised around the dense widths); None if its shape is not static."""
+    shape = analysis.index.shape(name) if name else None
+    if not shape or any(not isinstance(d, int) for d in shape):
+        return None
+    prunable = {g.id for g in analysis.prunable}
+    table = analysis.ctx.table
+    total = float(math.prod(shape))
+    axes = analysis.ctx.layout_map.get(name, {})
+    if not axes:
+        return total, {}
+    const, coef, shares = 0.0, {}, 0.0
+    for ax, lay in axes.items():
+        if ax >= len(shape) or shape[ax] <= 0:
+            continue
+        per_channel = total / shape[ax]
+        for g, inner in table.normalize(lay):
+            r = table.find(g)
+            if r in prunable:
+                coef[r] = coef.get(r, 0.0) + per_channel * inner
+                shares += table.size(g) * inner / shape[ax]
+    return const + total * max(0.0, 1.0 - shares), coef
 
 
 def _rest_nodes(analysis: Analysis, layer_nodes: set[str]) -> list[tuple[str, Linear]]:
     """Per node that is not a layer: the activation elements it writes, as a linear function of
-    widths (a tensor with channels on two axes is linearised around the dense widths)."""
+    widths."""
     index = analysis.index
-    prunable = {g.id for g in analysis.prunable}
-    table = analysis.ctx.table
     out: list[tuple[str, Linear]] = []
     for node in index.nodes:
         label = index.node_label(node)
         if label in layer_nodes or node.op_type == "Constant":
             continue
-        const, coef = 0.0, {}
-        for name in node.output:
-            shape = index.shape(name) if name else None
-            if not shape or any(not isinstance(d, int) for d in shape):
-                continue
-            total = float(math.prod(shape))
-            axes = analysis.ctx.layout_map.get(name, {})
-            if not axes:
-                const += total
-                continue
-            shares = 0.0
-            for ax, lay in axes.items():
-                if ax >= len(shape) or shape[ax] <= 0:
-                    continue
-                per_channel = total / shape[ax]
-                for g, inner in table.normalize(lay):
-                    r = table.find(g)
-                    if r in prunable:
-                        coef[r] = coef.get(r, 0.0) + per_channel * inner
-                        shares += table.size(g) * inner / shape[ax]
-            const += total * max(0.0, 1.0 - shares)
-        out.append((label, (const, coef)))
+        out.append((label, sum_linear(lin for lin in (tensor_elements(analysis, o) for o in node.output)
+                                      if lin is not None)))
     return out
+
+
+def residual_shapes(analysis: Analysis) -> list[tuple[int, ...]]:
+    """The distinct static 4-D shapes of the tensors residual sums write (``Add`` of two computed
+    tensors): where a removed block may leave a constant ``Add`` (surgery/absorb.py)."""
+    index = analysis.index
+    out: list[tuple[int, ...]] = []
+    for node in index.nodes:
+        if node.op_type != "Add" or len(node.input) != 2 or any(index.is_const(x) for x in node.input):
+            continue
+        shape = index.shape(node.output[0])
+        if shape and len(shape) == 4 and all(isinstance(d, int) and d > 0 for d in shape):
+            if tuple(shape) not in out:
+                out.append(tuple(shape))
+    return out
+
+
+#: channels in and out of the convs around a leftover probe's Add: narrow, so that the convs cost
+#: little beside it (a multiple of onnxruntime's blocked-layout channel block)
+PROBE_EDGE = 16
+
+
+def leftover_probe(shape: tuple[int, ...], with_add: bool, opset: int) -> onnx.ModelProto:
+    """``x -> 1x1 conv -> relu -> (+ a per-channel constant) -> a residual block`` (padded 3x3
+    convs, narrow inside), the middle tensor of ``shape``: the constant ``Add`` a removed block
+    leaves where the next block reads it (it passes every reader but a padded conv,
+    surgery/absorb.py), to be timed against the same model without it. In the dense model the
+    residual sum there ran fused into the conv before it; the ReLU keeps onnxruntime from folding
+    the constant into that conv's bias, and the next block's sum reads the Add too, as it does in
+    the model (onnxruntime then converts its layout)."""
+    n, c, h, w = shape
+    e = PROBE_EDGE
+    rng = np.random.default_rng(0)
+    inits = []
+
+    def const(name: str, dims: list[int]) -> str:
+        inits.append(onnx.numpy_helper.from_array(_weights(rng, dims), name))
+        return name
+
+    nodes = [helper.make_node("Conv", ["x", const("w1", [c, e, 1, 1]), const("b1", [c])], ["h0"], kernel_shape=[1, 1]),
+             helper.make_node("Relu", ["h0"], ["h"])]
+    mid = "h"
+    if with_add:
+        nodes.append(helper.make_node("Add", ["h", const("k", [1, c, 1, 1])], ["hk"]))
+        mid = "hk"
+    nodes += [helper.make_node("Conv", [mid, const("w2", [e, c, 3, 3]), const("b2", [e])], ["r0"],
+                               kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+              helper.make_node("Relu", ["r0"], ["r"]),
+              helper.make_node("Conv", ["r", const("w3", [c, e, 3, 3]), const("b3", [c])], ["s"],
+                               kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+              helper.make_node("Add", [mid, "s"], ["t"]),
+              helper.make_node("Relu", ["t"], ["y"])]
+    graph = helper.make_graph(nodes, "leftover_probe", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [n, e, h, w])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(shape))], initializer=inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
+
+
+def time_leftover(time_layer: TimeFn, shape: tuple[int, ...], opset: int, repeats: int = 3) -> float:
+    """ms a constant Add left at ``shape`` adds (:func:`leftover_probe` with and without it, each
+    the fastest of ``repeats`` readings taken in turn)."""
+    with_add, without = leftover_probe(shape, True, opset), leftover_probe(shape, False, opset)
+    best = [math.inf, math.inf]
+    for _ in range(repeats):
+        best[0] = min(best[0], time_layer(with_add))
+        best[1] = min(best[1], time_layer(without))
+    return max(0.0, best[0] - best[1])
 
 
 def sum_linear(parts) -> Linear:
@@ -363,13 +449,16 @@ def _retime_outliers(ms: np.ndarray, retime: Callable[[int, int], float]) -> int
 
 
 def measure_table(analysis: Analysis, opset: int, time_layer: TimeFn, reference_ms: float, step: int,
-                  floor: Callable[[int], int], progress: bool = False, overhead_ms: float = 0.0) -> LatencyTable:
+                  floor: Callable[[int], int], progress: bool = False, overhead_ms: float = 0.0,
+                  leftovers: bool = False) -> LatencyTable:
     """Measure each distinct layer on its grid with ``time_layer(model) -> ms`` (one-node models).
 
     ``reference_ms``: the whole dense model measured on the same provider; what the layers' dense
     sum leaves of it is the rest. ``floor(dense_count)``: the fewest channels a plan may keep of a
     dimension of that size (the grid starts there). ``overhead_ms``: the cost of one run call of an
-    empty model on this provider, subtracted from every probe (the whole model pays it once)."""
+    empty model on this provider, subtracted from every probe (the whole model pays it once).
+    ``leftovers``: also time, at each residual sum's shape, the constant ``Add`` a removed block
+    may leave there (:func:`leftover_probe`, for ``--drop-layers``)."""
     start = time.monotonic()
     layers = find_layers(analysis, opset)
     widths = {g.id: g.size for g in analysis.prunable}
@@ -412,9 +501,15 @@ def measure_table(analysis: Analysis, opset: int, time_layer: TimeFn, reference_
         grids[gkey] = (cins, [lyr.dense_cout] if lyr.depthwise else couts, np.maximum(0.0, ms - overhead_ms))
     if bar is not None:
         bar.close()
+    leftover = {}
+    if leftovers:
+        for shape in residual_shapes(analysis):
+            leftover[shape] = time_leftover(time_layer, shape, opset)
+            probes += 6
     rest_nodes = _rest_nodes(analysis, {lyr.node for lyr in layers})
     table = LatencyTable(layers, grids, 0.0, sum_linear(lin for _, lin in rest_nodes), widths,
-                         overhead_ms, 0.0, probes, reference_ms, rest_nodes=rest_nodes, retimed=retimed)
+                         overhead_ms, 0.0, probes, reference_ms, rest_nodes=rest_nodes, retimed=retimed,
+                         leftover=leftover)
     table.rest_ms = max(0.0, reference_ms - table.layers_ms(widths))
     table.seconds = time.monotonic() - start
     return table

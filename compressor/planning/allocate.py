@@ -20,7 +20,8 @@ layer whose channels are cheap to remove is not emptied to pay for the others. W
 ``PlanOptions.drop_layers`` every group also offers, from any width, the step to none at all,
 where surgery/drop.py can remove it whole (a residual branch, a DenseNet layer). Its cost is the
 whole group's importance (or its sensitivity with every channel removed, or its MACs); what it
-saves is every layer and rest node that leaves the graph with it.
+saves is every layer and rest node that leaves the graph with it, less the constant ``Add`` nodes
+it leaves behind (surgery/absorb.py), at what the table timed one at that place.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import math
 import numpy as np
 
 from compressor.analysis.groups import Analysis
-from compressor.bench.layers import LatencyTable
+from compressor.bench.layers import LatencyTable, _value
 from compressor.importance.sensitivity import Sensitivity
 from compressor.planning.plan import (
     GroupDecision,
@@ -113,9 +114,10 @@ class Allocator:
 
     def _effect(self, removed: frozenset) -> tuple:
         """Removing ``removed`` whole: (why not, or None; the table layers it takes out; per table
-        (latency, MACs) the elements of the rest nodes it takes out)."""
+        (latency, MACs) the elements of the rest nodes it takes out; the constant Adds it leaves, as
+        (dense shape, elements) of the tensors they write)."""
         if removed not in self._effects:
-            from compressor.bench.layers import sum_linear
+            from compressor.bench.layers import sum_linear, tensor_elements
             from compressor.surgery.drop import removal_effect
 
             eff = removal_effect(self.analysis, set(removed))
@@ -124,7 +126,10 @@ class Allocator:
             for t in (self.table, self.macs):
                 if t is not None:
                     rest[id(t)] = sum_linear(lin for label, lin in t.rest_nodes if label in eff.gone)
-            self._effects[removed] = (eff.why, layers, rest)
+            index = self.analysis.index
+            left = [(index.shape(name), lin) for name in eff.left
+                    if (lin := tensor_elements(self.analysis, name)) is not None]
+            self._effects[removed] = (eff.why, layers, rest, left)
         return self._effects[removed]
 
     def _removed(self, widths: dict[int, int]) -> frozenset:
@@ -137,9 +142,14 @@ class Allocator:
         return self._effect(removed)[1] if removed else frozenset()
 
     def _rest(self, widths: dict[int, int], t: LatencyTable) -> float:
-        """The table's rest at ``widths``, without the nodes removed groups take out."""
+        """The table's rest at ``widths``, without the nodes removed groups take out and with the
+        constant Adds they leave (each a kernel where the dense model fused a residual sum)."""
         removed = self._removed(widths)
-        return t.rest(widths, self._effect(removed)[2][id(t)]) if removed else t.rest(widths)
+        if not removed:
+            return t.rest(widths)
+        _, _, rest, left = self._effect(removed)
+        return t.rest(widths, rest[id(t)]) + sum(
+            t.leftover_ms(shape, _value(lin, widths), _value(lin, self.dense)) for shape, lin in left)
 
     def removable(self, gid: int, widths: dict[int, int]) -> bool:
         """Can group ``gid`` be removed whole, beside the groups ``widths`` already removes?"""

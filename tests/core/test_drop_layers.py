@@ -269,6 +269,39 @@ def test_allocator_predicts_what_a_removal_takes_out():
     assert alloc.removable(out.id, dense) and 0 in alloc._steps(out.id, dense)
 
 
+def test_a_removal_that_leaves_an_add_is_charged_for_it():
+    """The Add a removed block leaves before a padded conv is a kernel of its own where the dense
+    model fused a residual sum: removal_effect names the tensor it writes, the table times it at
+    each residual sum's shape (leftover_probe with and without it), and the allocation's
+    prediction carries it. A removal that leaves nothing is charged nothing."""
+    import dataclasses
+
+    from compressor.bench.layers import measure_table
+    from compressor.importance import score_groups
+    from compressor.planning.allocate import Allocator
+    from tests.core.test_latency_table import _bilinear_timer
+
+    def timer(model) -> float:
+        if model.graph.name == "leftover_probe":
+            return 0.5 if any(n.op_type == "Add" and "k" in n.input for n in model.graph.node) else 0.2
+        return _bilinear_timer(model)
+
+    for sign, tail, left in ((1.0, "conv3x3", 1), (-1.0, "conv3x3", 0), (1.0, "gemm", 0)):
+        m = _with_branch_bias(resnetish(tail=tail), sign)
+        an = api.analyze(m)
+        block = next(g for g in an.prunable if g.size == 6)
+        assert len(removal_effect(an, {block.id}).left) == left, (sign, tail)
+        table = measure_table(an, 17, timer, reference_ms=5.0, step=1, floor=lambda n: max(1, n // 4),
+                              leftovers=True)
+        assert table.leftover == {(1, 8, 8, 8): pytest.approx(0.3)}
+        opts = PlanOptions(round_to=1, drop_layers=True)
+        charged = Allocator(an, score_groups(an, "l2"), opts, table)
+        bare = Allocator(an, score_groups(an, "l2"), opts, dataclasses.replace(table, leftover={}))
+        removed = {**charged.dense, block.id: 0}
+        assert charged.predict(removed) - bare.predict(removed) == pytest.approx(0.3 * left)
+        assert charged.predict(charged.dense) == bare.predict(bare.dense)
+
+
 def _with_branch_bias(model, sign: float, dims=(8, 6, 3, 3)):
     """``model`` with its blocks' last conv biases (weights of ``dims``) set to |b| * sign."""
     import onnx

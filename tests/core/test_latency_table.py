@@ -310,3 +310,23 @@ def test_grouped_conv_probes_run_at_multiples_of_their_groups():
     grouped = [(gr, cout) for gr, cout in probed if gr == 6]
     assert grouped and all(cout % 24 == 0 or cout == 12 for _, cout in grouped), grouped
     assert table.probes + table.retimed == len(probed)
+
+
+def test_leftover_probe_is_a_block_read_through_the_constant_add():
+    """The leftover probe: with the Add, both the next block's conv and its residual sum read the
+    constant Add's output; without it, the same model reads the ReLU. Both run on onnxruntime."""
+    import onnx
+
+    from compressor.bench.layers import leftover_probe, time_leftover
+
+    shape = (1, 24, 5, 5)
+    for with_add in (True, False):
+        m = leftover_probe(shape, with_add, 17)
+        onnx.checker.check_model(m, full_check=True)
+        readers = [n.op_type for n in m.graph.node if ("hk" if with_add else "h") in n.input]
+        assert readers == ["Conv", "Add"]
+        assert sum(n.op_type == "Add" for n in m.graph.node) == (2 if with_add else 1)
+        s = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+        (y,) = s.run(None, {"x": np.ones((1, 16, 5, 5), np.float32)})
+        assert y.shape == shape
+    assert time_leftover(ort_layer_timer("cpu", 1, min_time_s=0.001, min_runs=2), shape, 17, repeats=1) >= 0.0
