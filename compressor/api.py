@@ -131,7 +131,7 @@ def prune(model, *, ratio: float = 0.5, output: str | os.PathLike | None = None,
           prune_norms: bool = True, verify_model: bool = True, tolerance: float = 1e-4,
           seed: int = 0, spinning: bool = False, keep_macs: bool = False,
           drop_layers: bool = False, target_speedup: float | None = None,
-          profile_table: bool = True) -> PruneResult:
+          profile_table: bool = True, reprobe: bool = False) -> PruneResult:
     """Prune a model; verify it against the masked original; write it atomically if ``output``.
 
     Exact transforms run first when asked (each proven against its own input): ``merge_learned``
@@ -182,6 +182,12 @@ def prune(model, *, ratio: float = 0.5, output: str | os.PathLike | None = None,
     (surgery/absorb.py). Needs an allocated
     budget: ``target_latency`` with the latency table, or ``target_macs``/``target_params`` with
     sensitivity.
+
+    ``reprobe``: with the sensitivity allocation, measure the sensitivities again on the plan the
+    allocation has reached at each pivot (planning/allocate.py, ``PIVOTS``: 0.9, 0.8, ... of the
+    dense cost) and go on from there with them: a group's cost is then what it costs beside the
+    groups already cut, not alone on the dense model. One more sensitivity measurement per pivot
+    passed.
 
     ``prune_norms``: a LayerNorm over the channel axis is pruned through (its statistics then run
     over the kept channels; the oracle's reference computes it so); False freezes those groups.
@@ -241,6 +247,9 @@ def prune(model, *, ratio: float = 0.5, output: str | os.PathLike | None = None,
                          "the latency table), --target-macs or --target-params")
     if calibration is not None and not sensitivity:
         raise UsageError("--calibration data is used by --sensitivity only")
+    if reprobe and not sensitivity:
+        raise UsageError("--reprobe re-measures the sensitivity allocation's costs: it needs --sensitivity (with "
+                         "--target-latency and the latency table, or --target-macs/--target-params)")
     if drop_layers and not ((latency_goal and latency_table)
                             or ((target_macs is not None or target_params is not None) and sensitivity)):
         raise UsageError("--drop-layers lets a budget's allocation remove whole groups: it needs --target-latency "
@@ -280,7 +289,15 @@ def prune(model, *, ratio: float = 0.5, output: str | os.PathLike | None = None,
                 whole = removable_groups(an) if drop_layers else ()
                 sens_cache.append(measure_sensitivity(an, scores, feeds, inputs=described, progress=True,
                                                       whole=whole))
+                sens_cache.append(lambda widths: measure_sensitivity(an, scores, feeds, inputs=described,
+                                                                     progress=True, whole=whole, base=widths))
             return sens_cache[0]
+
+        def reprobes():
+            if not reprobe:
+                return None
+            sensitivities()
+            return sens_cache[1]
 
         def choose(o: PlanOptions) -> PruningPlan:
             if (target_macs is not None or target_params is not None) and sensitivity:
@@ -288,7 +305,8 @@ def prune(model, *, ratio: float = 0.5, output: str | os.PathLike | None = None,
                 from compressor.planning.allocate import plan_for_allocated
 
                 kind, frac = ("macs", target_macs) if target_macs is not None else ("params", target_params)
-                res = plan_for_allocated(an, scores, o, kind, frac, sensitivities(), default_opset(proto))
+                res = plan_for_allocated(an, scores, o, kind, frac, sensitivities(), default_opset(proto),
+                                         reprobe=reprobes())
                 res.details["importance_kept"] = importance_kept(an, scores, res.plan)
                 extra["budget"] = res.to_dict()
                 return res.plan
@@ -303,7 +321,7 @@ def prune(model, *, ratio: float = 0.5, output: str | os.PathLike | None = None,
                                     spinning=spinning,
                                     fallback_to_1=round_defaulted, use_table=latency_table,
                                     sensitivity=sensitivities if sensitivity else None, keep_macs=keep_macs,
-                                    profile_table=profile_table)
+                                    profile_table=profile_table, reprobe=reprobes)
                 res.details["importance_kept"] = importance_kept(an, scores, res.plan)
                 extra["budget"] = res.to_dict()
                 return res.plan
@@ -445,7 +463,7 @@ def _profiled_table(table, proto, an, scores, opts, spec, meter, spinning):
 
 def _latency_plan(proto, an, scores, opts, target_ms, provider, spec, tol, fallback_to_1: bool = False,
                   use_table: bool = True, sensitivity=None, spinning: bool = False, keep_macs: bool = False,
-                  speedup: float | None = None, profile_table: bool = True):
+                  speedup: float | None = None, profile_table: bool = True, reprobe=None):
     """Read the target against the dense model measured here (3 s alone, after a warm-up), then
     search on pruned/dense ratios timed interleaved. ``reference_pooled_ms``: the median of every
     dense run of the search, to show how far the machine's load drifted meanwhile.
@@ -461,7 +479,8 @@ def _latency_plan(proto, an, scores, opts, target_ms, provider, spec, tol, fallb
     the groups' measured output changes (importance/sensitivity.py), the allocation's costs.
     ``speedup``: the target is this reference reading / ``speedup`` (and stays that ratio: the
     reference is not re-read). ``profile_table``: fit the table to profiles of the whole model
-    (``_profiled_table``)."""
+    (``_profiled_table``). ``reprobe``: a callable giving the sensitivity re-measurement on a plan's
+    widths (or None), for the Allocator's pivots."""
     from compressor.bench.ratio import RatioMeter, RatioPrecision, median_interval
     from compressor.planning.budget import LatencySearch, LatencyTargetError
 
@@ -512,7 +531,8 @@ def _latency_plan(proto, an, scores, opts, target_ms, provider, spec, tol, fallb
         if table is None:
             return None
         from compressor.planning.allocate import Allocator, TableKnob
-        return TableKnob(Allocator(an, scores, o, table, sensitivity=sens, macs=macs))
+        return TableKnob(Allocator(an, scores, o, table, sensitivity=sens, macs=macs,
+                                   reprobe=reprobe() if reprobe is not None and sens is not None else None))
 
     multiples = [opts.round_to] + ([m for m in LATENCY_FALLBACK if m < opts.round_to] if fallback_to_1 else [])
     missed = []

@@ -239,6 +239,10 @@ shape_option = click.option("--input-shape", "input_shapes", multiple=True, meta
 @click.option("--keep-macs", is_flag=True,
               help="With --target-latency: allocate the cut so that the plan keeps the most MACs the target allows "
               "(each step removes the fewest MACs per millisecond saved) instead of by sensitivity.")
+@click.option("--reprobe", is_flag=True,
+              help="With --sensitivity: measure the sensitivities again on the plan the allocation has reached at "
+              "0.9, 0.8, 0.7, ... of the dense cost, and go on from each with them (a group then costs what it "
+              "costs beside the groups already cut). One more measurement per step passed.")
 @click.option("--drop-layers", is_flag=True,
               help="Let the budget's allocation also remove a channel group whole where that is exact: the layers "
               "only it feeds leave the graph (a DenseNet layer, a residual branch, which becomes its bias). Needs "
@@ -276,7 +280,7 @@ shape_option = click.option("--input-shape", "input_shapes", multiple=True, meta
 @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
 def prune_command(model, output, ratio, global_ranking, round_to, target_macs, target_params, target_latency,
                   target_speedup, latency_tolerance,
-                  latency_table, profile_table, sensitivity, keep_macs, drop_layers, calibration, min_channels, exclude, importance, input_shapes, plan_out, plan_in, merge_tol, merge_learned,
+                  latency_table, profile_table, sensitivity, keep_macs, reprobe, drop_layers, calibration, min_channels, exclude, importance, input_shapes, plan_out, plan_in, merge_tol, merge_learned,
                   fold_constants, freeze_norms, no_verify, tolerance, seed, bench, provider, spinning, dry_run,
                   as_json, debug):
     """Prune MODEL's channel groups and write a verified, smaller model."""
@@ -291,7 +295,7 @@ def prune_command(model, output, ratio, global_ranking, round_to, target_macs, t
                         target_macs=target_macs, target_params=target_params, target_latency=target_latency,
                         target_speedup=target_speedup, latency_tolerance=latency_tolerance,
                         provider=provider, latency_table=latency_table, profile_table=profile_table,
-                        sensitivity=sensitivity, keep_macs=keep_macs,
+                        sensitivity=sensitivity, keep_macs=keep_macs, reprobe=reprobe,
                         drop_layers=drop_layers,
                         calibration=calibration, merge_identical=merge_tol, merge_learned=merge_learned,
                         fold_constants=fold_constants, prune_norms=not freeze_norms,

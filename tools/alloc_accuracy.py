@@ -17,6 +17,11 @@ Needs trained models from the experiments and Fashion-MNIST (`make data`):
     .venv-exp/bin/python tools/alloc_accuracy.py [--models resnet20,vgg11_small,mobilenet_v2_small]
         [--fractions 0.9,0.8,0.7] [--importance l1] [--calibration 256] [--markdown]
         [--finetune-epochs E [--finetune-limit N] [--drop-layers]]
+        [--costs importance,sensitivity-random,sensitivity-calibration,sensitivity-reprobed]
+        [--finetune-costs importance,sensitivity-calibration]
+
+``sensitivity-reprobed`` plans with the calibration sensitivity re-measured on the plan reached at
+each pivot of the allocation (``--reprobe``, planning/allocate.py).
 
 Fine-tuning (``--finetune-epochs``) trains the dense torch model under the plan's masks
 (compressor/train/finetune.py), writes the weights back into the dense ONNX and prunes it by the same plan;
@@ -53,6 +58,7 @@ from compressor.planning.allocate import Allocator, fewest_kept  # noqa: E402
 from compressor.planning.budget import plan_cost, plan_for_fraction  # noqa: E402
 from compressor.planning.plan import PlanOptions  # noqa: E402
 from compressor.surgery import apply_plan  # noqa: E402
+from compressor.surgery.drop import removable_groups  # noqa: E402
 from exp.runner import onnx_accuracy, onnx_logits, test_arrays  # noqa: E402
 
 SHAPE = ["1x1x28x28"]
@@ -64,6 +70,7 @@ MODELS = {
 }
 DEFAULT_MODELS = ["resnet20", "vgg11_small", "mobilenet_v2_small"]
 COSTS = ("importance", "sensitivity-random", "sensitivity-calibration")
+REPROBED = "sensitivity-reprobed"  # calibration sensitivity, measured again at each pivot (--reprobe)
 
 
 def finetune(name: str, dense: str, plan, out: Path, epochs: int, limit: int | None, x, y) -> dict:
@@ -122,7 +129,7 @@ def finetune(name: str, dense: str, plan, out: Path, epochs: int, limit: int | N
 def evaluate(name: str, path: str, fractions: list[float], importance: str, n_calib: int, x, y, xcal,
              tmp: Path, ft_epochs: int = 0, ft_limit: int | None = None,
              ft_costs: tuple[str, ...] = ("importance", "sensitivity-calibration"),
-             drop_layers: bool = False) -> list[dict]:
+             drop_layers: bool = False, costs: tuple[str, ...] = COSTS) -> list[dict]:
     proto = onnx.load(path)
     an = api.analyze(proto, input_shapes=SHAPE)
     scores, _ = api._scores(proto, an, importance, 0)
@@ -135,13 +142,20 @@ def evaluate(name: str, path: str, fractions: list[float], importance: str, n_ca
                           fewest_kept,
                           overhead_ms=call_overhead_ms(timer), leftovers=True)
     inp = next(iter(spec.shapes))
-    sens = {}
-    for cost in COSTS[1:]:
+    sens, reprobe = {}, {}
+    whole = removable_groups(an) if drop_layers else ()
+    for cost in ("sensitivity-random", "sensitivity-calibration"):
+        if cost not in costs and not (cost == "sensitivity-calibration" and REPROBED in costs):
+            continue
         data = {inp: xcal[:n_calib]} if cost == "sensitivity-calibration" else None
         feeds, described = calibration_feeds(spec, data)
-        sens[cost] = measure_sensitivity(an, scores, feeds, inputs=described)
+        sens[cost] = measure_sensitivity(an, scores, feeds, inputs=described, whole=whole)
         print(json.dumps({"model": name, "sensitivity": cost, "seconds": round(sens[cost].seconds, 2),
                           "runs": sens[cost].runs}), flush=True)
+        if cost == "sensitivity-calibration" and REPROBED in costs:  # the same feeds, on each pivot's plan
+            sens[REPROBED] = sens[cost]
+            reprobe[REPROBED] = (lambda f, d: lambda widths: measure_sensitivity(
+                an, scores, f, inputs=d, whole=whole, base=widths))(feeds, described)
     macs0 = plan_cost(an, {})[0]
     plans: dict[tuple, dict] = {}  # plan key -> {"file", "macs", "accuracy", "latency_ratio"}
 
@@ -160,8 +174,10 @@ def evaluate(name: str, path: str, fractions: list[float], importance: str, n_ca
 
     rows = []
     for frac in fractions:
-        for cost, drop in [(c, False) for c in COSTS] + ([(c, True) for c in ft_costs] if drop_layers else []):
-            al = Allocator(an, scores, dataclasses.replace(opts, drop_layers=drop), table, sensitivity=sens.get(cost))
+        for cost, drop in [(c, False) for c in costs] + ([(c, True) for c in ft_costs if c in costs]
+                                                          if drop_layers else []):
+            al = Allocator(an, scores, dataclasses.replace(opts, drop_layers=drop), table, sensitivity=sens.get(cost),
+                           reprobe=reprobe.get(cost))
             plan, predicted = al.plan_for(frac)
             row = {"model": name, "fraction": frac, "allocation": cost + ("+drop" if drop else ""),
                    "predicted": round(predicted, 3), "plan": measure(plan)}
@@ -236,6 +252,11 @@ def main(argv=None) -> int:
                     help="also fine-tune the importance and calibration-sensitivity plans and their uniform x8 "
                     "counterparts this many epochs (torch) and report their accuracy")
     ap.add_argument("--finetune-limit", type=int, default=None, help="training images for fine-tuning (default all)")
+    ap.add_argument("--costs", default=",".join(COSTS),
+                    help="allocation costs to plan with: " + ", ".join((*COSTS, REPROBED)) + f" ({REPROBED}: "
+                    "the calibration sensitivity re-measured on the plan reached at each pivot, --reprobe)")
+    ap.add_argument("--finetune-costs", default="importance,sensitivity-calibration",
+                    help="which of --costs to fine-tune (with their uniform x8 counterparts)")
     ap.add_argument("--drop-layers", action="store_true",
                     help="also plan the fine-tuned costs with --drop-layers (groups removed whole), as '<cost>+drop'")
     args = ap.parse_args(argv)
@@ -258,7 +279,8 @@ def main(argv=None) -> int:
     for name, path in todo.items():
         rows += evaluate(name, path, fractions, args.importance, args.calibration, x, y, xcal, tmp,
                          ft_epochs=args.finetune_epochs if not args.model_path else 0, ft_limit=args.finetune_limit,
-                         drop_layers=args.drop_layers)
+                         drop_layers=args.drop_layers, costs=tuple(args.costs.split(",")),
+                         ft_costs=tuple(args.finetune_costs.split(",")))
     if args.markdown:
         print(markdown(rows))
     print(json.dumps({"seconds": round(time.perf_counter() - t0, 1)}))

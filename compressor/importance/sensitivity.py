@@ -49,6 +49,10 @@ class Sensitivity:
     inputs: str = "random"
     runs: int = 0
     seconds: float = 0.0
+    #: probed on top of a plan (re-probing): group id -> the removed fraction it had there, where
+    #: its sensitivity starts from 0; ``raw`` is then the change beyond that plan's own
+    base: dict[int, float] = field(default_factory=dict)
+    base_change: float = 0.0  # the plan's own output change (re-probing)
     errors: dict[int, np.ndarray] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -56,10 +60,12 @@ class Sensitivity:
 
     def at(self, gid: int, removed_fraction: float) -> float:
         """Interpolated sensitivity of group ``gid`` with ``removed_fraction`` of it removed (0 for a
-        group that was not probed: nothing to compare it on)."""
-        if gid not in self.errors or removed_fraction <= 0:
+        group that was not probed: nothing to compare it on; 0 up to its base fraction when
+        re-probed on a plan)."""
+        start = self.base.get(gid, 0.0)
+        if gid not in self.errors or removed_fraction <= start:
             return 0.0
-        xs = np.concatenate([[0.0], self.fractions[gid]])
+        xs = np.concatenate([[start], self.fractions[gid]])
         ys = np.concatenate([[0.0], self.errors[gid]])
         if removed_fraction > xs[-1]:  # beyond the grid: extend the last slope
             slope = (ys[-1] - ys[-2]) / max(xs[-1] - xs[-2], 1e-12)
@@ -69,6 +75,9 @@ class Sensitivity:
     def summary(self) -> dict:
         return {"inputs": self.inputs, "groups": len(self.raw), "runs": self.runs,
                 "seconds": round(self.seconds, 2),
+                **({"base_output_change": float(f"{self.base_change:.4g}"),
+                    "base_removed": {str(g): round(f, 4) for g, f in sorted(self.base.items()) if f > 0}}
+                   if self.base else {}),
                 "per_group": {str(gid): {"removed": [round(float(f), 4) for f in self.fractions[gid]],
                                          "output_change": [float(f"{e:.4g}") for e in self.raw[gid]]}
                               for gid in sorted(self.raw)}}
@@ -149,14 +158,22 @@ def fixed_batch_size(model) -> int | None:
 
 def measure_sensitivity(analysis: Analysis, scores: dict[int, np.ndarray], feeds: list[dict[str, np.ndarray]],
                         fractions=FRACTIONS, inputs: str = "random", progress: bool = False,
-                        time_budget_s: float | None = TIME_BUDGET_S, whole=()) -> Sensitivity:
+                        time_budget_s: float | None = TIME_BUDGET_S, whole=(),
+                        base: dict[int, int] | None = None) -> Sensitivity:
     """Probe every prunable group at ``fractions`` removed (least important channels first, as
     ``scores`` order them) on ``feeds``; see the module docstring.
 
     ``time_budget_s``: the probes use as many of ``feeds`` (in order, at least one) as the time
     one run of the first feed says fit in this budget; ``Sensitivity.inputs`` says how many.
 
-    ``whole``: groups also probed with every channel removed (those --drop-layers may remove)."""
+    ``whole``: groups also probed with every channel removed (those --drop-layers may remove).
+
+    ``base``: re-probe on top of a plan, given as the channels it keeps per group (the most
+    important, as ``scores`` order them; 0: removed whole). Every other group keeps its plan's
+    channels while one group loses more: from its plan's width to the largest of ``fractions``
+    removed, in as many steps (and to none, if in ``whole``). The sensitivity is the output change
+    beyond the plan's own, so groups compare on what they cost from where the plan left them:
+    a layer next to one already cut hard may now matter more than it did alone."""
     import onnxruntime as ort
 
     from compressor.ir.model_io import ort_max_ir_version
@@ -176,10 +193,26 @@ def measure_sensitivity(analysis: Analysis, scores: dict[int, np.ndarray], feeds
     groups = [g for g in analysis.prunable if g.size > 1]
     whole = set(whole)
     plans = []
+    orders = {g.id: np.argsort(-np.asarray(scores[g.id], dtype=np.float64), kind="stable") for g in analysis.prunable}
+    held: dict[int, list[int]] = {}  # the base plan's kept channels of the groups it narrows
+    if base is not None:
+        held = {g.id: sorted(int(i) for i in orders[g.id][: base[g.id]]) for g in analysis.prunable
+                if base.get(g.id, g.size) < g.size}
     for g in groups:
-        order = np.argsort(-np.asarray(scores[g.id], dtype=np.float64), kind="stable")
-        counts = sorted({min(g.size - 1, max(1, int(round(f * g.size)))) for f in fractions}
-                        | ({g.size} if g.id in whole else set()))
+        order = orders[g.id]
+        if base is None:
+            counts = sorted({min(g.size - 1, max(1, int(round(f * g.size)))) for f in fractions}
+                            | ({g.size} if g.id in whole else set()))
+        else:
+            cut = g.size - base.get(g.id, g.size)  # what the plan removed already
+            if cut >= g.size:
+                continue  # removed whole: nothing further
+            top = max(cut, min(g.size - 1, int(round(max(fractions) * g.size))))
+            n = len(fractions)
+            counts = sorted({cut + int(round((top - cut) * (k + 1) / n)) for k in range(n)} - {cut}
+                            | ({g.size} if g.id in whole else set()))
+            if not counts:
+                continue
         plans.append((g, order, counts))
     probes = sum(len(c) for _, _, c in plans)
 
@@ -200,6 +233,7 @@ def measure_sensitivity(analysis: Analysis, scores: dict[int, np.ndarray], feeds
         return [sess.run(names, {**f, **masks}) for f in feeds]
 
     ref = [first] + [sess.run(names, {**f, **ones}) for f in feeds[1:]]
+    at_base = _output_change(ref, run(mm.feeds(held))) if held else 0.0
     fr, raw = {}, {}
     bar = None
     if progress:
@@ -208,12 +242,14 @@ def measure_sensitivity(analysis: Analysis, scores: dict[int, np.ndarray], feeds
     for g, order, counts in plans:
         errs = []
         for removed in counts:
-            keep = {g.id: sorted(int(i) for i in order[: g.size - removed])}
-            errs.append(_output_change(ref, run(mm.feeds(keep))))
+            keep = {**held, g.id: sorted(int(i) for i in order[: g.size - removed])}
+            errs.append(_output_change(ref, run(mm.feeds(keep))) - at_base)
             if bar is not None:
                 bar.update(1)
         fr[g.id] = np.asarray(counts, dtype=np.float64) / g.size
         raw[g.id] = np.asarray(errs)
     if bar is not None:
         bar.close()
-    return Sensitivity(fr, raw, inputs=inputs, runs=(probes + 1) * len(feeds), seconds=time.monotonic() - start)
+    based = {} if base is None else {g.id: 1.0 - base.get(g.id, g.size) / g.size for g in groups}
+    return Sensitivity(fr, raw, inputs=inputs, runs=(probes + 1 + bool(held)) * len(feeds),
+                       seconds=time.monotonic() - start, base=based, base_change=at_base)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections.abc import Callable
 
 import numpy as np
 
@@ -46,6 +47,9 @@ from compressor.planning.plan import (
 
 #: The most of a group's channels the latency allocation removes.
 MAX_GROUP_RATIO = 0.75
+#: Predicted fractions of the dense cost (latency, or MACs) where ``--reprobe`` measures the groups'
+#: sensitivities again, on the plan the allocation has reached there.
+PIVOTS = (0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2)
 #: A removal (--drop-layers) that would save more than this many times what is left to save is
 #: skipped: a whole block can be several percent of the model's latency, and the latency search
 #: needs plans between "with it" and "without it" to land within its tolerance.
@@ -63,9 +67,14 @@ class Allocator:
 
     def __init__(self, analysis: Analysis, scores: dict[int, np.ndarray], opts: PlanOptions, table: LatencyTable,
                  max_group_ratio: float = MAX_GROUP_RATIO, sensitivity: Sensitivity | None = None,
-                 macs: LatencyTable | None = None):
+                 macs: LatencyTable | None = None,
+                 reprobe: Callable[[dict[int, int]], Sensitivity] | None = None, pivots=PIVOTS):
         self.analysis, self.opts, self.table = analysis, opts, table
         self.sensitivity = sensitivity
+        if reprobe is not None and sensitivity is None:
+            raise ValueError("re-probing needs the sensitivity cost")
+        self.reprobe, self.pivots = reprobe, tuple(sorted(pivots, reverse=True))
+        self._pivots: dict[float, tuple[dict[int, int], Sensitivity]] = {}  # pivot -> (its widths, re-probed there)
         self.macs = macs  # a cost_table in MACs: a step then costs the MACs it removes
         if macs is not None and sensitivity is not None:
             raise ValueError("one allocation cost: sensitivity or MACs")
@@ -197,16 +206,47 @@ class Allocator:
         free allocation gives jump past its target (planning/budget.py)."""
         self._held = removed is not None
         try:
+            if self.reprobe is not None and removed is None:
+                return self._staged(fraction)
             return self._widths_for(fraction, removed or frozenset())
         finally:
             self._held = False
 
-    def _widths_for(self, fraction: float, removed: frozenset) -> tuple[dict[int, int], float]:
-        widths = dict(self.dense)
+    def _staged(self, fraction: float) -> tuple[dict[int, int], float]:
+        """With ``reprobe``: allocate down to each pivot above ``fraction`` in turn, re-measure the
+        sensitivities on the plan reached there (every group's cost from where it was left), and go
+        on from it with them. The pivots' plans and probes are kept: every later fraction starts
+        from them."""
+        dense_sens = self.sensitivity
+        widths: dict[int, int] | None = None
+        sens = dense_sens
+        try:
+            for p in self.pivots:
+                if p <= fraction:
+                    break
+                if p not in self._pivots:
+                    self.sensitivity = sens
+                    reached, _ = self._widths_for(p, frozenset(), widths)
+                    same = next((v for w, v in self._pivots.values() if w == reached), None)
+                    self._pivots[p] = (reached, same if same is not None else self.reprobe(reached))
+                widths, sens = self._pivots[p]
+            self.sensitivity = sens
+            return self._widths_for(fraction, frozenset(), widths)
+        finally:
+            self.sensitivity = dense_sens
+
+    def reprobed(self) -> list[dict]:
+        """What re-probing measured: per pivot used so far, the output change of its plan."""
+        return [{"at_fraction": p, "output_change": float(f"{s.base_change:.4g}"), "seconds": round(s.seconds, 2),
+                 "groups_probed": len(s.raw)} for p, (_, s) in sorted(self._pivots.items(), reverse=True)]
+
+    def _widths_for(self, fraction: float, removed: frozenset,
+                    start: dict[int, int] | None = None) -> tuple[dict[int, int], float]:
+        widths = dict(self.dense if start is None else start)
         for gid in removed:
             widths[gid] = 0
         budget = fraction * self.dense_ms
-        total = self.predict(widths) if removed else self.dense_ms
+        total = self.predict(widths) if removed or start is not None else self.dense_ms
         heap: list[tuple[float, int, int, int]] = []  # (cost per ms, group, width at push, next width)
 
         def push(gid: int) -> None:
@@ -339,6 +379,8 @@ class TableKnob:
             out["held_removals"] = len(self.held)
         if a.sensitivity is not None:
             out["sensitivity"] = a.sensitivity.summary()
+        if a.reprobe is not None:
+            out["reprobed"] = a.reprobed()
         return out
 
 
@@ -387,7 +429,8 @@ def macs_table(analysis: Analysis, opset: int, step: int, floor) -> LatencyTable
 
 def plan_for_allocated(analysis: Analysis, scores: dict[int, np.ndarray], opts: PlanOptions, kind: str,
                        fraction: float, sensitivity: Sensitivity, opset: int,
-                       max_group_ratio: float = MAX_GROUP_RATIO):
+                       max_group_ratio: float = MAX_GROUP_RATIO,
+                       reprobe: Callable[[dict[int, int]], Sensitivity] | None = None):
     """``--target-macs F --sensitivity`` / ``--target-params F --sensitivity``: per-group widths that
     keep at most ``fraction`` of the MACs (params), allocated by the Allocator on :func:`cost_table`
     with sensitivity costs (output change per MAC or parameter saved). Returns a BudgetResult;
@@ -401,7 +444,8 @@ def plan_for_allocated(analysis: Analysis, scores: dict[int, np.ndarray], opts: 
         raise UsageError(f"{flag} must be in (0, 1], got {fraction}")
     table = cost_table(analysis, opset, opts.round_to, lambda n: fewest_kept(n, opts.min_channels, max_group_ratio),
                        kind)
-    alloc = Allocator(analysis, scores, opts, table, max_group_ratio=max_group_ratio, sensitivity=sensitivity)
+    alloc = Allocator(analysis, scores, opts, table, max_group_ratio=max_group_ratio, sensitivity=sensitivity,
+                      reprobe=reprobe)
     base = max(plan_cost(analysis, {})[at], 1)
     goal = fraction * base
     steps = []
@@ -413,6 +457,8 @@ def plan_for_allocated(analysis: Analysis, scores: dict[int, np.ndarray], opts: 
         v = plan_cost(analysis, plan.keep)[at] if plan.keep else base
         steps.append({"predicted_fraction": round(f, 5), kind: v / base})
         if v <= goal:
+            if reprobe is not None:
+                details["reprobed"] = alloc.reprobed()
             return BudgetResult(plan, kind, fraction, v / base, steps, details)
         if f <= 0.0:
             break

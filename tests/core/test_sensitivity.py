@@ -246,3 +246,87 @@ def test_target_params_with_sensitivity_meets_the_budget_and_is_reported():
     assert b["allocation_cost"] == "sensitivity" and b["sensitivity"]["per_group"], b
     uniform = api.prune(model, target_params=0.8, round_to=8).report["budget"]
     assert "allocation_cost" not in uniform, "the params target stays uniform unless asked"
+
+
+def test_reprobing_measures_each_group_beyond_a_plan():
+    """Re-probed on a plan: every other group keeps its plan's channels while one loses more; the
+    value is the output change beyond the plan's own, 0 at the plan's width and not before it."""
+    from compressor.importance.sensitivity import _output_change
+
+    model = branchy()
+    an = api.analyze(model)
+    scores = score_groups(an, "l2")
+    feeds, _ = calibration_feeds(api._spec(model, None), None)
+    groups = sorted((g for g in an.prunable if g.size >= 8), key=lambda g: g.id)
+    first, other = groups[0], groups[1]
+    base = {g.id: g.size for g in an.prunable}
+    base[first.id] = first.size // 2
+    sens = measure_sensitivity(an, scores, feeds, base=base)
+    assert sens.base == pytest.approx({g.id: (0.5 if g.id == first.id else 0.0) for g in an.prunable if g.size > 1})
+    assert sens.at(first.id, 0.5) == 0.0 and sens.at(first.id, 0.25) == 0.0
+    assert list(sens.fractions[first.id]) == sorted(sens.fractions[first.id]) and sens.fractions[first.id][0] > 0.5
+    # the values, recomputed on the masked original: the plan alone, and the plan with the other
+    # group losing its least important channels too
+    order = {g.id: np.argsort(-scores[g.id], kind="stable") for g in groups}
+    plan_keep = {first.id: sorted(order[first.id][: base[first.id]].tolist())}
+    dense_out = [_run(model, f) for f in feeds]
+    at_plan = _output_change(dense_out, [_run(masked_original(an, plan_keep), f) for f in feeds])
+    assert sens.base_change == pytest.approx(at_plan, rel=1e-4)
+    removed = int(round(sens.fractions[other.id][0] * other.size))
+    both = {**plan_keep, other.id: sorted(order[other.id][: other.size - removed].tolist())}
+    beyond = _output_change(dense_out, [_run(masked_original(an, both), f) for f in feeds]) - at_plan
+    assert sens.raw[other.id][0] == pytest.approx(beyond, rel=1e-4, abs=1e-7)
+
+
+def test_allocator_reprobes_at_each_pivot_it_passes_and_reuses_them():
+    model = two_branches()
+    an = api.analyze(model)
+    scores = {g.id: np.arange(g.size, dtype=float) + 1 for g in an.prunable}
+    table = measure_table(an, 17, _weights_timer, reference_ms=1.0, step=8, floor=lambda n: max(1, n // 4))
+    feeds, _ = calibration_feeds(api._spec(model, None), None)
+    sens = measure_sensitivity(an, scores, feeds)
+    seen = []
+
+    def reprobe(widths):
+        seen.append(dict(widths))
+        return measure_sensitivity(an, scores, feeds, base=widths)
+
+    with pytest.raises(ValueError, match="sensitivity"):
+        Allocator(an, scores, PlanOptions(round_to=8), table, reprobe=reprobe)
+    alloc = Allocator(an, scores, PlanOptions(round_to=8), table, sensitivity=sens, reprobe=reprobe,
+                      pivots=(0.9, 0.75))
+    w, got = alloc.widths_for(0.7)
+    assert got <= 0.7 + 1e-9 and len(seen) == 2  # at 0.9 and at 0.75
+    one_shot = Allocator(an, scores, PlanOptions(round_to=8), table, sensitivity=sens)
+    assert seen[0] == one_shot.widths_for(0.9)[0]  # the first pivot's plan: on the dense sensitivity
+    assert table.predict(seen[1]) <= 0.75 * table.predict(alloc.dense) + 1e-9
+    assert all(w[g] <= seen[1][g] for g in w)  # it went on from the last pivot's plan
+    alloc.widths_for(0.6)
+    assert len(seen) == 2  # the pivots' plans and probes are kept
+    assert alloc.sensitivity is sens and [r["at_fraction"] for r in alloc.reprobed()] == [0.9, 0.75]
+    assert alloc.widths_for(0.95)[0] == one_shot.widths_for(0.95)[0]  # above every pivot: one shot
+
+
+def test_reprobe_option_is_reported_and_needs_sensitivity():
+    model = two_branches()
+    res = api.prune(model, target_macs=0.6, sensitivity=True, round_to=8, reprobe=True)
+    b = res.report["budget"]
+    assert res.report["verify"]["passed"] and b["achieved"] <= 0.6
+    assert [r["at_fraction"] for r in b["reprobed"]] == [0.9, 0.8, 0.7], b.get("reprobed")
+    with pytest.raises(UsageError, match="--reprobe"):
+        api.prune(model, target_macs=0.6, reprobe=True)
+
+
+def test_cli_reprobe(tmp_path):
+    import json
+
+    from compressor.cli import main
+
+    src = tmp_path / "m.onnx"
+    onnx.save(two_branches(), src)
+    r = CliRunner().invoke(main, ["prune", str(src), "--dry-run", "--target-macs", "0.6", "--sensitivity",
+                                  "--reprobe", "--round-to", "8", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["budget"]["reprobed"]
+    r = CliRunner().invoke(main, ["prune", str(src), "--dry-run", "--target-macs", "0.6", "--reprobe"])
+    assert r.exit_code != 0 and "--reprobe" in r.output
