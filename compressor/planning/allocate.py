@@ -216,7 +216,8 @@ class Allocator:
         """With ``reprobe``: allocate down to each pivot above ``fraction`` in turn, re-measure the
         sensitivities on the plan reached there (every group's cost from where it was left), and go
         on from it with them. The pivots' plans and probes are kept: every later fraction starts
-        from them."""
+        from them. (Plans around held removals, ``widths_for``'s ``removed``, start from the dense
+        model on the dense sensitivity.)"""
         dense_sens = self.sensitivity
         widths: dict[int, int] | None = None
         sens = dense_sens
