@@ -39,6 +39,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from compressor.ir.graph import subgraph_outer_refs
 from compressor.ir.shapes import constant_node_value
 
 AddInput = Callable[[onnx.NodeProto, np.ndarray], None]
@@ -64,6 +65,8 @@ class _Graph:
             for x in n.input:
                 if x:
                     self.readers[x] = self.readers.get(x, 0) + 1
+            for x in subgraph_outer_refs(n):  # read inside a control-flow body: never private
+                self.readers[x] = self.readers.get(x, 0) + 2
         self.inits = {t.name: t for t in graph.initializer}
 
     def const(self, name: str) -> np.ndarray | None:
@@ -549,8 +552,8 @@ def _forward(node: onnx.NodeProto, g: _Graph, rank: int, shape: Callable[[str], 
     if c is None or z in g.outputs or shape(x) is None or shape(x) != shape(z):
         return None
     readers = [n for n in g.graph.node if z in n.input]
-    if not readers:
-        return None
+    if not readers or any(z in subgraph_outer_refs(n) for n in g.graph.node if n.attribute):
+        return None  # none, or one inside a control-flow body (it cannot be rewired here)
     edits = []
     for r in readers:
         e = _reader_edit(r, z, x, c, g, rank, shape, replace_input, add_input)

@@ -476,3 +476,42 @@ def test_widths_with_held_removals_narrow_around_them_and_remove_nothing_else():
     assert {g.id for g in knob.at(0.3)[0].groups if not g.kept} == removed
     assert knob.details()["held_removals"] == len(removed)
     assert not TableKnob(Allocator(an, scores, PlanOptions(round_to=1), table)).hold_removals(plan)
+
+
+@pytest.mark.parametrize("in_body", [False, True])
+def test_a_constant_read_inside_a_control_flow_body_stays(in_body):
+    """absorb_constant_adds on a bare graph: relu(x) + c read by a 1x1 conv goes into its bias;
+    when an If's branch also reads it by name (which cannot be rewired), the Add stays."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from compressor.surgery.absorb import absorb_constant_adds
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((1, 4, 1, 1)).astype(np.float32), "c"),
+             numpy_helper.from_array(rng.standard_normal((3, 4, 1, 1)).astype(np.float32), "w")]
+    nodes = [helper.make_node("Relu", ["x"], ["h"]), helper.make_node("Add", ["h", "c"], ["z"]),
+             helper.make_node("Conv", ["z", "w"], ["y"], kernel_shape=[1, 1])]
+    outputs = [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 3, 2, 2])]
+    if in_body:
+        body = helper.make_graph([helper.make_node("Identity", ["z"], ["b"])], "body", [],
+                                 [helper.make_tensor_value_info("b", onnx.TensorProto.FLOAT, [1, 4, 2, 2])])
+        inits.append(numpy_helper.from_array(np.array(True), "cond"))
+        nodes.append(helper.make_node("If", ["cond"], ["o"], then_branch=body, else_branch=body))
+        outputs.append(helper.make_tensor_value_info("o", onnx.TensorProto.FLOAT, [1, 4, 2, 2]))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4, 2, 2])],
+                              outputs, initializer=inits)
+    shapes = {"x": (1, 4, 2, 2), "h": (1, 4, 2, 2), "z": (1, 4, 2, 2), "y": (1, 3, 2, 2)}
+
+    def replace_input(node, k, value):
+        name = f"{node.name or node.output[0]}_in{k}_{len(graph.initializer)}"
+        graph.initializer.append(numpy_helper.from_array(np.asarray(value, np.float32), name))
+        node.input[k] = name
+
+    def add_input(node, value):
+        node.input.append("")
+        replace_input(node, len(node.input) - 1, value)
+
+    removed = absorb_constant_adds(graph, ["z"], shapes.get, replace_input, add_input)
+    assert removed == (0 if in_body else 1)
+    assert [n.op_type for n in graph.node][:3] == (["Relu", "Add", "Conv"] if in_body else ["Relu", "Conv"])
