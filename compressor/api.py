@@ -84,7 +84,7 @@ def inspect(model, input_shapes=None, exclude=(), prune_norms: bool = True) -> d
         if g.prunable:  # can --drop-layers remove it whole, and what would leave with it
             eff = removal_effect(an, {g.id})
             d["removable_whole"] = eff.why is None
-            d["removal"] = {"nodes": len(eff.gone)} if eff.why is None else {"blocked_by": eff.why}
+            d["removal"] = {"nodes": eff.nodes} if eff.why is None else {"blocked_by": eff.why}
         groups.append(d)
     return {
         "input": path,

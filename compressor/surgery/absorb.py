@@ -609,13 +609,15 @@ def absorb_constant_adds(graph: onnx.GraphProto, outputs: list[str], shape: Call
 
 def absorbed(nodes: list[tuple[int, onnx.NodeProto]], outputs: list[str], substituted: dict[tuple[int, int], np.ndarray],
              const: Callable[[str], np.ndarray | None], shape: Callable[[str], tuple | None]
-             ) -> tuple[set[int], int, list[str]]:
+             ) -> tuple[set[int], int, list[str], int]:
     """What :func:`absorb_constant_adds` would do to ``nodes`` ((index, node) of a graph after a
     removal, before any constant moved), simulated on copies: ``substituted`` maps (node index,
     input slot) to the constant a removal put there; ``const`` gives the graph's own constants.
     Returns the indices of the nodes it takes out, the constant elements the graph then holds
-    beyond its own (the constants left, less the graph's own biases they replaced), and the tensors
-    the constant ``Add`` nodes still left write (kernels of their own, bench/layers.py). Used to
+    beyond its own (the constants left, less the graph's own biases they replaced), the tensors
+    the constant ``Add`` nodes still left write (kernels of their own, bench/layers.py), and how
+    many of those it made (a constant carried past a pool: the node it replaced is among the
+    taken). Used to
     predict what a removal takes out, adds and leaves (surgery/drop.py, removal_effect)."""
     g = onnx.GraphProto()
     overlay: dict[str, np.ndarray] = {}
@@ -657,10 +659,12 @@ def absorbed(nodes: list[tuple[int, onnx.NodeProto]], outputs: list[str], substi
     view, original = _Graph(g, lookup), dict(nodes)
 
     def was_constant_add(name: str) -> bool:  # a bias Add of the graph's own: a kernel before too
-        i = int(name[len("__node"):]) if name.startswith("__node") else None
+        tail = name[len("__node"):] if name.startswith("__node") else ""
+        i = int(tail) if tail.isdigit() else None  # "__node12/folded_constant": an Add made here
         n = original.get(i) if i is not None else None
         return n is not None and n.op_type in ("Add", "Sub") and any(x and const(x) is not None for x in n.input)
 
     adds = [n.output[0] for n in g.node if n.op_type in ("Add", "Sub") and any(x in overlay for x in n.input)
             and _split(n, view) is not None and not was_constant_add(n.name)]
-    return {i for i, _ in nodes if f"__node{i}" not in left}, added, adds
+    made = sum(1 for n in g.node if not n.name.startswith("__node") or not n.name[len("__node"):].isdigit())
+    return {i for i, _ in nodes if f"__node{i}" not in left}, added, adds, made

@@ -207,6 +207,12 @@ class RemovalEffect(NamedTuple):
     gone: set[str]  # labels of the nodes it takes out: the vanished region and what only it read
     added: int  # constant elements it adds (the biases that stand for removed branches)
     left: tuple[str, ...] = ()  # tensors written by the constant Adds it leaves (absorb.py could not place them)
+    made: int = 0  # nodes absorb.py makes that stay (a constant carried past a pool)
+
+    @property
+    def nodes(self) -> int:
+        """How many nodes fewer the graph has (what ``removed_whole.nodes`` reports)."""
+        return len(self.gone) - self.made
 
 
 def removal_effect(analysis: Analysis, removed: set[int]) -> RemovalEffect:
@@ -230,15 +236,15 @@ def removal_effect(analysis: Analysis, removed: set[int]) -> RemovalEffect:
         node = index.nodes[i]
         if len([x for k, x in enumerate(node.input) if x and (i, k) not in cut]) == 1 and node.output[0] not in keep:
             gone.add(i)
-    added, left = 0, []
+    added, left, made = 0, [], 0
     if edits.substitutions:  # the constant Adds absorbed into the biases before them (surgery/absorb.py)
         from compressor.surgery.absorb import absorbed
 
-        taken, added, left = absorbed([(i, n) for i, n in enumerate(index.nodes) if i not in gone],
+        taken, added, left, made = absorbed([(i, n) for i, n in enumerate(index.nodes) if i not in gone],
                                 list(index.output_names), {(i, k): v for i, k, v in edits.substitutions},
                                 index.const, index.shape)
         gone |= taken
-    return RemovalEffect(None, {index.node_label(index.nodes[i]) for i in gone}, added, tuple(left))
+    return RemovalEffect(None, {index.node_label(index.nodes[i]) for i in gone}, added, tuple(left), made)
 
 
 def removal_blocker(analysis: Analysis, removed: set[int]) -> str | None:

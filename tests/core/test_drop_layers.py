@@ -27,6 +27,8 @@ def resnetish(blocks: int = 1, tail: str = "gemm"):
         h = g.op("Relu", [g.op("Add", [h, b])])
     if tail == "conv3x3":
         return g.model([g.conv(h, 8, 4)])
+    if tail == "pool-sigmoid":
+        return g.model([g.op("Sigmoid", [g.op("GlobalAveragePool", [h])])])
     p = g.op("Flatten", [g.op("GlobalAveragePool", [h])])
     return g.model([g.op("Gemm", [p, g.rand(5, 8), g.rand(5, base="b")], transB=1)])
 
@@ -110,6 +112,19 @@ def test_the_constant_left_goes_down_through_pool_flatten_and_gemm():
     assert res.report["removed_whole"] == {"groups": 1, "nodes": 5}
 
 
+def test_a_constant_carried_past_a_pool_stops_where_nothing_takes_it():
+    """max(b, 0) goes past the global average pool (an Add over 8 values instead of 8x8x8) and
+    stops at the Sigmoid; the planner's simulation sees that Add left too."""
+    m = _with_branch_bias(resnetish(tail="pool-sigmoid"), 1.0)
+    an = api.analyze(m)
+    block = next(g for g in an.prunable if g.size == 6)
+    res = api.prune(m, plan_in=plan_removing(m, lambda g: g.id == block.id))
+    assert res.report["verify"]["passed"] and res.report["verify"]["max_rel_err"] < 1e-5
+    assert ops(res.model) == ["Conv", "Relu", "GlobalAveragePool", "Add", "Sigmoid"]
+    eff = removal_effect(an, {block.id})
+    assert eff.nodes == res.report["removed_whole"]["nodes"] and len(eff.left) == 1 and eff.made == 1
+
+
 def test_the_constant_left_goes_down_into_a_1x1_conv_and_the_next_residual_branch():
     """A removed bottleneck block's max(b, 0) is read by the next block's 1x1 conv (bias + W @ b)
     and its residual sum (b joins the other branch's last conv bias): nothing is left of it. After
@@ -123,7 +138,7 @@ def test_the_constant_left_goes_down_into_a_1x1_conv_and_the_next_residual_branc
         assert res.report["verify"]["passed"] and res.report["verify"]["max_rel_err"] < 1e-5, removed
         assert ops(res.model).count("Add") == adds, (removed, ops(res.model))  # the kept block's sum
         eff = removal_effect(an, removed)
-        assert len(eff.gone) == res.report["removed_whole"]["nodes"]  # the planner predicts it
+        assert eff.nodes == res.report["removed_whole"]["nodes"]  # the planner predicts it
 
 
 def test_dense_layer_leaves_the_concat():
@@ -238,7 +253,7 @@ def test_planned_cost_counts_what_the_removal_takes_out(build, size):
     got_macs, got_params, _ = count(GraphIndex(res.model, an.index.spec))
     assert (macs, params) == (got_macs, got_params)
     eff = removal_effect(an, {gid for gid, kept in plan.keep.items() if not kept})
-    assert eff.why is None and len(eff.gone) == res.report["removed_whole"]["nodes"]
+    assert eff.why is None and eff.nodes == res.report["removed_whole"]["nodes"]
 
 
 def test_allocator_predicts_what_a_removal_takes_out():
