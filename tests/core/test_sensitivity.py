@@ -141,6 +141,12 @@ def test_prune_with_sensitivity_reports_it_and_checks_its_options(fake_meter, tm
     assert default["allocation_cost"] == "sensitivity" and default["sensitivity"]["inputs"].startswith("random")
     plain = api.prune(branchy(), target_latency=7.0, round_to=4, sensitivity=False).report["budget"]
     assert plain["allocation_cost"] == "importance" and "sensitivity" not in plain
+    reprobed = api.prune(branchy(), target_latency=7.0, round_to=2, reprobe=True)
+    b = reprobed.report["budget"]
+    assert reprobed.report["verify"]["passed"] and abs(b["ratio"] / 0.7 - 1) <= 0.05
+    assert [r["at_fraction"] for r in b["reprobed"]][:2] == [0.9, 0.8], b.get("reprobed")
+    with pytest.raises(UsageError, match="--reprobe"):
+        api.prune(branchy(), target_latency=7.0, sensitivity=False, reprobe=True)
     with pytest.raises(UsageError, match="needs --target-latency"):
         api.prune(branchy(), ratio=0.5, sensitivity=True)
     with pytest.raises(UsageError, match="used by --sensitivity only"):
