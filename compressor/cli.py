@@ -174,6 +174,11 @@ def render_prune_report(r: dict) -> str:
             sv = b["sensitivity"]
             out.append(f"sensitivity: {sv['groups']} groups probed on {sv['inputs']}, {sv['runs']} runs, "
                        f"{sv['seconds']:.1f} s")
+        if b.get("reprobed"):
+            rp = b["reprobed"]
+            out.append("re-probed at " + ", ".join(f"{p['at_fraction']:g} (output change {p['output_change']:.3g})"
+                                                   for p in rp)
+                       + f", {sum(p['seconds'] for p in rp):.1f} s")
     if r.get("round_to_auto"):
         ra = r["round_to_auto"]
         out.append("round-to auto: " + ", ".join(f"{m['round_to']}: {m['latency_ms']:.3f} ms" for m in ra["measured"])

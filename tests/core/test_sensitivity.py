@@ -334,5 +334,8 @@ def test_cli_reprobe(tmp_path):
                                   "--reprobe", "--round-to", "8", "--json"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["budget"]["reprobed"]
+    r = CliRunner().invoke(main, ["prune", str(src), "--dry-run", "--target-macs", "0.6", "--sensitivity",
+                                  "--reprobe", "--round-to", "8"])
+    assert r.exit_code == 0 and "re-probed at 0.9 (output change" in r.output, r.output
     r = CliRunner().invoke(main, ["prune", str(src), "--dry-run", "--target-macs", "0.6", "--reprobe"])
     assert r.exit_code != 0 and "--reprobe" in r.output
