@@ -432,10 +432,12 @@ def _reader_edit(r: onnx.NodeProto, z: str, x: str, c: np.ndarray, g: _Graph, ra
 
         def conv() -> None:
             rewire()
-            if bias is None:
-                add_input(r, delta.astype(w.dtype))
-            else:
+            if bias is not None:
                 replace_input(r, 2, (bias + delta).astype(bias.dtype))
+            elif len(r.input) > 2:  # an empty bias slot
+                replace_input(r, 2, delta.astype(w.dtype))
+            else:
+                add_input(r, delta.astype(w.dtype))
         return conv
     if op == "BatchNormalization" and slots == [0] and len(r.input) == 5 and not _attr(r, "training_mode", 0):
         mean = g.const(r.input[3])
@@ -502,7 +504,9 @@ def _reader_edit(r: onnx.NodeProto, z: str, x: str, c: np.ndarray, g: _Graph, ra
 
         def gemm() -> None:
             rewire()
-            if bias is None:
+            if bias is None and len(r.input) > 2:  # an empty C slot
+                replace_input(r, 2, delta.reshape(-1).astype(b.dtype))
+            elif bias is None:
                 add_input(r, delta.reshape(-1).astype(b.dtype))
             else:
                 new = bias + delta.reshape(-1) if bias.ndim <= 1 else bias + delta

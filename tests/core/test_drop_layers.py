@@ -530,3 +530,49 @@ def test_a_constant_read_inside_a_control_flow_body_stays(in_body):
     removed = absorb_constant_adds(graph, ["z"], shapes.get, replace_input, add_input)
     assert removed == (0 if in_body else 1)
     assert [n.op_type for n in graph.node][:3] == (["Relu", "Add", "Conv"] if in_body else ["Relu", "Conv"])
+
+
+@pytest.mark.parametrize("bias", ["absent", "empty", "present"])
+@pytest.mark.parametrize("group", [1, 2])
+def test_a_constant_goes_down_into_a_1x1_conv_whatever_its_bias_slot(bias, group):
+    """relu(x) + c read by a 1x1 conv (grouped or not) becomes the conv's bias + W @ c: the bias
+    input made, filled or summed, and the output the same (onnxruntime, before and after)."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+
+    from compressor.surgery.absorb import absorb_constant_adds
+
+    rng = np.random.default_rng(1)
+    inits = [numpy_helper.from_array(rng.standard_normal((1, 4, 1, 1)).astype(np.float32), "c"),
+             numpy_helper.from_array(rng.standard_normal((6, 4 // group, 1, 1)).astype(np.float32), "w")]
+    conv_in = ["z", "w"] + {"absent": [], "empty": [""], "present": ["b"]}[bias]
+    if bias == "present":
+        inits.append(numpy_helper.from_array(rng.standard_normal(6).astype(np.float32), "b"))
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["h"]), helper.make_node("Add", ["h", "c"], ["z"]),
+         helper.make_node("Conv", conv_in, ["y"], kernel_shape=[1, 1], group=group)], "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4, 3, 3])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 6, 3, 3])], initializer=inits)
+
+    def run(g) -> np.ndarray:
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+        x = np.random.default_rng(2).standard_normal((1, 4, 3, 3)).astype(np.float32)
+        return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+    before = run(graph)
+
+    def replace_input(node, k, value):
+        name = f"{node.output[0]}_in{k}_{len(graph.initializer)}"
+        graph.initializer.append(numpy_helper.from_array(np.asarray(value, np.float32), name))
+        node.input[k] = name
+
+    def add_input(node, value):
+        node.input.append("")
+        replace_input(node, len(node.input) - 1, value)
+
+    shapes = {"x": (1, 4, 3, 3), "h": (1, 4, 3, 3), "z": (1, 4, 3, 3), "y": (1, 6, 3, 3)}
+    assert absorb_constant_adds(graph, ["z"], shapes.get, replace_input, add_input) == 1
+    conv = graph.node[-1]
+    assert [n.op_type for n in graph.node] == ["Relu", "Conv"] and len(conv.input) == 3 and conv.input[0] == "h"
+    np.testing.assert_allclose(run(graph), before, rtol=1e-5, atol=1e-5)
