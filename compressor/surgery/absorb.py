@@ -288,7 +288,7 @@ def _step(node: onnx.NodeProto, g: _Graph, rank: int, replace_input: ReplaceInpu
     edit = _bias_edit(p, c, g, rank)
     if edit is not None:  # conv(x) + c  ->  conv with its bias + c
         slot, value = edit
-        if len(p.input) > slot and p.input[slot]:
+        if len(p.input) > slot:  # a bias there, or an empty slot
             replace_input(p, slot, value)
         else:
             while len(p.input) < slot:

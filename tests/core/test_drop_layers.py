@@ -576,3 +576,37 @@ def test_a_constant_goes_down_into_a_1x1_conv_whatever_its_bias_slot(bias, group
     conv = graph.node[-1]
     assert [n.op_type for n in graph.node] == ["Relu", "Conv"] and len(conv.input) == 3 and conv.input[0] == "h"
     np.testing.assert_allclose(run(graph), before, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("bias", ["absent", "empty"])
+def test_a_constant_goes_up_into_a_conv_with_no_bias(bias):
+    """conv(x) + c with no bias, or an empty bias slot: the conv's bias becomes c, in slot 2."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from compressor.surgery.absorb import absorb_constant_adds
+
+    rng = np.random.default_rng(3)
+    inits = [numpy_helper.from_array(rng.standard_normal((1, 6, 1, 1)).astype(np.float32), "c"),
+             numpy_helper.from_array(rng.standard_normal((6, 4, 1, 1)).astype(np.float32), "w")]
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"] + ([""] if bias == "empty" else []), ["h"], kernel_shape=[1, 1]),
+         helper.make_node("Add", ["h", "c"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4, 3, 3])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 6, 3, 3])], initializer=inits)
+
+    def replace_input(node, k, value):
+        name = f"{node.output[0]}_in{k}_{len(graph.initializer)}"
+        graph.initializer.append(numpy_helper.from_array(np.asarray(value, np.float32), name))
+        node.input[k] = name
+
+    def add_input(node, value):
+        node.input.append("")
+        replace_input(node, len(node.input) - 1, value)
+
+    shapes = {"x": (1, 4, 3, 3), "h": (1, 6, 3, 3), "y": (1, 6, 3, 3)}
+    assert absorb_constant_adds(graph, ["y"], shapes.get, replace_input, add_input) == 1
+    (conv,) = graph.node
+    assert len(conv.input) == 3 and conv.output[0] == "y"
+    got = numpy_helper.to_array(next(t for t in graph.initializer if t.name == conv.input[2]))
+    np.testing.assert_array_equal(got, numpy_helper.to_array(inits[0]).reshape(6))
