@@ -34,6 +34,7 @@ passes, the nodes reading it and the biases it ends in.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 import onnx
@@ -401,118 +402,181 @@ def _add_after(g: _Graph, producer_out: str, c: np.ndarray, replace_input: Repla
 Edit = Callable[[], Callable[[], list[str]] | None]
 
 
+class _Down(NamedTuple):
+    """What a rule for a reader of ``z = x + c`` gets: the reader, the tensors, the constant (at
+    ``rank``) and the graph's helpers."""
+
+    r: onnx.NodeProto
+    z: str
+    x: str
+    c: np.ndarray
+    g: _Graph
+    rank: int
+    shape: Callable[[str], tuple | None]
+    replace_input: ReplaceInput
+    add_input: AddInput
+
+    @property
+    def slots(self) -> list[int]:
+        return [k for k, name in enumerate(self.r.input) if name == self.z]
+
+    def rewire(self) -> None:
+        """The reader reads ``x`` instead of ``z``."""
+        for k in self.slots:
+            self.r.input[k] = self.x
+
+    def set_bias(self, slot: int, bias: np.ndarray | None, delta: np.ndarray, dtype) -> None:
+        """``bias + delta`` into input ``slot`` (filled when empty, appended when absent)."""
+        r = self.r
+        if bias is not None:
+            self.replace_input(r, slot, (bias + delta).astype(bias.dtype))
+        elif len(r.input) > slot:  # an empty slot
+            self.replace_input(r, slot, delta.astype(dtype))
+        else:
+            while len(r.input) < slot:
+                r.input.append("")
+            self.add_input(r, delta.astype(dtype))
+
+
+def _bias_of(d: _Down, slot: int) -> tuple[bool, np.ndarray | None]:
+    """(whether the reader's bias input at ``slot`` is usable, its value or None when it has none)."""
+    r = d.r
+    if len(r.input) > slot and r.input[slot]:
+        v = d.g.const(r.input[slot])
+        return v is not None, v
+    return True, None
+
+
+def _down_conv(d: _Down) -> Edit | None:
+    """A 1x1 unpadded conv (grouped too): bias + W @ c."""
+    r, g = d.r, d.g
+    if d.slots != [0] or not _foldable_conv(r, g):
+        return None
+    w = g.const(r.input[1])
+    group = int(_attr(r, "group", 1))
+    v = _vector(d.c, w.shape[1] * group)
+    ok, bias = _bias_of(d, 2)
+    if v is None or not ok:
+        return None
+    m = w.shape[0]
+    per = w.reshape(m, w.shape[1], -1).sum(axis=2).astype(np.float64)  # a 1x1 kernel: its one tap
+    delta = np.einsum("gmi,gi->gm", per.reshape(group, m // group, w.shape[1]),
+                      v.reshape(group, w.shape[1])).reshape(m)
+
+    def edit() -> None:
+        d.rewire()
+        d.set_bias(2, bias, delta, w.dtype)
+    return edit
+
+
+def _down_bn(d: _Down) -> Edit | None:
+    """BatchNormalization (inference): mean - c."""
+    r = d.r
+    if d.slots != [0] or len(r.input) != 5 or _attr(r, "training_mode", 0):
+        return None
+    mean = d.g.const(r.input[3])
+    v = _vector(d.c, mean.shape[0]) if mean is not None and mean.ndim == 1 else None
+    if v is None:
+        return None
+
+    def edit() -> None:
+        d.rewire()
+        d.replace_input(r, 3, (mean - v).astype(mean.dtype))
+    return edit
+
+
+def _down_add(d: _Down) -> Edit | None:
+    """``(x + c) + c2`` -> ``x + (c + c2)``; ``(x + c) + s`` -> ``x + (s + c)`` where the producer
+    of the residual branch ``s`` takes ``c``."""
+    r, g = d.r, d.g
+    if len(d.slots) != 1 or len(r.input) != 2:
+        return None
+    k = 1 - d.slots[0]
+    other = r.input[k]
+    c2 = g.const(other)
+    if c2 is not None:
+        merged = _as_rank(np.asarray(c2), d.rank)
+        if merged is None:
+            return None
+
+        def merge():
+            d.rewire()
+            d.replace_input(r, k, (d.c + merged).astype(d.c.dtype))
+            out = r.output[0]
+            return lambda: [out]
+        return merge
+    if d.shape(other) != d.shape(d.z) or not g.private(other) or not _sink(other, d.c, g, d.rank):
+        return None
+
+    def branch():
+        d.rewire()
+        return lambda: [_add_after(g, other, d.c, d.replace_input)]
+    return branch
+
+
+def _down_pool(d: _Down) -> Edit | None:
+    """GlobalAveragePool: the mean over positions of x + c is mean(x) + c."""
+    if d.slots != [0] or not _only_on(d.c, {0, 1}):
+        return None
+
+    def edit():
+        d.rewire()
+        out = d.r.output[0]
+        return lambda: [_add_after(d.g, out, d.c, d.replace_input)]
+    return edit
+
+
+def _down_flatten(d: _Down) -> Edit | None:
+    """Flatten (N, C, 1, ..) -> (N, C): the constant flattens with it."""
+    dims = d.shape(d.z)
+    if (d.slots != [0] or int(_attr(d.r, "axis", 1)) != 1 or dims is None or len(dims) < 2
+            or any(v != 1 for v in dims[2:]) or d.c.shape[0] != 1):
+        return None
+    flat = d.c.reshape(1, -1)
+
+    def edit():
+        d.rewire()
+        out = d.r.output[0]
+        return lambda: [_add_after(d.g, out, flat, d.replace_input)]
+    return edit
+
+
+def _down_gemm(d: _Down) -> Edit | None:
+    """Gemm: C + alpha / beta * c @ B."""
+    r, c = d.r, d.c
+    if d.slots != [0] or d.rank != 2 or _attr(r, "transA", 0):
+        return None
+    b = d.g.const(r.input[1])
+    alpha, beta = float(_attr(r, "alpha", 1.0)), float(_attr(r, "beta", 1.0))
+    if b is None or b.ndim != 2 or beta == 0.0 or c.shape[0] != 1:
+        return None
+    bmat = (b.T if _attr(r, "transB", 0) else b).astype(np.float64)
+    ok, bias = _bias_of(d, 2)
+    if c.shape[1] not in (1, bmat.shape[0]) or not ok or (bias is not None and bias.ndim > 2):
+        return None
+    delta = alpha * (np.broadcast_to(c.astype(np.float64), (1, bmat.shape[0])) @ bmat) / beta
+    delta = delta.reshape(-1) if bias is None or bias.ndim <= 1 else delta
+
+    def edit() -> None:
+        d.rewire()
+        d.set_bias(2, bias, delta, b.dtype)
+    return edit
+
+
+#: Per op type, the rule that lets a reader of ``z = x + c`` read ``x`` and make up for ``c``.
+DOWN_RULES: dict[str, Callable[[_Down], Edit | None]] = {
+    "Conv": _down_conv, "BatchNormalization": _down_bn, "Add": _down_add,
+    "GlobalAveragePool": _down_pool, "Flatten": _down_flatten, "Gemm": _down_gemm,
+}
+
+
 def _reader_edit(r: onnx.NodeProto, z: str, x: str, c: np.ndarray, g: _Graph, rank: int,
                  shape: Callable[[str], tuple | None], replace_input: ReplaceInput,
                  add_input: AddInput) -> Edit | None:
     """How reader ``r`` of ``z = x + c`` can read ``x`` instead and make up for ``c`` exactly (an
-    :data:`Edit`), or None if it cannot."""
-    if r.domain not in ("", "ai.onnx"):
-        return None
-    slots = [k for k, name in enumerate(r.input) if name == z]
-    op = r.op_type
-
-    def rewire() -> None:
-        for k in slots:
-            r.input[k] = x
-
-    if op == "Conv" and slots == [0] and _foldable_conv(r, g):
-        w = g.const(r.input[1])
-        group = int(_attr(r, "group", 1))
-        cin = w.shape[1] * group
-        v = _vector(c, cin)
-        if v is None:
-            return None
-        m = w.shape[0]
-        per = w.reshape(m, w.shape[1], -1).sum(axis=2).astype(np.float64)  # a 1x1 kernel: its one tap
-        groups = v.reshape(group, w.shape[1])
-        delta = np.einsum("gmi,gi->gm", per.reshape(group, m // group, w.shape[1]), groups).reshape(m)
-        bias = g.const(r.input[2]) if len(r.input) > 2 and r.input[2] else None
-        if len(r.input) > 2 and r.input[2] and bias is None:
-            return None
-
-        def conv() -> None:
-            rewire()
-            if bias is not None:
-                replace_input(r, 2, (bias + delta).astype(bias.dtype))
-            elif len(r.input) > 2:  # an empty bias slot
-                replace_input(r, 2, delta.astype(w.dtype))
-            else:
-                add_input(r, delta.astype(w.dtype))
-        return conv
-    if op == "BatchNormalization" and slots == [0] and len(r.input) == 5 and not _attr(r, "training_mode", 0):
-        mean = g.const(r.input[3])
-        if mean is None or mean.ndim != 1:
-            return None
-        v = _vector(c, mean.shape[0])
-        if v is None:
-            return None
-
-        def bn() -> None:
-            rewire()
-            replace_input(r, 3, (mean - v).astype(mean.dtype))
-        return bn
-    if op == "Add" and len(slots) == 1 and len(r.input) == 2:
-        other = r.input[1 - slots[0]]
-        c2 = g.const(other)
-        if c2 is not None:  # (x + c) + c2  ->  x + (c + c2)
-            merged = _as_rank(np.asarray(c2), rank)
-            if merged is None:
-                return None
-
-            def merge():
-                rewire()
-                replace_input(r, 1 - slots[0], (c + merged).astype(c.dtype))
-                out = r.output[0]
-                return lambda: [out]
-            return merge
-        if shape(other) != shape(z) or not g.private(other) or not _sink(other, c, g, rank):
-            return None
-
-        def branch():  # (x + c) + s  ->  x + (s + c), where s's producer takes c
-            rewire()
-            return lambda: [_add_after(g, other, c, replace_input)]
-        return branch
-    if op == "GlobalAveragePool" and slots == [0] and _only_on(c, {0, 1}):
-        def pool():  # the mean over positions of x + c is mean(x) + c
-            rewire()
-            out = r.output[0]
-            return lambda: [_add_after(g, out, c, replace_input)]
-        return pool
-    if op == "Flatten" and slots == [0] and int(_attr(r, "axis", 1)) == 1:
-        dims = shape(z)
-        if dims is None or len(dims) < 2 or any(d != 1 for d in dims[2:]) or c.shape[0] != 1:
-            return None
-        flat = c.reshape(1, -1)
-
-        def flatten():  # (N, C, 1, ..) -> (N, C): the constant flattens with it
-            rewire()
-            out = r.output[0]
-            return lambda: [_add_after(g, out, flat, replace_input)]
-        return flatten
-    if op == "Gemm" and slots == [0] and rank == 2 and not _attr(r, "transA", 0):
-        b = g.const(r.input[1])
-        alpha, beta = float(_attr(r, "alpha", 1.0)), float(_attr(r, "beta", 1.0))
-        if b is None or b.ndim != 2 or beta == 0.0 or c.shape[0] != 1:
-            return None
-        bmat = (b.T if _attr(r, "transB", 0) else b).astype(np.float64)
-        if c.shape[1] not in (1, bmat.shape[0]):
-            return None
-        delta = alpha * (np.broadcast_to(c.astype(np.float64), (1, bmat.shape[0])) @ bmat) / beta
-        bias = g.const(r.input[2]) if len(r.input) > 2 and r.input[2] else None
-        if len(r.input) > 2 and r.input[2] and bias is None:
-            return None
-
-        def gemm() -> None:
-            rewire()
-            if bias is None and len(r.input) > 2:  # an empty C slot
-                replace_input(r, 2, delta.reshape(-1).astype(b.dtype))
-            elif bias is None:
-                add_input(r, delta.reshape(-1).astype(b.dtype))
-            else:
-                new = bias + delta.reshape(-1) if bias.ndim <= 1 else bias + delta
-                replace_input(r, 2, new.astype(bias.dtype))
-        return gemm
-    return None
+    :data:`Edit`, by its op's rule in :data:`DOWN_RULES`), or None if it cannot."""
+    rule = DOWN_RULES.get(r.op_type) if r.domain in ("", "ai.onnx") else None
+    return rule(_Down(r, z, x, c, g, rank, shape, replace_input, add_input)) if rule is not None else None
 
 
 def _foldable_conv(node: onnx.NodeProto, g: _Graph) -> bool:
