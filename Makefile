@@ -27,8 +27,9 @@ setup-test: $(VENV)/.stamp-test
 demo: setup
 	$(BIN)/python tools/demo.py
 
+# out/pytest-last.xml keeps every failure of the last run (a rare one is then identifiable)
 test: setup-test
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) -q
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) -q --junitxml=out/pytest-last.xml
 
 # The whole torchvision zoo (21 models x 2 exporters, Torch-Pruning beside each; ~40 min on 2 cores).
 # torchvision needs torch 2.14.1 (a large build from the local wheel folder), so it gets its own venv.
