@@ -323,7 +323,7 @@ def tensor_elements(analysis: Analysis, name: str) -> Linear | None:
     axes = analysis.ctx.layout_map.get(name, {})
     if not axes:
         return total, {}
-    const, coef, shares = 0.0, {}, 0.0
+    coef, shares = {}, 0.0
     for ax, lay in axes.items():
         if ax >= len(shape) or shape[ax] <= 0:
             continue
@@ -333,7 +333,7 @@ def tensor_elements(analysis: Analysis, name: str) -> Linear | None:
             if r in prunable:
                 coef[r] = coef.get(r, 0.0) + per_channel * inner
                 shares += table.size(g) * inner / shape[ax]
-    return const + total * max(0.0, 1.0 - shares), coef
+    return total * max(0.0, 1.0 - shares), coef
 
 
 def _rest_nodes(analysis: Analysis, layer_nodes: set[str]) -> list[tuple[str, Linear]]:

@@ -231,6 +231,18 @@ def _as_add(node: onnx.NodeProto, x: str, c: np.ndarray, output: str, replace_in
     node.output[0] = output
 
 
+def _put_input(node: onnx.NodeProto, slot: int, value: np.ndarray, replace_input: ReplaceInput,
+               add_input: AddInput) -> None:
+    """``value`` as ``node``'s input ``slot``: replacing what is there (or filling an empty slot),
+    else appended after empty slots up to it."""
+    if len(node.input) > slot:
+        replace_input(node, slot, value)
+        return
+    while len(node.input) < slot:
+        node.input.append("")
+    add_input(node, value)
+
+
 def _move_up(g: _Graph, i: int, j: int) -> None:
     """Move the node at index ``i`` to index ``j`` < ``i`` (it now computes an input of the node
     that was there). Indices, not node objects: the graph's list is edited."""
@@ -289,12 +301,7 @@ def _step(node: onnx.NodeProto, g: _Graph, rank: int, replace_input: ReplaceInpu
     edit = _bias_edit(p, c, g, rank)
     if edit is not None:  # conv(x) + c  ->  conv with its bias + c
         slot, value = edit
-        if len(p.input) > slot:  # a bias there, or an empty slot
-            replace_input(p, slot, value)
-        else:
-            while len(p.input) < slot:
-                p.input.append("")
-            add_input(p, value)
+        _put_input(p, slot, value, replace_input, add_input)
         p.output[0] = out
         del g.graph.node[_index(g, node)]
         return []
@@ -426,16 +433,9 @@ class _Down(NamedTuple):
             self.r.input[k] = self.x
 
     def set_bias(self, slot: int, bias: np.ndarray | None, delta: np.ndarray, dtype) -> None:
-        """``bias + delta`` into input ``slot`` (filled when empty, appended when absent)."""
-        r = self.r
-        if bias is not None:
-            self.replace_input(r, slot, (bias + delta).astype(bias.dtype))
-        elif len(r.input) > slot:  # an empty slot
-            self.replace_input(r, slot, delta.astype(dtype))
-        else:
-            while len(r.input) < slot:
-                r.input.append("")
-            self.add_input(r, delta.astype(dtype))
+        """``bias + delta`` (or ``delta`` where there is no bias) into input ``slot``."""
+        value = (bias + delta).astype(bias.dtype) if bias is not None else delta.astype(dtype)
+        _put_input(self.r, slot, value, self.replace_input, self.add_input)
 
 
 def _bias_of(d: _Down, slot: int) -> tuple[bool, np.ndarray | None]:
@@ -616,7 +616,6 @@ def _forward(node: onnx.NodeProto, g: _Graph, rank: int, shape: Callable[[str], 
     x, c = split
     c = _as_rank(c, rank)
     z = node.output[0]
-    shape = _safe(shape)
     if c is None or z in g.outputs or shape(x) is None or shape(x) != shape(z):
         return None
     readers = [n for n in g.graph.node if z in n.input]
@@ -642,7 +641,8 @@ def absorb_constant_adds(graph: onnx.GraphProto, outputs: list[str], shape: Call
                          const: Callable[[str], np.ndarray | None] | None = None) -> int:
     """Merge and absorb the constant ``Add``/``Sub`` nodes writing ``outputs`` (the nodes a removal
     rewrote) in place; returns how many nodes left the graph. ``shape`` gives the tensors' shapes
-    (only their rank is used); ``const``: constants the graph does not hold itself (see
+    (their rank; going down, also whether ``x + c`` keeps ``x``'s shape and a flatten's trailing
+    dims), None for one it does not know; ``const``: constants the graph does not hold itself (see
     :func:`absorbed`)."""
     before = len(graph.node)
     pending = list(outputs)

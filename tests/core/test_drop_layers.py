@@ -493,14 +493,30 @@ def test_widths_with_held_removals_narrow_around_them_and_remove_nothing_else():
     assert not TableKnob(Allocator(an, scores, PlanOptions(round_to=1), table)).hold_removals(plan)
 
 
+def _absorb_bare(graph, outputs: list[str], shapes: dict) -> int:
+    """absorb_constant_adds on a bare graph: the constants it writes become the graph's initializers."""
+    from onnx import numpy_helper
+
+    from compressor.surgery.absorb import absorb_constant_adds
+
+    def replace_input(node, k, value):
+        name = f"{node.output[0]}_in{k}_{len(graph.initializer)}"
+        graph.initializer.append(numpy_helper.from_array(np.asarray(value, np.float32), name))
+        node.input[k] = name
+
+    def add_input(node, value):
+        node.input.append("")
+        replace_input(node, len(node.input) - 1, value)
+
+    return absorb_constant_adds(graph, outputs, shapes.get, replace_input, add_input)
+
+
 @pytest.mark.parametrize("in_body", [False, True])
 def test_a_constant_read_inside_a_control_flow_body_stays(in_body):
     """absorb_constant_adds on a bare graph: relu(x) + c read by a 1x1 conv goes into its bias;
     when an If's branch also reads it by name (which cannot be rewired), the Add stays."""
     import onnx
     from onnx import helper, numpy_helper
-
-    from compressor.surgery.absorb import absorb_constant_adds
 
     rng = np.random.default_rng(0)
     inits = [numpy_helper.from_array(rng.standard_normal((1, 4, 1, 1)).astype(np.float32), "c"),
@@ -518,16 +534,7 @@ def test_a_constant_read_inside_a_control_flow_body_stays(in_body):
                               outputs, initializer=inits)
     shapes = {"x": (1, 4, 2, 2), "h": (1, 4, 2, 2), "z": (1, 4, 2, 2), "y": (1, 3, 2, 2)}
 
-    def replace_input(node, k, value):
-        name = f"{node.name or node.output[0]}_in{k}_{len(graph.initializer)}"
-        graph.initializer.append(numpy_helper.from_array(np.asarray(value, np.float32), name))
-        node.input[k] = name
-
-    def add_input(node, value):
-        node.input.append("")
-        replace_input(node, len(node.input) - 1, value)
-
-    removed = absorb_constant_adds(graph, ["z"], shapes.get, replace_input, add_input)
+    removed = _absorb_bare(graph, ["z"], shapes)
     assert removed == (0 if in_body else 1)
     assert [n.op_type for n in graph.node][:3] == (["Relu", "Add", "Conv"] if in_body else ["Relu", "Conv"])
 
@@ -540,8 +547,6 @@ def test_a_constant_goes_down_into_a_1x1_conv_whatever_its_bias_slot(bias, group
     import onnx
     import onnxruntime as ort
     from onnx import helper, numpy_helper
-
-    from compressor.surgery.absorb import absorb_constant_adds
 
     rng = np.random.default_rng(1)
     inits = [numpy_helper.from_array(rng.standard_normal((1, 4, 1, 1)).astype(np.float32), "c"),
@@ -562,17 +567,8 @@ def test_a_constant_goes_down_into_a_1x1_conv_whatever_its_bias_slot(bias, group
 
     before = run(graph)
 
-    def replace_input(node, k, value):
-        name = f"{node.output[0]}_in{k}_{len(graph.initializer)}"
-        graph.initializer.append(numpy_helper.from_array(np.asarray(value, np.float32), name))
-        node.input[k] = name
-
-    def add_input(node, value):
-        node.input.append("")
-        replace_input(node, len(node.input) - 1, value)
-
     shapes = {"x": (1, 4, 3, 3), "h": (1, 4, 3, 3), "z": (1, 4, 3, 3), "y": (1, 6, 3, 3)}
-    assert absorb_constant_adds(graph, ["z"], shapes.get, replace_input, add_input) == 1
+    assert _absorb_bare(graph, ["z"], shapes) == 1
     conv = graph.node[-1]
     assert [n.op_type for n in graph.node] == ["Relu", "Conv"] and len(conv.input) == 3 and conv.input[0] == "h"
     np.testing.assert_allclose(run(graph), before, rtol=1e-5, atol=1e-5)
@@ -584,8 +580,6 @@ def test_a_constant_goes_up_into_a_conv_with_no_bias(bias):
     import onnx
     from onnx import helper, numpy_helper
 
-    from compressor.surgery.absorb import absorb_constant_adds
-
     rng = np.random.default_rng(3)
     inits = [numpy_helper.from_array(rng.standard_normal((1, 6, 1, 1)).astype(np.float32), "c"),
              numpy_helper.from_array(rng.standard_normal((6, 4, 1, 1)).astype(np.float32), "w")]
@@ -595,17 +589,8 @@ def test_a_constant_goes_up_into_a_conv_with_no_bias(bias):
         [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4, 3, 3])],
         [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 6, 3, 3])], initializer=inits)
 
-    def replace_input(node, k, value):
-        name = f"{node.output[0]}_in{k}_{len(graph.initializer)}"
-        graph.initializer.append(numpy_helper.from_array(np.asarray(value, np.float32), name))
-        node.input[k] = name
-
-    def add_input(node, value):
-        node.input.append("")
-        replace_input(node, len(node.input) - 1, value)
-
     shapes = {"x": (1, 4, 3, 3), "h": (1, 6, 3, 3), "y": (1, 6, 3, 3)}
-    assert absorb_constant_adds(graph, ["y"], shapes.get, replace_input, add_input) == 1
+    assert _absorb_bare(graph, ["y"], shapes) == 1
     (conv,) = graph.node
     assert len(conv.input) == 3 and conv.output[0] == "y"
     got = numpy_helper.to_array(next(t for t in graph.initializer if t.name == conv.input[2]))
