@@ -54,7 +54,8 @@ MODELS = ["resnet50", "mobilenet_v2"]
 FRACTIONS = [0.6, 0.4]
 THREADS = 2
 TOLERANCE = 0.05
-INPUT_SHAPE = "1x3x224x224"
+INPUT_SHAPE = "1x3x224x224"  # --batch N: Nx3x224x224
+PROVIDER = "cpu"  # --provider
 
 
 @dataclass
@@ -105,17 +106,23 @@ class Row:
         return self.status == "ok" and self.error is not None and abs(self.error) <= TOLERANCE
 
 
-def dense_path(name: str) -> Path:
-    for p in (OUT / name / "dense.onnx", ROOT / "out" / "zoo" / f"{name}_legacy.onnx"):
+def dense_path(name: str, batch: int = 1) -> Path:
+    """The dense ONNX at batch 1 (bench_peers' or the zoo's export), or exported at ``batch`` here
+    (torchvision's exports have a static batch dimension)."""
+    candidates = ([OUT / name / "dense.onnx", ROOT / "out" / "zoo" / f"{name}_legacy.onnx"] if batch == 1
+                  else [OUT / name / f"dense_b{batch}.onnx"])
+    for p in candidates:
         if p.exists():
             return p
     sys.path.insert(0, str(ROOT / "tools"))
     import bench_peers  # needs torchvision: the zoo venv
     import zoo_coverage
 
-    p = OUT / name / "dense.onnx"
+    p = candidates[0]
     p.parent.mkdir(parents=True, exist_ok=True)
-    bench_peers.export_onnx(zoo_coverage.build_model(name), zoo_coverage.example_input(name), p)
+    x = zoo_coverage.example_input(name)
+    bench_peers.export_onnx(zoo_coverage.build_model(name), x.expand(batch, *x.shape[1:]).contiguous()
+                            if batch != 1 else x, p)
     return p
 
 
@@ -137,7 +144,8 @@ def prune_in_fresh_process(dense: Path, out: Path, target_ms: float | None, roun
     job = {"dense": str(dense), "out": str(out), "target_ms": target_ms, "target_speedup": target_speedup,
            "round_to": round_to, "latency_tolerance": latency_tolerance,
            "latency_table": allocation != "uniform", "keep_macs": allocation.startswith("keep-macs"),
-           "drop_layers": allocation.endswith("+drop"), "spinning": SPINNING, "profile_table": profile_table}
+           "drop_layers": allocation.endswith("+drop"), "spinning": SPINNING, "profile_table": profile_table,
+           "provider": PROVIDER, "input_shape": INPUT_SHAPE}
     res = subprocess.run([sys.executable, __file__, "--worker", json.dumps(job)], capture_output=True, text=True,
                          cwd=ROOT, env={**os.environ, "COMPRESSOR_STRICT_RULES": "0"})
     lines = [line for line in res.stdout.splitlines() if line.startswith("{")]
@@ -154,9 +162,9 @@ def worker(job: dict) -> None:
     try:
         round_to = None if rt == "default" else rt if rt == "auto" else int(rt)  # default: no --round-to
         rep = api.prune(job["dense"], output=job["out"], target_latency=job["target_ms"],
-                        target_speedup=job.get("target_speedup"), provider="cpu",
+                        target_speedup=job.get("target_speedup"), provider=job.get("provider", "cpu"),
                         latency_tolerance=job.get("latency_tolerance", 0.05),
-                        input_shapes=[INPUT_SHAPE], round_to=round_to,
+                        input_shapes=[job.get("input_shape", INPUT_SHAPE)], round_to=round_to,
                         latency_table=job.get("latency_table", True), spinning=job.get("spinning", False),
                         keep_macs=job.get("keep_macs", False), drop_layers=job.get("drop_layers", False),
                         profile_table=job.get("profile_table", True)).report
@@ -174,7 +182,7 @@ def check(dense: Path, pruned: Path, threads: int, check_time: float, processes:
     for _ in range(processes):
         res = _compress("bench", str(dense), str(pruned), "--threads", str(threads),
                         "--min-time", f"{check_time / processes:g}", "--warmup", "20", "--input-shape", INPUT_SHAPE,
-                        "--json", "-q", *(["--spinning"] if SPINNING else []))
+                        "--provider", PROVIDER, "--json", "-q", *(["--spinning"] if SPINNING else []))
         if res.returncode != 0:
             raise RuntimeError(f"compress bench failed: {res.stderr.strip()[-300:]}")
         d, p = json.loads(res.stdout)["results"]
@@ -187,8 +195,8 @@ def check(dense: Path, pruned: Path, threads: int, check_time: float, processes:
 
 
 def run(name: str, fractions: list[float], min_time: float, round_tos: list[str], check_time: float,
-        allocations: list[str]) -> list[Row]:
-    dense = dense_path(name)
+        allocations: list[str], batch: int = 1) -> list[Row]:
+    dense = dense_path(name, batch)
 
     def dense_ms() -> float:
         """The dense model's p50, the median of 3 fresh processes (`compress bench`): a reading in
@@ -197,7 +205,7 @@ def run(name: str, fractions: list[float], min_time: float, round_tos: list[str]
         for _ in range(3):
             res = _compress("bench", str(dense), "--threads", str(THREADS), "--min-time", f"{min_time / 3:g}",
                             "--warmup", "20", "--input-shape", INPUT_SHAPE, "--json", "-q",
-                            *(["--spinning"] if SPINNING else []))
+                            "--provider", PROVIDER, *(["--spinning"] if SPINNING else []))
             if res.returncode != 0:
                 raise RuntimeError(f"compress bench failed: {res.stderr.strip()[-300:]}")
             reads.append(json.loads(res.stdout)["results"][0]["p50_ms"])
@@ -207,7 +215,7 @@ def run(name: str, fractions: list[float], min_time: float, round_tos: list[str]
     for f, rt, al in [(f, rt, al) for rt in round_tos for f in fractions for al in allocations]:
         base = dense_ms()  # just before each run: the machine's load drifts over minutes
         row = Row(model=name, fraction=f, dense_ms=base, target_ms=round(f * base, 3), round_to=rt, allocation=al)
-        out = OUT / name / f"target_latency_{f:g}_r{rt}_{al}{'_spinning' if SPINNING else ''}.onnx"
+        out = OUT / name / f"target_latency_{f:g}_r{rt}_{al}{'_spinning' if SPINNING else ''}{_variant()}.onnx"
         out.unlink(missing_ok=True)
         t0 = time.perf_counter()
         res = prune_in_fresh_process(dense, out, row.target_ms, rt, al)
@@ -244,6 +252,24 @@ def run(name: str, fractions: list[float], min_time: float, round_tos: list[str]
     return rows
 
 
+def _provider_used() -> str:
+    """The provider `compress bench` really ran on for --provider (it falls back, saying so)."""
+    res = _compress("bench", str(ROOT / "models" / "demo_fmnist.onnx"), "--runs", "3", "--warmup", "1",
+                    "--provider", PROVIDER, "--json", "-q")
+    if res.returncode != 0:
+        return f"provider {PROVIDER} (not confirmed: {res.stderr.strip()[-120:]})"
+    return f"{json.loads(res.stdout)['results'][0]['provider'].removesuffix('ExecutionProvider')} provider"
+
+
+def _gpu_name() -> str | None:
+    try:
+        res = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return res.stdout.strip().splitlines()[0] if res.returncode == 0 and res.stdout.strip() else None
+
+
 def _ratio_in(message: str) -> float | None:
     """The target ratio an engine error message states ('ratio 0.444 to the dense model's ...')."""
     import re
@@ -268,8 +294,10 @@ def _steps(r: Row) -> str:
 def markdown(rows: list[Row], meta: dict) -> str:
     lines = [
         "<!-- generated by tools/bench_target_latency.py -->",
-        f"Generated by `{meta['command']}` on {meta['date']}; onnxruntime {meta['onnxruntime']}, CPU provider, "
-        f"{THREADS} threads, spinning {'on (models in blocks)' if meta.get('spinning') else 'off'}, batch 1, "
+        f"Generated by `{meta['command']}` on {meta['date']}; onnxruntime {meta['onnxruntime']}, "
+        f"{meta.get('provider_used', 'CPU provider')}, "
+        f"{THREADS} CPU threads, spinning {'on (models in blocks)' if meta.get('spinning') else 'off'}, "
+        f"batch {meta.get('batch', 1)}{', on ' + meta['gpu'] if meta.get('gpu') else ''}, "
         "torchvision weights random; load (1-min) "
         f"{meta['load_before']:.1f} → {meta['load_after']:.1f}.",
         "",
@@ -321,17 +349,26 @@ def markdown(rows: list[Row], meta: dict) -> str:
 
 BEGIN, END = "<!-- target-latency:begin -->", "<!-- target-latency:end -->"
 SPIN_BEGIN, SPIN_END = "<!-- target-latency-spinning:begin -->", "<!-- target-latency-spinning:end -->"
+GPU_BEGIN, GPU_END = "<!-- target-latency-gpu:begin -->", "<!-- target-latency-gpu:end -->"
+
+
+def _variant() -> str:
+    """The file-name suffix of a non-default provider or batch."""
+    batch = INPUT_SHAPE.split("x")[0]
+    return (f"_{PROVIDER}" if PROVIDER != "cpu" else "") + (f"_b{batch}" if batch != "1" else "")
 
 
 def cache_path() -> Path:
-    return OUT / ("target_latency_spinning.json" if SPINNING else "target_latency.json")
+    return OUT / (f"target_latency{'_spinning' if SPINNING else ''}{_variant()}.json")
 
 
 def write_doc(path: Path, text: str) -> None:
     sys.path.insert(0, str(ROOT / "tools"))
     from bench_peers import write_block
 
-    if SPINNING:
+    if PROVIDER != "cpu":
+        write_block(path, GPU_BEGIN, GPU_END, text, f"## `--target-latency` on the {PROVIDER.upper()} provider")
+    elif SPINNING:
         write_block(path, SPIN_BEGIN, SPIN_END, text,
                     "## `--target-latency --spinning` (onnxruntime's default threading) on the CPU provider")
     else:
@@ -356,14 +393,21 @@ def main(argv: list[str] | None = None) -> int:
                     help="seconds per model in the fresh-process check (compress bench --min-time)")
     ap.add_argument("--spinning", action="store_true",
                     help="onnxruntime's default thread spinning in the engine (compress --spinning) and the check")
+    ap.add_argument("--provider", default="cpu", choices=["cpu", "cuda", "tensorrt"],
+                    help="where the engine measures and the check re-measures (cuda/tensorrt need a GPU; "
+                    "their rows go to their own cache and block of the doc)")
+    ap.add_argument("--batch", type=int, default=1, help="batch size of the input (models exported at it)")
     ap.add_argument("--doc", default=str(DOC))
     ap.add_argument("--no-doc", action="store_true")
     ap.add_argument("--worker", help=argparse.SUPPRESS)  # one prune, in a fresh process
     ap.add_argument("--render", action="store_true",
                     help="measure nothing: write the table from the last run (out/peers/target_latency.json)")
     args = ap.parse_args(argv)
-    global SPINNING
-    SPINNING = args.spinning
+    global SPINNING, PROVIDER, INPUT_SHAPE
+    SPINNING, PROVIDER = args.spinning, args.provider
+    if args.batch < 1:
+        ap.error("--batch must be positive")
+    INPUT_SHAPE = f"{args.batch}x3x224x224"
     if args.worker:
         worker(json.loads(args.worker))
         return 0
@@ -392,8 +436,9 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = []
     for i, name in enumerate(m.strip() for m in args.models.split(",") if m.strip()):
         print(f"[{i + 1}] {name}", flush=True)
-        rows += run(name, fractions, args.min_time, round_tos, args.check_time, allocations)
+        rows += run(name, fractions, args.min_time, round_tos, args.check_time, allocations, args.batch)
     meta = run_meta("bench_target_latency.py", argv, load_before, check_time=args.check_time, spinning=SPINNING)
+    meta.update(batch=args.batch, provider_used=_provider_used(), gpu=_gpu_name() if PROVIDER != "cpu" else None)
     OUT.mkdir(parents=True, exist_ok=True)
     if not args.no_doc:  # the cache is what --render writes the doc block from: only the doc's run
         cache_path().write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=1))

@@ -15,12 +15,13 @@ so the timed region is the model, not host-device copies.
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import sys
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -217,6 +218,33 @@ class SessionAttempt:
         return f"{self.reasons}; using {self.provider_used}"
 
 
+_PRELOADED: dict[str, str] = {}
+
+
+def preload_gpu_libraries() -> str:
+    """Load the CUDA and cuDNN libraries of pip's nvidia-* packages, once per process.
+
+    onnxruntime-gpu does not find CUDA libraries that pip installed (``pip install
+    compressor[cuda]``, or beside a CUDA build of torch) unless they are loaded first: its
+    ``preload_dlls`` does that where it exists (onnxruntime >= 1.21). What it prints goes into the
+    returned text, not to stdout (JSON output stays clean); a failure here is not an error, the
+    session's creation then says which library is missing.
+    """
+    if "done" in _PRELOADED:
+        return _PRELOADED["done"]
+    preload = getattr(ort, "preload_dlls", None)
+    buffer, native = io.StringIO(), _Captured()
+    if preload is not None:
+        try:
+            with redirect_stdout(buffer), capture_native_stderr() as native:
+                preload()
+        except Exception as exc:  # noqa: BLE001 - best effort: the session reports what is missing
+            buffer.write(f"preload_dlls failed: {exc}\n")
+    text = _ANSI.sub("", buffer.getvalue() + native.text).strip()
+    _PRELOADED["done"] = text
+    return text
+
+
 def create_with_fallback(
     payload: str | bytes,
     so_factory: Callable[[], ort.SessionOptions],
@@ -302,6 +330,8 @@ def make_session(
     """
     source = model if isinstance(model, ModelSource) else load_source(model)
     chain = provider_chain(provider, device_id)
+    if provider_key(provider) != "cpu" and GPU_PROVIDERS & set(ort.get_available_providers()):
+        preload_gpu_libraries()
     attempt = create_with_fallback(
         source.payload,
         lambda: session_options(threads, spinning=spinning),

@@ -305,6 +305,65 @@ def test_real_cuda_io_binding(models, cuda_works):
     assert np.array_equal(outputs[0].numpy(), np.zeros((2, 4), np.float32)), "Relu(-1) = 0"
 
 
+def test_real_cuda_computes_what_the_cpu_computes(cuda_works):
+    """The bundled demo CNN on CUDA (cuDNN convolutions, IO binding) matches the CPU provider."""
+    if not cuda_works:
+        pytest.skip("no usable CUDA execution provider on this machine")
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "models", "demo_fmnist.onnx")
+    x = np.random.default_rng(0).standard_normal((8, 1, 28, 28)).astype(np.float32)
+    outs = {}
+    for provider in ("cpu", "cuda"):
+        session, used, _ = make_session(path, provider, threads=1, strict=True)
+        name = session.get_inputs()[0].name
+        run = make_run_fn(session, {name: x}, used)
+        run()
+        outs[provider] = (run.binding.get_outputs()[0].numpy() if provider == "cuda"
+                          else session.run(None, {name: x})[0])
+    scale = float(np.abs(outs["cpu"]).max())
+    err = float(np.abs(outs["cuda"] - outs["cpu"]).max()) / scale
+    assert err < 1e-2, f"CUDA vs CPU relative error {err:.2e} (TF32 convolutions: ~1e-3)"
+
+
+def test_real_tensorrt_request_on_a_cuda_machine_says_what_it_used(models, cuda_works):
+    """'tensorrt' on a CUDA machine either runs on TensorRT or falls back to CUDA, saying why."""
+    if not cuda_works:
+        pytest.skip("no usable CUDA execution provider on this machine")
+    session, used, warning = make_session(models.relu(("N", 4)), "tensorrt", threads=1)
+    assert used == session.get_providers()[0] and used in (TENSORRT, CUDA), f"used {used}"
+    if used == CUDA:
+        assert warning and TENSORRT in warning and "\n" not in warning, f"one line: {warning!r}"
+
+
+def test_gpu_libraries_are_preloaded_once_and_quietly(monkeypatch, capfd):
+    """onnxruntime's preload_dlls runs once per process, before a GPU session; its prints stay
+    off stdout (JSON output) and come back as text."""
+    import compressor.bench.session as session_module
+
+    calls = []
+
+    def fake_preload():
+        calls.append(1)
+        print("Failed to load libcublas.so.13: not found")
+
+    monkeypatch.setattr(session_module, "_PRELOADED", {})
+    monkeypatch.setattr(ort, "preload_dlls", fake_preload, raising=False)
+    first = session_module.preload_gpu_libraries()
+    again = session_module.preload_gpu_libraries()
+    assert calls == [1], f"preloaded {len(calls)} times"
+    assert "libcublas.so.13" in first and again == first, f"text: {first!r}"
+    assert capfd.readouterr().out == "", "nothing on stdout"
+
+
+def test_cpu_requests_do_not_preload_gpu_libraries(models, monkeypatch):
+    """A CPU session never touches the GPU libraries."""
+    import compressor.bench.session as session_module
+
+    monkeypatch.setattr(session_module, "_PRELOADED", {})
+    monkeypatch.setattr(ort, "preload_dlls", lambda: pytest.fail("preloaded for CPU"), raising=False)
+    make_session(models.relu(("N", 4)), "cpu", threads=1)
+    assert session_module._PRELOADED == {}, "no preload for a CPU request"
+
+
 def test_session_options_can_keep_onnxruntime_spinning():
     """spinning=True: both pools spin, as onnxruntime does by default."""
     so = session_options(threads=2, spinning=True)
