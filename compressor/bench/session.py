@@ -178,6 +178,18 @@ def summarize_native_log(text: str, provider: str) -> str | None:
     return None
 
 
+# onnxruntime >= 1.31 warns on every CUDA session it creates the classic way (not as a plugin EP),
+# although the session runs on CUDA: seen on an H200, onnxruntime-gpu 1.31.1, 2026-11-30.
+_BENIGN = (re.compile(r"No registered plugin EP device found for '\w+' with device_id="),)
+
+
+def without_benign_lines(text: str) -> str:
+    """onnxruntime's log of a session that was created as asked, less its known-benign warnings."""
+    kept = [line for line in text.splitlines(keepends=True)
+            if not any(pattern.search(line) for pattern in _BENIGN)]
+    return "".join(kept)
+
+
 def _one_line(text: str, limit: int = 200) -> str:
     line = " ".join(text.split())
     return line if len(line) <= limit else line[: limit - 3] + "..."
@@ -288,8 +300,8 @@ def create_with_fallback(
             reason = summarize_native_log(log.text, wanted) or "onnxruntime did not create it"
             failures.append((wanted, _one_line(reason)))
             continue
-        if capture and log.text and used == wanted:
-            sys.stderr.write(log.text)  # nothing was wrong: give onnxruntime's messages back
+        if capture and used == wanted:
+            sys.stderr.write(without_benign_lines(log.text))  # nothing was wrong: give the rest back
         return SessionAttempt(session, requested, used, failures)
     raise AssertionError("unreachable: the last attempt either returns or raises")
 

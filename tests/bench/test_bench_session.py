@@ -27,6 +27,7 @@ from compressor.bench.session import (
     provider_key,
     session_options,
     summarize_native_log,
+    without_benign_lines,
     tensorrt_provider_options,
 )
 from compressor.errors import ModelError, UsageError
@@ -332,6 +333,18 @@ def test_real_tensorrt_request_on_a_cuda_machine_says_what_it_used(models, cuda_
     assert used == session.get_providers()[0] and used in (TENSORRT, CUDA), f"used {used}"
     if used == CUDA:
         assert warning and TENSORRT in warning and "\n" not in warning, f"one line: {warning!r}"
+
+
+def test_benign_plugin_ep_warning_is_dropped_from_a_working_sessions_log():
+    """onnxruntime 1.31 warns 'No registered plugin EP device found' for every CUDA session, which
+    then runs on CUDA; that line is dropped, any other line is given back."""
+    log = ("\x1b[0;93m2026-11-30 21:31:28.30 [W:onnxruntime:Default, onnxruntime_pybind_state.cc:856 "
+           "operator()] No registered plugin EP device found for 'CUDAExecutionProvider' with "
+           "device_id=0\x1b[m\n"
+           "2026-11-30 21:31:28.31 [W:onnxruntime:, session_state.cc:1280] Some nodes were not "
+           "assigned to the preferred execution providers\n")
+    kept = without_benign_lines(log)
+    assert "plugin EP" not in kept and "Some nodes were not assigned" in kept, kept
 
 
 def test_gpu_libraries_are_preloaded_once_and_quietly(monkeypatch, capfd):
