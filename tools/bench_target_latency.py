@@ -29,6 +29,12 @@ between processes minutes apart).
     .venv-zoo/bin/python tools/bench_target_latency.py --models mobilenet_v2 --fractions 0.5 --no-doc
     .venv-zoo/bin/python tools/bench_target_latency.py --render   # the table of the last run, no measuring
     .venv-zoo/bin/python tools/bench_target_latency.py --spinning --allocation table   # see below
+    python tools/bench_target_latency.py --provider cuda --batch 32 --allocation table   # on a GPU machine
+
+``--provider cuda|tensorrt`` runs the engine and the checks on that provider (the profile fit is
+skipped there: onnxruntime's profiler does not time GPU kernels), ``--batch N`` exports and measures
+the models at batch N (the GPU waits on kernel launches at batch 1). Their rows go to their own cache
+(``out/peers/target_latency_cuda_b32.json``) and block of docs/benchmarks.md.
 
 ``--spinning`` runs the same protocol with onnxruntime's default thread spinning on everywhere:
 ``compress --target-latency T --spinning`` (the engine's table, search and confirmation in blocks),
