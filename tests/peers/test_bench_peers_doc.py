@@ -93,3 +93,20 @@ def test_target_latency_error_and_table():
     text = tl.markdown([row, failed], meta)
     assert "**+4.0%**" in text and "✓" in text and "1/2 targets met" in text, "error and verdict rendered"
     assert "✗ exit 2" in text and tl._ratio_in(failed.note) == pytest.approx(0.32)
+
+
+def test_target_latency_gpu_header_and_cache(monkeypatch):
+    """A CUDA run's table names the provider, batch and GPU (not CPU threads); its cache and files
+    carry the provider and batch, so a GPU run never overwrites the CPU one."""
+    meta = {"command": "c", "date": "d", "onnxruntime": "1", "load_before": 1.0, "load_after": 2.0,
+            "provider_used": "CUDA provider", "batch": 32, "gpu": "NVIDIA H200, 580"}
+    head = tl.markdown([], meta).splitlines()[1]
+    assert "CUDA provider, IO binding, batch 32, on NVIDIA H200, 580" in head and "threads" not in head, head
+    cpu = tl.markdown([], {**meta, "provider_used": "CPU provider", "batch": 1, "gpu": None}).splitlines()[1]
+    assert f"CPU provider, {tl.THREADS} threads, spinning off, batch 1," in cpu, cpu
+    monkeypatch.setattr(tl, "PROVIDER", "cuda")
+    monkeypatch.setattr(tl, "INPUT_SHAPE", "32x3x224x224")
+    assert tl.cache_path().name == "target_latency_cuda_b32.json"
+    monkeypatch.setattr(tl, "PROVIDER", "cpu")
+    monkeypatch.setattr(tl, "INPUT_SHAPE", "1x3x224x224")
+    assert tl.cache_path().name == "target_latency.json", "the CPU cache keeps its name"
