@@ -547,6 +547,9 @@ def _latency_plan(proto, an, scores, opts, target_ms, provider, spec, tol, fallb
                 if i == len(multiples) - 1:
                     if missed:
                         exc.budget["fallback"] = missed
+                    hint = _small_batch_gpu_hint(meter.provider_used, spec.shapes, str(exc))
+                    if hint:
+                        raise LatencyTargetError(f"{exc} ({hint})", exc.budget) from exc
                     raise
                 missed.append({"round_to": multiple, "error": str(exc), "steps": exc.budget.get("steps", [])})
                 reference = exc.budget.get("reference_ms", reference)  # as re-read during that search, if it was
@@ -562,6 +565,18 @@ def _latency_plan(proto, an, scores, opts, target_ms, provider, spec, tol, fallb
                         "reference_pooled_ms": median_interval(meter.reference_history)[1],
                         "provider": meter.provider_used, "threads": meter.threads, "spinning": bool(spinning)})
     return res
+
+
+def _small_batch_gpu_hint(provider_used: str | None, shapes, message: str) -> str | None:
+    """Why a GPU target may be out of reach at batch 1: measured on an H200 (docs/benchmarks.md,
+    "On a GPU"), resnet50 at --ratio 0.5 ran 1.02x faster at batch 1 and 1.84x at batch 32."""
+    from compressor.bench.session import GPU_PROVIDERS
+
+    batches = [int(shape[0]) for shape in shapes.values() if len(shape) > 0]
+    if provider_used not in GPU_PROVIDERS or "unreachable" not in message or not batches or max(batches) > 1:
+        return None
+    return ("at batch 1 a GPU mostly waits on kernel launches, which narrower layers do not shorten: "
+            "give the batch you serve with --input-shape, or let --drop-layers remove layers whole")
 
 
 AUTO_ROUND_CANDIDATES = (1, 4, 8, 16, 32)

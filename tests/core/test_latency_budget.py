@@ -521,3 +521,29 @@ def test_without_a_hold_the_jumping_plans_end_in_a_clear_error(setup):
     knob.hold_removals = lambda plan: False
     with pytest.raises(LatencyTargetError, match="no untried plans near the target"):
         plan_for_latency(an, scores, PlanOptions(), 5.0, knob.measure, reference_ms=10.0, knob=knob)
+
+
+def test_unreachable_gpu_target_at_batch_1_says_why(monkeypatch):
+    """On a GPU at batch 1 the error adds why (kernel launches) and what to do; the budget stays."""
+    from compressor.planning.budget import LatencyTargetError
+
+    class _GpuMeter(_FakeRatioMeter):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.provider_used = "CUDAExecutionProvider"
+
+    monkeypatch.setattr(ratio_module, "RatioMeter", _GpuMeter)
+    with pytest.raises(LatencyTargetError, match="unreachable.*batch 1 a GPU mostly waits") as info:
+        api.prune(net(), target_latency=0.5, provider="cuda", latency_table=False)
+    assert info.value.budget.get("steps"), "what the search measured is kept"
+
+
+@pytest.mark.parametrize(("provider", "shapes", "message", "hinted"), [
+    ("CUDAExecutionProvider", {"x": (1, 3, 8, 8)}, "... is unreachable: ...", True),
+    ("TensorrtExecutionProvider", {"x": (1, 3, 8, 8)}, "... is unreachable: ...", True),
+    ("CPUExecutionProvider", {"x": (1, 3, 8, 8)}, "... is unreachable: ...", False),
+    ("CUDAExecutionProvider", {"x": (32, 3, 8, 8)}, "... is unreachable: ...", False),
+    ("CUDAExecutionProvider", {"x": (1, 3, 8, 8)}, "... not found within 16 measurements", False),
+])
+def test_small_batch_gpu_hint_only_where_it_applies(provider, shapes, message, hinted):
+    assert (api._small_batch_gpu_hint(provider, shapes, message) is not None) == hinted
