@@ -10,7 +10,8 @@ stdout, is disabled so that `--json` output stays clean; its native log lines ar
 a GPU session is created and summarised into that one line.
 
 On CUDA and TensorRT the run function uses IO binding with device-resident inputs and outputs,
-so the timed region is the model, not host-device copies.
+so the timed region is the model, not host-device copies. Before the first GPU session, the CUDA
+and cuDNN libraries of pip's nvidia-* packages are loaded (`preload_gpu_libraries`).
 """
 
 from __future__ import annotations
