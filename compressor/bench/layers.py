@@ -405,7 +405,11 @@ def leftover_probe(shape: tuple[int, ...], with_add: bool, opset: int) -> onnx.M
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
 
 
-def time_leftover(time_layer: TimeFn, shape: tuple[int, ...], opset: int, repeats: int = 3) -> float:
+#: readings of each leftover probe, with and without its Add (the fastest of them counts)
+LEFTOVER_REPEATS = 3
+
+
+def time_leftover(time_layer: TimeFn, shape: tuple[int, ...], opset: int, repeats: int = LEFTOVER_REPEATS) -> float:
     """ms a constant Add left at ``shape`` adds (:func:`leftover_probe` with and without it, each
     the fastest of ``repeats`` readings taken in turn)."""
     with_add, without = leftover_probe(shape, True, opset), leftover_probe(shape, False, opset)
@@ -505,7 +509,7 @@ def measure_table(analysis: Analysis, opset: int, time_layer: TimeFn, reference_
     if leftovers:
         for shape in residual_shapes(analysis):
             leftover[shape] = time_leftover(time_layer, shape, opset)
-            probes += 6
+            probes += 2 * LEFTOVER_REPEATS
     rest_nodes = _rest_nodes(analysis, {lyr.node for lyr in layers})
     table = LatencyTable(layers, grids, 0.0, sum_linear(lin for _, lin in rest_nodes), widths,
                          overhead_ms, 0.0, probes, reference_ms, rest_nodes=rest_nodes, retimed=retimed,

@@ -59,6 +59,7 @@ class _Graph:
         self.outputs = {o.name for o in graph.output}
         self.producer: dict[str, onnx.NodeProto] = {}
         self.readers: dict[str, int] = {}
+        self.inner: set[str] = set()  # tensors read inside a control-flow body
         for n in graph.node:
             for o in n.output:
                 if o:
@@ -68,6 +69,7 @@ class _Graph:
                     self.readers[x] = self.readers.get(x, 0) + 1
             for x in subgraph_outer_refs(n):  # read inside a control-flow body: never private
                 self.readers[x] = self.readers.get(x, 0) + 2
+                self.inner.add(x)
         self.inits = {t.name: t for t in graph.initializer}
 
     def const(self, name: str) -> np.ndarray | None:
@@ -619,7 +621,7 @@ def _forward(node: onnx.NodeProto, g: _Graph, rank: int, shape: Callable[[str], 
     if c is None or z in g.outputs or shape(x) is None or shape(x) != shape(z):
         return None
     readers = [n for n in g.graph.node if z in n.input]
-    if not readers or any(z in subgraph_outer_refs(n) for n in g.graph.node if n.attribute):
+    if not readers or z in g.inner:
         return None  # none, or one inside a control-flow body (it cannot be rewired here)
     edits = []
     for r in readers:
@@ -726,13 +728,15 @@ def absorbed(nodes: list[tuple[int, onnx.NodeProto]], outputs: list[str], substi
         added -= int(v.size) if v is not None else 0
     view, original = _Graph(g, lookup), dict(nodes)
 
-    def was_constant_add(name: str) -> bool:  # a bias Add of the graph's own: a kernel before too
+    def source(name: str) -> int | None:  # "__node12": the graph's node 12; "__node12/folded_constant": made here
         tail = name[len("__node"):] if name.startswith("__node") else ""
-        i = int(tail) if tail.isdigit() else None  # "__node12/folded_constant": an Add made here
-        n = original.get(i) if i is not None else None
+        return int(tail) if tail.isdigit() else None
+
+    def was_constant_add(name: str) -> bool:  # a bias Add of the graph's own: a kernel before too
+        n = original.get(source(name))
         return n is not None and n.op_type in ("Add", "Sub") and any(x and const(x) is not None for x in n.input)
 
     adds = [n.output[0] for n in g.node if n.op_type in ("Add", "Sub") and any(x in overlay for x in n.input)
             and _split(n, view) is not None and not was_constant_add(n.name)]
-    made = sum(1 for n in g.node if not n.name.startswith("__node") or not n.name[len("__node"):].isdigit())
+    made = sum(1 for n in g.node if source(n.name) is None)
     return {i for i, _ in nodes if f"__node{i}" not in left}, added, adds, made
