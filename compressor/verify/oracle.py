@@ -331,9 +331,35 @@ def _run(om: OracleModel, names: list[str] | None, feeds: list[dict[str, np.ndar
     return names, outs, provider
 
 
+def _output_error(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """(relative, absolute) error of ``y`` against the reference ``x``, same shape.
+
+    Non-finite values must sit in the same places with the same value in both (NaN where NaN,
+    +inf where +inf); otherwise the error is infinite. The error is measured on the finite
+    entries; an output with nothing finite to compare proves nothing, and counts as infinite too.
+    (A plain max would let NaN through: ``max(0.0, nan)`` is 0.0.)"""
+    if not x.size:
+        return 0.0, 0.0
+    fx, fy = np.isfinite(x), np.isfinite(y)
+    if not (fx == fy).all():
+        return float("inf"), float("inf")
+    if not fx.all():
+        odd = ~fx
+        same = (np.isnan(x[odd]) & np.isnan(y[odd])) | (x[odd] == y[odd])
+        if not same.all():
+            return float("inf"), float("inf")
+        if not fx.any():
+            return float("inf"), 0.0
+        x, y = x[fx], y[fx]
+    diff = float(np.max(np.abs(x - y)))
+    scale = float(np.max(np.abs(x)))
+    return (diff / max(scale, 1e-12) if diff else 0.0), diff
+
+
 def verify(reference: onnx.ModelProto | OracleModel, pruned: onnx.ModelProto | OracleModel, spec: InputSpec, *,
            tolerance: float = 1e-4, trials: int = 2, seed: int = 0) -> VerifyResult:
-    """Run both models on the same random inputs; relative error = max|a-b| / max|a| per output.
+    """Run both models on the same random inputs; relative error = max|a-b| / max|a| per output (over
+    its finite entries: NaN/inf must match exactly, see :func:`_output_error`).
 
     The reference runs first on every trial and its session is released before the pruned
     model's session is created; only the outputs are kept in between."""
@@ -354,9 +380,7 @@ def verify(reference: onnx.ModelProto | OracleModel, pruned: onnx.ModelProto | O
                 worst[n] = float("inf")
                 max_abs = float("inf")
                 continue
-            diff = float(np.max(np.abs(x - y))) if x.size else 0.0
-            scale = float(np.max(np.abs(x))) if x.size else 0.0
-            rel = diff / max(scale, 1e-12) if diff else 0.0
+            rel, diff = _output_error(x, y)
             worst[n] = max(worst[n], rel)
             max_abs = max(max_abs, diff)
     max_rel = max(worst.values()) if worst else 0.0
