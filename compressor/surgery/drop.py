@@ -153,10 +153,14 @@ def plan_drop(nodes: list[onnx.NodeProto], const: Callable[[str], np.ndarray | N
         if any(o in vanished for o in outs) and not all(o in vanished for o in outs):
             raise DropError(f"{_label(node)} ({node.op_type}) would write a tensor with no channels beside its "
                             "other outputs (an output of a multi-output node cannot be removed alone)")
-        if not any(x in vanished or x in known for x in names):
-            continue
         if outs and all(o in vanished for o in outs):
             continue  # inside the removed region: deleted with it
+        hidden = sorted(x for x in subgraph_outer_refs(node) if x in vanished or x in known)
+        if hidden:  # a control-flow body reads it by name: no input slot to rewrite
+            raise DropError(f"{_label(node)} ({node.op_type}) reads '{hidden[0]}' inside a subgraph, which would "
+                            "have no channels left")
+        if not any(x in vanished or x in known for x in names):
+            continue
         van = [k for k, x in enumerate(node.input) if x in vanished]
         if van:
             if node.op_type == "Concat":
@@ -229,7 +233,9 @@ def removal_effect(analysis: Analysis, removed: set[int]) -> RemovalEffect:
         return RemovalEffect(f"the removed layers' constant could not be carried forward ({type(exc).__name__}: "
                              f"{exc})", set(), 0)
     cut = {(i, k) for i, k in edits.concat_drops} | {(i, k) for i, k, _ in edits.substitutions}
-    gone = _dead(index.nodes, index.output_names, cut) - _dead(index.nodes, index.output_names, set())
+    dead = _dead(index.nodes, index.output_names, set())
+    gone = _dead(index.nodes, index.output_names, cut) - dead
+    gone |= {i for i in dead if any(o in vanished for o in index.nodes[i].output if o)}  # as drop_vanished
     dropped_into = {i for i, _ in edits.concat_drops}
     keep = _concat_names_kept(index.nodes, index.output_names, {index.nodes[i].output[0] for i in dropped_into})
     for i in dropped_into:  # left with one input: bypassed (_bypass_single_concats)
@@ -275,7 +281,8 @@ def drop_vanished(model: onnx.ModelProto, vanished: set[str], shape: Callable[[s
                   replace_input: Callable[[onnx.NodeProto, int, np.ndarray], None],
                   add_input: Callable[[onnx.NodeProto, np.ndarray], None] | None = None) -> int:
     """Take the vanished region out of the pruned ``model`` in place; returns the nodes removed.
-    Nodes that were dead before stay (this edit removes only what it made dead). With
+    Nodes that were dead before stay (this edit removes only what it made dead), except those that
+    write a vanished tensor. With
     ``add_input``, the constant ``Add`` nodes left where removed branches met live tensors are
     merged and absorbed into the biases before them (surgery/absorb.py)."""
     from onnx import numpy_helper
@@ -313,6 +320,9 @@ def drop_vanished(model: onnx.ModelProto, vanished: set[str], shape: Callable[[s
         del g.node[i].input[k]
     concats = [g.node[i].output[0] for i in sorted({i for i, _ in edits.concat_drops})]
     after = dead_nodes(g) - before
+    # a node that was dead before stays, unless it writes a tensor with no channels left (its
+    # group was removed: a dead layer's output costs nothing, so an allocation removes it first)
+    after |= {i for i in before if any(o in vanished for o in g.node[i].output if o)}
     for i in sorted(after, reverse=True):
         del g.node[i]
     singles = _bypass_single_concats(g, set(concats))

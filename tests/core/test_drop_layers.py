@@ -595,3 +595,46 @@ def test_a_constant_goes_up_into_a_conv_with_no_bias(bias):
     assert len(conv.input) == 3 and conv.output[0] == "y"
     got = numpy_helper.to_array(next(t for t in graph.initializer if t.name == conv.input[2]))
     np.testing.assert_array_equal(got, numpy_helper.to_array(inits[0]).reshape(6))
+
+
+def test_a_group_read_inside_a_control_flow_body_is_not_removed():
+    """Removing the 6-channel layer makes the next conv's output a constant (its bias), and a
+    subgraph reads that by name: there is no input slot to rewrite, so the group cannot go whole
+    (it used to be offered and then fail the surgery: exit 1)."""
+    from onnx import TensorProto, helper
+
+    g = G()
+    x = g.input("x", [1, 3, 8, 8])
+    h = g.op("Relu", [g.conv(x, 3, 6)])
+    r = g.op("Relu", [g.conv(h, 6, 6)])
+    body = lambda op: helper.make_graph([helper.make_node(op, [r], ["t"])], op, [],  # noqa: E731
+                                        [helper.make_tensor_value_info("t", TensorProto.FLOAT, None)])
+    cond = g.op("Greater", [g.op("ReduceSum", [x], keepdims=0), g.const(np.float32(0.0))])
+    i = g.op("If", [cond], then_branch=body("Relu"), else_branch=body("Neg"))
+    m = g.model([g.conv(i, 6, 4, k=1)])
+    an = api.analyze(m)
+    six = next(gr for gr in an.prunable if gr.size == 6)  # the first conv's (the If freezes the second's)
+    why = removal_blocker(an, {six.id})
+    assert why and "inside a subgraph" in why
+    assert six.id not in removable_groups(an)
+    res = api.prune(m, target_macs=0.5, sensitivity=True, drop_layers=True)
+    assert res.report["verify"]["passed"] and res.report["removed_whole"]["groups"] == 0
+
+
+def test_a_dead_layer_removed_whole_leaves_with_its_group():
+    """A conv whose output nothing reads: its group costs nothing, so an allocation removes it
+    whole; the dead conv then goes too (it used to stay, writing a tensor with no channels)."""
+    g = G()
+    x = g.input("x", [1, 3, 8, 8])
+    h = g.op("Relu", [g.conv(x, 3, 8)])
+    g.conv(h, 8, 6)  # dead: read by nothing
+    m = g.model([g.conv(g.op("Relu", [g.conv(h, 8, 8)]), 8, 4, k=1)])
+    an = api.analyze(m)
+    six = next(gr for gr in an.prunable if gr.size == 6)
+    effect = removal_effect(an, {six.id})
+    assert effect.why is None and effect.nodes == 1
+    res = api.prune(m, plan_in=plan_removing(m, lambda gr: gr.size == 6))
+    assert res.report["verify"]["passed"] and ops(res.model).count("Conv") == 3
+    assert res.report["removed_whole"] == {"groups": 1, "nodes": 1}
+    res = api.prune(m, target_macs=0.3, sensitivity=True, drop_layers=True)
+    assert res.report["verify"]["passed"]
