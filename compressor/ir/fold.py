@@ -20,24 +20,31 @@ MAX_FOLDED_BYTES = 1 << 30
 
 
 def prepare(model: onnx.ModelProto, *, inplace: bool = False) -> tuple[onnx.ModelProto, list[str]]:
-    """Normalise a model for analysis: IR >= 4 (initializers are constants, not inputs) and
-    constant subgraphs folded. Returns (model, notes).
+    """Normalise a model for analysis: IR >= 4, initializers are constants and not listed as graph
+    inputs (an IR >= 4 model may list them, as overridable defaults), and constant subgraphs
+    folded. Returns (model, notes).
 
     The input is returned as it is when nothing changes. Otherwise it is copied first, unless
     ``inplace`` (the caller owns the model, e.g. it has just loaded it), where it is edited in place.
     """
     notes = []
-    if model.ir_version < 4:
+    inits = {t.name for t in model.graph.initializer}
+    listed = [k for k, i in enumerate(model.graph.input) if i.name in inits]
+    if model.ir_version < 4 or listed:
         if not inplace:
             m = onnx.ModelProto()
             m.CopyFrom(model)
             model, inplace = m, True
-        inits = {t.name for t in model.graph.initializer}
-        for i in reversed(range(len(model.graph.input))):
-            if model.graph.input[i].name in inits:
-                del model.graph.input[i]
-        notes.append(f"IR version {model.ir_version} raised to 4: initializers are no longer listed as inputs")
-        model.ir_version = 4
+        for k in reversed(listed):
+            del model.graph.input[k]
+        if model.ir_version < 4:
+            notes.append(f"IR version {model.ir_version} raised to 4: initializers are no longer listed as inputs")
+            model.ir_version = 4
+        elif listed:
+            # IR >= 4 reads such an input as a default a caller may override (torch's
+            # keep_initializers_as_inputs=True writes every weight so): pruning fixes the weights
+            notes.append(f"{len(listed)} initializer(s) listed as graph inputs (overridable) are treated as "
+                         "constants and no longer listed as inputs")
     model, folded = fold_constants(model, inplace=inplace)
     if folded:
         notes.append(f"folded {len(folded)} constant subgraph node(s) into initializers")

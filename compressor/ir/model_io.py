@@ -120,6 +120,12 @@ def validate_model(model: onnx.ModelProto, label: str = "model") -> None:
     for out in g.output:
         if out.name not in known:
             raise ModelError(f"{label}: graph output '{out.name}' is not produced by any node")
+    names: set[str] = set()
+    for node in g.node:  # onnx.checker allows this; onnxruntime refuses to load the model
+        if node.name and node.name in names:
+            raise ModelError(f"{label}: two nodes are named '{node.name}' (onnxruntime refuses such a model; "
+                             "give the nodes unique names)")
+        names.add(node.name)
     try:  # the checker sees the model with its large weights replaced by stubs (see checkable)
         onnx.checker.check_model(checkable(model, label), full_check=False)
     except onnx.checker.ValidationError as exc:

@@ -1,0 +1,48 @@
+"""Model files written by other tools' conventions: loaded, pruned, or refused at load (exit 2).
+
+Found by fuzzing with hand-built graphs: initializers listed as graph inputs (torch's
+``keep_initializers_as_inputs=True``, IR 4-9) failed verification (exit 3), and duplicate node
+names, which onnx.checker allows and onnxruntime refuses, failed inside the oracle (exit 1).
+"""
+
+from __future__ import annotations
+
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import helper
+
+from compressor import api
+from compressor.cli import main
+from tests.core.graphs import G
+
+
+def _chain():
+    g = G(opset=13)
+    x = g.input("x", [1, 3, 8, 8])
+    return g, g.conv(g.op("Relu", [g.conv(x, 3, 8)]), 8, 4, k=1)
+
+
+@pytest.mark.parametrize("ir_version", [3, 6, 10])
+def test_initializers_listed_as_inputs_are_weights(ir_version):
+    g, y = _chain()
+    m = g.model([y], ir_version=max(ir_version, 4))
+    m.graph.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in m.graph.initializer)
+    m.ir_version = ir_version
+    res = api.prune(m, ratio=0.5)
+    assert res.report["verify"]["passed"] and res.report["groups"]["pruned"] == 1
+    assert [i.name for i in res.model.graph.input] == ["x"]
+    onnx.checker.check_model(res.model)
+
+
+def test_duplicate_node_names_are_refused_at_load(tmp_path):
+    g, y = _chain()
+    m = g.model([y])
+    for n in m.graph.node:
+        n.name = "blk"
+    src = tmp_path / "dup.onnx"
+    onnx.save(m, src)
+    r = CliRunner().invoke(main, [str(src), "-o", str(tmp_path / "out.onnx")])
+    assert r.exit_code == 2 and "two nodes are named 'blk'" in r.output
+    assert not (tmp_path / "out.onnx").exists()
+    assert onnx.load(src).SerializeToString() == m.SerializeToString()  # the input is untouched
