@@ -21,7 +21,9 @@ from compressor.importance import CRITERIA, score_groups
 from compressor.ir.fold import prepare
 from compressor.ir.graph import GraphIndex
 from compressor.ir.proto import detach_weights
-from compressor.ir.model_io import load_model, ort_max_ir_version, save_model, validate_model
+from compressor.ir.model_io import (
+    atomic_write_text, check_output_path, load_model, ort_max_ir_version, save_model, validate_model,
+)
 from compressor.ir.shapes import InputSpec, parse_shape_specs, resolve_inputs
 from compressor.metrics import count
 from compressor.planning import PlanOptions, PruningPlan, make_plan, plan_from_slices
@@ -44,13 +46,14 @@ LATENCY_ROUND_TO = 8
 LATENCY_FALLBACK = (4, 1)
 
 
-def _as_model(model) -> tuple[onnx.ModelProto, str | None]:
-    """Load (or validate) a model and fold its constant subgraphs so weights are constants."""
+def _as_model(model, data_files: list | None = None) -> tuple[onnx.ModelProto, str | None]:
+    """Load (or validate) a model and fold its constant subgraphs so weights are constants.
+    ``data_files`` receives the external-data files a model loaded from a path was read from."""
     if isinstance(model, onnx.ModelProto):
         validate_model(model)
         proto, path = model, None
     else:
-        proto, path = load_model(model), str(model)
+        proto, path = load_model(model, data_files), str(model)
     prepared, _ = prepare(proto, inplace=path is not None)  # a model loaded here is ours to edit
     return prepared, path
 
@@ -131,8 +134,11 @@ def prune(model, *, ratio: float = 0.5, output: str | os.PathLike | None = None,
           prune_norms: bool = True, verify_model: bool = True, tolerance: float = 1e-4,
           seed: int = 0, spinning: bool = False, keep_macs: bool = False,
           drop_layers: bool = False, target_speedup: float | None = None,
-          profile_table: bool = True, reprobe: bool = False) -> PruneResult:
-    """Prune a model; verify it against the masked original; write it atomically if ``output``.
+          profile_table: bool = True, reprobe: bool = False,
+          plan_out: str | os.PathLike | None = None) -> PruneResult:
+    """Prune a model; verify it against the masked original; write it atomically if ``output``
+    (and the plan, as JSON, if ``plan_out``). Both paths are checked before any work: neither may
+    be the input model, one of its external-data files or the other, or a place that cannot be written.
 
     Exact transforms run first when asked (each proven against its own input): ``merge_learned``
     (C-SGD clusters from training), ``merge_identical`` (tolerance), ``fold_constants``.
@@ -197,9 +203,14 @@ def prune(model, *, ratio: float = 0.5, output: str | os.PathLike | None = None,
     given by the caller is never modified or taken apart.
     """
     t0 = time.perf_counter()
-    proto, path = _as_model(model)
-    if output is not None and path is not None and Path(output).resolve() == Path(path).resolve():
-        raise UsageError(f"refusing to overwrite the input model {path}; choose another output path")
+    data_files: list[Path] = []
+    proto, path = _as_model(model, data_files)
+    # every file this run must not write over, checked before any work (a latency search takes minutes)
+    forbid = [("the input model", path), *(("the input model's external data", f) for f in data_files)]
+    if output is not None:
+        check_output_path(output, forbid=forbid)
+    if plan_out is not None:
+        check_output_path(plan_out, forbid=[*forbid, ("the output model", output)], what="plan")
     transforms = []
     if merge_learned or merge_identical is not None or fold_constants:
         from compressor import surgery
@@ -389,7 +400,10 @@ def prune(model, *, ratio: float = 0.5, output: str | os.PathLike | None = None,
             f"pruned model does not reproduce the masked original: max relative error "
             f"{ver.max_rel_err:.3g} > {tolerance:g}; nothing was written", report=report)
     if output is not None:
-        save_model(pruned, output, forbid=path)
+        save_model(pruned, output, forbid=forbid)
+    if plan_out is not None:
+        atomic_write_text(plan_out, plan.to_json())
+        report["plan_out"] = str(plan_out)
     report["seconds"] = round(time.perf_counter() - t0, 3)
     return PruneResult(model=pruned, report=report, plan=plan, analysis=an)
 

@@ -13,7 +13,7 @@ import traceback
 
 import click
 
-from compressor.errors import CompressorError, VerificationError
+from compressor.errors import VerificationError, failure, raise_on_termination
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -30,11 +30,9 @@ class DefaultGroup(click.Group):
 def _fail(exc: BaseException, debug: bool) -> None:
     if debug:
         traceback.print_exc()
-    if isinstance(exc, CompressorError):
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(exc.exit_code)
-    click.echo(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", err=True)
-    sys.exit(1)
+    line, code = failure(exc)
+    click.echo(line, err=True)
+    sys.exit(code)
 
 
 def _layer_rows(layers: list[dict], limit: int = 12) -> list[str]:
@@ -305,13 +303,8 @@ def prune_command(model, output, ratio, global_ranking, round_to, target_macs, t
                         calibration=calibration, merge_identical=merge_tol, merge_learned=merge_learned,
                         fold_constants=fold_constants, prune_norms=not freeze_norms,
                         exclude=exclude, importance=importance, plan_in=plan_in, verify_model=not no_verify,
-                        tolerance=tolerance, seed=seed, spinning=spinning)
+                        tolerance=tolerance, seed=seed, spinning=spinning, plan_out=plan_out or None)
         report = res.report
-        if plan_out:
-            from compressor.ir.model_io import atomic_write_text
-
-            atomic_write_text(plan_out, res.plan.to_json())
-            report["plan_out"] = plan_out
         if bench:
             from compressor.bench.api import compare_latency
 
@@ -389,5 +382,12 @@ def _register_bench() -> None:
 
 _register_bench()
 
-if __name__ == "__main__":  # pragma: no cover
+def run() -> None:
+    """The `compress` console script: SIGTERM/SIGHUP unwind like Ctrl-C (no partial output is left
+    behind), then the command runs."""
+    raise_on_termination()
     main()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    run()

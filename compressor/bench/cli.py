@@ -1,8 +1,9 @@
 """The `bench` click command: latency of one or more ONNX models, interleaved, as table/JSON/CSV.
 
 Wire it into the main group with `group.add_command(bench_command)`. Errors the user can fix
-are one line `error: ...` on stderr with the error's exit code (2 for usage errors); `--debug`
-(here or on the parent group) shows the traceback instead.
+are one line `error: ...` on stderr with the error's exit code (2 for usage errors), any other
+failure one `internal error: ...` line (exit 1), Ctrl-C `interrupted` (130); `--debug` (here or
+on the parent group) shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import sys
 import click
 
 from compressor.bench.api import benchmark
-from compressor.errors import CompressorError, UsageError
+from compressor.errors import Terminated, UsageError, failure
 
 
 def parse_batches(text: str | None) -> list[int] | None:
@@ -112,11 +113,12 @@ def bench_command(ctx: click.Context, models: tuple[str, ...], provider: str,
             interleave=interleave,
             block_time=block_time,
         )
-    except CompressorError as exc:
-        if _debug_requested(ctx, debug):
+    except (Exception, KeyboardInterrupt, Terminated) as exc:  # one line each; --debug: the traceback
+        if _debug_requested(ctx, debug) and isinstance(exc, Exception):
             raise
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(exc.exit_code)
+        line, code = failure(exc)
+        click.echo(line, err=True)
+        sys.exit(code)
     if as_json:
         click.echo(result.json())
     elif as_csv:

@@ -60,22 +60,43 @@ def _all_tensors(model: onnx.ModelProto):
                 yield attr.t
 
 
-def load_model(path: str | os.PathLike) -> onnx.ModelProto:
-    """Load and validate an ONNX model, raising ModelError with a one-line message on failure."""
+def external_data_files(model: onnx.ModelProto, base_dir: str | os.PathLike) -> list[Path]:
+    """The external-data files a model (loaded without its external data) reads, resolved."""
+    files = []
+    for tensor in _all_tensors(model):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            location = {e.key: e.value for e in tensor.external_data}.get("location", "")
+            f = (Path(base_dir) / location).resolve()
+            if f not in files:
+                files.append(f)
+    return files
+
+
+def load_model(path: str | os.PathLike, data_files: list[Path] | None = None) -> onnx.ModelProto:
+    """Load and validate an ONNX model, raising ModelError with a one-line message on failure.
+    ``data_files``, when given, receives the external-data files the model was read from."""
     p = Path(path)
     if not p.exists():
         raise ModelError(f"model file not found: {p}")
     if p.is_dir():
         raise ModelError(f"{p} is a directory, not an ONNX model file")
-    if p.stat().st_size == 0:
+    try:
+        with open(p, "rb") as fh:  # read, not stat: a pipe or /dev/fd/N has no size
+            raw = fh.read()
+    except OSError as exc:
+        raise ModelError(f"cannot read {p}: {exc.strerror or exc}") from None
+    if not raw:
         raise ModelError(f"{p} is empty")
     try:
-        model = onnx.load(str(p), load_external_data=False)
+        model = onnx.load_model_from_string(raw)
     except Exception as exc:  # protobuf raises DecodeError and friends
         raise ModelError(f"{p} is not a readable ONNX model ({type(exc).__name__}: {exc})") from None
+    del raw
     if not model.graph.node and not model.graph.output:
         raise ModelError(f"{p} does not contain an ONNX graph (truncated or not an ONNX file?)")
     _check_external_data(model, p.parent)
+    if data_files is not None:
+        data_files.extend(external_data_files(model, p.parent))
     try:
         onnx.load_external_data_for_model(model, str(p.parent))
     except Exception as exc:
@@ -174,23 +195,69 @@ def checkable(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
     return m
 
 
-def save_model(model: onnx.ModelProto, path: str | os.PathLike, *, forbid: str | os.PathLike | None = None) -> Path:
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _publish(tmp: str | os.PathLike, out: Path) -> None:
+    """Give the finished temp file the mode a new file gets (or the mode of the file it replaces;
+    mkstemp makes it 0600), then rename it over ``out``."""
+    try:
+        mode = out.stat().st_mode & 0o777
+    except OSError:
+        mode = 0o666 & ~_umask()
+    os.chmod(tmp, mode)
+    os.replace(tmp, out)
+
+
+#: (label, path) pairs of files an output must not be written over
+Forbidden = list[tuple[str, "str | os.PathLike | None"]]
+
+
+def check_output_path(path: str | os.PathLike, *, forbid: Forbidden | None = None, what: str = "output") -> Path:
+    """Refuse an output path before any work: a folder, one of the ``forbid`` files ((label, path)
+    pairs: the input model, its external data, another output), or a place that cannot be written."""
+    out = Path(path)
+    if out.is_dir():
+        raise UsageError(f"{what} path {out} is a directory")
+    target = out.resolve()
+    for label, f in forbid or ():
+        if f is not None and target == Path(f).resolve():
+            raise UsageError(f"refusing to overwrite {label} {out}; choose another {what} path")
+    folder = target.parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UsageError(f"cannot write {what} {out}: {folder} is not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot write {what} {out}: no write permission in {folder}")
+    return out
+
+
+def save_model(model: onnx.ModelProto, path: str | os.PathLike, *,
+               forbid: str | os.PathLike | Forbidden | None = None) -> Path:
     """Write a model atomically (temp file + rename); large models get external data beside it.
 
-    ``forbid`` is the input model's path: writing over it is refused.
+    ``forbid``: the input model's path, or (label, path) of every file that must not be written
+    over (the input model, its external data); the external-data file is checked too.
+    A file that cannot be written raises UsageError (exit 2) and leaves no temporary file.
     """
     out = Path(path)
-    if forbid is not None and out.resolve() == Path(forbid).resolve():
-        raise UsageError(f"refusing to overwrite the input model {out}; choose another output path")
-    if out.is_dir():
-        raise UsageError(f"output path {out} is a directory")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if forbid is not None and not isinstance(forbid, list):
+        forbid = [("the input model", forbid)]
+    check_output_path(out, forbid=forbid)
     large = serialized_size(model) > EXTERNAL_DATA_THRESHOLD
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
+    data_name = out.name + ".data"
+    if large:
+        check_output_path(out.parent / data_name, forbid=forbid, what="external data")
+    tmp = tmp_data = None
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+        os.close(fd)
         if large:
-            data_name = out.name + ".data"
             tmp_data = out.parent / (Path(tmp).name + ".data")
             onnx.save_model(
                 model, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
@@ -204,14 +271,19 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, *, forbid: str |
                         e.value = data_name
             with open(tmp, "wb") as fh:
                 fh.write(final.SerializeToString())
-            os.replace(tmp_data, out.parent / data_name)
+            _publish(tmp_data, out.parent / data_name)
+            tmp_data = None
         else:
             with open(tmp, "wb") as fh:
                 write_streamed(model, fh)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        _publish(tmp, out)
+        tmp = None
+    except OSError as exc:
+        raise UsageError(f"cannot write {out}: {exc.strerror or exc}") from None
+    finally:  # on any failure, a signal included (the CLI turns SIGTERM into SystemExit)
+        for t in (tmp_data, tmp):  # both are None or renamed away after a success
+            if t is not None:
+                Path(t).unlink(missing_ok=True)
     return out
 
 
@@ -239,15 +311,21 @@ def serialized_size(model: onnx.ModelProto) -> int:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write a text file atomically (temp file in the same folder, then rename)."""
+    """Write a text file atomically (temp file in the same folder, then rename); a file that
+    cannot be written raises UsageError (exit 2) and leaves no temporary file."""
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    check_output_path(out, what="file")
+    tmp = None
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        _publish(tmp, out)
+        tmp = None
+    except OSError as exc:
+        raise UsageError(f"cannot write {out}: {exc.strerror or exc}") from None
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
     return out
