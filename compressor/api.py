@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -124,7 +125,7 @@ class PruneResult:
     analysis: Analysis = field(repr=False)
 
 
-def prune(model, *, ratio: float = 0.5, output: str | os.PathLike | None = None, input_shapes=None,
+def prune(model, *, ratio: float | None = None, output: str | os.PathLike | None = None, input_shapes=None,
           global_ranking: bool = False, round_to: int | str | None = None, min_channels: int = 1, exclude=(),
           importance: str = "auto", plan_in: str | os.PathLike | PruningPlan | None = None,
           target_macs: float | None = None, target_params: float | None = None,
@@ -139,6 +140,9 @@ def prune(model, *, ratio: float = 0.5, output: str | os.PathLike | None = None,
     """Prune a model; verify it against the masked original; write it atomically if ``output``
     (and the plan, as JSON, if ``plan_out``). Both paths are checked before any work: neither may
     be the input model, one of its external-data files or the other, or a place that cannot be written.
+
+    ``ratio``: the fraction of each prunable group's channels removed (0.5 when not given); a
+    budget (``target_*``) or ``plan_in`` decides the widths instead, and excludes it.
 
     Exact transforms run first when asked (each proven against its own input): ``merge_learned``
     (C-SGD clusters from training), ``merge_identical`` (tolerance), ``fold_constants``.
@@ -227,8 +231,22 @@ def prune(model, *, ratio: float = 0.5, output: str | os.PathLike | None = None,
     budgets = [b for b in (target_macs, target_params, target_latency, target_speedup) if b is not None]
     if len(budgets) > 1:
         raise UsageError("give at most one of --target-macs, --target-params, --target-latency, --target-speedup")
-    if target_speedup is not None and not target_speedup > 1.0:
-        raise UsageError(f"--target-speedup must be above 1, got {target_speedup}")
+    if ratio is not None and (budgets or plan_in is not None):
+        raise UsageError("--ratio is replaced by " + ("the plan's widths (--plan-in)" if plan_in is not None else
+                                                      "the budget") + "; give one of them")
+    if plan_in is not None and (global_ranking or round_to is not None):
+        raise UsageError("--plan-in replays a plan's widths; --global and --round-to do not apply")
+    if target_speedup is not None and not (1.0 < target_speedup < math.inf):
+        raise UsageError(f"--target-speedup must be a finite number above 1, got {target_speedup}")
+    if target_latency is not None and not (0.0 < target_latency < math.inf):
+        raise UsageError(f"--target-latency must be a positive number of milliseconds, got {target_latency}")
+    if not 0.0 <= tolerance < math.inf:
+        raise UsageError(f"--tolerance must be a relative error >= 0, got {tolerance}")
+    if merge_identical is not None and not 0.0 <= merge_identical < math.inf:
+        raise UsageError(f"--merge-identical must be a relative tolerance >= 0, got {merge_identical}")
+    if not 0 <= seed < 2**32:
+        raise UsageError(f"--seed must be in [0, 2**32), got {seed}")
+    ratio = 0.5 if ratio is None else ratio
     latency_goal = target_latency is not None or target_speedup is not None
     if not 0.005 <= latency_tolerance <= 0.5:
         raise UsageError(f"--latency-tolerance must be in [0.005, 0.5], got {latency_tolerance}")
@@ -285,6 +303,10 @@ def prune(model, *, ratio: float = 0.5, output: str | os.PathLike | None = None,
     if plan_in is not None:
         plan = plan_in if isinstance(plan_in, PruningPlan) else _read_plan(plan_in, an, opts)
         plan = plan.rebind(an)
+        emptied = {g.id for g in plan.groups if g.size and not g.kept}
+        why = removal_effect(an, emptied).why if emptied else None
+        if why:
+            raise UsageError(f"the plan keeps no channel of a group that cannot be removed whole: {why}")
     else:
         scores, notes = _scores(proto, an, importance, seed)
         importance_notes += notes
@@ -394,6 +416,9 @@ def prune(model, *, ratio: float = 0.5, output: str | os.PathLike | None = None,
         **({"transforms": transforms} if transforms else {}),
         **extra,
     }
+    warnings = _warnings(an, plan, exclude, ratio if plan_in is None and not budgets else None)
+    if warnings:
+        report["warnings"] = warnings
     if ver is not None and not ver.passed:
         report["seconds"] = round(time.perf_counter() - t0, 3)
         raise VerificationError(
@@ -406,6 +431,21 @@ def prune(model, *, ratio: float = 0.5, output: str | os.PathLike | None = None,
         report["plan_out"] = str(plan_out)
     report["seconds"] = round(time.perf_counter() - t0, 3)
     return PruneResult(model=pruned, report=report, plan=plan, analysis=an)
+
+
+def _warnings(an: Analysis, plan: PruningPlan, exclude, ratio: float | None) -> list[str]:
+    """What the user asked that had no effect: an --exclude pattern that matches no group, a
+    --ratio that removed nothing."""
+    out = [f"--exclude '{p}' matches no node or tensor of any channel group; it protects nothing"
+           for p in exclude or () if not any(f"--exclude '{p}'" in r for g in an.groups for r in g.reasons)]
+    if ratio and not any(g.removed for g in plan.groups):
+        if not an.prunable:
+            out.append("no channel group is prunable here (`unprunable` and `barriers` say why); nothing was removed")
+        else:
+            o = plan.options
+            out.append(f"nothing was removed: at --ratio {ratio:g}, --round-to {o.round_to} and --min-channels "
+                       f"{o.min_channels} leave every prunable group whole")
+    return out
 
 
 def _resolve_importance(proto: onnx.ModelProto, importance: str) -> tuple[str, list[str]]:
@@ -637,17 +677,34 @@ def load_calibration(source) -> dict[str, np.ndarray]:
     """Calibration samples: a dict ``{input name: array}``, a .npz file of such arrays, or a .npy
     array for a model with one input (named ``None`` until matched to the model's input)."""
     if isinstance(source, dict):
-        return {k: np.asarray(v) for k, v in source.items()}
-    path = Path(source)
-    if not path.is_file():
-        raise UsageError(f"calibration file not found: {path}")
-    try:
-        if path.suffix == ".npz":
-            with np.load(path, allow_pickle=False) as z:
-                return {k: z[k] for k in z.files}
-        return {None: np.load(path, allow_pickle=False)}
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"cannot read calibration data {path}: {exc}") from None
+        data, where = {k: np.asarray(v) for k, v in source.items()}, "calibration data"
+    else:
+        path = Path(source)
+        if path.is_dir():
+            raise UsageError(f"calibration file {path} is a directory")
+        if not path.is_file():
+            raise UsageError(f"calibration file not found: {path}")
+        try:
+            if path.suffix == ".npz":
+                with np.load(path, allow_pickle=False) as z:
+                    data = {k: z[k] for k in z.files}
+            else:
+                data = {None: np.load(path, allow_pickle=False)}
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"cannot read calibration data {path} (a .npz of arrays or a .npy array expected): "
+                             f"{exc}") from None
+        where = f"calibration data {path}"
+    if not data:
+        raise UsageError(f"{where} holds no arrays")
+    for name, arr in data.items():
+        label = f"{where}" + (f", input '{name}'" if name is not None else "")
+        if arr.ndim < 1 or len(arr) < 1:
+            raise UsageError(f"{label}: no samples (shape {list(arr.shape)}; samples go on the first axis)")
+        if arr.dtype.kind not in "biuf":
+            raise UsageError(f"{label}: numbers expected, got dtype {arr.dtype}")
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise UsageError(f"{label}: holds NaN or infinite values")
+    return data
 
 
 def _read_plan(path, analysis: Analysis, opts: PlanOptions) -> PruningPlan:
@@ -656,10 +713,16 @@ def _read_plan(path, analysis: Analysis, opts: PlanOptions) -> PruningPlan:
         data = json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise UsageError(f"plan file not found: {path}") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read plan file {path}: {exc.strerror or exc}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UsageError(f"plan file {path} is not valid JSON: {exc}") from None
-    if isinstance(data, dict) and isinstance(data.get("plan"), list):
-        return plan_from_slices(analysis, data["plan"], opts)
     if not isinstance(data, dict):
         raise UsageError(f"{path} is neither a plan file nor a JSON report")
-    return PruningPlan.from_dict(data)
+    try:
+        if isinstance(data.get("plan"), list):
+            return plan_from_slices(analysis, data["plan"], opts)
+        return PruningPlan.from_dict(data)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:  # a field missing or of the wrong type
+        what = f"missing field {exc}" if isinstance(exc, KeyError) else f"{type(exc).__name__}: {exc}"
+        raise UsageError(f"plan file {path} is not a valid plan ({what})") from None

@@ -6,7 +6,9 @@ Errors are one line on stderr; `--debug` shows the traceback.
 
 from __future__ import annotations
 
+import difflib
 import json
+import os
 import re
 import sys
 import traceback
@@ -23,6 +25,9 @@ class DefaultGroup(click.Group):
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         if args and args[0] not in self.commands and args[0] not in ("-h", "--help", "--version"):
+            near = difflib.get_close_matches(args[0], list(self.commands), n=1, cutoff=0.75)
+            if near and not os.path.exists(args[0]):  # a misspelt command, not a model file
+                raise click.UsageError(f"no such command '{args[0]}'; did you mean '{near[0]}'?", ctx)
             args = ["prune", *args]
         return super().parse_args(ctx, args)
 
@@ -210,8 +215,9 @@ shape_option = click.option("--input-shape", "input_shapes", multiple=True, meta
 @click.argument("model", type=click.Path(dir_okay=True))
 @click.option("-o", "--output", type=click.Path(), help="Where to write the pruned model (required unless "
               "--dry-run).")
-@click.option("--ratio", type=float, default=0.5, show_default=True,
-              help="Fraction of channels removed from each prunable group (in [0, 1)).")
+@click.option("--ratio", type=float, default=None,
+              help="Fraction of channels removed from each prunable group (in [0, 1)).  [default: 0.5, unless a "
+              "--target-* budget or --plan-in decides]")
 @click.option("--global", "global_ranking", is_flag=True, help="Rank channels across all groups instead of "
               "removing the same fraction from each.")
 @click.option("--round-to", default=None, metavar="N|auto",
@@ -323,6 +329,8 @@ def prune_command(model, output, ratio, global_ranking, round_to, target_macs, t
         if isinstance(exc, SystemExit):
             raise
         _fail(exc, debug)
+    for line in report.get("warnings", ()):
+        click.echo(f"warning: {line}", err=True)
     if as_json:
         click.echo(json.dumps(report, indent=1))
     else:

@@ -6,6 +6,7 @@ and report the provider each model actually ran on.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -164,8 +165,10 @@ def benchmark(
     if block_time is not None:
         if interleave != "block":
             raise UsageError("--block-time applies only with --interleave block (or --spinning)")
-        if not block_time > 0:
-            raise UsageError(f"--block-time must be positive, got {block_time}")
+        if not 0 < block_time < math.inf:
+            raise UsageError(f"--block-time must be a positive number of seconds, got {block_time}")
+    if not 0 <= seed < 2**32:
+        raise UsageError(f"--seed must be in [0, 2**32), got {seed}")
     block_s = float(block_time) if block_time is not None else DEFAULT_BLOCK_S
     provider_key(provider)  # validate before loading anything
     specs = _as_specs(input_shapes)

@@ -10,6 +10,7 @@ loop is deterministic under test.
 from __future__ import annotations
 
 import gc
+import math
 import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -52,8 +53,8 @@ class StopRule:
             if runs < 1:
                 raise ValueError(f"runs must be at least 1, got {runs}")
             return cls(runs=int(runs))
-        if min_time is not None and min_time <= 0:
-            raise ValueError(f"min_time must be positive, got {min_time}")
+        if min_time is not None and not 0 < min_time < math.inf:
+            raise ValueError(f"min_time must be a positive number of seconds, got {min_time}")
         return cls(
             min_time_s=float(min_time if min_time is not None else DEFAULT_MIN_TIME_S),
             min_runs=DEFAULT_MIN_RUNS if min_runs is None else max(1, int(min_runs)),

@@ -71,7 +71,21 @@ class PruningPlan:
         if d.get("schema") != "compressor.plan/1":
             raise UsageError("not a compressor plan file (schema compressor.plan/1 expected)")
         opts = PlanOptions(**d["options"])
-        return cls(opts, [GroupDecision(**g) for g in d["groups"]])
+
+        def ints(v, what):
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise TypeError(f"{what} must be an integer, got {v!r}")
+            return v
+
+        decisions = []
+        for g in d["groups"]:
+            dec = GroupDecision(**g)
+            ints(dec.id, "a group's id")
+            ints(dec.size, "a group's size")
+            dec.kept = [ints(k, "a kept channel index") for k in dec.kept]
+            dec.signature = [str(m) for m in dec.signature]
+            decisions.append(dec)
+        return cls(opts, decisions)
 
     def rebind(self, analysis: Analysis) -> "PruningPlan":
         """Match this plan's groups to a fresh analysis of the same model by member signature."""
@@ -101,6 +115,12 @@ def plan_from_slices(analysis: Analysis, slices: list[dict], opts: PlanOptions |
     if unknown:
         raise UsageError(f"the plan slices {unknown[0][0]} axis {unknown[0][1]}, which no channel group of this "
                          "model carries")
+    for (tensor, axis), kept in given.items():
+        shape = analysis.index.shape(tensor)
+        size = shape[axis] if shape is not None and -len(shape) <= axis < len(shape) else None
+        if len(set(kept)) != len(kept) or any(k < 0 or (size is not None and k >= size) for k in kept):
+            raise UsageError(f"the plan keeps invalid indices of {tensor} axis {axis} (out of range or repeated"
+                             + (f"; the axis has {size}" if size is not None else "") + ")")
     decisions = []
     for g in analysis.groups:
         kept_sets = []

@@ -20,7 +20,14 @@ import pytest
 from compressor import api
 from compressor.errors import Terminated, raise_on_termination
 from compressor.ir import model_io
-from tests.core.test_cli import assert_error, model_path, run, small_model  # noqa: F401 - fixture
+from tests.core.test_cli import assert_error, run, small_model
+
+
+@pytest.fixture
+def model_path(tmp_path):
+    p = tmp_path / "m.onnx"
+    onnx.save(small_model(), p)
+    return p
 
 def test_plan_out_may_not_overwrite_the_input_or_the_output(model_path, tmp_path):
     before = model_path.read_bytes()
