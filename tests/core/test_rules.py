@@ -333,3 +333,62 @@ def test_exclude_protects_matching_groups_and_says_why():
     assert len(excluded) == 1 and first_conv in excluded[0].reasons[0]
     w0 = m.graph.node[0].input[1]
     assert shapes(res.model)[w0][0] == 8, "the excluded conv keeps all its filters"
+
+
+def _beside_a_free_chain(build, opset: int = 17):
+    """x -> conv(4->8) -> relu -> ``build(g, r)`` -> 1x1 conv -> y1, beside an unrelated chain
+    x -> conv(4->8) -> relu -> 1x1 conv -> y2 that must still be pruned."""
+    g = G(opset=opset)
+    x = g.input("x", [1, 4, 8, 8])
+    r = g.op("Relu", [g.conv(x, 4, 8)])
+    mid, c = build(g, r)
+    y1 = g.conv(mid, c, 3, k=1) if c else g.op("ReduceSum", [mid, g.const(np.array([2], np.int64))], keepdims=0)
+    y2 = g.conv(g.op("Relu", [g.conv(x, 4, 8)]), 8, 3, k=1)
+    return g.model([y1, y2])
+
+
+def _to_axis2(g, r):
+    return g.op("Transpose", [r], perm=[0, 2, 1, 3])
+
+
+@pytest.mark.parametrize("case, build, reason", [
+    ("a conv over channels moved to a spatial axis",
+     lambda g, r: (g.conv(_to_axis2(g, r), 8, 6), 6), "convolves or batches over axis 2"),
+    ("an InstanceNorm whose statistics run over channels on axis 2",
+     lambda g, r: (g.op("Transpose", [g.op("InstanceNormalization", [_to_axis2(g, r), g.rand(8), g.rand(8)])],
+                        perm=[0, 2, 1, 3]), 8), "normalises over axis 2"),
+    ("a GroupNorm over channels on axis 2",
+     lambda g, r: (g.op("Transpose", [g.op("GroupNormalization", [_to_axis2(g, r), g.rand(8), g.rand(8)],
+                                           num_groups=2)], perm=[0, 2, 1, 3]), 8), "normalises across channels"),
+    ("a Pad that shifts the channels by one (+1 / -1)",
+     lambda g, r: (g.op("Pad", [r, g.const(np.array([0, 1, 0, 0, 0, -1, 0, 0], np.int64))]), 8), "pads axis 1"),
+    ("a Size of the channels used as a number",
+     lambda g, r: (g.op("Div", [r, g.op("Cast", [g.op("Size", [r])], to=1)]), 8), "counts the channels"),
+    ("a Gather whose indices carry the channels",
+     lambda g, r: (g.op("Transpose", [g.op("Gather", [g.rand(5, 8), g.op("Cast", [g.op("Clip", [
+         r, g.const(np.array(0.0, np.float32)), g.const(np.array(4.0, np.float32))])], to=7)])], perm=[0, 4, 1, 2, 3]),
+         None), "indexes with"),
+])
+def test_channels_on_an_axis_the_op_mixes_freeze_only_their_group(case, build, reason):
+    """Each used to pass the group on unfrozen: the whole run then failed verification (exit 3),
+    and the unrelated chain was not pruned either (found by fuzzing)."""
+    m = _beside_a_free_chain(build, opset=21 if case.startswith("a GroupNorm") else 17)
+    res = prune_ok(m, min_pruned=1)
+    frozen = [u for u in res.report["unprunable"] if any(reason in r for r in u["reasons"])]
+    assert frozen, (case, res.report["unprunable"])
+
+
+@pytest.mark.parametrize("op", ["Conv", "ConvTranspose"])
+def test_depthwise_conv_with_a_channel_multiplier_passes_channels_through(op):
+    """group = C with 2 outputs per input channel: Conv W[2C, 1, k, k], ConvTranspose W[C, 2, k, k].
+    The transposed one used to be taken for a grouped conv of one channel per group (frozen)."""
+    g = G()
+    x = g.input("x", [1, 3, 8, 8])
+    h = g.op("Relu", [g.conv(x, 3, 8)])
+    w = g.rand(16, 1, 3, 3) if op == "Conv" else g.rand(8, 2, 3, 3)
+    d = g.op(op, [h, w, g.rand(16, base="b")], kernel_shape=[3, 3], pads=[1, 1, 1, 1], group=8)
+    res = prune_ok(g.model([g.conv(g.op("Relu", [d]), 16, 4, k=1)]))
+    s = shapes(res.model)
+    assert s[w] == ((8, 1, 3, 3) if op == "Conv" else (4, 2, 3, 3))
+    node = next(n for n in res.model.graph.node if n.op_type == op and n.input[1] == w)
+    assert next(a.i for a in node.attribute if a.name == "group") == 4

@@ -22,6 +22,10 @@ class _ConvBase(Rule):
         x, w = node.input[0], node.input[1]
         b = node.input[2] if len(node.input) > 2 and node.input[2] else None
         y = node.output[0]
+        for ax, lay in ctx.layouts(x).items():  # channels moved to the batch or a spatial axis
+            if ax != 1:
+                ctx.freeze_layout(lay, f"{node.op_type} '{ctx.label(node)}' convolves or batches over axis {ax} "
+                                       "of its input, which carries channels")
         xs, ws = ctx.shape(x), ctx.shape(w)
         if not ctx.is_const(w) or xs is None or ws is None or (b and not ctx.is_const(b)):
             ctx.barrier(node, "weights are computed at run time, not constants")
@@ -43,14 +47,15 @@ class _ConvBase(Rule):
                 ctx.bind(w, in_ax, lay_x, CONSUMER, node, 1)
                 ctx.consume(node, 0, 1)
             return
-        depthwise = g == C and per_group_in == 1 and (out_per_group == 1 or not self.transposed)
+        depthwise = g == C and per_group_in == 1  # channel multiplier out_per_group (1 for a plain one)
         if depthwise:
             if lay_x is None:
                 ctx.new_group(y, 1, node=node, frozen=f"depthwise {node.op_type} '{ctx.label(node)}' on an untracked input")
                 return
             out = _scaled(lay_x, out_per_group)
             ctx.set_layout(y, 1, out)
-            ctx.bind(w, 0, out, PARAM, node, 1)
+            # Conv W[C*m, 1, k..] lists the outputs; ConvTranspose W[C, m, k..] the inputs
+            ctx.bind(w, 0, lay_x if self.transposed else out, PARAM, node, 1)
             if b:
                 ctx.bind(b, 0, out, PARAM, node, 2)
             return

@@ -40,6 +40,7 @@ class Gather(Rule):
                 ctx.barrier(node, "operand ranks unknown")
             return
         axis = int(ctx.attr(node, "axis", 0)) % rank
+        ctx.freeze_tensor(ind, f"Gather '{ctx.label(node)}' indexes with '{ind}', which carries channels")
         lays = ctx.layouts(data)
         if not lays:
             if ctx.is_const(data) and rank == 2 and axis == 0 and not ctx.is_const(ind):

@@ -18,6 +18,10 @@ from compressor.analysis.registry import Rule, register_rule
 class PerChannelNorm(Rule):
     def analyze(self, node: onnx.NodeProto, ctx: AnalysisContext) -> None:
         x = node.input[0]
+        if node.op_type == "InstanceNormalization":  # statistics over the spatial axes
+            for ax, a_lay in ctx.layouts(x).items():
+                if ax >= 2:
+                    ctx.freeze_layout(a_lay, f"InstanceNormalization '{ctx.label(node)}' normalises over axis {ax}")
         ctx.copy_layouts(x, node.output[0], node=node)
         lay = ctx.layout(x, 1)
         if lay is None:
@@ -84,7 +88,11 @@ class LayerNorm(Rule):
 @register_rule("GroupNormalization", "LRN")
 class ChannelMixingNorm(Rule):
     def analyze(self, node, ctx):
-        _freeze_axes(node, ctx, {1}, "normalises across channels")
+        rank = ctx.rank(node.input[0]) or 2
+        # GroupNorm's statistics run over each group's channels and every spatial position; LRN's
+        # over neighbouring channels at one position
+        axes = set(range(1, rank)) if node.op_type == "GroupNormalization" else {1}
+        _freeze_axes(node, ctx, axes, "normalises across channels")
 
 
 @register_rule("MeanVarianceNormalization")

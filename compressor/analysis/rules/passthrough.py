@@ -15,19 +15,52 @@ from compressor.analysis.rules._shape_source import adapts, entry_deps, rewrite_
                "RandomNormalLike", "RandomUniformLike", "Range")
 class NoChannels(Rule):
     """Outputs carry no tracked channels; a Shape of a pruned tensor changes with it, which the
-    Reshape/Expand rules check where such values are used."""
+    Reshape/Expand rules check where such values are used (analysis/shape_reads.py). A Size counts
+    the channels into one number that nothing traces: its input's groups are frozen."""
 
     def analyze(self, node, ctx):
-        return None
+        if node.op_type == "Size" and node.input:
+            ctx.freeze_tensor(node.input[0], f"Size '{ctx.label(node)}' counts the channels of '{node.input[0]}'")
 
 
 @register_rule("Pad")
 class Pad(Rule):
     def analyze(self, node: onnx.NodeProto, ctx: AnalysisContext) -> None:
         x = node.input[0]
-        # Padding a tracked axis would mix channels with pad values; copy_layouts freezes it
-        # because that axis changes length. Zero-length pads keep lengths and pass through.
+        # Padding a tracked axis would mix channels with pad values, and pads of +k and -k keep its
+        # length but shift its channels: only an axis padded by zero on both sides passes through.
+        lays = ctx.layouts(x)
+        rank = ctx.rank(x)
+        if lays and rank:
+            pads = _pads(node, ctx, rank)
+            for ax, lay in lays.items():
+                if pads is None or pads[ax] or pads[ax + rank]:
+                    ctx.freeze_layout(lay, f"Pad '{ctx.label(node)}' pads axis {ax}, which carries channels"
+                                           + (" (run-time pads)" if pads is None else ""))
         ctx.copy_layouts(x, node.output[0], node=node)
+
+
+def _pads(node: onnx.NodeProto, ctx: AnalysisContext, rank: int) -> list[int] | None:
+    """Begin and end pads of every axis (2 x rank values), or None if they are not constants."""
+    if ctx.opset < 11:
+        pads = ctx.attr(node, "pads", None)
+        return None if pads is None else [int(p) for p in pads]
+    if len(node.input) < 2 or not node.input[1]:
+        return [0] * (2 * rank)
+    values = ctx.value(node.input[1])
+    if values is None:
+        return None
+    values = [int(v) for v in np.asarray(values).reshape(-1)]
+    if len(node.input) > 3 and node.input[3]:  # opset 18: pads given for these axes only
+        axes = ctx.value(node.input[3])
+        if axes is None:
+            return None
+        axes = [int(a) % rank for a in np.asarray(axes).reshape(-1)]
+        full = [0] * (2 * rank)
+        for k, a in enumerate(axes):
+            full[a], full[a + rank] = values[k], values[k + len(axes)]
+        return full
+    return values if len(values) == 2 * rank else None
 
 
 @register_rule("Resize", "Upsample")
