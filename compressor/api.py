@@ -367,7 +367,17 @@ def prune(model, *, ratio: float | None = None, output: str | os.PathLike | None
     keep = plan.keep
     surgery = apply_plan(an, keep)
     pruned = surgery.model
-    pruned = finalize(pruned, what="pruned")
+    try:
+        pruned = finalize(pruned, what="pruned")
+    except VerificationError:
+        from compressor.errors import ModelError
+        from compressor.surgery.finalize import strict_inference_error
+
+        why = strict_inference_error(index.model)
+        if why is not None:
+            raise ModelError(f"the input model fails ONNX's strict shape inference, so it is not a valid model: "
+                             f"{why}") from None
+        raise
 
     macs_b, params_b, _ = count(index)
     if surgery.dropped_nodes:  # what the removed layers leave is counted on the model itself

@@ -34,3 +34,14 @@ def finalize(model: onnx.ModelProto, what: str = "pruned") -> onnx.ModelProto:
     except Exception as exc:
         raise VerificationError(f"{what} model fails onnx.checker: {str(exc).splitlines()[0]}") from None
     return model
+
+
+def strict_inference_error(model: onnx.ModelProto) -> str | None:
+    """Why ``model`` fails ONNX's strict, type-checked shape inference, or None if it passes: when
+    an edited model fails :func:`finalize`, an input that fails too is a bad input (exit 2), not a
+    failed edit (``onnx.checker``'s plain check, which loading runs, does not type-check ops)."""
+    try:
+        onnx.shape_inference.infer_shapes(weightless(model), check_type=True, strict_mode=True)
+    except Exception as exc:
+        return str(exc).splitlines()[0]
+    return None

@@ -7,6 +7,7 @@ names, which onnx.checker allows and onnxruntime refuses, failed inside the orac
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
@@ -46,3 +47,20 @@ def test_duplicate_node_names_are_refused_at_load(tmp_path):
     assert r.exit_code == 2 and "two nodes are named 'blk'" in r.output
     assert not (tmp_path / "out.onnx").exists()
     assert onnx.load(src).SerializeToString() == m.SerializeToString()  # the input is untouched
+
+
+def test_a_model_that_fails_strict_type_inference_is_a_bad_input(tmp_path):
+    """onnx.checker's plain check passes a Conv on an int64 input; the pruned model's strict
+    inference then failed, reported as a failed verification (exit 3): the input is at fault."""
+    from onnx import TensorProto, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((4, 3, 1, 1), np.int64), "w")
+    g = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], name="conv1")], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.INT64, [1, 3, 4, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.INT64, [1, 4, 4, 4])], [w])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    src = tmp_path / "int.onnx"
+    onnx.save(m, src)
+    r = CliRunner().invoke(main, [str(src), "-o", str(tmp_path / "out.onnx")])
+    assert r.exit_code == 2 and "strict shape inference" in r.output, r.output
