@@ -18,6 +18,7 @@ import onnxruntime as ort
 from compressor.bench.inputs import (
     ShapeSpecs,
     format_shape,
+    graph_inputs,
     natural_batch,
     parse_input_shapes,
     random_feeds,
@@ -175,12 +176,20 @@ def benchmark(
     sources = [load_source(m, i) for i, m in enumerate(models)]
     batch_sizes, batch_chosen = _as_batches(batches, specs, sources[0].signature)
 
-    # Every shape first, so a usage mistake is reported before any session is built.
+    # Every shape first, so a usage mistake is reported before any session is built. Models
+    # compared side by side may name their inputs differently: a named shape applies to the
+    # models that have that input, and must fit one of them at least.
+    own = [{k: v for k, v in specs.items()
+            if k is None or len(sources) == 1 or k in {vi.name for vi in graph_inputs(s.signature)}}
+           for s in sources]
+    unused = [k for k in specs if k is not None and not any(k in o for o in own)]
+    if unused:
+        raise UsageError(f"--input-shape names {unused[0]!r}, which is not an input of any of the models")
     plan: dict[tuple[int, int], tuple[dict, list[str]]] = {}
     for i, source in enumerate(sources):
         for b in batch_sizes:
             try:
-                plan[i, b] = shapes_for_batch(source.signature, specs, b)
+                plan[i, b] = shapes_for_batch(source.signature, own[i], b)
             except UsageError as exc:
                 prefix = f"{source.name}: " if len(sources) > 1 else ""
                 raise type(exc)(f"{prefix}{exc}") from exc

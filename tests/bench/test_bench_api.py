@@ -83,6 +83,19 @@ def test_shape_errors_are_raised_before_any_session(models):
         benchmark([models.relu(name="a"), models.relu(("N", "C"), name="b")], **FAST)
 
 
+def test_models_with_differently_named_inputs_take_their_own_shapes(models):
+    """Two dynamic models whose inputs are named apart: each named shape goes to the models that
+    have that input (it used to be required in every model), and must fit one of them."""
+    from onnx import TensorProto, helper
+
+    other = models.build([("input", TensorProto.FLOAT, ["N", "C"])], [helper.make_node("Relu", ["input"], ["y"])],
+                         ["y"], name="other")
+    result = benchmark([models.relu(("N", "C"), name="a"), other], input_shapes=["x:2x3", "input:2x5"], **FAST)
+    assert [r.input_shapes for r in result.results] == [{"x": (2, 3)}, {"input": (2, 5)}]
+    with pytest.raises(UsageError, match="'nope', which is not an input of any of the models"):
+        benchmark([models.relu(("N", "C"), name="a"), other], input_shapes=["x:2x3", "nope:2x5"], **FAST)
+
+
 def test_runtime_failure_is_a_usage_error(models):
     """A model that fails at run time on the given shapes: one-line UsageError, not a traceback."""
     from onnx import TensorProto, helper
@@ -103,6 +116,8 @@ def test_runtime_failure_is_a_usage_error(models):
     ({"threads": 0}, "--threads"),
     ({"batches": [0]}, "batch sizes must be positive"),
     ({"provider": "rocm"}, "unknown provider"),
+    ({"runs": None, "min_time": float("inf")}, "--min-time must be a positive number"),
+    ({"seed": -1}, "--seed must be"),
 ])
 def test_bad_options_are_usage_errors(models, kwargs, pattern):
     """Invalid option values raise UsageError with a message naming the option."""
