@@ -215,19 +215,6 @@ def prune(model, *, ratio: float | None = None, output: str | os.PathLike | None
         check_output_path(output, forbid=forbid)
     if plan_out is not None:
         check_output_path(plan_out, forbid=[*forbid, ("the output model", output)], what="plan")
-    transforms = []
-    if merge_learned or merge_identical is not None or fold_constants:
-        from compressor import surgery
-
-        if merge_learned:
-            proto, rep = surgery.merge_learned(proto, input_shapes, exclude=exclude)
-            transforms.append(rep)
-        if merge_identical is not None:
-            proto, rep = surgery.merge_identical(proto, input_shapes, tol=merge_identical, exclude=exclude)
-            transforms.append(rep)
-        if fold_constants:
-            proto, rep = surgery.fold_constant_channels(proto, input_shapes)
-            transforms.append(rep)
     budgets = [b for b in (target_macs, target_params, target_latency, target_speedup) if b is not None]
     if len(budgets) > 1:
         raise UsageError("give at most one of --target-macs, --target-params, --target-latency, --target-speedup")
@@ -238,6 +225,9 @@ def prune(model, *, ratio: float | None = None, output: str | os.PathLike | None
         raise UsageError("--plan-in replays a plan's widths; --global and --round-to do not apply")
     if target_speedup is not None and not (1.0 < target_speedup < math.inf):
         raise UsageError(f"--target-speedup must be a finite number above 1, got {target_speedup}")
+    for flag, frac in (("--target-macs", target_macs), ("--target-params", target_params)):
+        if frac is not None and not 0.0 < frac <= 1.0:
+            raise UsageError(f"{flag} must be in (0, 1], got {frac}")
     if target_latency is not None and not (0.0 < target_latency < math.inf):
         raise UsageError(f"--target-latency must be a positive number of milliseconds, got {target_latency}")
     if not 0.0 <= tolerance < math.inf:
@@ -284,6 +274,30 @@ def prune(model, *, ratio: float | None = None, output: str | os.PathLike | None
         raise UsageError("--drop-layers lets a budget's allocation remove whole groups: it needs --target-latency "
                          "(with the latency table), or --target-macs/--target-params with --sensitivity")
     calibration_data = load_calibration(calibration) if calibration is not None else None
+    PlanOptions(ratio=ratio, round_to=1 if auto_round else round_to, min_channels=min_channels).validate()
+    transforms = []
+    if merge_learned or merge_identical is not None or fold_constants:
+        from compressor import surgery
+
+        if merge_learned:
+            proto, rep = surgery.merge_learned(proto, input_shapes, exclude=exclude, verify_model=verify_model)
+            transforms.append(rep)
+        if merge_identical is not None:
+            proto, rep = surgery.merge_identical(proto, input_shapes, tol=merge_identical, exclude=exclude,
+                                                 verify_model=verify_model)
+            transforms.append(rep)
+        if fold_constants:
+            proto, rep = surgery.fold_constant_channels(proto, input_shapes, exclude=exclude,
+                                                        verify_model=verify_model)
+            transforms.append(rep)
+    if transforms:
+        # a --target-macs/--target-params fraction is of the input model, which the transforms
+        # already made smaller: the pruning after them is asked for the rest
+        first, t_macs, t_params = transforms[0], transforms[-1]["macs_after"], transforms[-1]["params_after"]
+        if target_macs is not None and t_macs:
+            target_macs = min(1.0, target_macs * first["macs_before"] / t_macs)
+        if target_params is not None and t_params:
+            target_params = min(1.0, target_params * first["params_before"] / t_params)
     importance, importance_notes = _resolve_importance(proto, importance)
     opts = PlanOptions(ratio=ratio, global_ranking=global_ranking, round_to=1 if auto_round else round_to,
                        min_channels=min_channels, importance=importance, drop_layers=drop_layers)
@@ -380,6 +394,8 @@ def prune(model, *, ratio: float | None = None, output: str | os.PathLike | None
         raise
 
     macs_b, params_b, _ = count(index)
+    if transforms:  # the report's "before" is the input model's
+        macs_b, params_b = transforms[0]["macs_before"], transforms[0]["params_before"]
     if surgery.dropped_nodes:  # what the removed layers leave is counted on the model itself
         macs_a, params_a, _ = count(GraphIndex(pruned, spec))
     else:

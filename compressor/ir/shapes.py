@@ -238,4 +238,19 @@ def constant_node_value(node: onnx.NodeProto) -> np.ndarray | None:
             return np.array(attr.i, dtype=np.int64)
         if attr.name == "value_ints":
             return np.array(list(attr.ints), dtype=np.int64)
+        if attr.name == "sparse_value":
+            return _dense(attr.sparse_tensor)
     return None
+
+
+def _dense(sparse: onnx.SparseTensorProto) -> np.ndarray:
+    """A sparse tensor's dense value (indices linear, [NNZ], or per axis, [NNZ, rank])."""
+    values = numpy_helper.to_array(sparse.values)
+    out = np.zeros(tuple(sparse.dims), dtype=values.dtype)
+    if values.size:
+        idx = numpy_helper.to_array(sparse.indices)
+        if idx.ndim == 1:
+            out.reshape(-1)[idx] = values
+        else:
+            out[tuple(idx.T)] = values
+    return out

@@ -90,6 +90,9 @@ def _scale_producer(node: onnx.NodeProto, gate: np.ndarray, editor: ConstEditor)
         return None
 
     C = gate.shape[0]
+    shared = [x for x in node.input[1:3] if x and editor.uses.get(x, 0) > 1]
+    if shared:  # folding would give this node a scaled copy of a constant other nodes read too
+        return f"'{shared[0]}' is shared with another node: folding would copy it"
     if node.op_type == "Conv":
         w = const(1)
         if w is None or (len(node.input) > 2 and node.input[2] and const(2) is None):
@@ -394,12 +397,13 @@ def _fold_constants_in(work: onnx.ModelProto, analysis: Analysis, spec: InputSpe
 
 
 def fold_constant_channels(model, input_shapes=None, zero_tol: float = 0.0, *, gates: bool = True,
-                           trials: int = 2, seed: int = 0,
+                           trials: int = 2, seed: int = 0, exclude=(), verify_model: bool = True,
                            tolerance: float = EXACT_TOLERANCE) -> tuple[onnx.ModelProto, dict]:
     """Fold gates (``gates=True``), then fold channels that output a constant into the next layer's
-    bias where exact, and remove them. ``zero_tol`` > 0 also treats filters whose entries are all
-    within ``zero_tol * max|tensor|`` of 0 as zero (the proof against the original still applies)."""
-    loaded = load(model, input_shapes)
+    bias where exact, and remove them (never from a group that ``exclude`` protects). ``zero_tol`` >
+    0 also treats filters whose entries are all within ``zero_tol * max|tensor|`` of 0 as zero (the
+    proof against the original still applies; ``verify_model=False`` skips it)."""
+    loaded = load(model, input_shapes, exclude)
     report = base_report("fold_constant_channels", loaded)
     report["zero_tol"] = zero_tol
     work = copy_model(loaded.original)
@@ -407,7 +411,7 @@ def fold_constant_channels(model, input_shapes=None, zero_tol: float = 0.0, *, g
     if gates:
         report["gates"] = _fold_gates_into(work, analysis)
         if any(e.get("status") == "folded" for e in report["gates"]):
-            analysis = reanalyze(work, loaded.spec)
+            analysis = reanalyze(work, loaded.spec, exclude)
     remove = _fold_constants_in(work, analysis, loaded.spec, zero_tol, trials, seed, report)
     by_id = {g.id: g for g in analysis.groups}
     if remove:
@@ -419,5 +423,6 @@ def fold_constant_channels(model, input_shapes=None, zero_tol: float = 0.0, *, g
     report["channels_removed"] = sum(len(v) for v in remove.values())
     close_report(report, macs, params)
     result = finalize(result)
-    prove(loaded.original, result, loaded.spec, "constant-folded model", report, tolerance=tolerance)
+    prove(loaded.original, result, loaded.spec, "constant-folded model", report, tolerance=tolerance,
+          skip=not verify_model)
     return result, report

@@ -9,8 +9,11 @@ MatMul with a constant weight) then computes ``W_i x_i + W_j x_j = (W_i + W_j) x
 channels are also contracted somewhere without a weight (ReduceSum over channels, an attention
 MatMul between two activations) cannot be merged this way and is skipped with the reason.
 
-Proof: the merged model must reproduce the unmerged original (not a masked one) within relative
-error 1e-5 on random inputs; otherwise :class:`compressor.errors.VerificationError` is raised.
+Proof: the merged model must reproduce the unmerged original (not a masked one) on random inputs
+within relative error 1e-5, or 10x ``tol`` where the filters of a cluster may differ by ``tol``
+(:func:`_proof_tolerance`); otherwise :class:`compressor.errors.VerificationError` is raised.
+The learned metadata of the merged groups is dropped (its indices describe the unmerged model);
+the other groups keep theirs.
 
 Clusters come from C-SGD training metadata (:func:`merge_learned`, :func:`merge_clusters`) or from
 comparing the filters (:func:`find_identical`, :func:`merge_identical`).
@@ -135,7 +138,7 @@ def _normalise_clusters(clusters, size: int, gid: int) -> Clusters:
 
 # ---------------------------------------------------------------------------- the transform
 def _merge(loaded: Loaded, clusters_by_group: dict[int, Clusters], tol: float | None, transform: str,
-           tolerance: float = EXACT_TOLERANCE) -> tuple[onnx.ModelProto, dict]:
+           tolerance: float | None = None, verify_model: bool = True) -> tuple[onnx.ModelProto, dict]:
     an = loaded.analysis
     report = base_report(transform, loaded)
     report["tol"] = tol
@@ -185,39 +188,73 @@ def _merge(loaded: Loaded, clusters_by_group: dict[int, Clusters], tol: float | 
     for name, arr in arrays.items():
         editor.set(name, arr)
     merged, macs_after, params_after = remove_channels(work, loaded.spec, remove, by_id)
-    if any(p.key == LEARNED_KEY for p in merged.metadata_props):
-        keep = [p for p in merged.metadata_props if p.key != LEARNED_KEY]
-        del merged.metadata_props[:]
-        merged.metadata_props.extend(keep)
-        report["notes"] = report.get("notes", []) + [
-            f"dropped the '{LEARNED_KEY}' metadata: its channel indices describe the unmerged model"]
+    note = _drop_stale_learned(merged, [by_id[gid] for gid, drop in remove.items() if drop])
+    if note:
+        report["notes"] = report.get("notes", []) + [note]
     report["channels_removed"] = sum(len(v) for v in remove.values())
     close_report(report, macs_after, params_after)
     merged = finalize(merged)
-    prove(loaded.original, merged, loaded.spec, "merged model", report, tolerance=tolerance)
+    prove(loaded.original, merged, loaded.spec, "merged model", report,
+          tolerance=_proof_tolerance(tol) if tolerance is None else tolerance, skip=not verify_model)
     return merged, report
 
 
+def _proof_tolerance(tol: float | None) -> float:
+    """What the merged model's proof allows: exact (1e-5), or 10x the filters' allowed deviation
+    (filters equal within ``tol`` change the outputs by about as much; the margin covers its
+    growth through the layers after them, a wrong merge is off by far more)."""
+    return max(EXACT_TOLERANCE, 10.0 * (tol or 0.0))
+
+
+def _drop_stale_learned(model: onnx.ModelProto, merged: list[Group]) -> str | None:
+    """Remove the learned entries of the merged groups from the model's ``compressor.learned``
+    metadata (their channel indices describe the unmerged model); the others stay valid."""
+    import json
+
+    prop = next((p for p in model.metadata_props if p.key == LEARNED_KEY), None)
+    if prop is None or not merged:
+        return None
+    touched = {(m.tensor, m.axis) for g in merged for m in g.members}
+    try:
+        doc = json.loads(prop.value)
+        groups = doc["groups"]
+        kept = [g for g in groups if not any((m["tensor"], int(m["axis"])) in touched for m in g["members"])]
+    except (ValueError, KeyError, TypeError):  # unreadable: read_learned reports it where it is used
+        return None
+    if len(kept) == len(groups):
+        return None
+    if kept:
+        doc["groups"] = kept
+        prop.value = json.dumps(doc)
+    else:
+        keep = [p for p in model.metadata_props if p.key != LEARNED_KEY]
+        del model.metadata_props[:]
+        model.metadata_props.extend(keep)
+    return (f"dropped the learned entries of {len(groups) - len(kept)} merged group(s) from '{LEARNED_KEY}' "
+            f"(their channel indices describe the unmerged model); {len(kept)} stay")
+
+
 def merge_clusters(model, clusters_by_group: dict[int, Clusters], input_shapes=None, *, tol: float | None = 1e-4,
-                   exclude=(), tolerance: float = EXACT_TOLERANCE) -> tuple[onnx.ModelProto, dict]:
+                   exclude=(), tolerance: float | None = None,
+                   verify_model: bool = True) -> tuple[onnx.ModelProto, dict]:
     """Merge given clusters (``{analysis group id: [[c0, c1, ...], ...]}``, first/lowest channel kept;
     channels not listed stay alone). A group whose clustered filters differ by more than relative
     ``tol`` (None: do not check, the final proof still runs) is skipped and reported."""
     loaded = load(model, input_shapes, exclude)
-    return _merge(loaded, clusters_by_group, tol, "merge_clusters", tolerance)
+    return _merge(loaded, clusters_by_group, tol, "merge_clusters", tolerance, verify_model)
 
 
 def merge_identical(model, input_shapes=None, tol: float = 1e-6, *, exclude=(),
-                    tolerance: float = EXACT_TOLERANCE) -> tuple[onnx.ModelProto, dict]:
+                    tolerance: float | None = None, verify_model: bool = True) -> tuple[onnx.ModelProto, dict]:
     """Find channels with identical filters (relative ``tol``, all coupled producers and params
     together) in every prunable group and merge them."""
     loaded = load(model, input_shapes, exclude)
     clusters = find_identical(loaded.analysis, tol)
-    return _merge(loaded, clusters, tol, "merge_identical", tolerance)
+    return _merge(loaded, clusters, tol, "merge_identical", tolerance, verify_model)
 
 
 def merge_learned(model, input_shapes=None, tol: float | None = 1e-4, *, exclude=(),
-                  tolerance: float = EXACT_TOLERANCE) -> tuple[onnx.ModelProto, dict]:
+                  tolerance: float | None = None, verify_model: bool = True) -> tuple[onnx.ModelProto, dict]:
     """Merge the C-SGD ``clusters`` stored in the model's ``compressor.learned`` metadata."""
     from compressor.importance.learned import learned_groups
 
@@ -227,6 +264,6 @@ def merge_learned(model, input_shapes=None, tol: float | None = 1e-4, *, exclude
     if not clusters:
         raise UsageError("the model's learned metadata has no C-SGD clusters to merge "
                          "(train with the csgd regularizer and export with compressor.train.export)")
-    merged, report = _merge(loaded, clusters, tol, "merge_learned", tolerance)
+    merged, report = _merge(loaded, clusters, tol, "merge_learned", tolerance, verify_model)
     report["notes"] = notes + report.get("notes", [])
     return merged, report

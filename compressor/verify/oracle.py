@@ -365,7 +365,17 @@ def verify(reference: onnx.ModelProto | OracleModel, pruned: onnx.ModelProto | O
     model's session is created; only the outputs are kept in between."""
     feeds = [random_feeds(spec, seed=seed + t) for t in range(trials)]
     ref = reference if isinstance(reference, OracleModel) else oracle_model(reference)
-    names, ref_outs, _ = _run(ref, None, feeds)
+    try:
+        names, ref_outs, _ = _run(ref, None, feeds)
+    except Exception as exc:
+        if "NOT_IMPLEMENTED" in str(exc) or "Could not find an implementation" in str(exc):
+            # the model itself cannot run here (a float64 Conv, an op the CPU provider lacks)
+            from compressor.errors import ModelError
+
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelError(f"onnxruntime's CPU provider cannot run this model, so no pruning of it can be "
+                             f"verified (float64 convolutions have no CPU kernel: export in float32): {first}") from None
+        raise
     del ref, reference
     new = pruned if isinstance(pruned, OracleModel) else oracle_model(pruned)
     _, new_outs, provider = _run(new, names, feeds)

@@ -64,3 +64,23 @@ def test_a_model_that_fails_strict_type_inference_is_a_bad_input(tmp_path):
     onnx.save(m, src)
     r = CliRunner().invoke(main, [str(src), "-o", str(tmp_path / "out.onnx")])
     assert r.exit_code == 2 and "strict shape inference" in r.output, r.output
+
+
+def test_a_model_onnxruntime_cannot_run_is_a_bad_input(tmp_path):
+    """A float64 Conv (torch's .double() export) has no CPU kernel: exit 2 naming the cause, not
+    an internal error from inside the verification (exit 1)."""
+    from onnx import TensorProto, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)), "w1"),
+             numpy_helper.from_array(rng.standard_normal((4, 8, 1, 1)), "w2")]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["a"], ["r"]),
+             helper.make_node("Conv", ["r", "w2"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.DOUBLE, [1, 3, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.DOUBLE, [1, 4, 8, 8])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    src = tmp_path / "f64.onnx"
+    onnx.save(m, src)
+    r = CliRunner().invoke(main, [str(src), "-o", str(tmp_path / "out.onnx")])
+    assert r.exit_code == 2 and "cannot run this model" in r.output and "float64" in r.output, r.output
