@@ -102,6 +102,7 @@ def inspect(model, input_shapes=None, exclude=(), prune_norms: bool = True) -> d
         "barriers": [b.__dict__ for b in an.barriers],
         "shape_pins": _shape_pins(an),
         "layers": [{"node": k, "macs": v} for k, v in per_node.items()],
+        **({"warnings": w} if (w := _exclude_warnings(an, exclude)) else {}),
         "seconds": round(time.perf_counter() - t0, 3),
     }
 
@@ -258,6 +259,12 @@ def prune(model, *, ratio: float | None = None, output: str | os.PathLike | None
         if sensitivity or calibration is not None:
             raise UsageError("--keep-macs and --sensitivity/--calibration are two allocation costs; pick one")
         sensitivity = False
+    if global_ranking and (sensitivity or calibration is not None or keep_macs or (latency_goal and latency_table)):
+        raise UsageError("--global ranks channels across groups by their scores; the allocation ("
+                         + ("--sensitivity/--calibration" if sensitivity or calibration is not None else
+                            "--keep-macs" if keep_macs else "the latency table of --target-latency")
+                         + ") sets per-group widths instead: drop one of them (--no-latency-table searches --global "
+                         "ratios for a latency target)")
     if sensitivity is None:  # the latency-table allocation's default cost; calibration data implies it
         sensitivity = calibration is not None or (latency_goal and latency_table)
     if sensitivity and not ((latency_goal and latency_table) or target_macs is not None
@@ -459,11 +466,15 @@ def prune(model, *, ratio: float | None = None, output: str | os.PathLike | None
     return PruneResult(model=pruned, report=report, plan=plan, analysis=an)
 
 
+def _exclude_warnings(an: Analysis, exclude) -> list[str]:
+    return [f"--exclude '{p}' matches no node or tensor of any channel group; it protects nothing"
+            for p in exclude or () if not any(f"--exclude '{p}'" in r for g in an.groups for r in g.reasons)]
+
+
 def _warnings(an: Analysis, plan: PruningPlan, exclude, ratio: float | None) -> list[str]:
     """What the user asked that had no effect: an --exclude pattern that matches no group, a
     --ratio that removed nothing."""
-    out = [f"--exclude '{p}' matches no node or tensor of any channel group; it protects nothing"
-           for p in exclude or () if not any(f"--exclude '{p}'" in r for g in an.groups for r in g.reasons)]
+    out = _exclude_warnings(an, exclude)
     if ratio and not any(g.removed for g in plan.groups):
         if not an.prunable:
             out.append("no channel group is prunable here (`unprunable` and `barriers` say why); nothing was removed")

@@ -355,6 +355,8 @@ def inspect_command(model, input_shapes, exclude, freeze_norms, as_json, debug):
         if isinstance(exc, SystemExit):
             raise
         _fail(exc, debug)
+    for line in info.get("warnings", ()):
+        click.echo(f"warning: {line}", err=True)
     if as_json:
         click.echo(json.dumps(info, indent=1))
         return
@@ -379,6 +381,16 @@ def inspect_command(model, input_shapes, exclude, freeze_norms, as_json, debug):
         click.echo("barriers:")
         for b in info["barriers"]:
             click.echo(f"  {b['op_type']} '{b['node']}': {b['reason']}")
+    layers = sorted(info["layers"], key=lambda r: -r["macs"])
+    if layers and info["macs"]:
+        top = layers[:10]
+        width = max(len(r["node"]) for r in top)
+        click.echo("")
+        click.echo(f"{'layer':<{width}}  {'MACs':>8}  share")
+        for r in top:
+            click.echo(f"{r['node']:<{width}}  {_human(r['macs']):>8}  {r['macs'] / info['macs']:5.1%}")
+        if len(layers) > len(top):
+            click.echo(f"... {len(layers) - len(top)} more layers in --json (layers)")
     for d in info["defaults_used"]:
         click.echo(f"default used: {d}")
 

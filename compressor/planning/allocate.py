@@ -467,10 +467,10 @@ def plan_for_allocated(analysis: Analysis, scores: dict[int, np.ndarray], opts: 
     if opts.drop_layers:
         raise UsageError(f"{flag} {fraction:g} is unreachable with the sensitivity allocation: with every group "
                          f"that can go whole removed and the others losing at most {max_group_ratio:.0%} of their "
-                         f"channels, {v / base:.3f} of the {kind} stays (min-channels {opts.min_channels}, round-to "
+                         f"channels, {v / base:.5g} of the {kind} stays (min-channels {opts.min_channels}, round-to "
                          f"{opts.round_to}; `compress inspect` shows which groups can go whole)")
     raise UsageError(f"{flag} {fraction:g} is unreachable with the sensitivity allocation: no group loses "
-                     f"more than {max_group_ratio:.0%} of its channels, which keeps {v / base:.3f} of the {kind} "
+                     f"more than {max_group_ratio:.0%} of its channels, which keeps {v / base:.5g} of the {kind} "
                      f"(min-channels {opts.min_channels}, round-to {opts.round_to}; try --no-sensitivity, or "
                      "--drop-layers to let groups go whole)")
 

@@ -88,7 +88,7 @@ def plan_for_fraction(analysis: Analysis, scores: dict[int, np.ndarray], opts: P
     if best_v > goal:
         raise UsageError(
             f"--target-{kind} {fraction:g} is unreachable: pruning every prunable group as far as allowed "
-            f"keeps {best_v / base:.3f} of the {kind} (min-channels {opts.min_channels}, round-to {opts.round_to})")
+            f"keeps {best_v / base:.5g} of the {kind} (min-channels {opts.min_channels}, round-to {opts.round_to})")
     lo, hi = 0.0, MAX_RATIO
     for _ in range(iterations):
         mid = (lo + hi) / 2

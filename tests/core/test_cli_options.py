@@ -117,3 +117,18 @@ def test_options_without_effect_are_warned_about(model_path):
 def test_a_misspelt_command_is_named(tmp_path):
     res = run("inpsect", tmp_path / "m.onnx")
     assert res.exit_code == 2 and "did you mean 'inspect'" in res.output
+
+
+def test_global_is_refused_beside_an_allocation(model_path):
+    assert_error(run(model_path, "--dry-run", "--global", "--target-macs", "0.5", "--sensitivity"), 2,
+                 "--global ranks channels")
+    assert run(model_path, "--dry-run", "--global", "--target-macs", "0.5").exit_code == 0
+
+
+def test_inspect_lists_the_largest_layers_and_warns_about_an_unmatched_exclude(model_path):
+    res = run("inspect", model_path, "--exclude", "zzz*")
+    assert res.exit_code == 0
+    lines = res.output.splitlines()
+    head = next(i for i, line in enumerate(lines) if line.startswith("layer") and "MACs" in line)
+    assert "%" in lines[head + 1], "a layer row: name, MACs, share of the model's"
+    assert any(line.startswith("warning: --exclude 'zzz*' matches no node") for line in lines)
