@@ -37,6 +37,7 @@ def test_gates_reach_exact_zeros_and_stay_frozen(penalty, lam, sigma):
         assert torch.equal(imp[g.id] == 0, gates[g.id] == 0), "importance is 0 exactly where all gates are 0"
 
 
+@pytest.mark.filterwarnings("ignore:gates. the bounded-L1 slope")  # sigma 0.1 on purpose: gates >> sigma
 def test_bounded_l1_spares_large_gates_more_than_l1():
     """Bounded L1 penalises gates far above sigma much less than L1 does (little shrinkage bias)."""
     shrink = {}
@@ -79,3 +80,46 @@ def test_gates_are_added_to_an_existing_optimizer():
     params = {id(p) for grp in opt.param_groups for p in grp["params"]}
     assert all(id(g) in params for g in reg.gate_parameters()), "every gate must be optimised"
     assert opt.param_groups[-1]["weight_decay"] == 0.0, "gates must not be weight-decayed"
+
+
+def test_a_second_regularizer_on_a_gated_model_takes_over_its_gates():
+    """Round 2 of an iterative schedule (or a rebuilt regularizer) on a gated model: no second gate
+    inside the first; the new regularizer owns the existing gates, so dead channels score 0."""
+    model, x = ConvNet(), torch.randn(2, 3, 8, 8)
+    first = GroupGates(model, x, lam=0.4, penalty="l1")
+    train(model, first, teacher_data(), steps=60, lr=0.05)
+    first.detach()
+    dead = {name: w.gate_mask == 0 for name, w in first.wrappers.items()}
+    assert any(bool(d.any()) for d in dead.values()), "round 1 should freeze some gates at 0"
+    second = GroupGates(model, x, lam=0.4, penalty="l1")
+    assert type(model.bn1.bn) is torch.nn.BatchNorm2d, f"nested gate wrappers: {model.bn1}"
+    assert set(second.wrappers) == {"bn1", "bn2"}, f"gated modules: {set(second.wrappers)}"
+    assert all(second.wrappers[n] is w for n, w in first.wrappers.items()), "the existing wrappers must be reused"
+    imp = second.importance()
+    for g in second.groups:
+        (gate,) = [s for s in g.select("param", ("gate",))]
+        name = gate.name.rpartition(".")[0]
+        assert torch.equal(imp[g.id] == 0, dead[name]), f"{name}: importance {imp[g.id].tolist()}, dead {dead[name].tolist()}"
+
+
+def test_default_sigma_lets_bounded_l1_reach_exact_zeros():
+    """Gates start at 1: with the default sigma (0.5, on the gates' scale) bounded L1 acts from the
+    start and reaches exact zeros; at sigma 0.1 its slope at 1 is 4.5e-4, so it did nothing."""
+    model = ConvNet()
+    reg = GroupGates(model, groups=convnet_groups(model), lam=0.5)
+    train(model, reg, teacher_data(), steps=60, lr=0.05)
+    assert reg.zero_fraction() > 0, "default bounded-L1 gates should reach some exact zeros"
+
+
+def test_warns_when_bounded_l1_is_flat_at_the_gates():
+    """A sigma far below the gates (slope < 1% of L1's) gets a warning; defaults and L1 do not."""
+    import warnings
+
+    model = ConvNet()
+    with pytest.warns(UserWarning, match="sigma=0.1"):
+        GroupGates(model, groups=convnet_groups(model), sigma=0.1)
+    for kwargs in ({}, {"sigma": 0.1, "penalty": "l1"}):
+        model = ConvNet()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            GroupGates(model, groups=convnet_groups(model), **kwargs)

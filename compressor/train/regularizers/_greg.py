@@ -25,9 +25,15 @@ import math
 import torch
 
 from compressor.train.groups import TorchGroup
-from compressor.train.regularizers.base import Regularizer, channel_count, l1, lowest
+from compressor.train.regularizers.base import Regularizer, channel_count, check_range, l1, lowest
 
 PHASES = ("pick", "grow", "stabilize", "done")
+
+
+def _check_integer(name: str, value: int, *, low: int) -> None:
+    """A step count: a whole number >= ``low`` (``int(value)`` would silently truncate 2.5)."""
+    if isinstance(value, bool) or float(value) != int(value) or int(value) < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
 
 
 class GRegBase(Regularizer):
@@ -38,6 +44,12 @@ class GRegBase(Regularizer):
     def __init__(self, model, example_input=None, *, prune_ratio: float | dict[int, float] = 0.5,
                  delta: float = 1e-4, update_interval: int = 5, ceiling: float = 1.0,
                  mag_ratio_limit: float = 1000.0, stabilize_steps: int = 10000, **kw) -> None:
+        check_range("prune_ratio", prune_ratio, low=0.0, high=1.0, high_open=True)
+        check_range("delta", delta, low=0.0)
+        _check_integer("update_interval", update_interval, low=1)
+        check_range("ceiling", ceiling, low=0.0, low_open=True)
+        check_range("mag_ratio_limit", mag_ratio_limit, low=0.0, low_open=True)
+        _check_integer("stabilize_steps", stabilize_steps, low=0)
         self.prune_ratio, self.delta, self.update_interval = prune_ratio, float(delta), int(update_interval)
         self.ceiling, self.mag_ratio_limit, self.stabilize_steps = float(ceiling), float(mag_ratio_limit), int(stabilize_steps)
         super().__init__(model, example_input, **kw)

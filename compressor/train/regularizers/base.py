@@ -11,11 +11,19 @@ for the coupled channel groups) or from explicit ``groups=``. In a training loop
 - ``reg.epoch_end()`` once per epoch (methods that act per epoch: the SFP family);
 - ``reg.importance()`` -> ``{group_id: tensor[size]}``, higher = keep;
 - ``state_dict()`` / ``load_state_dict()`` hold only tensors and plain Python values, so checkpoints
-  load with ``torch.load(weights_only=True)``.
+  load with ``torch.load(weights_only=True)``. The state includes whether an edit is still owed
+  (no optimizer attached, saved between ``optimizer.step()`` and the next ``step()``): the resumed
+  run applies it at its first ``step()``, as the uninterrupted run would. An edit owed when an
+  optimizer is attached (after steps without one, or to a resumed regularizer) is applied the same
+  way, at the next ``step()``; the hook then takes over.
+
+Hyperparameters are checked at construction with :func:`check_range` (a ``ValueError`` naming the
+parameter and its allowed range), before any model analysis or wrapping.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, ClassVar, Iterable, Sequence
 
 import torch
@@ -50,6 +58,8 @@ class Regularizer:
         self.steps = 0
         self.epochs = 0
         self._pending_post_step = False
+        #: the pending edit belongs to an update no hook saw (it must run at the next step())
+        self._pending_owed = False
         if optimizer is not None:
             self.attach(optimizer)
 
@@ -75,7 +85,9 @@ class Regularizer:
     # ------------------------------------------------------------------ optimizer
     def attach(self, optimizer: torch.optim.Optimizer) -> None:
         """Run :meth:`after_optimizer_step` after every ``optimizer.step()``; read lr from it."""
+        owed = self._pending_post_step and (self._hook is None or self._pending_owed)
         self.detach()
+        self._pending_owed = owed
         self.optimizer = optimizer
         self._hook = optimizer.register_step_post_hook(lambda opt, args, kwargs: self._post_step_hook())
 
@@ -113,11 +125,18 @@ class Regularizer:
     def step(self) -> None:
         """Call after ``loss.backward()`` and before ``optimizer.step()``."""
         with torch.no_grad():
-            if self._pending_post_step and self._hook is None:
-                self.after_optimizer_step()
+            self._apply_pending()
             self.steps += 1
             self._step()
         self._pending_post_step = True
+
+    def _apply_pending(self) -> None:
+        """Apply the edit owed to the previous update: without an optimizer hook, or when no hook
+        saw that update (attached since, or resumed from a checkpoint that owed it)."""
+        if self._pending_post_step and (self._hook is None or self._pending_owed):
+            with torch.no_grad():
+                self.after_optimizer_step()
+        self._pending_owed = False
 
     def _step(self) -> None:  # gradient edits of the method
         pass
@@ -127,9 +146,7 @@ class Regularizer:
 
     def finalize(self) -> None:
         """Apply the edit that follows the last update when no optimizer is attached."""
-        if self._pending_post_step and self._hook is None:
-            with torch.no_grad():
-                self.after_optimizer_step()
+        self._apply_pending()
         self._pending_post_step = False
 
     def epoch_end(self) -> None:
@@ -146,8 +163,12 @@ class Regularizer:
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
+        """Checkpoint state. ``pending_post_step``: the last update's edit is still owed (only
+        without an attached optimizer; with one, the hook has applied it)."""
+        pending = self._pending_post_step and (self._hook is None or self._pending_owed)
         return {"name": self.name, "steps": self.steps, "epochs": self.epochs,
-                "group_ids": [g.id for g in self.groups], "extra": self._extra_state()}
+                "group_ids": [g.id for g in self.groups], "pending_post_step": bool(pending),
+                "extra": self._extra_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("name") != self.name:
@@ -155,6 +176,7 @@ class Regularizer:
         if list(state["group_ids"]) != [g.id for g in self.groups]:
             raise UsageError("checkpoint was written for other channel groups; rebuild with the same model")
         self.steps, self.epochs = int(state["steps"]), int(state["epochs"])
+        self._pending_post_step = self._pending_owed = bool(state.get("pending_post_step", False))
         self._load_extra_state(state["extra"])
 
     def _extra_state(self) -> dict[str, Any]:
@@ -162,6 +184,37 @@ class Regularizer:
 
     def _load_extra_state(self, extra: dict[str, Any]) -> None:
         pass
+
+
+# ---------------------------------------------------------------------- hyperparameter checks
+
+
+def check_range(name: str, value: Any, *, low: float | None = None, high: float | None = None,
+                low_open: bool = False, high_open: bool = False) -> None:
+    """Raise ``ValueError`` unless ``value`` lies in the interval (NaN never does).
+
+    ``value`` is one number or ``{group_id: number}`` (per-group hyperparameters); every number is
+    checked. The message names the parameter, the allowed range and the offending value.
+    """
+    values = value.items() if isinstance(value, dict) else [(None, value)]
+    for key, v in values:
+        x = float(v)
+        ok = not math.isnan(x)
+        if ok and low is not None:
+            ok = x > low if low_open else x >= low
+        if ok and high is not None:
+            ok = x < high if high_open else x <= high
+        if not ok:
+            where = name if key is None else f"{name}[{key!r}]"
+            raise ValueError(f"{where} must be {_interval(low, high, low_open, high_open)}, got {v!r}")
+
+
+def _interval(low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
+    if high is None:
+        return f"{'>' if low_open else '>='} {low:g}"
+    if low is None:
+        return f"{'<' if high_open else '<='} {high:g}"
+    return f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
 
 
 # ---------------------------------------------------------------------- per-channel helpers

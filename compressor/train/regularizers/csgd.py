@@ -46,7 +46,7 @@ import torch
 
 from compressor.train.groups import ParamSlice, TorchGroup
 from compressor.train.regularizers import register
-from compressor.train.regularizers.base import Regularizer
+from compressor.train.regularizers.base import Regularizer, check_range
 
 
 def kmeans(x: torch.Tensor, k: int, *, seed: int = 0, iters: int = 100) -> torch.Tensor:
@@ -100,6 +100,23 @@ def clusters_from_labels(labels: torch.Tensor) -> list[list[int]]:
     return [out[k] for k in sorted(out)]
 
 
+def _labels_from_clusters(clusters: list[list[int]], g: TorchGroup) -> torch.Tensor:
+    """Cluster index per channel; every channel 0..size-1 in exactly one non-empty cluster."""
+    labels = torch.full((g.size,), -1, dtype=torch.long)
+    for c, members in enumerate(clusters):
+        if len(members) == 0:
+            raise ValueError(f"clusters for group {g.id}: cluster {c} is empty")
+        for i in members:
+            if not 0 <= int(i) < g.size:
+                raise ValueError(f"clusters for group {g.id}: channel index {i} is outside [0, {g.size})")
+            if labels[int(i)] >= 0:
+                raise ValueError(f"clusters for group {g.id}: channel {int(i)} is in two clusters")
+            labels[int(i)] = c
+    if (labels < 0).any():
+        raise ValueError(f"clusters for group {g.id} do not cover all {g.size} channels")
+    return labels
+
+
 @register("csgd")
 class CentripetalSGD(Regularizer):
     """Cluster each group's channels and pull every cluster to one identical filter."""
@@ -110,6 +127,11 @@ class CentripetalSGD(Regularizer):
                  seed: int = 0, kmeans_iters: int = 100, **kw) -> None:
         if method not in ("kmeans", "even"):
             raise ValueError("method must be 'kmeans' or 'even'")
+        check_range("keep_ratio", keep_ratio, low=0.0, high=1.0, low_open=True)
+        check_range("centri_strength", centri_strength, low=0.0)
+        if weight_decay is not None:
+            check_range("weight_decay", weight_decay, low=0.0)
+        check_range("weight_decay_bias", weight_decay_bias, low=0.0)
         self.keep_ratio, self.eps = keep_ratio, float(centri_strength)
         self.weight_decay, self.weight_decay_bias = weight_decay, float(weight_decay_bias)
         self.method, self.seed, self.kmeans_iters = method, int(seed), int(kmeans_iters)
@@ -126,14 +148,14 @@ class CentripetalSGD(Regularizer):
     # ------------------------------------------------------------------ clustering
     def recluster(self, clusters: dict[int, list[list[int]]] | None = None) -> None:
         """Partition every group again (start of a C-SGD iteration) or take the given partition."""
+        if clusters is not None:
+            unknown = sorted(set(clusters) - {g.id for g in self.groups})
+            if unknown:
+                raise ValueError(f"clusters given for group(s) {unknown}, which C-SGD does not work on "
+                                 f"(selected groups: {[g.id for g in self.groups]})")
         for i, g in enumerate(self.groups):
             if clusters is not None and g.id in clusters:
-                labels = torch.full((g.size,), -1, dtype=torch.long)
-                for c, members in enumerate(clusters[g.id]):
-                    labels[torch.as_tensor(members, dtype=torch.long)] = c
-                if (labels < 0).any():
-                    raise ValueError(f"clusters for group {g.id} do not cover all {g.size} channels")
-                self.labels[g.id] = _canonical(labels)
+                self.labels[g.id] = _canonical(_labels_from_clusters(clusters[g.id], g))
                 continue
             k = max(1, min(g.size, math.ceil(self.per_group(self.keep_ratio, g) * g.size - 1e-9)))
             if self.method == "even":

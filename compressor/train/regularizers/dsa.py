@@ -11,9 +11,14 @@ Per selected group k (one shared mask for all its coupled BNs, the paper's prima
   ``dp_i/dalpha = C f'_i / sum_j f'_j`` with ``f'_i = s_i (1 - s_i) beta2`` (:class:`KeepProbability`).
 
 Budget: expected MACs ``F(alpha) = sum_l MACs_l * alpha_in(l) * alpha_out(l)`` (depthwise convs:
-``alpha_out`` only; layers outside selected groups use alpha = 1), with per-layer MACs measured once
-by forward hooks on ``example_input`` (shapes only, no dependency tracing: the in/out groups of a
-layer come from the analysis groups). Constraint ``F(alpha) / F(1) <= budget``.
+``alpha_out`` only), with per-layer MACs measured once by forward hooks on ``example_input`` (shapes
+only; a module called several times counts every call). The in/out groups of a layer come from the
+analysis groups: every slice of the layer's weight along its output axis (producer, or ``param``
+for a depthwise kernel) or input axis (consumer). An axis that holds several groups (a conv reading
+a concat) weights each group by its share of the axis, ``alpha_axis = 1 - sum_k share_k (1 -
+alpha_k)``; channels outside the selected groups count with alpha = 1. With ``alpha_k C_k`` kept
+channels in every group this is the exact MACs ratio of the pruned net (bias adds not counted).
+Constraint ``F(alpha) / F(1) <= budget``.
 
 Optimisation [design; the paper's ADMM loop is not in the released code and is recalled only]: the
 weights follow the user's optimizer; ``step()`` takes one Adam step (``lr_alpha``) on the ``a_k``
@@ -37,13 +42,14 @@ from __future__ import annotations
 
 import contextlib
 import math
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from compressor.train.groups import TorchGroup, preserved_state
 from compressor.train.regularizers import register
-from compressor.train.regularizers.base import Regularizer
+from compressor.train.regularizers.base import Regularizer, check_range
 
 
 class KeepProbability(torch.autograd.Function):
@@ -81,6 +87,15 @@ class KeepProbability(torch.autograd.Function):
         return (grad_p * dp_dalpha).sum(), None, None
 
 
+class LayerMacs(NamedTuple):
+    """One conv/linear layer of the budget: full MACs and the groups on its output and input axes."""
+
+    macs: float
+    inputs: tuple[tuple[int, float], ...]   # (group id, share of the input axis)
+    outputs: tuple[tuple[int, float], ...]  # (group id, share of the output axis)
+    depthwise: bool
+
+
 class MaskedBatchNorm(nn.Module):
     """``bn(x) * mask``; the mask is set by the owning :class:`DSA` before each forward."""
 
@@ -109,6 +124,10 @@ class DSA(Regularizer):
             raise ValueError("budget is the kept fraction of MACs, in (0, 1]")
         if example_input is None:
             raise ValueError("DSA measures per-layer MACs on example_input; pass it (with or without groups=)")
+        check_range("rho", rho, low=0.0, low_open=True)
+        check_range("beta2", beta2, low=0.0, low_open=True)
+        check_range("lr_alpha", lr_alpha, low=0.0, low_open=True)
+        check_range("dual_lr", dual_lr, low=0.0)
         self.budget, self.rho, self.beta2, self.dual_lr = float(budget), float(rho), float(beta2), float(dual_lr)
         super().__init__(model, example_input, **kw)
         self.a = {g.id: torch.tensor(float(a_init), dtype=torch.float64, requires_grad=True) for g in self.groups}
@@ -118,7 +137,7 @@ class DSA(Regularizer):
         self.bn_slices: dict[str, list[tuple[TorchGroup, int]]] = {}
         self._wrap()
         self.layers = self._measure_macs(example_input)
-        self.full_macs = sum(m for m, _, _, _ in self.layers)
+        self.full_macs = sum(layer.macs for layer in self.layers)
         self._hook_handle = model.register_forward_pre_hook(lambda mod, args: self._set_masks())
 
     def accepts(self, g: TorchGroup) -> bool:
@@ -138,13 +157,8 @@ class DSA(Regularizer):
                     self.bn_slices[bn_name] = []
                 self.bn_slices[bn_name].append((g, s.offset))
 
-    def _measure_macs(self, example_input) -> list[tuple[float, int | None, int | None, bool]]:
-        """(MACs, in-group id, out-group id, depthwise) per conv/linear layer, from one forward."""
-        kernel_groups: dict[int, dict[str, int]] = {}
-        for g in self.groups:
-            for s in g.slices:
-                if s.kind == "kernel":
-                    kernel_groups.setdefault(id(s.tensor), {})[s.role] = g.id
+    def _measure_macs(self, example_input) -> list[LayerMacs]:
+        """MACs and in/out groups of every conv/linear layer, from one forward on ``example_input``."""
         macs: dict[nn.Module, float] = {}
         handles = []
         for module in self.model.modules():
@@ -152,9 +166,10 @@ class DSA(Regularizer):
                 def hook(mod, inputs, output):
                     per_sample = output.numel() / max(output.shape[0], 1)
                     if isinstance(mod, nn.Linear):
-                        macs[mod] = per_sample * mod.in_features
+                        count = per_sample * mod.in_features
                     else:
-                        macs[mod] = per_sample * (mod.in_channels // mod.groups) * math.prod(mod.kernel_size)
+                        count = per_sample * (mod.in_channels // mod.groups) * math.prod(mod.kernel_size)
+                    macs[mod] = macs.get(mod, 0.0) + count
                 handles.append(module.register_forward_hook(hook))
         args = example_input if isinstance(example_input, tuple) else (example_input,)
         try:
@@ -164,12 +179,24 @@ class DSA(Regularizer):
         finally:
             for h in handles:
                 h.remove()
-        layers = []
-        for mod, count in macs.items():
-            roles = kernel_groups.get(id(mod.weight), {})
-            depthwise = isinstance(mod, nn.modules.conv._ConvNd) and mod.groups > 1 and mod.groups == mod.in_channels
-            layers.append((float(count), roles.get("consumer"), roles.get("producer"), depthwise))
-        return layers
+        return [self._layer_entry(mod, float(count)) for mod, count in macs.items()]
+
+    def _layer_entry(self, mod: nn.Module, count: float) -> LayerMacs:
+        """Which selected groups sit on ``mod``'s output and input axes, and what share of each."""
+        transposed = isinstance(mod, nn.modules.conv._ConvTransposeNd)
+        out_dim, in_dim = (1, 0) if transposed else (0, 1)
+        depthwise = isinstance(mod, nn.modules.conv._ConvNd) and mod.groups > 1 and mod.groups == mod.in_channels
+        inputs, outputs = [], []
+        for g in self.groups:
+            for s in g.slices:
+                if s.kind != "kernel" or s.tensor is not mod.weight:
+                    continue
+                share = g.size * s.inner / mod.weight.shape[s.dim]
+                if s.dim == out_dim:
+                    outputs.append((g.id, share))
+                elif s.dim == in_dim and not depthwise:
+                    inputs.append((g.id, share))
+        return LayerMacs(count, tuple(inputs), tuple(outputs), depthwise)
 
     # ------------------------------------------------------------------ masks
     def alpha(self, gid: int) -> torch.Tensor:
@@ -223,15 +250,18 @@ class DSA(Regularizer):
             wrapper.mask = full
 
     # ------------------------------------------------------------------ budget
+    def _axis_ratio(self, members: tuple[tuple[int, float], ...]) -> torch.Tensor:
+        """Expected kept fraction of one axis: ``1 - sum_k share_k (1 - alpha_k)``."""
+        ratio = torch.ones((), dtype=torch.float64)
+        for gid, share in members:
+            ratio = ratio - share * (1 - self.alpha(gid))
+        return ratio
+
     def expected_macs_ratio(self) -> torch.Tensor:
+        """``F(alpha) / F(1)``, differentiable in the ``a_k`` (see the module docstring)."""
         total = torch.zeros((), dtype=torch.float64)
-        for macs, gin, gout, depthwise in self.layers:
-            f = torch.tensor(macs, dtype=torch.float64)
-            if gout is not None and gout in self.a:
-                f = f * self.alpha(gout)
-            if not depthwise and gin is not None and gin in self.a:
-                f = f * self.alpha(gin)
-            total = total + f
+        for layer in self.layers:
+            total = total + layer.macs * self._axis_ratio(layer.outputs) * self._axis_ratio(layer.inputs)
         return total / self.full_macs
 
     def _step(self) -> None:

@@ -10,9 +10,19 @@ No official code exists; the formulas are recalled and the integration is [desig
   added to it as a new param group with ``weight_decay=0``) and before loading a gated checkpoint.
   An optimizer built afterwards from ``model.parameters()`` also weight-decays the gates (an extra L2
   pull towards 0); exclude ``reg.gate_parameters()`` from its decayed group if that is unwanted.
-  Convs without BN are not gated.
+  Convs without BN are not gated. A model that is gated already (a second pruning round, a rebuilt
+  regularizer) keeps its :class:`GatedBatchNorm` wrappers: the new regularizer takes over their
+  gates, so channels whose gates were frozen at 0 stay frozen and score 0.
 - Penalty on the gates, ``lam * sum rho(g)``: ``penalty="l1"`` (rho = |g|) or ``"bounded_l1"``
   (rho = 1 - exp(-|g|/sigma); the bounded variant barely penalises gates far above sigma).
+- Defaults: ``sigma = 0.5``, the largest value of the sweep methods.md 3 recommends
+  ({0.05, 0.1, 0.5}, no paper value retrieved), because gates start at 1: the bounded-L1 slope at
+  a gate g is ``exp(-g/sigma)/sigma``, 0.27 at g = 1 for sigma = 0.5 but 4.5e-4 for sigma = 0.1 and
+  4e-8 for sigma = 0.05, where the penalty does nothing until the task loss alone has brought gates
+  down near sigma. Smaller sigma (closer to L0) makes sense once gates are small. A warning is
+  issued at construction when the largest slope over the live gates is below 1% of the L1 slope.
+  ``lam`` (1e-3) has no recommended value either: choose it so that the target sparsity is reached
+  by the end of training.
 - Exact zeros [design, VERIFY the paper's mechanism]: the gate penalty is applied as a proximal step
   after each optimizer update, ``g <- sign(g) * max(|g| - lr * lam * w(g), 0)`` with ``w = 1`` (L1,
   the exact prox) or ``w = exp(-|g|/sigma)/sigma`` (bounded L1: the L1 prox with the penalty's local
@@ -31,13 +41,19 @@ beta' = g*beta), so a zero gate gives a channel that is exactly 0 with no bias c
 from __future__ import annotations
 
 import contextlib
+import math
+import warnings
 
 import torch
 from torch import nn
 
 from compressor.train.groups import ParamSlice, TorchGroup
 from compressor.train.regularizers import register
-from compressor.train.regularizers.base import Regularizer
+from compressor.train.regularizers.base import Regularizer, check_range
+
+#: The bounded-L1 slope at the live gates, relative to L1's slope (1), below which a warning says the
+#: penalty is effectively off.
+NEGLIGIBLE_SLOPE = 0.01
 
 
 class GatedBatchNorm(nn.Module):
@@ -64,16 +80,21 @@ class GroupGates(Regularizer):
 
     needs_kernels = False
 
-    def __init__(self, model, example_input=None, *, lam: float = 1e-3, sigma: float = 0.1,
+    def __init__(self, model, example_input=None, *, lam: float = 1e-3, sigma: float = 0.5,
                  penalty: str = "bounded_l1", weight_lambda: float = 0.0, weight_sigma: float = 1.0,
                  optimizer: torch.optim.Optimizer | None = None, **kw) -> None:
         if penalty not in ("l1", "bounded_l1"):
             raise ValueError("penalty must be 'l1' or 'bounded_l1'")
+        check_range("lam", lam, low=0.0)
+        check_range("sigma", sigma, low=0.0, low_open=True)
+        check_range("weight_lambda", weight_lambda, low=0.0)
+        check_range("weight_sigma", weight_sigma, low=0.0, low_open=True)
         self.lam, self.sigma, self.penalty = float(lam), float(sigma), penalty
         self.weight_lambda, self.weight_sigma = float(weight_lambda), float(weight_sigma)
         super().__init__(model, example_input, **kw)
         self.wrappers: dict[str, GatedBatchNorm] = {}
         self._insert_gates()
+        self._warn_if_penalty_is_flat()
         if optimizer is not None:
             self.attach(optimizer)
 
@@ -84,19 +105,44 @@ class GroupGates(Regularizer):
     def _insert_gates(self) -> None:
         for g in self.groups:
             for s in g.channel_slices(("bn_weight",)):
-                bn_name = s.name.rpartition(".")[0]
-                if bn_name not in self.wrappers:
-                    parent_name, _, attr = bn_name.rpartition(".")
-                    parent = self.model.get_submodule(parent_name) if parent_name else self.model
-                    bn = getattr(parent, attr)
-                    if isinstance(bn, GatedBatchNorm):
-                        wrapper = bn
-                    else:
-                        wrapper = GatedBatchNorm(bn)
-                        setattr(parent, attr, wrapper)
-                    self.wrappers[bn_name] = wrapper
-                wrapper = self.wrappers[bn_name]
-                g.slices.append(ParamSlice(f"{bn_name}.gate", wrapper.gate, 0, s.offset, s.inner, "param", "gate"))
+                name, wrapper = self._wrapper_for(s.name.rpartition(".")[0])
+                self.wrappers[name] = wrapper
+                if any(t.tensor is wrapper.gate and t.offset == s.offset for t in g.slices):
+                    continue
+                gate_name = f"{name}.gate" if name else "gate"
+                g.slices.append(ParamSlice(gate_name, wrapper.gate, 0, s.offset, s.inner, "param", "gate"))
+
+    def _wrapper_for(self, bn_name: str) -> tuple[str, GatedBatchNorm]:
+        """The gate wrapper of the BN module named ``bn_name`` and its module name; wraps if needed.
+
+        On a model gated already, the analysis names the inner BN (``b1.bn.weight``): its parent
+        ``b1`` is the wrapper to reuse, not a BN to wrap a second time.
+        """
+        parent_name, _, attr = bn_name.rpartition(".")
+        parent = self.model.get_submodule(parent_name) if parent_name else self.model
+        if attr == "bn" and isinstance(parent, GatedBatchNorm):
+            return parent_name, parent
+        module = getattr(parent, attr)
+        if isinstance(module, GatedBatchNorm):  # wrapped already (this regularizer or an earlier one)
+            return bn_name, module
+        wrapper = GatedBatchNorm(module)
+        setattr(parent, attr, wrapper)
+        return bn_name, wrapper
+
+    def _warn_if_penalty_is_flat(self) -> None:
+        """Warn once, at construction, when bounded L1 cannot move the live gates (slope < 1% of L1's)."""
+        if self.penalty != "bounded_l1" or self.lam == 0:
+            return
+        live = [w.gate.detach()[w.gate_mask != 0].abs() for w in self.wrappers.values()]
+        live = torch.cat(live) if live else torch.zeros(0)
+        if live.numel() == 0:
+            return
+        slope = math.exp(-float(live.min()) / self.sigma) / self.sigma
+        if slope < NEGLIGIBLE_SLOPE:
+            warnings.warn(
+                f"gates: the bounded-L1 slope at the current gates (smallest live |g| = {float(live.min()):.3g}) "
+                f"is {slope:.2g} with sigma={self.sigma:g}, so the penalty barely moves them; use a sigma on "
+                f"the gates' scale (the default 0.5) or penalty='l1'", stacklevel=3)
 
     def attach(self, optimizer: torch.optim.Optimizer) -> None:
         super().attach(optimizer)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from compressor.train.regularizers import register
 from compressor.train.regularizers._greg import GRegBase
+from compressor.train.regularizers.base import check_range
 
 
 @register("greg2")
@@ -20,6 +21,8 @@ class GReg2(GRegBase):
 
     def __init__(self, model, example_input=None, *, delta_pick: float = 1e-5, pick_ceiling: float = 1e-2,
                  recover: float = -1e-4, **kw) -> None:
+        check_range("delta_pick", delta_pick, low=0.0, low_open=True)
+        check_range("pick_ceiling", pick_ceiling, low=0.0, low_open=True)
         self.delta_pick, self.pick_ceiling, self.kept_lambda = float(delta_pick), float(pick_ceiling), float(recover)
         super().__init__(model, example_input, **kw)
         self.phase = "pick"

@@ -19,7 +19,7 @@ import torch
 
 from compressor.train.groups import TorchGroup
 from compressor.train.regularizers import register
-from compressor.train.regularizers.base import Regularizer
+from compressor.train.regularizers.base import Regularizer, check_range
 
 
 @register("group_lasso")
@@ -28,6 +28,8 @@ class GroupLasso(Regularizer):
 
     def __init__(self, model, example_input=None, *, lam: float = 1e-4, proximal: bool = True,
                  eps: float = 1e-12, **kw) -> None:
+        check_range("lam", lam, low=0.0)
+        check_range("eps", eps, low=0.0, low_open=True)
         self.lam, self.proximal, self.eps = float(lam), bool(proximal), float(eps)
         super().__init__(model, example_input, **kw)
 

@@ -30,7 +30,7 @@ import math
 import torch
 
 from compressor.train.regularizers import register
-from compressor.train.regularizers.base import Regularizer, l1, zero_channels
+from compressor.train.regularizers.base import Regularizer, check_range, l1, zero_channels
 
 
 @register("increg")
@@ -40,8 +40,10 @@ class IncReg(Regularizer):
     def __init__(self, model, example_input=None, *, prune_ratio: float | dict[int, float] = 0.5,
                  unit: float = 2.5e-4, ceiling: float = 2.5, u: float = 0.25, zero_at_ceiling: bool = True,
                  **kw) -> None:
-        if not 0.0 < u < 1.0:
-            raise ValueError("u must lie in (0, 1)")
+        check_range("u", u, low=0.0, high=1.0, low_open=True, high_open=True)
+        check_range("prune_ratio", prune_ratio, low=0.0, high=1.0, high_open=True)
+        check_range("unit", unit, low=0.0, low_open=True)
+        check_range("ceiling", ceiling, low=0.0, low_open=True)
         self.prune_ratio, self.unit, self.ceiling, self.u = prune_ratio, float(unit), float(ceiling), float(u)
         self.zero_at_ceiling = bool(zero_at_ceiling)
         super().__init__(model, example_input, **kw)

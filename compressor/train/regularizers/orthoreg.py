@@ -8,8 +8,11 @@ with ``P_l`` = the layer's filters flattened to ``[C_out, d_l]`` (bias appended 
 when the layer has one) and ``G_l`` the *smaller* Gram matrix: ``P P^T`` if ``C_out <= d_l`` (filters
 orthonormal) else ``P^T P`` (columns; the stem, 1x1 up-projections, depthwise layers). Entrywise L1,
 so orthonormality, not just orthogonality. ``lam`` = 1e-2 (VGG/ResNet) or 1e-3 (MobileNet). Layers:
-every conv (``include_linear=True`` adds Linear) whose weight is a producer of a selected group.
-Turn the optimizer's weight decay off while this is on (the penalty fixes the norms).
+every conv (``include_linear=True`` adds Linear) whose filters carry the channels of a selected
+group: its producers and its depthwise convs (the analysis reports a depthwise kernel as a
+``param`` of the group it passes through; methods.md 1 regularizes all MobileNet-V1 layers,
+depthwise ``[C x 9] -> 9 x 9`` included). Turn the optimizer's weight decay off while this is on
+(the penalty fixes the norms).
 
 :meth:`orthogonality` is the paper's diagnostic ``||diag(G)||_1 / ||G||_1`` (1 = orthogonal),
 computed on the same smaller Gram.
@@ -17,7 +20,10 @@ computed on the same smaller Gram.
 Importance (loss preservation, first-order Taylor; methods.md 1): in eval mode, the dataset-mean
 gradient ``g_bar = (1/N) sum_b n_b grad L_b`` over about ``num_samples`` samples, then per filter
 ``I_f = (<theta_f, g_bar_f>)^2`` over kernel + conv bias (BN excluded); a coupled group sums ``I_f``
-over its producer layers [design]. The mean gradient is squared after averaging, as in the code.
+over the filters it removes [design]: its producer layers and its depthwise layers (a depthwise
+filter goes with its channel; the official MobileNet code lets the depthwise layer follow the
+preceding pointwise layer's kept set rather than score it). The mean gradient is squared after
+averaging, as in the code.
 Magnitude scores are meaningless under OrthoReg (all norms ~1): use this one.
 """
 
@@ -32,7 +38,7 @@ from torch import nn
 from compressor.errors import UsageError
 from compressor.train.groups import ParamSlice
 from compressor.train.regularizers import register
-from compressor.train.regularizers.base import Regularizer
+from compressor.train.regularizers.base import Regularizer, check_range
 
 
 def _filters(weight: torch.Tensor, dim: int, bias: torch.Tensor | None) -> torch.Tensor:
@@ -40,6 +46,12 @@ def _filters(weight: torch.Tensor, dim: int, bias: torch.Tensor | None) -> torch
     if bias is not None:
         p = torch.cat([p, bias.reshape(-1, 1)], dim=1)
     return p
+
+
+def _filter_kernels(g) -> list[ParamSlice]:
+    """Conv/linear weights whose filters are the group's channels: producers, and depthwise kernels
+    (analysis role ``param``: the channel passes through them)."""
+    return g.channel_slices(("kernel",))
 
 
 def smaller_gram(p: torch.Tensor) -> torch.Tensor:
@@ -53,12 +65,14 @@ class OrthoReg(Regularizer):
     def __init__(self, model, example_input=None, *, lam: float = 1e-2, include_linear: bool = False,
                  data: Iterable | None = None, loss_fn: Callable | None = None, num_samples: int = 10000,
                  **kw) -> None:
+        check_range("lam", lam, low=0.0)
+        check_range("num_samples", num_samples, low=1)
         self.lam, self.include_linear = float(lam), include_linear
         self.data, self.loss_fn, self.num_samples = data, loss_fn, int(num_samples)
         super().__init__(model, example_input, **kw)
         self.layers: dict[str, tuple[nn.Parameter, int, nn.Parameter | None]] = {}
         for g in self.groups:
-            for s in g.producer_kernels:
+            for s in _filter_kernels(g):
                 module_name = s.name.rpartition(".")[0]
                 module = model.get_submodule(module_name) if module_name else model
                 if module_name in self.layers or not s.trainable:
@@ -69,7 +83,7 @@ class OrthoReg(Regularizer):
                 bias = bias if isinstance(bias, nn.Parameter) and bias.requires_grad else None
                 self.layers[module_name] = (s.tensor, s.dim, bias)
         if not self.layers:
-            raise UsageError("orthoreg: no conv layer among the groups' producers")
+            raise UsageError("orthoreg: no conv layer among the groups' producers or depthwise layers")
         sizes = {n: min(w.shape[d], w.numel() // w.shape[d] + (b is not None)) for n, (w, d, b) in self.layers.items()}
         total = sum(math.sqrt(m) for m in sizes.values())
         self.layer_weights = {n: math.sqrt(m) / total for n, m in sizes.items()}
@@ -149,7 +163,7 @@ class OrthoReg(Regularizer):
                 for g in self.groups:
                     total = torch.zeros(g.size, dtype=torch.float64)
                     by_module: dict[str, list[ParamSlice]] = {}
-                    for s in g.select("producer", ("kernel", "bias")):
+                    for s in g.channel_slices(("kernel", "bias")):
                         by_module.setdefault(s.name.rpartition(".")[0], []).append(s)
                     for slices in by_module.values():
                         dot = torch.zeros(g.size, dtype=torch.float64)

@@ -23,7 +23,7 @@ import torch
 
 from compressor.train.groups import ParamSlice, TorchGroup
 from compressor.train.regularizers import register
-from compressor.train.regularizers.base import Regularizer, l2, lowest
+from compressor.train.regularizers.base import Regularizer, check_range, l2, lowest
 
 
 class SoftFilterBase(Regularizer):
@@ -33,6 +33,7 @@ class SoftFilterBase(Regularizer):
                  scope: str = "kernels", mask_at_init: bool = True, **kw) -> None:
         if scope not in ("kernels", "producers"):
             raise ValueError("scope must be 'kernels' or 'producers'")
+        check_range("prune_ratio", prune_ratio, low=0.0, high=1.0, high_open=True)
         self.prune_ratio, self.scope = prune_ratio, scope
         super().__init__(model, example_input, **kw)
         self.selected: dict[int, torch.Tensor] = {}

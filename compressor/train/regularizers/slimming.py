@@ -19,7 +19,7 @@ import torch
 
 from compressor.train.groups import TorchGroup
 from compressor.train.regularizers import register
-from compressor.train.regularizers.base import Regularizer
+from compressor.train.regularizers.base import Regularizer, check_range
 
 
 @register("slimming")
@@ -29,6 +29,7 @@ class NetworkSlimming(Regularizer):
     needs_kernels = False
 
     def __init__(self, model, example_input=None, *, s: float = 1e-4, proximal: bool = True, **kw) -> None:
+        check_range("s", s, low=0.0)
         self.s, self.proximal = float(s), bool(proximal)
         super().__init__(model, example_input, **kw)
 
