@@ -137,13 +137,17 @@ def prune(model, *, ratio: float | None = None, output: str | os.PathLike | None
           seed: int = 0, spinning: bool = False, keep_macs: bool = False,
           drop_layers: bool = False, target_speedup: float | None = None,
           profile_table: bool = True, reprobe: bool = False,
-          plan_out: str | os.PathLike | None = None) -> PruneResult:
+          plan_out: str | os.PathLike | None = None, learned_widths: bool = False) -> PruneResult:
     """Prune a model; verify it against the masked original; write it atomically if ``output``
     (and the plan, as JSON, if ``plan_out``). Both paths are checked before any work: neither may
     be the input model, one of its external-data files or the other, or a place that cannot be written.
 
     ``ratio``: the fraction of each prunable group's channels removed (0.5 when not given); a
-    budget (``target_*``) or ``plan_in`` decides the widths instead, and excludes it.
+    budget (``target_*``), ``plan_in`` or ``learned_widths`` decides the widths instead, and excludes it.
+
+    ``learned_widths``: each group keeps the width training learned, read from the model's
+    ``compressor.learned`` metadata (DSA's keep ratio, the non-zero gates of group gating, the
+    C-SGD cluster count; planning.plan.learned_keep), its best channels by ``importance``.
 
     Exact transforms run first when asked (each proven against its own input): ``merge_learned``
     (C-SGD clusters from training), ``merge_identical`` (tolerance), ``fold_constants``.
@@ -219,9 +223,13 @@ def prune(model, *, ratio: float | None = None, output: str | os.PathLike | None
     budgets = [b for b in (target_macs, target_params, target_latency, target_speedup) if b is not None]
     if len(budgets) > 1:
         raise UsageError("give at most one of --target-macs, --target-params, --target-latency, --target-speedup")
-    if ratio is not None and (budgets or plan_in is not None):
+    if ratio is not None and (budgets or plan_in is not None or learned_widths):
         raise UsageError("--ratio is replaced by " + ("the plan's widths (--plan-in)" if plan_in is not None else
+                                                      "the learned widths" if learned_widths else
                                                       "the budget") + "; give one of them")
+    if learned_widths and (budgets or plan_in is not None or global_ranking or drop_layers):
+        raise UsageError("--learned-widths prunes to the widths training learned; it excludes a --target-* budget, "
+                         "--plan-in, --global and --drop-layers")
     if plan_in is not None and (global_ranking or round_to is not None):
         raise UsageError("--plan-in replays a plan's widths; --global and --round-to do not apply")
     if target_speedup is not None and not (1.0 < target_speedup < math.inf):
@@ -237,7 +245,7 @@ def prune(model, *, ratio: float | None = None, output: str | os.PathLike | None
         raise UsageError(f"--merge-identical must be a relative tolerance >= 0, got {merge_identical}")
     if not 0 <= seed < 2**32:
         raise UsageError(f"--seed must be in [0, 2**32), got {seed}")
-    ratio = 0.5 if ratio is None else ratio
+    ratio = (0.0 if learned_widths else 0.5) if ratio is None else ratio
     latency_goal = target_latency is not None or target_speedup is not None
     if not 0.005 <= latency_tolerance <= 0.5:
         raise UsageError(f"--latency-tolerance must be in [0.005, 0.5], got {latency_tolerance}")
@@ -306,6 +314,12 @@ def prune(model, *, ratio: float | None = None, output: str | os.PathLike | None
         if target_params is not None and t_params:
             target_params = min(1.0, target_params * first["params_before"] / t_params)
     importance, importance_notes = _resolve_importance(proto, importance)
+    if learned_widths:
+        from compressor.importance.learned import read_learned
+
+        if read_learned(proto) is None:
+            raise UsageError("--learned-widths: the model carries no learned widths (train with a regularizer and "
+                             "export it with compressor.train.export)")
     opts = PlanOptions(ratio=ratio, global_ranking=global_ranking, round_to=1 if auto_round else round_to,
                        min_channels=min_channels, importance=importance, drop_layers=drop_layers)
     opts.validate()
@@ -354,6 +368,14 @@ def prune(model, *, ratio: float | None = None, output: str | os.PathLike | None
             return sens_cache[1]
 
         def choose(o: PlanOptions) -> PruningPlan:
+            if learned_widths:
+                from compressor.importance.learned import learned_groups
+                from compressor.planning.plan import learned_keep, plan_for_widths
+
+                entries, _ = learned_groups(proto, an)
+                n_keep, notes = learned_keep(an, entries, o)
+                importance_notes.extend(notes)
+                return plan_for_widths(an, scores, o, n_keep)
             if (target_macs is not None or target_params is not None) and sensitivity:
                 from compressor.ir.model_io import default_opset
                 from compressor.planning.allocate import plan_for_allocated
@@ -449,7 +471,7 @@ def prune(model, *, ratio: float | None = None, output: str | os.PathLike | None
         **({"transforms": transforms} if transforms else {}),
         **extra,
     }
-    warnings = _warnings(an, plan, exclude, ratio if plan_in is None and not budgets else None)
+    warnings = _warnings(an, plan, exclude, ratio if plan_in is None and not budgets and not learned_widths else None)
     if warnings:
         report["warnings"] = warnings
     if ver is not None and not ver.passed:

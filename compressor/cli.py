@@ -219,6 +219,9 @@ shape_option = click.option("--input-shape", "input_shapes", multiple=True, meta
 @click.option("--ratio", type=float, default=None,
               help="Fraction of channels removed from each prunable group (in [0, 1)).  [default: 0.5, unless a "
               "--target-* budget or --plan-in decides]")
+@click.option("--learned-widths", is_flag=True,
+              help="Prune each group to the width training learned (DSA's keep ratio, group gating's non-zero "
+              "gates, C-SGD's cluster count), read from the model's compressor.learned metadata.")
 @click.option("--global", "global_ranking", is_flag=True, help="Rank channels across all groups instead of "
               "removing the same fraction from each.")
 @click.option("--round-to", default=None, metavar="N|auto",
@@ -288,7 +291,7 @@ shape_option = click.option("--input-shape", "input_shapes", multiple=True, meta
 @click.option("--dry-run", is_flag=True, help="Plan, prune and verify, but write no model.")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report on stdout.")
 @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
-def prune_command(model, output, ratio, global_ranking, round_to, target_macs, target_params, target_latency,
+def prune_command(model, output, ratio, learned_widths, global_ranking, round_to, target_macs, target_params, target_latency,
                   target_speedup, latency_tolerance,
                   latency_table, profile_table, sensitivity, keep_macs, reprobe, drop_layers, calibration, min_channels, exclude, importance, input_shapes, plan_out, plan_in, merge_tol, merge_learned,
                   fold_constants, freeze_norms, no_verify, tolerance, seed, bench, provider, spinning, dry_run,
@@ -310,7 +313,8 @@ def prune_command(model, output, ratio, global_ranking, round_to, target_macs, t
                         calibration=calibration, merge_identical=merge_tol, merge_learned=merge_learned,
                         fold_constants=fold_constants, prune_norms=not freeze_norms,
                         exclude=exclude, importance=importance, plan_in=plan_in, verify_model=not no_verify,
-                        tolerance=tolerance, seed=seed, spinning=spinning, plan_out=plan_out or None)
+                        tolerance=tolerance, seed=seed, spinning=spinning, plan_out=plan_out or None,
+                        learned_widths=learned_widths)
         report = res.report
         if bench:
             from compressor.bench.api import compare_latency

@@ -210,6 +210,12 @@ def make_plan(analysis: Analysis, scores: dict[int, np.ndarray], opts: PlanOptio
         for g in groups:
             n_keep[g.id] = _rounded_keep(g.size, g.size - int(math.floor(opts.ratio * g.size)), opts,
                                          channel_multiplier(g))
+    return plan_for_widths(analysis, scores, opts, n_keep)
+
+
+def plan_for_widths(analysis: Analysis, scores: dict[int, np.ndarray], opts: PlanOptions,
+                    n_keep: dict[int, int]) -> PruningPlan:
+    """Keep the ``n_keep[group id]`` best-scored channels of each listed group; the others whole."""
     decisions = []
     for g in analysis.groups:
         if g.id in n_keep:
@@ -219,3 +225,26 @@ def make_plan(analysis: Analysis, scores: dict[int, np.ndarray], opts: PlanOptio
             kept = list(range(g.size))
         decisions.append(GroupDecision(g.id, g.size, kept, signature(g)))
     return PruningPlan(opts, decisions)
+
+
+def learned_keep(analysis: Analysis, entries: dict[int, dict], opts: PlanOptions) -> tuple[dict[int, int], list[str]]:
+    """Per prunable group, the width training learned (``entries``: importance.learned's matched
+    entries): DSA's ``keep_ratio`` (ceil(ratio x size), as its hard masks keep), the non-zero
+    ``gates`` of group gating, the number of C-SGD ``clusters``; min-channels and round-to still
+    apply. Groups without such a record stay whole (one note counts them)."""
+    n_keep: dict[int, int] = {}
+    bare = 0
+    for g in analysis.prunable:
+        e = entries.get(g.id) or {}
+        if "keep_ratio" in e:
+            keep = int(math.ceil(float(e["keep_ratio"]) * g.size - 1e-9))
+        elif "gates" in e:
+            keep = int(np.count_nonzero(np.asarray(e["gates"]) != 0))
+        elif "clusters" in e:
+            keep = len(e["clusters"])
+        else:
+            bare += 1
+            continue
+        n_keep[g.id] = _rounded_keep(g.size, keep, opts, channel_multiplier(g))
+    notes = [f"{bare} prunable group(s) have no learned width (keep_ratio, gates or clusters): left whole"] if bare else []
+    return n_keep, notes
