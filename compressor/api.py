@@ -11,6 +11,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 from pathlib import Path
 
 import numpy as np
@@ -137,13 +138,17 @@ def prune(model, *, ratio: float | None = None, output: str | os.PathLike | None
           seed: int = 0, spinning: bool = False, keep_macs: bool = False,
           drop_layers: bool = False, target_speedup: float | None = None,
           profile_table: bool = True, reprobe: bool = False,
-          plan_out: str | os.PathLike | None = None, learned_widths: bool = False) -> PruneResult:
+          plan_out: str | os.PathLike | None = None, learned_widths: bool = False,
+          log: Callable[[str], None] | None = None) -> PruneResult:
     """Prune a model; verify it against the masked original; write it atomically if ``output``
     (and the plan, as JSON, if ``plan_out``). Both paths are checked before any work: neither may
     be the input model, one of its external-data files or the other, or a place that cannot be written.
 
     ``ratio``: the fraction of each prunable group's channels removed (0.5 when not given); a
     budget (``target_*``), ``plan_in`` or ``learned_widths`` decides the widths instead, and excludes it.
+
+    ``log``: receives each warning line as it happens (a provider that fell back to another while
+    timing a latency target or ``round_to="auto"``); the report's ``warnings`` lists them too.
 
     ``learned_widths``: each group keeps the width training learned, read from the model's
     ``compressor.learned`` metadata (DSA's keep ratio, the non-zero gates of group gating, the
@@ -212,6 +217,15 @@ def prune(model, *, ratio: float | None = None, output: str | os.PathLike | None
     given by the caller is never modified or taken apart.
     """
     t0 = time.perf_counter()
+    notices: list[str] = []
+
+    def warn(line: str) -> None:  # each warning once: in the report, and as it happens to ``log``
+        text = line.removeprefix("warning: ")
+        if text not in notices:
+            notices.append(text)
+            if log is not None:
+                log(f"warning: {text}")
+
     data_files: list[Path] = []
     proto, path = _as_model(model, data_files)
     # every file this run must not write over, checked before any work (a latency search takes minutes)
@@ -397,14 +411,15 @@ def prune(model, *, ratio: float | None = None, output: str | os.PathLike | None
                                     spinning=spinning,
                                     fallback_to_1=round_defaulted, use_table=latency_table,
                                     sensitivity=sensitivities if sensitivity else None, keep_macs=keep_macs,
-                                    profile_table=profile_table, reprobe=reprobes)
+                                    profile_table=profile_table, reprobe=reprobes, log=warn)
                 res.details["importance_kept"] = importance_kept(an, scores, res.plan)
                 extra["budget"] = res.to_dict()
                 return res.plan
             return make_plan(an, scores, o)
 
         if auto_round:
-            plan, extra["round_to_auto"] = _auto_round(proto, an, opts, choose, provider, spec, spinning)
+            plan, extra["round_to_auto"] = _auto_round(proto, an, opts, choose, provider, spec, spinning, extra,
+                                                       log=warn)
         else:
             plan = choose(opts)
     keep = plan.keep
@@ -471,7 +486,8 @@ def prune(model, *, ratio: float | None = None, output: str | os.PathLike | None
         **({"transforms": transforms} if transforms else {}),
         **extra,
     }
-    warnings = _warnings(an, plan, exclude, ratio if plan_in is None and not budgets and not learned_widths else None)
+    warnings = notices + _warnings(an, plan, exclude,
+                                   ratio if plan_in is None and not budgets and not learned_widths else None)
     if warnings:
         report["warnings"] = warnings
     if ver is not None and not ver.passed:
@@ -576,7 +592,7 @@ def _profiled_table(table, proto, an, scores, opts, spec, meter, spinning):
 
 def _latency_plan(proto, an, scores, opts, target_ms, provider, spec, tol, fallback_to_1: bool = False,
                   use_table: bool = True, sensitivity=None, spinning: bool = False, keep_macs: bool = False,
-                  speedup: float | None = None, profile_table: bool = True, reprobe=None):
+                  speedup: float | None = None, profile_table: bool = True, reprobe=None, log=None):
     """Read the target against the dense model measured here (3 s alone, after a warm-up), then
     search on pruned/dense ratios timed interleaved. ``reference_pooled_ms``: the median of every
     dense run of the search, to show how far the machine's load drifted meanwhile.
@@ -598,7 +614,7 @@ def _latency_plan(proto, an, scores, opts, target_ms, provider, spec, tol, fallb
     from compressor.planning.budget import LatencySearch, LatencyTargetError
 
     meter = RatioMeter(proto, provider=provider, input_shapes={k: list(v) for k, v in spec.shapes.items()},
-                       spinning=spinning)
+                       spinning=spinning, log=log)
     dense = meter.reference_ms(min_time_s=3.0)
     lo, reference, hi = median_interval(dense)
     # a search step's reading is precise to half the tolerance (2.5 % at the default 5 %); a tighter
@@ -654,7 +670,9 @@ def _latency_plan(proto, an, scores, opts, target_ms, provider, spec, tol, fallb
             o = dataclasses.replace(opts, round_to=multiple)
             try:
                 res = plan_for_latency(an, scores, o, target_ms, measure, reference, search,
-                                       knob=knob_for(o), reread_reference=reread if speedup is None else None)
+                                       knob=knob_for(o), reread_reference=reread if speedup is None else None,
+                                       label=None if speedup is None else
+                                       f"--target-speedup {speedup:g} ({target_ms:.4g} ms)")
                 break
             except LatencyTargetError as exc:
                 if i == len(multiples) - 1:
@@ -695,19 +713,25 @@ def _small_batch_gpu_hint(provider_used: str | None, shapes, message: str) -> st
 AUTO_ROUND_CANDIDATES = (1, 4, 8, 16, 32)
 
 
-def _auto_round(proto, an, opts, choose, provider, spec, spinning: bool = False):
-    """Plan with each channel multiple, time them all interleaved, keep the fastest."""
+def _auto_round(proto, an, opts, choose, provider, spec, spinning: bool = False, extra: dict | None = None,
+                log=None):
+    """Plan with each channel multiple, time them all interleaved, keep the fastest. ``choose``
+    records each plan's budget in ``extra["budget"]``: the chosen plan's is put back there."""
     from compressor.bench.api import benchmark
 
-    candidates = []
+    extra = {} if extra is None else extra
+    candidates, budgets, failed = [], [], []
     for r in AUTO_ROUND_CANDIDATES:
         try:
             plan = choose(dataclasses.replace(opts, round_to=r))
-        except UsageError:
+        except UsageError as exc:  # listed in the report: that multiple had no plan
+            failed.append({"round_to": r, "error": str(exc)})
             continue
         candidates.append((r, plan))
+        budgets.append(extra.pop("budget", None))
     if not candidates:
-        raise UsageError("--round-to auto: no channel multiple meets the budget")
+        raise UsageError("--round-to auto: no channel multiple meets the budget ("
+                         + "; ".join(f"{f['round_to']}: {f['error']}" for f in failed) + ")")
     # multiples that give the same widths (16 and 32 on a 48-channel net, say) are timed once
     unique: dict[tuple, int] = {}
     for i, (_, plan) in enumerate(candidates):
@@ -715,7 +739,8 @@ def _auto_round(proto, an, opts, choose, provider, spec, spinning: bool = False)
     first = sorted(unique.values())
     shapes = [f"{k}:{'x'.join(map(str, v))}" for k, v in spec.shapes.items()]
     res = benchmark([_pruned_for_timing(an, candidates[i][1]) for i in first], provider=provider,
-                    input_shapes=shapes, progress=False, log=None, min_time=1.0, spinning=spinning)
+                    input_shapes=shapes, progress=False, min_time=1.0, spinning=spinning,
+                    log=(lambda line: log(line) if log and line.startswith("warning") else None))
     timed = dict(zip(first, res.results))
     table = []
     for r, plan in candidates:
@@ -729,7 +754,10 @@ def _auto_round(proto, an, opts, choose, provider, spec, spinning: bool = False)
     best = min(range(len(table)), key=lambda i: (table[i]["latency_ms"], "same_plan_as" in table[i]))
     plan = candidates[best][1]
     plan.options = dataclasses.replace(plan.options, round_to=candidates[best][0])
-    return plan, {"chosen": candidates[best][0], "measured": table, "spinning": bool(spinning)}
+    if budgets[best] is not None:
+        extra["budget"] = budgets[best]
+    return plan, {"chosen": candidates[best][0], "measured": table, "spinning": bool(spinning),
+                  **({"failed": failed} if failed else {})}
 
 
 def load_calibration(source) -> dict[str, np.ndarray]:

@@ -149,8 +149,11 @@ def render_prune_report(r: dict) -> str:
         b = r["budget"]
         unit = " ms" if b["kind"] == "latency" else " of the original"
         speedup = f" (--target-speedup {b['target_speedup']:g})" if b.get("target_speedup") else ""
+        roles = [st.get("role", "search") for st in b["steps"]]
+        counted = (f"{roles.count('search')} search and {roles.count('confirm')} confirmation measurements"
+                   if b["kind"] == "latency" else f"{len(roles)} candidate plans")
         out.append(f"budget: {b['kind']} target {b['target']:.4g}{unit}{speedup}, reached {b['achieved']:.4g}{unit} "
-                   f"({len(b['steps'])} candidate plans)")
+                   f"({counted})")
         if b.get("rereads"):
             moved = [r for r in b["rereads"] if r["reanchored"]]
             out.append(f"reference: the dense model re-read {len(b['rereads'])} time(s) when a measurement's dense runs "
@@ -186,13 +189,31 @@ def render_prune_report(r: dict) -> str:
     if r.get("round_to_auto"):
         ra = r["round_to_auto"]
         out.append("round-to auto: " + ", ".join(f"{m['round_to']}: {m['latency_ms']:.3f} ms" for m in ra["measured"])
-                   + f" -> {ra['chosen']}")
+                   + f" -> {ra['chosen']}"
+                   + "".join(f"; {f['round_to']}: no plan ({f['error'][:80]})" for f in ra.get("failed", [])))
     out.append(f"importance: {r['importance']}" + "".join(f"; {n}" for n in _summarise_notes(r.get("importance_notes", []))))
     for d in r.get("defaults_used", []):
         out.append(f"default used: {d}")
     if r.get("output"):
         out.append(f"wrote {r['output']} in {r['seconds']:.2f} s")
     return "\n".join(out)
+
+
+def _idle_options(ctx: click.Context, latency: bool, timing: bool) -> list[str]:
+    """Options given on the command line that this run does not use (a latency search's options
+    without a latency target, a provider with nothing timed)."""
+    from click.core import ParameterSource
+
+    uses = {"latency_tolerance": latency, "latency_table": latency, "profile_table": latency,
+            "provider": latency or timing, "spinning": latency or timing}
+    flags = {"latency_tolerance": "--latency-tolerance", "latency_table": "--latency-table/--no-latency-table",
+             "profile_table": "--profile-table/--no-profile-table", "provider": "--provider",
+             "spinning": "--spinning"}
+    return [f"{flags[name]} has no effect here: it applies to "
+            + ("--target-latency/--target-speedup" if name in ("latency_tolerance", "latency_table", "profile_table")
+               else "--target-latency/--target-speedup, --round-to auto and --bench")
+            for name, used in uses.items()
+            if not used and ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE]
 
 
 @click.group(cls=DefaultGroup, context_settings=CONTEXT)
@@ -300,6 +321,13 @@ def prune_command(model, output, ratio, learned_widths, global_ranking, round_to
     from compressor import api
     from compressor.errors import UsageError
 
+    printed: set[str] = set()
+
+    def warn_now(line: str) -> None:  # a warning as it happens (on stderr: stdout may be JSON)
+        if line not in printed:
+            printed.add(line)
+            click.echo(line, err=True)
+
     try:
         if output is None and not dry_run:
             raise UsageError("missing -o/--output (or pass --dry-run)")
@@ -314,14 +342,17 @@ def prune_command(model, output, ratio, learned_widths, global_ranking, round_to
                         fold_constants=fold_constants, prune_norms=not freeze_norms,
                         exclude=exclude, importance=importance, plan_in=plan_in, verify_model=not no_verify,
                         tolerance=tolerance, seed=seed, spinning=spinning, plan_out=plan_out or None,
-                        learned_widths=learned_widths)
+                        learned_widths=learned_widths, log=warn_now)
         report = res.report
         if bench:
             from compressor.bench.api import compare_latency
 
             def warn_only(line: str) -> None:  # the report already lists the defaults used
                 if line.startswith("warning"):
-                    click.echo(line, err=True)
+                    warn_now(line)
+                    text = line.removeprefix("warning: ")
+                    if text not in report.setdefault("warnings", []):
+                        report["warnings"].append(text)
 
             report["latency"] = compare_latency(model, res.model, provider=provider,
                                                 input_shapes=list(input_shapes) or None, progress=not as_json,
@@ -334,8 +365,12 @@ def prune_command(model, output, ratio, learned_widths, global_ranking, round_to
         if isinstance(exc, SystemExit):
             raise
         _fail(exc, debug)
+    idle = _idle_options(click.get_current_context(), latency=target_latency is not None or target_speedup is not None,
+                         timing=bench or round_to == "auto")
+    if idle:
+        report.setdefault("warnings", []).extend(idle)
     for line in report.get("warnings", ()):
-        click.echo(f"warning: {line}", err=True)
+        warn_now(f"warning: {line}")
     if as_json:
         click.echo(json.dumps(report, indent=1))
     else:

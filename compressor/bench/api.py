@@ -62,12 +62,17 @@ def _as_specs(input_shapes: Iterable[str] | Mapping | None) -> ShapeSpecs:
 
 
 def _as_batches(
-    batches: int | Sequence[int] | None, specs: ShapeSpecs, first_model: onnx.ModelProto
+    batches: int | Sequence[int] | None, specs: Sequence[ShapeSpecs], models: Sequence[onnx.ModelProto]
 ) -> tuple[list[int], bool]:
-    """(batch sizes, whether the user chose them); None -> what the specs or the model imply."""
+    """(batch sizes, whether the user chose them); None -> what the specs or the models imply
+    (``specs[i]``: the shapes that apply to ``models[i]``), the same for all, else 1."""
     if batches is None:
-        implied = natural_batch(first_model, specs)
-        return [implied or 1], bool(specs) and implied is not None
+        implied = {b for m, sp in zip(models, specs) if (b := natural_batch(m, sp)) is not None}
+        if len(implied) > 1:
+            raise UsageError(f"the models imply different batch sizes {sorted(implied)} (a fixed batch, or "
+                             "--input-shape); pass --batch")
+        one = implied.pop() if implied else None
+        return [one or 1], any(specs) and one is not None
     if isinstance(batches, int):
         batches = [batches]
     chosen = []
@@ -174,7 +179,6 @@ def benchmark(
     provider_key(provider)  # validate before loading anything
     specs = _as_specs(input_shapes)
     sources = [load_source(m, i) for i, m in enumerate(models)]
-    batch_sizes, batch_chosen = _as_batches(batches, specs, sources[0].signature)
 
     # Every shape first, so a usage mistake is reported before any session is built. Models
     # compared side by side may name their inputs differently: a named shape applies to the
@@ -185,6 +189,7 @@ def benchmark(
     unused = [k for k in specs if k is not None and not any(k in o for o in own)]
     if unused:
         raise UsageError(f"--input-shape names {unused[0]!r}, which is not an input of any of the models")
+    batch_sizes, batch_chosen = _as_batches(batches, own, [s.signature for s in sources])
     plan: dict[tuple[int, int], tuple[dict, list[str]]] = {}
     for i, source in enumerate(sources):
         for b in batch_sizes:
@@ -265,7 +270,8 @@ def _check_runs(run: Callable[[], None], name: str, shapes: Mapping[str, Sequenc
         given = ", ".join(f"{k}:{format_shape(v)}" for k, v in shapes.items())
         raise UsageError(
             f"onnxruntime failed to run {name} with inputs {given}: {reason} "
-            "(check --input-shape)"
+            "(check --input-shape; integer inputs are drawn from [0, 10) and booleans at random, which "
+            "a model indexing a smaller table cannot take)"
         ) from exc
 
 

@@ -45,15 +45,17 @@ def _debug_requested(ctx: click.Context, debug: bool) -> bool:
 @click.option("--strict-provider", is_flag=True,
               help="Fail (exit 2) instead of falling back when the provider cannot be created.")
 @click.option("--batch", "batch_text", metavar="B[,B...]",
-              help="Batch sizes, e.g. 1,8,32 (replaces dim 0). Default: dim 0 of --input-shape, "
-                   "else 1.")
+              help="Batch sizes, e.g. 1,8,32 (replaces dim 0). Default: the batch the models imply "
+                   "(dim 0 of --input-shape, or a fixed batch; the same for all of them), else 1.")
 @click.option("--threads", type=int, default=None,
               help="intra-op threads per session. Default: the cores available.")
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="[NAME:]1x3x224x224",
               help="Shape of a dynamic input (repeatable); unnamed only for single-input models.")
 @click.option("--warmup", type=int, default=10, show_default=True,
               help="Untimed runs per model before measuring.")
-@click.option("--runs", type=int, default=None, help="Timed runs per model.")
+@click.option("--runs", type=int, default=None,
+              help="Timed runs per model (with --interleave block or --spinning: timed blocks per model, "
+                   "each of --block-time seconds).")
 @click.option("--min-time", type=float, default=None, metavar="S",
               help="Run until every model has run S seconds (default: 1 s, at least 10 runs).")
 @click.option("--spinning", is_flag=True,

@@ -267,6 +267,9 @@ def natural_batch(
     dim0 = _dim0(model)
     given = {shape[0] for name, shape in named.items()
              if shape and not isinstance(dim0.get(name), int)}
+    if len(given) > 1:  # every dynamic dim 0 is the batch (shapes_for_batch sets them all)
+        raise UsageError(f"--input-shape gives the batch (dim 0) of the dynamic-batch inputs different values "
+                         f"{sorted(given)}; give them one, or pass --batch")
     if len(given) == 1:
         return given.pop()
     if dim0 and all(isinstance(d, int) for d in dim0.values()):

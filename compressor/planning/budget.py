@@ -136,6 +136,7 @@ class _Point:
     plan: PruningPlan
     sample: RatioSample
     measurements: int = 1
+    confirmation: RatioSample | None = None  # the last confirmation measurement, if any
 
 
 class MacsKnob:
@@ -214,7 +215,8 @@ def next_fraction(points: list[tuple[float, float, float]], target: float, floor
 def plan_for_latency(analysis: Analysis, scores: dict[int, np.ndarray], opts: PlanOptions, target_ms: float,
                      measure: Callable[[PruningPlan, bool], RatioSample], reference_ms: float,
                      search: LatencySearch | None = None, clock: Callable[[], float] = time.monotonic,
-                     knob=None, reread_reference: Callable[[], float] | None = None) -> BudgetResult:
+                     knob=None, reread_reference: Callable[[], float] | None = None,
+                     label: str | None = None) -> BudgetResult:
     """The plan whose measured latency ratio to the dense model is within the tolerance of
     ``target_ms / reference_ms``, confirmed by a second measurement.
 
@@ -236,25 +238,27 @@ def plan_for_latency(analysis: Analysis, scores: dict[int, np.ndarray], opts: Pl
     the budget) is measured again; it is accepted when that confirmation and the pooled ratio are
     both within the tolerance. Raises LatencyTargetError (a UsageError: exit 2, nothing written)
     when the most pruned plan allowed is measured slower than the target, or when no plan was
-    confirmed within ``max_measurements`` / ``time_budget_s``.
+    confirmed within ``max_measurements`` / ``time_budget_s``. ``label``: how messages name the
+    target (default ``--target-latency MS ms``; the caller names a ``--target-speedup``).
     """
     search = search or LatencySearch()
     tol = search.tolerance
+    label = label or f"--target-latency {target_ms:g} ms"
     if target_ms <= 0:
         raise UsageError(f"--target-latency must be positive, got {target_ms}")
     if reference_ms <= 0:
         raise UsageError(f"the dense model's latency measured {reference_ms} ms; cannot read a target against it")
     target = target_ms / reference_ms
     first_reference = reference_ms
-    if target >= 1 - tol:
-        raise UsageError(f"--target-latency {target_ms:g} ms is not below the dense model's {reference_ms:.4g} ms "
-                         f"measured here (within {tol:.0%}): nothing to prune")
+    if _dense_meets(target, tol):
+        raise UsageError(f"the dense model, {reference_ms:.4g} ms measured here, already meets {label} within the "
+                         f"tolerance of {_pct(tol)} (target ratio {target:.3f}): nothing to prune")
     rereads: list[dict] = []
     knob = knob or MacsKnob(analysis, scores, opts)
     base = max(plan_cost(analysis, {})[0], 1)
     floor_plan, floor_f = knob.floor()
     if not floor_plan.keep:
-        raise UsageError(f"--target-latency {target_ms:g} ms is unreachable: no group can be pruned")
+        raise UsageError(f"{label} is unreachable: no group can be pruned")
     floor_macs = plan_cost(analysis, floor_plan.keep)[0] / base
     floor_key = _plan_key(floor_plan)
     points: dict[tuple, _Point] = {}
@@ -286,11 +290,11 @@ def plan_for_latency(analysis: Analysis, scores: dict[int, np.ndarray], opts: Pl
                         "target_ratio_was": round(target, 5), "reanchored": moved})
         if moved:
             reference_ms, target = fresh, target_ms / fresh
-            if target >= 1 - tol:
+            if _dense_meets(target, tol):
                 raise LatencyTargetError(
-                    f"--target-latency {target_ms:g} ms is not below the dense model's {fresh:.4g} ms as measured "
-                    f"again during the search (first {first_reference:.4g} ms; the machine's speed changed): "
-                    f"nothing written", {**details(), "steps": steps})
+                    f"the dense model, {fresh:.4g} ms as measured again during the search (first "
+                    f"{first_reference:.4g} ms; the machine's speed changed), already meets {label} within "
+                    f"{_pct(tol)}: nothing written", {**details(), "steps": steps})
 
     macs_of: dict[tuple, float] = {}
 
@@ -334,6 +338,7 @@ def plan_for_latency(analysis: Analysis, scores: dict[int, np.ndarray], opts: Pl
             log_step(plan, achieved, confirmation, "confirm")
             check_drift(confirmation)
             point.sample, point.measurements = point.sample.pooled(confirmation), point.measurements + 1
+            point.confirmation = confirmation
             if abs(off(confirmation.median)) <= tol and abs(off(point.sample.median)) <= tol:
                 return BudgetResult(plan, "latency", target_ms, reference_ms * confirmation.median, steps, {
                     **details(), "ratio": confirmation.median, "ratio_interval": list(confirmation.interval),
@@ -345,7 +350,7 @@ def plan_for_latency(analysis: Analysis, scores: dict[int, np.ndarray], opts: Pl
         if key == floor_key and off(point.sample.median) > tol and (
                 point.measurements >= 2 or off(point.sample.interval[0]) > tol):
             raise LatencyTargetError(
-                f"--target-latency {target_ms:g} ms (ratio {target:.3f} to the dense model's {reference_ms:.4g} ms "
+                f"{label} (ratio {target:.3f} to the dense model's {reference_ms:.4g} ms "
                 f"measured here) is unreachable: the most pruned plan allowed (MACs "
                 f"{floor_macs:.3f} of the dense model, min-channels {opts.min_channels}, round-to {opts.round_to}) "
                 f"measured {point.sample.median:.3f}x the dense model's {reference_ms:.4g} ms = "
@@ -380,13 +385,27 @@ def plan_for_latency(analysis: Analysis, scores: dict[int, np.ndarray], opts: Pl
         exhausted = False
     closest = min(points.values(), key=lambda p: abs(off(p.sample.median)))
     why = "no untried plans near the target" if exhausted else "the measuring budget ran out"
+    c = closest.confirmation
+    refused = (f", refused by its confirmation at {c.median:.3f}x ({off(c.median):+.1%})"
+               if c is not None and abs(off(c.median)) > tol else "")
     raise LatencyTargetError(
-        f"--target-latency {target_ms:g} ms (ratio {target:.3f} to the dense model's {reference_ms:.4g} ms "
-        f"measured here) was not met within {tol:.0%} after {measured} measurements "
+        f"{label} (ratio {target:.3f} to the dense model's {reference_ms:.4g} ms "
+        f"measured here) was not met within {_pct(tol)} after {measured} measurements "
         f"({clock() - start:.0f} s; {why}): the closest plan "
         f"(MACs {plan_cost(analysis, closest.plan.keep)[0] / base:.3f}) measured "
         f"{closest.sample.median:.3f}x = {reference_ms * closest.sample.median:.4g} ms "
-        f"({off(closest.sample.median):+.1%}); nothing written", {**details(), "steps": steps})
+        f"({off(closest.sample.median):+.1%}) over its {closest.measurements} measurements{refused}; nothing written",
+        {**details(), "steps": steps})
+
+
+def _dense_meets(target: float, tol: float) -> bool:
+    """Does the dense model itself (ratio 1) meet the target ratio within the tolerance, as the
+    search judges a plan (``|ratio / target - 1| <= tol``)?"""
+    return 1.0 / target - 1.0 <= tol
+
+
+def _pct(tol: float) -> str:
+    return f"{tol * 100:.3g}%"
 
 
 def _step_past(point: _Point, points: list[_Point], target: float, floor: float) -> float:

@@ -8,6 +8,7 @@ import json
 
 import onnxruntime as ort
 import pytest
+from onnx import helper
 
 from compressor.bench import BenchResult, benchmark, compare_latency
 from compressor.bench.report import CSV_COLUMNS, ModelResult, display_names
@@ -94,6 +95,21 @@ def test_models_with_differently_named_inputs_take_their_own_shapes(models):
     assert [r.input_shapes for r in result.results] == [{"x": (2, 3)}, {"input": (2, 5)}]
     with pytest.raises(UsageError, match="'nope', which is not an input of any of the models"):
         benchmark([models.relu(("N", "C"), name="a"), other], input_shapes=["x:2x3", "nope:2x5"], **FAST)
+
+
+def test_the_default_batch_is_what_every_model_implies(models):
+    """A fixed-batch model beside a dynamic one sets the batch whatever their order (it came from
+    the first model only); contradicting batches are an error, not silently batch 1."""
+    from onnx import TensorProto
+
+    fixed = models.relu((4, 3), name="fixed")
+    for order in ([fixed, models.relu(name="dyn")], [models.relu(name="dyn"), fixed]):
+        res = benchmark(order, **FAST)
+        assert {r.batch for r in res.results} == {4}
+    two = models.build([("a", TensorProto.FLOAT, ["N", 3]), ("b", TensorProto.FLOAT, ["M", 3])],
+                       [helper.make_node("Relu", ["a"], ["y"]), helper.make_node("Relu", ["b"], ["z"])], ["y", "z"])
+    with pytest.raises(UsageError, match="different values \\[2, 3\\]"):
+        benchmark([two], input_shapes=["a:2x3", "b:3x3"], **FAST)
 
 
 def test_runtime_failure_is_a_usage_error(models):

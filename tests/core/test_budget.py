@@ -3,6 +3,8 @@ nothing written. (Latency targets: tests/core/test_latency_budget.py.)"""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from compressor import api
@@ -58,7 +60,45 @@ def test_round_to_auto_measures_candidates_and_keeps_multiples():
             assert len(g.kept) % chosen == 0 or len(g.kept) == g.size
 
 
+def test_round_to_auto_with_a_budget_reports_the_chosen_plans_budget(monkeypatch):
+    """Each multiple is planned for the budget; the report's ``budget`` is the chosen plan's (it was
+    the last candidate's), and multiples with no plan are listed with their error."""
+    from compressor.bench import api as bench_api
+
+    real = bench_api.benchmark
+
+    def slowest_last(models, **kw):  # the more weights a candidate keeps, the faster it "runs": the
+        res = real(models[:1], **{**kw, "min_time": None, "runs": 3})  # finest multiple wins, not the last
+        rows = []
+        for m in models:
+            ms = 1e6 / sum(t.ByteSize() for t in m.graph.initializer)
+            rows.append(dataclasses.replace(res.results[0], stats=dataclasses.replace(res.results[0].stats, p50_ms=ms)))
+        res.results = rows
+        return res
+
+    monkeypatch.setattr(bench_api, "benchmark", slowest_last)
+    res = api.prune(net(), target_macs=0.3, round_to="auto")
+    r = res.report
+    ra = r["round_to_auto"]
+    assert r["budget"]["achieved"] == pytest.approx(r["macs_after"] / r["macs_before"])
+    assert ra["chosen"] == min(ra["measured"], key=lambda m: m["latency_ms"])["round_to"] == 1
+    listed = {m["round_to"] for m in ra["measured"]} | {f["round_to"] for f in ra.get("failed", [])}
+    assert listed == {1, 4, 8, 16, 32}
+
+
 def test_fraction_rejects_out_of_range():
     an = api.analyze(net())
     with pytest.raises(UsageError):
         plan_for_fraction(an, score_groups(an, "l2"), PlanOptions(), "macs", 1.5)
+
+
+def test_a_provider_fallback_while_timing_is_warned_about():
+    """--round-to auto (like a latency target) timed on a provider that fell back: one warning, as
+    it happens and in the report (it was silent; only the measured rows named the provider)."""
+    lines: list[str] = []
+    res = api.prune(net(), ratio=0.5, round_to="auto", provider="cuda", log=lines.append)
+    used = {m["provider"] for m in res.report["round_to_auto"]["measured"]}
+    if used == {"CUDAExecutionProvider"}:
+        pytest.skip("CUDA works here: nothing falls back")
+    assert len(lines) == 1 and lines[0].startswith("warning: CUDAExecutionProvider is unavailable"), lines
+    assert res.report["warnings"] == [lines[0].removeprefix("warning: ")]

@@ -132,3 +132,13 @@ def test_inspect_lists_the_largest_layers_and_warns_about_an_unmatched_exclude(m
     head = next(i for i, line in enumerate(lines) if line.startswith("layer") and "MACs" in line)
     assert "%" in lines[head + 1], "a layer row: name, MACs, share of the model's"
     assert any(line.startswith("warning: --exclude 'zzz*' matches no node") for line in lines)
+
+
+def test_timing_options_without_anything_timed_are_warned_about(model_path):
+    res = run(model_path, "--dry-run", "--json", "--provider", "cpu", "--latency-tolerance", "0.1")
+    assert res.exit_code == 0
+    report = json.loads(res.output[res.output.index("{"):])
+    idle = [w for w in report["warnings"] if "has no effect here" in w]
+    assert [w.split()[0] for w in idle] == ["--latency-tolerance", "--provider"]
+    res = run(model_path, "--dry-run", "--json")
+    assert "warnings" not in json.loads(res.output[res.output.index("{"):]), "defaults are not warned about"

@@ -169,8 +169,17 @@ def test_time_budget_stops_the_search(setup):
 
 def test_target_not_below_the_dense_model_is_refused(setup):
     an, scores = setup
-    with pytest.raises(UsageError, match="not below"):
+    with pytest.raises(UsageError, match="already meets --target-latency 9.8 ms within the tolerance of 5%"):
         plan_for_latency(an, scores, PlanOptions(), 9.8, FakeMeter(an, affine(0.2)), reference_ms=10.0)
+    # the dense model meets a ratio r when 1/r - 1 <= tol: 0.953 is met (4.9 % off), 0.95 is not
+    # (5.3 % off, a plan must be found), although both are within 1 - tol (the check used to be)
+    with pytest.raises(UsageError, match="already meets"):
+        plan_for_latency(an, scores, PlanOptions(), 9.53, FakeMeter(an, affine(0.2)), reference_ms=10.0)
+    res = plan_for_latency(an, scores, PlanOptions(), 9.5, FakeMeter(an, affine(0.2)), reference_ms=10.0)
+    assert abs(res.details["ratio"] / 0.95 - 1) <= 0.05
+    with pytest.raises(UsageError, match=r"--target-speedup 1.003 \(9.97 ms\) within the tolerance of 0.5%"):
+        plan_for_latency(an, scores, PlanOptions(), 9.97, FakeMeter(an, affine(0.2)), reference_ms=10.0,
+                         search=LatencySearch(tolerance=0.005), label="--target-speedup 1.003 (9.97 ms)")
     with pytest.raises(UsageError, match="positive"):
         plan_for_latency(an, scores, PlanOptions(), -1.0, FakeMeter(an, affine(0.2)), reference_ms=10.0)
 
