@@ -1,6 +1,7 @@
 """The public Python API; the CLI is a thin layer over it.
 
-    load -> analyze -> score -> plan -> apply -> verify -> save
+    load -> prepare (fold constants) -> [exact transforms] -> analyze -> score -> plan -> apply
+         -> finalize -> verify -> save
 """
 
 from __future__ import annotations
@@ -246,6 +247,10 @@ def prune(model, *, ratio: float | None = None, output: str | os.PathLike | None
                          "--plan-in, --global and --drop-layers")
     if plan_in is not None and (global_ranking or round_to is not None):
         raise UsageError("--plan-in replays a plan's widths; --global and --round-to do not apply")
+    if plan_in is not None and (budgets or sensitivity or calibration is not None or keep_macs or drop_layers
+                                or reprobe):
+        raise UsageError("--plan-in replays a plan's widths; a --target-* budget and the allocation's options "
+                         "(--sensitivity, --calibration, --keep-macs, --drop-layers, --reprobe) do not apply")
     if target_speedup is not None and not (1.0 < target_speedup < math.inf):
         raise UsageError(f"--target-speedup must be a finite number above 1, got {target_speedup}")
     for flag, frac in (("--target-macs", target_macs), ("--target-params", target_params)):
@@ -388,6 +393,10 @@ def prune(model, *, ratio: float | None = None, output: str | os.PathLike | None
 
                 entries, _ = learned_groups(proto, an)
                 n_keep, notes = learned_keep(an, entries, o)
+                if not n_keep:
+                    raise UsageError("--learned-widths: the model's learned metadata gives no group a width (it "
+                                     "carries importances only: DSA stores keep ratios, group gating gates, C-SGD "
+                                     "clusters); prune with --ratio or a budget instead")
                 importance_notes.extend(notes)
                 return plan_for_widths(an, scores, o, n_keep)
             if (target_macs is not None or target_params is not None) and sensitivity:
@@ -457,7 +466,7 @@ def prune(model, *, ratio: float | None = None, output: str | os.PathLike | None
         "output": str(output) if output is not None else None,
         "input_shapes": {k: list(v) for k, v in spec.shapes.items()},
         "defaults_used": spec.defaults_used,
-        "importance": importance,
+        "importance": importance if plan_in is None else "replayed plan (--plan-in)",
         "importance_notes": importance_notes,
         "options": plan.to_dict()["options"],
         "macs_before": macs_b, "macs_after": macs_a,

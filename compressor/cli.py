@@ -1,6 +1,7 @@
 """The `compress` command line: prune (the default command), inspect, bench.
 
-Exit codes: 0 success, 1 internal error, 2 bad input or usage, 3 verification failure.
+Exit codes: 0 success, 1 internal error, 2 bad input or usage, 3 verification failure, 130
+interrupted (Ctrl-C), 143 terminated (SIGTERM; the `compress` script's handler, see ``run``).
 Errors are one line on stderr; `--debug` shows the traceback.
 """
 
@@ -122,7 +123,8 @@ def render_prune_report(r: dict) -> str:
                f"channels removed: {ch['removed']} of {ch['total']}")
     rw = r.get("removed_whole") or {}
     if rw.get("groups"):
-        out.append(f"removed whole: {rw['groups']} group(s), {rw['nodes']} node(s) left the graph (--drop-layers)")
+        how = " (--drop-layers)" if (r.get("options") or {}).get("drop_layers") else ""
+        out.append(f"removed whole: {rw['groups']} group(s), {rw['nodes']} node(s) left the graph{how}")
     v = r["verify"]
     if v.get("skipped"):
         out.append("verification: SKIPPED (--no-verify): this model has not been proven")
@@ -199,20 +201,24 @@ def render_prune_report(r: dict) -> str:
     return "\n".join(out)
 
 
-def _idle_options(ctx: click.Context, latency: bool, timing: bool) -> list[str]:
+def _idle_options(ctx: click.Context, latency: bool, timing: bool, replay: bool) -> list[str]:
     """Options given on the command line that this run does not use (a latency search's options
-    without a latency target, a provider with nothing timed)."""
+    without a latency target, a provider with nothing timed, how to pick channels when a plan is
+    replayed)."""
     from click.core import ParameterSource
 
-    uses = {"latency_tolerance": latency, "latency_table": latency, "profile_table": latency,
-            "provider": latency or timing, "spinning": latency or timing}
+    latency_only = "--target-latency/--target-speedup"
+    uses = {"latency_tolerance": (latency, latency_only), "latency_table": (latency, latency_only),
+            "profile_table": (latency, latency_only),
+            "provider": (latency or timing, "--target-latency/--target-speedup, --round-to auto and --bench"),
+            "spinning": (latency or timing, "--target-latency/--target-speedup, --round-to auto and --bench"),
+            "importance": (not replay, "planning (--plan-in replays the plan's channels)"),
+            "min_channels": (not replay, "planning (--plan-in replays the plan's channels)")}
     flags = {"latency_tolerance": "--latency-tolerance", "latency_table": "--latency-table/--no-latency-table",
              "profile_table": "--profile-table/--no-profile-table", "provider": "--provider",
-             "spinning": "--spinning"}
-    return [f"{flags[name]} has no effect here: it applies to "
-            + ("--target-latency/--target-speedup" if name in ("latency_tolerance", "latency_table", "profile_table")
-               else "--target-latency/--target-speedup, --round-to auto and --bench")
-            for name, used in uses.items()
+             "spinning": "--spinning", "importance": "--importance", "min_channels": "--min-channels"}
+    return [f"{flags[name]} has no effect here: it applies to {where}"
+            for name, (used, where) in uses.items()
             if not used and ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE]
 
 
@@ -244,20 +250,22 @@ shape_option = click.option("--input-shape", "input_shapes", multiple=True, meta
               help="Prune each group to the width training learned (DSA's keep ratio, group gating's non-zero "
               "gates, C-SGD's cluster count), read from the model's compressor.learned metadata.")
 @click.option("--global", "global_ranking", is_flag=True, help="Rank channels across all groups instead of "
-              "removing the same fraction from each.")
+              "removing the same fraction from each (with --ratio, --target-macs/--target-params, or "
+              "--target-latency --no-latency-table; not with --sensitivity, --keep-macs or the latency table).")
 @click.option("--round-to", default=None, metavar="N|auto",
               help="Keep channel counts multiples of N; 'auto' times 1/4/8/16/32 on --provider and keeps the fastest. "
-              "[default: 1; 8 with --target-latency]")
+              "[default: 1; 8 with --target-latency/--target-speedup, falling back to 4, then 1, when no plan "
+              "at the coarser multiple meets the target]")
 @click.option("--target-macs", type=float, metavar="F", help="Keep at most fraction F of the MACs (instead of --ratio).")
 @click.option("--target-params", type=float, metavar="F", help="Keep at most fraction F of the parameters.")
 @click.option("--target-latency", type=float, metavar="MS",
               help="Prune until the measured latency on --provider is within --latency-tolerance of MS milliseconds.")
 @click.option("--target-speedup", type=float, metavar="S",
-              help="A latency target as a speedup: S times faster than the dense model as the search measures it "
-              "(as --target-latency, which then is that reading / S).")
+              help="A latency target as a speedup (S > 1): S times faster than the dense model as the search "
+              "measures it (as --target-latency, which then is that reading / S).")
 @click.option("--latency-tolerance", type=float, default=0.05, show_default=True, metavar="F",
-              help="How close (relative) the measured latency must come to --target-latency/--target-speedup. "
-              "Tighter takes more measurements.")
+              help="How close (relative, in [0.005, 0.5]) the measured latency must come to "
+              "--target-latency/--target-speedup. Tighter takes more measurements.")
 @click.option("--latency-table/--no-latency-table", default=True, show_default=True,
               help="With --target-latency: allocate per-group widths on a latency table of the model's layers "
               "measured on --provider (--no-latency-table: search uniform or --global ratios by MACs).")
@@ -280,7 +288,8 @@ shape_option = click.option("--input-shape", "input_shapes", multiple=True, meta
 @click.option("--drop-layers", is_flag=True,
               help="Let the budget's allocation also remove a channel group whole where that is exact: the layers "
               "only it feeds leave the graph (a DenseNet layer, a residual branch, which becomes its bias). Needs "
-              "--target-latency, or --target-macs/--target-params with --sensitivity. Such plans are meant to be "
+              "--target-latency/--target-speedup with the latency table, or --target-macs/--target-params with "
+              "--sensitivity. Such plans are meant to be "
               "fine-tuned: compressor.train.finetune trains them in PyTorch under the plan's masks.")
 @click.option("--calibration", type=click.Path(), metavar="FILE.npz|FILE.npy",
               help="Real input samples for --sensitivity (implies it): a .npz keyed by input name, or a .npy for "
@@ -289,12 +298,15 @@ shape_option = click.option("--input-shape", "input_shapes", multiple=True, meta
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Protect groups touching these node or tensor "
               "names (repeatable).")
 @click.option("--importance", default="auto", show_default=True,
+              type=click.Choice(["auto", "learned", "l1", "l2", "bn", "random"]),
               help="Channel criterion: auto (learned when the model carries it, else l2), learned, l1, l2, bn, random.")
 @shape_option
 @click.option("--plan-out", type=click.Path(), help="Write the pruning plan (JSON) here.")
-@click.option("--plan-in", type=click.Path(), help="Replay a plan written by --plan-out on the same model.")
+@click.option("--plan-in", type=click.Path(), help="Replay a plan written by --plan-out (or a --json report's plan) "
+              "on the same model; the plan's widths replace --ratio, budgets and the allocation's options.")
 @click.option("--merge-identical", "merge_tol", type=float, default=None, metavar="TOL",
-              help="First merge channels whose filters are identical within relative TOL (exact, proven).")
+              help="First merge channels whose filters are identical within relative TOL (proven against the "
+              "input within 1e-5, or 10 x TOL).")
 @click.option("--merge-learned", is_flag=True, help="First merge the C-SGD clusters stored by training (exact, proven).")
 @click.option("--fold-constants", is_flag=True,
               help="First fold gates and constant-output channels into the next layer's bias where exact.")
@@ -366,7 +378,7 @@ def prune_command(model, output, ratio, learned_widths, global_ranking, round_to
             raise
         _fail(exc, debug)
     idle = _idle_options(click.get_current_context(), latency=target_latency is not None or target_speedup is not None,
-                         timing=bench or round_to == "auto")
+                         timing=bench or round_to == "auto", replay=plan_in is not None)
     if idle:
         report.setdefault("warnings", []).extend(idle)
     for line in report.get("warnings", ()):
@@ -381,7 +393,8 @@ def prune_command(model, output, ratio, learned_widths, global_ranking, round_to
 @click.argument("model", type=click.Path(dir_okay=True))
 @shape_option
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Groups to treat as protected.")
-@click.option("--freeze-norms", is_flag=True, help="Treat LayerNorms over channels as barriers (as prune does with it).")
+@click.option("--freeze-norms", is_flag=True, help="Keep the groups a LayerNorm over channels normalises whole "
+              "(listed as not prunable, as prune does with it).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
 @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
 def inspect_command(model, input_shapes, exclude, freeze_norms, as_json, debug):

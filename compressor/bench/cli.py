@@ -57,7 +57,7 @@ def _debug_requested(ctx: click.Context, debug: bool) -> bool:
               help="Timed runs per model (with --interleave block or --spinning: timed blocks per model, "
                    "each of --block-time seconds).")
 @click.option("--min-time", type=float, default=None, metavar="S",
-              help="Run until every model has run S seconds (default: 1 s, at least 10 runs).")
+              help="Run until every model has run S seconds (default: 1 s, at least 10 runs; not with --runs).")
 @click.option("--spinning", is_flag=True,
               help="Keep onnxruntime's thread spinning on (its default, as most deployments run) "
                    "instead of off; implies --interleave block.")

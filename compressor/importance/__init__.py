@@ -1,7 +1,8 @@
 """Channel importance: a function (analysis, group) -> one score per channel (higher = keep).
 
-Criteria register by name in ``CRITERIA``; later criteria (learned, activation-based) plug in the
-same way.
+Magnitude criteria register by name in ``CRITERIA``. ``learned`` (what training stored in the
+model, ``learned.py``) is resolved by ``compressor.api``, not registered: it needs the model's
+metadata, not only the analysis.
 """
 
 from compressor.importance.criteria import CRITERIA, score_groups

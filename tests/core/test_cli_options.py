@@ -142,3 +142,33 @@ def test_timing_options_without_anything_timed_are_warned_about(model_path):
     assert [w.split()[0] for w in idle] == ["--latency-tolerance", "--provider"]
     res = run(model_path, "--dry-run", "--json")
     assert "warnings" not in json.loads(res.output[res.output.index("{"):]), "defaults are not warned about"
+
+
+@pytest.mark.parametrize("extra", [["--target-macs", "0.3"], ["--target-latency", "1"], ["--drop-layers"],
+                                   ["--keep-macs"], ["--sensitivity"]])
+def test_plan_in_refuses_budgets_and_allocation_options(model_path, tmp_path, extra, monkeypatch):
+    """They were accepted and silently ignored (exit 0, no budget in the report)."""
+    from compressor import api
+
+    monkeypatch.setattr(api, "_latency_plan", lambda *a, **k: pytest.fail("measured before refusing"))
+    _plan(model_path, tmp_path)
+    assert_error(run(model_path, "--dry-run", "--plan-in", tmp_path / "plan.json", *extra), 2, "--plan-in replays")
+
+
+def test_plan_in_reports_the_replayed_plan_and_warns_about_importance(model_path, tmp_path):
+    _plan(model_path, tmp_path)
+    res = run(model_path, "--dry-run", "--json", "--plan-in", tmp_path / "plan.json", "--importance", "random")
+    assert res.exit_code == 0
+    report = json.loads(res.output[res.output.index("{"):])
+    assert report["importance"] == "replayed plan (--plan-in)"
+    assert any(w.startswith("--importance has no effect here") for w in report["warnings"])
+
+
+def test_learned_widths_need_widths(model_path):
+    m = onnx.load(model_path)
+    doc = {"schema": "compressor.learned/1", "method": "l1", "groups": [
+        {"members": [{"tensor": m.graph.node[0].input[1], "axis": 0, "offset": 0, "inner": 1}], "size": 8,
+         "importance": [1.0] * 8}]}
+    m.metadata_props.append(onnx.StringStringEntryProto(key="compressor.learned", value=json.dumps(doc)))
+    onnx.save(m, model_path)
+    assert_error(run(model_path, "--dry-run", "--learned-widths"), 2, "gives no group a width")
