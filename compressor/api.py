@@ -25,7 +25,7 @@ from compressor.ir.fold import prepare
 from compressor.ir.graph import GraphIndex
 from compressor.ir.proto import detach_weights
 from compressor.ir.model_io import (
-    atomic_write_text, check_output_path, load_model, ort_max_ir_version, save_model, validate_model,
+    atomic_write_text, check_data_path, check_output_path, load_model, ort_max_ir_version, save_model, validate_model,
 )
 from compressor.ir.shapes import InputSpec, parse_shape_specs, resolve_inputs
 from compressor.metrics import count
@@ -233,6 +233,7 @@ def prune(model, *, ratio: float | None = None, output: str | os.PathLike | None
     forbid = [("the input model", path), *(("the input model's external data", f) for f in data_files)]
     if output is not None:
         check_output_path(output, forbid=forbid)
+        check_data_path(output, forbid)  # a large output's weights go to OUTPUT.data: never the input's
     if plan_out is not None:
         check_output_path(plan_out, forbid=[*forbid, ("the output model", output)], what="plan")
     budgets = [b for b in (target_macs, target_params, target_latency, target_speedup) if b is not None]

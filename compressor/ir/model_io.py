@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 
 import onnx
+from onnx import numpy_helper
 
 from compressor.errors import ModelError, UsageError
 from compressor.ir.proto import copy_without_initializers, tensor_nbytes
@@ -41,9 +42,12 @@ def _check_external_data(model: onnx.ModelProto, base_dir: Path) -> None:
         location = entries.get("location", "")
         target = (base / location).resolve()
         if Path(location).is_absolute() or base not in target.parents and target != base:
+            link = base / location
+            via = (f" (it is a symbolic link to {target}; copy the file, or point the link inside the folder)"
+                   if not Path(location).is_absolute() and link.is_symlink() else "")
             raise ModelError(
                 f"tensor '{tensor.name}' points to external data '{location}' outside the "
-                f"model's folder {base}; refusing to read it"
+                f"model's folder {base}; refusing to read it{via}"
             )
         if not target.is_file():
             raise ModelError(
@@ -236,43 +240,54 @@ def check_output_path(path: str | os.PathLike, *, forbid: Forbidden | None = Non
     return out
 
 
+def check_data_path(path: str | os.PathLike, forbid: Forbidden | None) -> Path:
+    """The external-data file a large model saved as ``path`` gets (``PATH.data``), refused when it
+    is one of the ``forbid`` files (the input model's own external data, say)."""
+    out = Path(path)
+    data = out.parent / (out.name + ".data")
+    for label, f in forbid or ():
+        if f is not None and data.resolve() == Path(f).resolve():
+            raise UsageError(f"refusing the output path {out}: a large model's weights are written beside it to "
+                             f"{data}, which is {label}; choose another output path")
+    return data
+
+
 def save_model(model: onnx.ModelProto, path: str | os.PathLike, *,
                forbid: str | os.PathLike | Forbidden | None = None) -> Path:
-    """Write a model atomically (temp file + rename); large models get external data beside it.
+    """Write a model atomically (temp files + renames); large models get external data beside it
+    (``OUT.data``). ``model`` itself is never changed.
 
     ``forbid``: the input model's path, or (label, path) of every file that must not be written
     over (the input model, its external data); the external-data file is checked too.
     A file that cannot be written raises UsageError (exit 2) and leaves no temporary file.
+
+    A large model is two files. Its data file is moved into place first, then the model file:
+    should that last step fail (or a signal arrive between them), the data file that was there
+    before is put back, so an existing ``OUT`` never runs with weights it was not written with.
     """
     out = Path(path)
     if forbid is not None and not isinstance(forbid, list):
         forbid = [("the input model", forbid)]
     check_output_path(out, forbid=forbid)
     large = serialized_size(model) > EXTERNAL_DATA_THRESHOLD
-    data_name = out.name + ".data"
+    data = check_data_path(out, forbid)
     if large:
-        check_output_path(out.parent / data_name, forbid=forbid, what="external data")
-    tmp = tmp_data = None
+        check_output_path(data, what="external data")
+    tmp = tmp_data = backup = None
+    moved = False
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
         os.close(fd)
         if large:
             tmp_data = out.parent / (Path(tmp).name + ".data")
-            onnx.save_model(
-                model, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
-                location=tmp_data.name, size_threshold=1024,
-            )
-            # The model refers to the temporary data name; rewrite it to the final name.
-            final = onnx.load(tmp, load_external_data=False)
-            for t in _all_tensors(final):
-                for e in t.external_data:
-                    if e.key == "location":
-                        e.value = data_name
-            with open(tmp, "wb") as fh:
-                fh.write(final.SerializeToString())
-            _publish(tmp_data, out.parent / data_name)
-            tmp_data = None
+            with open(tmp_data, "wb") as fh_data, open(tmp, "wb") as fh:
+                write_with_external_data(model, fh, fh_data, data.name)
+            if data.exists():
+                backup = out.parent / (Path(tmp).name + ".previous.data")
+                os.replace(data, backup)
+            _publish(tmp_data, data)
+            tmp_data, moved = None, True
         else:
             with open(tmp, "wb") as fh:
                 write_streamed(model, fh)
@@ -280,11 +295,48 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, *,
         tmp = None
     except OSError as exc:
         raise UsageError(f"cannot write {out}: {exc.strerror or exc}") from None
-    finally:  # on any failure, a signal included (the CLI turns SIGTERM into SystemExit)
-        for t in (tmp_data, tmp):  # both are None or renamed away after a success
+    finally:  # on any failure, a signal included (the CLI turns SIGTERM into an exception)
+        if tmp is not None and moved:  # the model file did not follow its data: undo the data
+            data.unlink(missing_ok=True)
+            if backup is not None:
+                os.replace(backup, data)
+                backup = None
+        for t in (tmp_data, tmp, backup):  # None, or renamed away, after a success
             if t is not None:
                 Path(t).unlink(missing_ok=True)
     return out
+
+
+def write_with_external_data(model: onnx.ModelProto, fh, fh_data, location: str, min_bytes: int = 1024) -> None:
+    """Write ``model`` to ``fh`` with every initializer of at least ``min_bytes`` stored in
+    ``fh_data`` (read as ``location``, beside the model), one tensor at a time: neither ``model``
+    nor a copy of its weights is made (onnx.save_model's external-data path edits the model in
+    place and leaves it pointing at the file it wrote)."""
+    fh.write(copy_without_initializers(model).SerializeToString())
+    offset = 0
+    for t in model.graph.initializer:
+        part = onnx.ModelProto()
+        if (tensor_nbytes(t) >= min_bytes and t.data_location != onnx.TensorProto.EXTERNAL
+                and t.data_type != onnx.TensorProto.STRING):
+            payload = t.raw_data if t.HasField("raw_data") else numpy_helper.to_array(t).tobytes()
+            pad = (-offset) % 4096  # aligned, as onnx writes them (mmap-friendly)
+            if pad:
+                fh_data.write(b"\0" * pad)
+                offset += pad
+            fh_data.write(payload)
+            stub = part.graph.initializer.add()
+            stub.name, stub.data_type, stub.doc_string = t.name, t.data_type, t.doc_string
+            stub.dims.extend(t.dims)
+            stub.data_location = onnx.TensorProto.EXTERNAL
+            for key, value in (("location", location), ("offset", str(offset)), ("length", str(len(payload)))):
+                entry = stub.external_data.add()
+                entry.key, entry.value = key, value
+            offset += len(payload)
+            del payload
+        else:
+            part.graph.initializer.add().CopyFrom(t)
+        fh.write(part.SerializeToString())
+        del part
 
 
 def write_streamed(model: onnx.ModelProto, fh) -> None:

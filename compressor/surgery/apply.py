@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import onnx
@@ -37,6 +38,23 @@ class SurgeryResult:
     dropped_nodes: int = 0  # nodes deleted with the groups removed whole (surgery/drop.py)
 
 
+def _append(model: onnx.ModelProto, like: onnx.TensorProto, make: Callable[[], np.ndarray]) -> None:
+    """Add the array ``make()`` gives as an initializer named and typed as ``like``. Its bytes are
+    taken, and a fresh array freed, before protobuf copies them in: two copies of a tensor are
+    alive at a time, not three (a caller's argument would stay referenced until the call returns)."""
+    arr = make()
+    if arr.dtype.kind in "OSU" or onnx.helper.np_dtype_to_tensor_dtype(arr.dtype) != like.data_type:
+        model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(arr), like.name))
+        return
+    dims = arr.shape
+    raw = np.ascontiguousarray(arr).tobytes()
+    del arr
+    t = model.graph.initializer.add()
+    t.name, t.data_type, t.doc_string = like.name, like.data_type, like.doc_string
+    t.dims.extend(dims)
+    t.raw_data = raw
+
+
 def apply_plan(analysis: Analysis, keep: dict[int, list[int]]) -> SurgeryResult:
     """Prune: ``keep`` maps group id -> sorted channel indices to keep (groups absent keep all)."""
     original = analysis.index.model
@@ -46,30 +64,35 @@ def apply_plan(analysis: Analysis, keep: dict[int, list[int]]) -> SurgeryResult:
     index = analysis.index
 
     slices: list[SliceEntry] = []
-    new_values: dict[str, np.ndarray] = {}
+    cuts: dict[str, list[tuple[int, list[int]]]] = {}  # tensor -> (axis, kept) of each sliced axis
     for (tensor, axis) in sorted(analysis.ctx.members):
         kept = sctx.kept(tensor, axis)
         if kept is None:
             continue
-        arr = new_values.get(tensor)
-        if arr is None:
-            arr = index.const(tensor)
-        new_values[tensor] = np.take(arr, kept, axis=axis)
+        cuts.setdefault(tensor, []).append((axis, kept))
         slices.append(SliceEntry(tensor, axis, list(map(int, kept))))
 
+    def sliced(name: str) -> np.ndarray:
+        arr = index.const(name)
+        for axis, kept in cuts[name]:
+            arr = np.take(arr, kept, axis=axis)
+        return arr
+
+    # each tensor is sliced when it is written, so one sliced array is alive at a time (slicing
+    # them all first kept a lightly pruned model's weights three times over: 3.5x its size on 2.15 GB)
     inits = {t.name for t in original.graph.initializer}
     for t in original.graph.initializer:
-        arr = new_values.get(t.name)
-        if arr is None and t.name in index.detached:
-            arr = index.const(t.name)  # held as an array, not in the proto: written from it
-        if arr is None:
-            model.graph.initializer.add().CopyFrom(t)
+        if t.name in cuts:
+            _append(model, t, lambda name=t.name: sliced(name))
+        elif t.name in index.detached:  # held as an array, not in the proto: written from it
+            _append(model, t, lambda name=t.name: index.const(name))
         else:
-            model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(arr), t.name))
+            model.graph.initializer.add().CopyFrom(t)
     const_nodes = {n.output[0]: n for n in model.graph.node if n.op_type == "Constant"}
-    for name, arr in new_values.items():
+    for name in cuts:
         if name in inits:
             continue
+        arr = sliced(name)
         if name in const_nodes:
             node = const_nodes[name]
             del node.attribute[:]

@@ -117,3 +117,76 @@ def test_sigterm_raises_terminated():
     finally:
         for s, h in saved.items():
             signal.signal(s, h)
+
+
+def _large(monkeypatch):
+    """Every model counts as large: written with its weights in OUT.data."""
+    monkeypatch.setattr(model_io, "EXTERNAL_DATA_THRESHOLD", 0)
+
+
+def _wide_model():
+    """Weights of a few KiB (tensors of 1 KiB and more go to the data file)."""
+    from tests.core.graphs import G
+
+    g = G()
+    x = g.input("x", [1, 3, 8, 8])
+    return g.model([g.conv(g.op("Relu", [g.conv(x, 3, 32)]), 32, 4)])
+
+
+def test_a_large_save_leaves_the_model_in_memory_whole_and_loadable(tmp_path, monkeypatch):
+    """onnx.save_model's external-data path stripped the caller's model (api.prune's ``result.model``
+    then pointed at a deleted temporary file, and --bench on it failed: exit 2)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    _large(monkeypatch)
+    m = _wide_model()
+    before = m.SerializeToString()
+    out = tmp_path / "sub" / "o.onnx"
+    model_io.save_model(m, out)
+    assert m.SerializeToString() == before, "the model saved is not changed"
+    assert sorted(os.listdir(out.parent)) == ["o.onnx", "o.onnx.data"]
+    back = onnx.load(out, load_external_data=False)
+    assert any(t.data_location == onnx.TensorProto.EXTERNAL for t in back.graph.initializer)
+    x = np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    cwd = os.getcwd()
+    try:
+        os.chdir("/")  # the data file is found beside the model, not in the working directory
+        got = ort.InferenceSession(str(out)).run(None, {"x": x})[0]
+    finally:
+        os.chdir(cwd)
+    want = ort.InferenceSession(before).run(None, {"x": x})[0]
+    assert np.array_equal(got, want)
+
+
+def test_a_large_save_that_fails_at_the_model_file_puts_the_old_data_back(tmp_path, monkeypatch):
+    """The data file goes into place first: if the model file then fails, the pair that was there
+    stays a pair (the old model used to run with the new weights)."""
+    _large(monkeypatch)
+    out = tmp_path / "o.onnx"
+    model_io.save_model(_wide_model(), out)
+    old = out.read_bytes(), (tmp_path / "o.onnx.data").read_bytes()
+    other = _wide_model()
+    for t in other.graph.initializer:
+        t.raw_data = bytes(len(t.raw_data))  # other weights
+    real = model_io._publish
+
+    def fail_on_model(tmp, dest):
+        if dest == out:
+            raise OSError(28, "No space left on device")
+        real(tmp, dest)
+
+    monkeypatch.setattr(model_io, "_publish", fail_on_model)
+    with pytest.raises(model_io.UsageError, match="No space left"):
+        model_io.save_model(other, out)
+    assert (out.read_bytes(), (tmp_path / "o.onnx.data").read_bytes()) == old
+    assert sorted(os.listdir(tmp_path)) == ["o.onnx", "o.onnx.data"], "no temporary file is left"
+
+
+def test_an_output_whose_data_file_is_the_inputs_is_refused_before_any_work(tmp_path, monkeypatch):
+    src = tmp_path / "in.onnx"
+    onnx.save_model(small_model(), src, save_as_external_data=True, location="o.onnx.data", size_threshold=0)
+    calls = []
+    monkeypatch.setattr(api, "apply_plan", lambda *a, **k: calls.append(1))
+    assert_error(run(src, "-o", tmp_path / "o.onnx"), 2, "which is the input model's external data")
+    assert not calls
