@@ -52,6 +52,8 @@ LATENCY_FALLBACK = (4, 1)
 def _as_model(model, data_files: list | None = None) -> tuple[onnx.ModelProto, str | None]:
     """Load (or validate) a model and fold its constant subgraphs so weights are constants.
     ``data_files`` receives the external-data files a model loaded from a path was read from."""
+    if not isinstance(model, (onnx.ModelProto, str, os.PathLike)):
+        raise UsageError(f"the model must be a path or an onnx.ModelProto, got {type(model).__name__}")
     if isinstance(model, onnx.ModelProto):
         validate_model(model)
         proto, path = model, None
@@ -62,23 +64,58 @@ def _as_model(model, data_files: list | None = None) -> tuple[onnx.ModelProto, s
 
 
 def _spec(model: onnx.ModelProto, input_shapes) -> InputSpec:
+    """Concrete input shapes from ``{name: dims}``, ``"NAME:1x3x224x224"`` strings (one or a list)
+    or None; anything else, and a dim that is not a positive integer, is a UsageError."""
+    if isinstance(input_shapes, str):
+        input_shapes = [input_shapes]
     if input_shapes is None or isinstance(input_shapes, dict):
-        specs = input_shapes or {}
-    else:
+        specs = dict(input_shapes or {})
+        for name, dims in specs.items():
+            if (isinstance(dims, (str, bytes)) or not hasattr(dims, "__iter__")
+                    or not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d > 0 for d in dims)):
+                raise UsageError(f"input_shapes[{name!r}] must be a sequence of positive integers, got {dims!r}")
+            specs[name] = tuple(int(d) for d in dims)
+    elif isinstance(input_shapes, (list, tuple)) and all(isinstance(s, str) for s in input_shapes):
         specs = parse_shape_specs(list(input_shapes))
+    else:
+        raise UsageError(f"input_shapes must be a dict {{name: dims}} or 'NAME:1x3x224x224' strings, got "
+                         f"{type(input_shapes).__name__}")
     return resolve_inputs(model, specs)
+
+
+def _patterns(exclude) -> tuple[str, ...]:
+    """--exclude patterns: a string is one pattern (not its characters)."""
+    if exclude is None:
+        return ()
+    if isinstance(exclude, str):
+        return (exclude,)
+    if not isinstance(exclude, (list, tuple, set, frozenset)) or not all(isinstance(p, str) for p in exclude):
+        raise UsageError(f"exclude must be a pattern or a list of patterns (strings), got {exclude!r}")
+    return tuple(exclude)
+
+
+def _check_types(**args) -> None:
+    """Arguments of ``prune`` of the wrong type are UsageErrors, not errors from deep inside."""
+    for name, (value, kinds) in args.items():
+        if value is None:
+            continue
+        ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
+        if not ok:
+            want = " or ".join(k.__name__ for k in kinds)
+            raise UsageError(f"{name} must be {want}, got {type(value).__name__} {value!r}")
 
 
 def analyze(model, input_shapes=None, exclude=(), prune_norms: bool = True) -> Analysis:
     """The coupled channel groups of a model (path or ModelProto)."""
     proto, _ = _as_model(model)
     spec = _spec(proto, input_shapes)
-    return analyze_index(GraphIndex(proto, spec), exclude=exclude, prune_norms=prune_norms)
+    return analyze_index(GraphIndex(proto, spec), exclude=_patterns(exclude), prune_norms=prune_norms)
 
 
 def inspect(model, input_shapes=None, exclude=(), prune_norms: bool = True) -> dict:
     """What `compress inspect` reports: groups, barriers, MACs/params per layer."""
     t0 = time.perf_counter()
+    exclude = _patterns(exclude)
     proto, path = _as_model(model)
     spec = _spec(proto, input_shapes)
     index = GraphIndex(proto, spec)
@@ -218,6 +255,16 @@ def prune(model, *, ratio: float | None = None, output: str | os.PathLike | None
     given by the caller is never modified or taken apart.
     """
     t0 = time.perf_counter()
+    num, path_like = (int, float, np.integer, np.floating), (str, os.PathLike)
+    _check_types(ratio=(ratio, num), target_macs=(target_macs, num), target_params=(target_params, num),
+                 target_latency=(target_latency, num), target_speedup=(target_speedup, num),
+                 latency_tolerance=(latency_tolerance, num), tolerance=(tolerance, num),
+                 merge_identical=(merge_identical, num), min_channels=(min_channels, (int, np.integer)),
+                 seed=(seed, (int, np.integer)), round_to=(round_to, (int, np.integer, str)),
+                 output=(output, path_like), plan_out=(plan_out, path_like),
+                 plan_in=(plan_in, (*path_like, PruningPlan)), provider=(provider, str), importance=(importance, str),
+                 calibration=(calibration, (*path_like, dict, np.ndarray)))
+    exclude = _patterns(exclude)
     notices: list[str] = []
 
     def warn(line: str) -> None:  # each warning once: in the report, and as it happens to ``log``
@@ -372,8 +419,11 @@ def prune(model, *, ratio: float | None = None, output: str | os.PathLike | None
             if not sens_cache:
                 from compressor.importance.sensitivity import calibration_feeds, fixed_batch_size, measure_sensitivity
 
+                # the model's fixed batch, else the batch the user's --input-shape gave (a model
+                # exported with a symbolic batch may still only run at it), else batches of 32
+                given = next(iter(spec.shapes.values()))[0] if input_shapes and spec.shapes else None
                 feeds, described = calibration_feeds(spec, calibration_data, seed=seed,
-                                                     fixed_batch=fixed_batch_size(proto))
+                                                     fixed_batch=fixed_batch_size(proto) or given)
                 whole = removable_groups(an) if drop_layers else ()
                 sens_cache.append(measure_sensitivity(an, scores, feeds, inputs=described, progress=True,
                                                       whole=whole))
@@ -773,6 +823,8 @@ def _auto_round(proto, an, opts, choose, provider, spec, spinning: bool = False,
 def load_calibration(source) -> dict[str, np.ndarray]:
     """Calibration samples: a dict ``{input name: array}``, a .npz file of such arrays, or a .npy
     array for a model with one input (named ``None`` until matched to the model's input)."""
+    if isinstance(source, np.ndarray):  # one array for a one-input model, as a .npy file gives
+        source = {None: source}
     if isinstance(source, dict):
         data, where = {k: np.asarray(v) for k, v in source.items()}, "calibration data"
     else:

@@ -10,7 +10,8 @@ allocation uses it for latency targets by default and for MACs targets on reques
 For every prunable group and every removed fraction of a small grid (0.25, 0.5, 0.75 by default),
 the group's least important channels (by its scores, in the order a plan removes them) are masked
 out of every consumer and the model is run on the inputs: the sensitivity is the relative change of
-the outputs, ``sqrt(sum |y' - y|^2 / sum |y|^2)`` over the batch, averaged over the float outputs.
+the outputs, ``sqrt(sum |y' - y|^2 / sum |y - mean(y)|^2)`` over the batch (relative to each output's
+spread, so a constant offset does not hide a change), averaged over the float outputs that vary.
 Between grid points it is interpolated linearly (from 0 at nothing removed) and made monotone.
 
 One session runs every probe: the model carries a mask *input* at each consume point
@@ -84,19 +85,24 @@ class Sensitivity:
 
 
 def _output_change(ref: list[list[np.ndarray]], got: list[list[np.ndarray]]) -> float:
-    """Mean over outputs of sqrt(sum |got - ref|^2 / sum |ref|^2), sums over every feed."""
+    """Mean over the float outputs of sqrt(sum |got - ref|^2 / sum |ref - mean(ref)|^2), sums over
+    every feed (the mean of each output over its feed's batch). An integer output (an argmax, a
+    count) has no relative change and is left out; so is one the reference holds constant (nothing
+    to compare against). The spread, not |ref|^2: an output with a large constant offset (a bias
+    a softmax ignores, pixel values) would otherwise look insensitive to anything."""
     per_output = []
     for k in range(len(ref[0])):
         num = den = 0.0
         for a, b in zip(ref, got):
-            x = np.asarray(a[k], dtype=np.float64)
-            if x.dtype.kind != "f" or x.size == 0:
+            if np.asarray(a[k]).dtype.kind != "f" or np.asarray(a[k]).size == 0:
                 break
+            x = np.asarray(a[k], dtype=np.float64)
             y = np.asarray(b[k], dtype=np.float64)
             num += float(np.sum((y - x) ** 2))
-            den += float(np.sum(x ** 2))
+            den += float(np.sum((x - x.mean()) ** 2))
         else:
-            per_output.append(np.sqrt(num / den) if den > 0 else (0.0 if num == 0 else float("inf")))
+            if den > 0:
+                per_output.append(np.sqrt(num / den))
     return float(np.mean(per_output)) if per_output else 0.0
 
 
@@ -136,10 +142,32 @@ def calibration_feeds(spec: InputSpec, data: dict[str, np.ndarray] | None, batch
         step, total = fixed_batch, total - total % fixed_batch
     else:
         step = min(batch, total)
+    for name in names:
+        _check_castable(name, np.asarray(data[name]), np.dtype(spec.dtypes[name]))
     for lo in range(0, total, step):
         feeds.append({name: np.ascontiguousarray(np.asarray(data[name][lo:lo + step], dtype=spec.dtypes[name]))
                       for name in names})
     return feeds, f"calibration ({total} samples)"
+
+
+def _check_castable(name: str, arr: np.ndarray, dtype: np.dtype) -> None:
+    """Calibration data must mean the same after the cast to the input's type: whole numbers for an
+    integer input, 0/1 for a bool one, finite values within a float input's range."""
+    from compressor.errors import UsageError
+
+    where = f"calibration input '{name}' ({arr.dtype})"
+    if dtype.kind in "iu" and arr.dtype.kind == "f" and not np.array_equal(arr, np.round(arr)):
+        raise UsageError(f"{where} feeds an integer input ({dtype}) but holds fractions; give whole numbers")
+    if dtype.kind == "b" and arr.dtype.kind != "b" and not np.isin(arr, (0, 1)).all():
+        raise UsageError(f"{where} feeds a bool input but holds values other than 0 and 1")
+    if dtype.kind in "iu" and arr.dtype.kind in "iuf" and arr.size:
+        info = np.iinfo(dtype)
+        if arr.min() < info.min or arr.max() > info.max:
+            raise UsageError(f"{where} has values outside the {dtype} range of its input")
+    if dtype.kind == "f" and arr.dtype.kind == "f" and arr.size:
+        cast = arr.astype(dtype)
+        if not np.isfinite(cast).all():
+            raise UsageError(f"{where} overflows the input's {dtype} (values up to {np.abs(arr).max():.3g})")
 
 
 def fixed_batch_size(model) -> int | None:
@@ -184,7 +212,7 @@ def measure_sensitivity(analysis: Analysis, scores: dict[int, np.ndarray], feeds
     model = mm.oracle.embedded()  # one copy of the weights, so that onnxruntime can fuse and pre-pack
     model.ir_version = min(model.ir_version, ort_max_ir_version())
     opts = ort.SessionOptions()
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4  # a failed run is raised (and explained) below, not logged as well
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     del model
@@ -216,7 +244,14 @@ def measure_sensitivity(analysis: Analysis, scores: dict[int, np.ndarray], feeds
         plans.append((g, order, counts))
     probes = sum(len(c) for _, _, c in plans)
 
-    sess.run(names, {**feeds[0], **ones})  # warm-up
+    try:
+        sess.run(names, {**feeds[0], **ones})  # warm-up
+    except Exception as exc:  # onnxruntime's own errors: out-of-range token ids, a batch the model cannot take
+        from compressor.errors import UsageError
+
+        first_line = " ".join(str(exc).split())[:300]
+        raise UsageError(f"onnxruntime cannot run the model on the sensitivity probes' inputs ({inputs}; "
+                         f"shapes {[list(np.shape(v)) for v in feeds[0].values()]}): {first_line}") from None
     t0 = time.perf_counter()
     first = sess.run(names, {**feeds[0], **ones})
     per_feed = time.perf_counter() - t0

@@ -1,0 +1,122 @@
+"""The Python API under a pipeline's mistakes, and the sensitivity probes' inputs (found by
+exploring the API): wrong types are UsageErrors naming the argument, a string ``exclude`` is one
+pattern, integer and offset outputs do not distort the sensitivity, and calibration data that
+would change meaning in the cast to the input's type is refused."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper
+
+from compressor import api
+from compressor.errors import UsageError
+from compressor.importance import score_groups
+from compressor.importance.sensitivity import calibration_feeds, measure_sensitivity
+from compressor.ir.shapes import random_feeds
+from tests.core.graphs import G
+from tests.core.test_cli import small_model
+
+
+@pytest.mark.parametrize("kwargs, fragment", [
+    ({"ratio": "0.5"}, "ratio must be"),
+    ({"target_macs": "0.5"}, "target_macs must be"),
+    ({"seed": 1.5}, "seed must be"),
+    ({"min_channels": "2"}, "min_channels must be"),
+    ({"output": 5}, "output must be"),
+    ({"exclude": 3}, "exclude must be"),
+    ({"plan_in": {"plan": []}}, "plan_in must be"),
+    ({"input_shapes": 5}, "input_shapes must be"),
+    ({"input_shapes": {"x": "1x3x8x8"}}, "positive integers"),
+    ({"input_shapes": {"x": [0, 3, 8, 8]}}, "positive integers"),
+])
+def test_arguments_of_the_wrong_type_are_usage_errors(kwargs, fragment):
+    with pytest.raises(UsageError, match=fragment):
+        api.prune(small_model(), **kwargs)
+
+
+def test_the_model_must_be_a_path_or_a_model_proto():
+    with pytest.raises(UsageError, match="path or an onnx.ModelProto"):
+        api.prune(small_model().SerializeToString())
+
+
+def test_a_string_exclude_is_one_pattern():
+    m = small_model()
+    conv = m.graph.node[0].name
+    assert not any(g.prunable for g in api.analyze(m, exclude=conv).groups if conv in g.nodes)
+    kept = api.prune(m, exclude=conv).report["unprunable"]
+    assert any(f"--exclude '{conv}'" in r for u in kept for r in u["reasons"])
+
+
+def _two_heads(offset: float = 0.0, argmax: bool = False):
+    """x -> conv a -> head a; x -> conv b -> head b (+ offset); optionally an ArgMax output."""
+    g = G()
+    x = g.input("x", [2, 3, 8, 8])
+    a = g.op("Relu", [g.conv(x, 3, 8)])
+    b = g.op("Relu", [g.conv(x, 3, 8)])
+    ya = g.conv(a, 8, 4, k=1)
+    yb = g.op("Add", [g.conv(b, 8, 4, k=1), g.const(np.full((1, 4, 1, 1), offset, np.float32))])
+    outs = [ya, yb] + ([g.op("ArgMax", [ya], axis=1)] if argmax else [])
+    return g.model(outs)
+
+
+def _sensitivity(model):
+    an = api.analyze(model)
+    spec = api._spec(model, None)
+    feeds = [random_feeds(spec, seed=t) for t in range(2)]
+    return measure_sensitivity(an, score_groups(an, "l2"), feeds)
+
+
+def test_sensitivity_ignores_integer_outputs_and_a_constant_offset():
+    """An ArgMax output made groups infinitely sensitive (and the report unserialisable); a large
+    offset on one head made its groups look free to prune (the change was over sum |y|^2)."""
+    plain = _sensitivity(_two_heads()).raw
+    with_argmax = _sensitivity(_two_heads(argmax=True)).raw
+    shifted = _sensitivity(_two_heads(offset=1000.0)).raw
+    assert plain and set(plain) == set(with_argmax) == set(shifted)
+    for gid, v in plain.items():
+        assert np.isfinite(with_argmax[gid]).all() and v.min() > 0
+        assert shifted[gid] == pytest.approx(v, rel=1e-3), gid
+    res = api.prune(_two_heads(argmax=True), target_macs=0.6, sensitivity=True)
+    json.dumps(res.report, allow_nan=False)
+
+
+def _int_input_model():
+    """ids (int64) index a 5-row table; the rows feed a conv."""
+    g = G()
+    g.inputs.append(helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", 8, 8]))
+    table = g.rand(5, 3)
+    e = g.op("Transpose", [g.op("Gather", [table, "ids"], axis=0)], perm=[0, 3, 1, 2])
+    return g.model([g.conv(g.op("Relu", [g.conv(e, 3, 8)]), 8, 4, k=1)])
+
+
+@pytest.mark.parametrize("values, fragment", [
+    (np.full((4, 8, 8), 1.5), "holds fractions"),
+    (np.full((4, 8, 8), 2.0 ** 70), "outside the int64 range"),
+])
+def test_calibration_that_would_change_in_the_cast_is_refused(values, fragment):
+    model = _int_input_model()
+    with pytest.raises(UsageError, match=fragment):
+        calibration_feeds(api._spec(model, {"ids": [1, 8, 8]}), {"ids": values})
+
+
+def test_calibration_the_model_cannot_run_is_a_usage_error():
+    model = _int_input_model()
+    with pytest.raises(UsageError, match="onnxruntime cannot run the model on the sensitivity probes' inputs"):
+        api.prune(model, input_shapes={"ids": [1, 8, 8]}, target_macs=0.5,
+                  calibration={"ids": np.full((4, 8, 8), 9, np.int64)})  # row 9 of 5
+
+
+def test_calibration_runs_at_the_batch_the_user_gave():
+    """A symbolic batch in the graph, a Reshape to [1, C] inside (torch's view(1, -1)): the
+    probes ran in batches of 32 and onnxruntime failed; the --input-shape batch is used now."""
+    g = G()
+    x = g.input("x", ["N", 3, 8, 8])
+    h = g.op("GlobalAveragePool", [g.op("Relu", [g.conv(x, 3, 8)])])
+    m = g.model([g.op("Gemm", [g.op("Reshape", [h, g.const(np.array([1, 8], np.int64))]), g.rand(4, 8)],
+                      transB=1)])
+    calib = np.random.default_rng(0).standard_normal((6, 3, 8, 8)).astype(np.float32)
+    res = api.prune(m, input_shapes={"x": [1, 3, 8, 8]}, target_macs=0.6, calibration=calib)
+    assert res.report["verify"]["passed"] and "6 samples" in res.report["budget"]["sensitivity"]["inputs"]
