@@ -55,6 +55,26 @@ def _append(model: onnx.ModelProto, like: onnx.TensorProto, make: Callable[[], n
     t.raw_data = raw
 
 
+def _drop_replaced(model: onnx.ModelProto, replaced: set[str]) -> None:
+    """Remove the constants surgery pointed inputs away from (a Reshape target, a Resize size) that
+    nothing reads any more; every other initializer stays as the input model had it."""
+    from compressor.ir.graph import subgraph_outer_refs
+
+    if not replaced:
+        return
+    used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
+    for n in model.graph.node:
+        used |= subgraph_outer_refs(n)
+    stale = replaced - used
+    for i in reversed(range(len(model.graph.initializer))):
+        if model.graph.initializer[i].name in stale:
+            del model.graph.initializer[i]
+    for i in reversed(range(len(model.graph.node))):
+        n = model.graph.node[i]
+        if n.op_type == "Constant" and n.output and n.output[0] in stale:
+            del model.graph.node[i]
+
+
 def apply_plan(analysis: Analysis, keep: dict[int, list[int]]) -> SurgeryResult:
     """Prune: ``keep`` maps group id -> sorted channel indices to keep (groups absent keep all)."""
     original = analysis.index.model
@@ -116,6 +136,7 @@ def apply_plan(analysis: Analysis, keep: dict[int, list[int]]) -> SurgeryResult:
 
     dropped = drop_vanished(model, vanished, sctx.new_shape, sctx.replace_input, sctx.add_input) if vanished else 0
 
+    _drop_replaced(model, sctx.replaced)
     # stale shape annotations would contradict the new channel counts
     del model.graph.value_info[:]
     return SurgeryResult(model=model, slices=slices, context=sctx, dropped_nodes=dropped)

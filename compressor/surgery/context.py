@@ -25,6 +25,8 @@ class SurgeryContext:
         self._names = ({t.name for t in analysis.index.model.graph.initializer}
                        | {t.name for t in model.graph.initializer} | {o for n in model.graph.node for o in n.output})
         self._counter = 0
+        #: constants an input was pointed away from (replace_input): dropped when nothing reads them
+        self.replaced: set[str] = set()
 
     # ---- reading -----------------------------------------------------------
     def kept(self, tensor: str, axis: int) -> list[int] | None:
@@ -89,6 +91,8 @@ class SurgeryContext:
             value = np.asarray(value).astype(old.dtype)
         name = self._fresh(node.input[k] or (node.name or node.op_type) + f"_in{k}")
         self.model.graph.initializer.append(numpy_helper.from_array(np.asarray(value), name))
+        if node.input[k]:
+            self.replaced.add(node.input[k])
         node.input[k] = name
 
     def add_input(self, node: onnx.NodeProto, value: np.ndarray) -> None:

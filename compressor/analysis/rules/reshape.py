@@ -193,6 +193,24 @@ class ShapeOnly(Rule):
     def analyze(self, node: onnx.NodeProto, ctx: AnalysisContext) -> None:
         map_reshape(node, ctx, node.input[0], node.output[0])
 
+    def rewrite(self, node: onnx.NodeProto, ctx) -> None:
+        """A Squeeze without axes drops every axis of length 1: a channel axis pruned to one channel
+        would go too. It is given the axes it squeezed in the original model."""
+        if node.op_type != "Squeeze" or ctx.attr(node, "axes", None) is not None:
+            return
+        if len(node.input) > 1 and node.input[1]:
+            return
+        old, new = ctx.old_shape(node.input[0]), ctx.new_shape(node.input[0])
+        if old is None or new is None or old == new:
+            return
+        axes = [i for i, d in enumerate(old) if d == 1]
+        if [i for i, d in enumerate(new) if d == 1] == axes:
+            return
+        if ctx.opset >= 13:
+            ctx.add_input(node, np.array(axes, dtype=np.int64))
+        else:
+            ctx.set_attr(node, "axes", axes)
+
 
 @register_rule("Reshape")
 class Reshape(Rule):
