@@ -224,6 +224,11 @@ def removal_effect(analysis: Analysis, removed: set[int]) -> RemovalEffect:
     same shapes of constants as the pruned model's, up to the pruned channel counts)."""
     index = analysis.index
     vanished = vanished_tensors(analysis, removed)
+    for point in analysis.ctx.norm_points:  # a LayerNorm pruned through needs a channel to normalise
+        node = index.nodes[point.node_index]
+        if node.input[0] in vanished:
+            return RemovalEffect(f"{_label(node)} ({node.op_type}) normalises these channels and would be left "
+                                 "with none", set(), 0)
     try:
         edits = plan_drop(index.nodes, index.const, index.shape, vanished, set(index.output_names),
                           index.model.opset_import)

@@ -638,3 +638,22 @@ def test_a_dead_layer_removed_whole_leaves_with_its_group():
     assert res.report["removed_whole"] == {"groups": 1, "nodes": 1}
     res = api.prune(m, target_macs=0.3, sensitivity=True, drop_layers=True)
     assert res.report["verify"]["passed"]
+
+
+def test_a_group_a_layernorm_normalises_is_not_removed_whole():
+    """Channels made by a MatMul in NHWC and normalised by a LayerNorm pruned through: removing
+    them whole would leave the LayerNorm nothing to normalise (the oracle raised: exit 1; found
+    by random-graph fuzzing)."""
+    g = G()
+    x = g.input("x", [1, 3, 8, 8])
+    t = g.op("Transpose", [x], perm=[0, 2, 3, 1])
+    n = g.op("LayerNormalization", [g.op("MatMul", [t, g.rand(3, 12)]), g.rand(12, positive=True), g.rand(12)],
+             axis=-1)
+    h = g.op("Transpose", [n], perm=[0, 3, 1, 2])
+    m = g.model([g.conv(g.op("Relu", [g.conv(h, 12, 8, k=1)]), 8, 3, k=1)])
+    an = api.analyze(m)
+    twelve = next(gr for gr in an.prunable if gr.size == 12)
+    why = removal_blocker(an, {twelve.id})
+    assert why and "would be left with none" in why
+    res = api.prune(m, target_macs=0.4, sensitivity=True, drop_layers=True)
+    assert res.report["verify"]["passed"]
