@@ -447,6 +447,9 @@ def plan_for_allocated(analysis: Analysis, scores: dict[int, np.ndarray], opts: 
                        kind)
     alloc = Allocator(analysis, scores, opts, table, max_group_ratio=max_group_ratio, sensitivity=sensitivity,
                       reprobe=reprobe)
+    if plan_cost(analysis, {})[at] <= 0:
+        raise UsageError(f"{flag}: the model has no {'MACs' if kind == 'macs' else 'parameters'} to keep a fraction of (MACs and parameters are counted "
+                         "on its Conv, ConvTranspose, Gemm and MatMul layers); use --ratio")
     base = max(plan_cost(analysis, {})[at], 1)
     goal = fraction * base
     steps = []

@@ -72,6 +72,9 @@ def plan_for_fraction(analysis: Analysis, scores: dict[int, np.ndarray], opts: P
         raise UsageError(f"--target-{kind} must be in (0, 1], got {fraction}")
     pick = 0 if kind == "macs" else 1
     base = plan_cost(analysis, {})[pick]
+    if base <= 0:
+        raise UsageError(f"--target-{kind}: the model has no {'MACs' if kind == 'macs' else 'parameters'} to keep a fraction of (MACs and parameters "
+                         "are counted on its Conv, ConvTranspose, Gemm and MatMul layers); use --ratio")
     goal = fraction * base
     steps: list[dict] = []
 

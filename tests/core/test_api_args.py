@@ -120,3 +120,27 @@ def test_calibration_runs_at_the_batch_the_user_gave():
     calib = np.random.default_rng(0).standard_normal((6, 3, 8, 8)).astype(np.float32)
     res = api.prune(m, input_shapes={"x": [1, 3, 8, 8]}, target_macs=0.6, calibration=calib)
     assert res.report["verify"]["passed"] and "6 samples" in res.report["budget"]["sensitivity"]["inputs"]
+
+
+def test_a_budget_on_a_model_without_macs_is_a_usage_error():
+    """Only a PRelu: no Conv/Gemm/MatMul, so no MACs to keep a fraction of (it divided by zero)."""
+    g = G()
+    x = g.input("x", [1, 4, 8, 8])
+    m = g.model([g.op("PRelu", [x, g.rand(4, 1, 1, positive=True)])])
+    for kw in ({"target_macs": 0.5}, {"target_macs": 0.5, "sensitivity": True}):
+        with pytest.raises(UsageError, match="has no MACs to keep a fraction of"):
+            api.prune(m, **kw)
+
+
+def test_the_probes_run_unoptimised_when_onnxruntime_refuses_its_own_rewrite():
+    """Two spatial Pads before a MaxPool: onnxruntime 1.31's optimiser fuses them into pads no
+    smaller than the kernel and then refuses the session (found by random-graph fuzzing)."""
+    g = G(opset=16)
+    x = g.input("x", [1, 4, 6, 6])
+    h = g.op("Relu", [g.conv(x, 4, 8, k=1)])
+    pads = g.const(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64))
+    p = g.op("Pad", [g.op("Pad", [h, pads]), pads])
+    m = g.model([g.conv(g.op("MaxPool", [p], kernel_shape=[2, 2], strides=[2, 2]), 8, 3, k=1)])
+    an = api.analyze(m)
+    sens = measure_sensitivity(an, score_groups(an, "l2"), [random_feeds(api._spec(m, None), seed=0)])
+    assert sens.raw
