@@ -55,14 +55,19 @@ def _max_diff(a: dict, model) -> float:
     return max(float((a[k] - v).abs().max()) for k, v in model.state_dict().items())
 
 
+def _straight(name: str, data) -> dict:
+    """The weights after running ``data`` in one go, the last edit applied."""
+    model, reg, opt = _build(name)
+    _run(model, reg, opt, data)
+    reg.finalize()
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
 @pytest.mark.parametrize("name", sorted(PROXIMAL))
 def test_resume_without_optimizer_matches_a_straight_run(name):
     """4 steps straight == 2 steps, checkpoint (model, optimizer, regularizer), fresh objects, 2 steps."""
     data = teacher_data(n_batches=4)
-    model, reg, opt = _build(name)
-    _run(model, reg, opt, data)
-    reg.finalize()
-    straight = {k: v.clone() for k, v in model.state_dict().items()}
+    straight = _straight(name, data)
 
     model, reg, opt = _build(name)
     _run(model, reg, opt, data[:2])
@@ -78,10 +83,7 @@ def test_attaching_an_optimizer_keeps_the_owed_edit(name):
     """After steps without an optimizer, attach() (directly, or to a resumed regularizer) must not
     drop the edit owed to the last update: finalize() then gives what it gives without attach."""
     data = teacher_data(n_batches=2)
-    model, reg, opt = _build(name)
-    _run(model, reg, opt, data)
-    reg.finalize()
-    want = {k: v.clone() for k, v in model.state_dict().items()}
+    want = _straight(name, data)
 
     model, reg, opt = _build(name)
     _run(model, reg, opt, data)
