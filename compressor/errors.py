@@ -2,7 +2,8 @@
 
 UsageError (exit 2): the user's input is wrong (missing file, bad flag value, impossible budget).
 VerificationError (exit 3): a pruned model failed its numerical proof; nothing was written.
-Ctrl-C exits 130 and a termination signal 128 + its number (:class:`Terminated`), after the
+Ctrl-C exits 130 and a termination signal 128 + its number (:class:`Terminated`: SIGTERM 143,
+SIGHUP 129), after the
 cleanup of any partial output. Anything else is an internal error (exit 1).
 """
 
@@ -52,7 +53,8 @@ def raise_on_termination() -> None:
         raise Terminated(signum)
 
     for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, handler)
+        if signal.getsignal(sig) is not signal.SIG_IGN:  # `nohup compress ...` keeps ignoring SIGHUP
+            signal.signal(sig, handler)
 
 
 def failure(exc: BaseException) -> tuple[str, int]:

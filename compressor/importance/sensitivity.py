@@ -10,8 +10,8 @@ allocation uses it for latency targets by default and for MACs targets on reques
 For every prunable group and every removed fraction of a small grid (0.25, 0.5, 0.75 by default),
 the group's least important channels (by its scores, in the order a plan removes them) are masked
 out of every consumer and the model is run on the inputs: the sensitivity is the relative change of
-the outputs, ``sqrt(sum |y' - y|^2 / sum |y - mean(y)|^2)`` over the batch (relative to each output's
-spread, so a constant offset does not hide a change), averaged over the float outputs that vary.
+the outputs, ``sqrt(sum |y' - y|^2 / sum |y - mean(y)|^2)`` over every input (relative to each
+output's spread, so a constant offset does not hide a change), averaged over the float outputs.
 Between grid points it is interpolated linearly (from 0 at nothing removed) and made monotone.
 
 One session runs every probe: the model carries a mask *input* at each consume point
@@ -86,23 +86,24 @@ class Sensitivity:
 
 def _output_change(ref: list[list[np.ndarray]], got: list[list[np.ndarray]]) -> float:
     """Mean over the float outputs of sqrt(sum |got - ref|^2 / sum |ref - mean(ref)|^2), sums over
-    every feed (the mean of each output over its feed's batch). An integer output (an argmax, a
-    count) has no relative change and is left out; so is one the reference holds constant (nothing
-    to compare against). The spread, not |ref|^2: an output with a large constant offset (a bias
-    a softmax ignores, pixel values) would otherwise look insensitive to anything."""
+    every feed, the mean over all of them (a batch-1 model's one-value output varies across feeds,
+    not within one). The spread, not |ref|^2: an output with a large constant offset (a bias a
+    softmax ignores, pixel values) would otherwise look insensitive to anything. An output with no
+    spread at all is compared against |ref|^2, or, all zero, by its change's RMS; an integer
+    output (an argmax, a count) has no relative change and is left out."""
     per_output = []
     for k in range(len(ref[0])):
-        num = den = 0.0
-        for a, b in zip(ref, got):
-            if np.asarray(a[k]).dtype.kind != "f" or np.asarray(a[k]).size == 0:
-                break
-            x = np.asarray(a[k], dtype=np.float64)
-            y = np.asarray(b[k], dtype=np.float64)
-            num += float(np.sum((y - x) ** 2))
-            den += float(np.sum((x - x.mean()) ** 2))
-        else:
-            if den > 0:
-                per_output.append(np.sqrt(num / den))
+        if any(np.asarray(a[k]).dtype.kind != "f" or np.asarray(a[k]).size == 0 for a in ref):
+            continue
+        xs = [np.asarray(a[k], dtype=np.float64) for a in ref]
+        ys = [np.asarray(b[k], dtype=np.float64) for b in got]
+        count = sum(x.size for x in xs)
+        mean = sum(float(x.sum()) for x in xs) / count
+        num = sum(float(np.sum((y - x) ** 2)) for x, y in zip(xs, ys))
+        den = sum(float(np.sum((x - mean) ** 2)) for x in xs)
+        if den <= 0:
+            den = sum(float(np.sum(x ** 2)) for x in xs)
+        per_output.append(np.sqrt(num / den) if den > 0 else np.sqrt(num / count))
     return float(np.mean(per_output)) if per_output else 0.0
 
 

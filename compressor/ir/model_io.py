@@ -200,9 +200,42 @@ def checkable(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
 
 
 def _umask() -> int:
-    mask = os.umask(0)
+    """The process umask, read without changing it where Linux says it (os.umask can only be read by
+    setting it, which other threads would see for a moment)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+class _Deferred:
+    """Termination signals (and Ctrl-C) held back while the output's files are renamed into place
+    and the bookkeeping that says so is updated; delivered right after (main thread, POSIX)."""
+
+    SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        self._old = None
+        if hasattr(signal, "pthread_sigmask") and threading.current_thread() is threading.main_thread():
+            sigs = {getattr(signal, s) for s in self.SIGNALS if hasattr(signal, s)}
+            self._old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+
+        if self._old is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, self._old)
+        return False
 
 
 def _publish(tmp: str | os.PathLike, out: Path) -> None:
@@ -283,21 +316,24 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, *,
             tmp_data = out.parent / (Path(tmp).name + ".data")
             with open(tmp_data, "wb") as fh_data, open(tmp, "wb") as fh:
                 write_with_external_data(model, fh, fh_data, data.name)
-            if data.exists():
-                backup = out.parent / (Path(tmp).name + ".previous.data")
-                os.replace(data, backup)
-            _publish(tmp_data, data)
-            tmp_data, moved = None, True
         else:
             with open(tmp, "wb") as fh:
                 write_streamed(model, fh)
-        _publish(tmp, out)
-        tmp = None
+        with _Deferred():  # the renames and what records them: no signal lands in between
+            if large:
+                if data.exists():
+                    backup = out.parent / (Path(tmp).name + ".previous.data")
+                    os.replace(data, backup)
+                _publish(tmp_data, data)
+                tmp_data, moved = None, True
+            _publish(tmp, out)
+            tmp = None
     except OSError as exc:
         raise UsageError(f"cannot write {out}: {exc.strerror or exc}") from None
     finally:  # on any failure, a signal included (the CLI turns SIGTERM into an exception)
-        if tmp is not None and moved:  # the model file did not follow its data: undo the data
-            data.unlink(missing_ok=True)
+        if tmp is not None and (moved or backup is not None):  # the model file did not follow: undo
+            if moved:
+                data.unlink(missing_ok=True)
             if backup is not None:
                 os.replace(backup, data)
                 backup = None

@@ -336,7 +336,7 @@ def _output_error(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
 
     Non-finite values must sit in the same places with the same value in both (NaN where NaN,
     +inf where +inf); otherwise the error is infinite. The error is measured on the finite
-    entries; an output with nothing finite to compare proves nothing, and counts as infinite too.
+    entries (an output with none, equal value for value, has error 0).
     (A plain max would let NaN through: ``max(0.0, nan)`` is 0.0.)"""
     if not x.size:
         return 0.0, 0.0
@@ -348,8 +348,8 @@ def _output_error(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
         same = (np.isnan(x[odd]) & np.isnan(y[odd])) | (x[odd] == y[odd])
         if not same.all():
             return float("inf"), float("inf")
-        if not fx.any():
-            return float("inf"), 0.0
+        if not fx.any():  # nothing finite, and every value the same in both: equal
+            return 0.0, 0.0
         x, y = x[fx], y[fx]
     diff = float(np.max(np.abs(x - y)))
     scale = float(np.max(np.abs(x)))

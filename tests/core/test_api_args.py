@@ -144,3 +144,13 @@ def test_the_probes_run_unoptimised_when_onnxruntime_refuses_its_own_rewrite():
     an = api.analyze(m)
     sens = measure_sensitivity(an, score_groups(an, "l2"), [random_feeds(api._spec(m, None), seed=0)])
     assert sens.raw
+
+
+def test_a_batch_one_single_value_output_keeps_its_sensitivity():
+    """Its spread is across the feeds, not within one (it read 0: every group looked free)."""
+    from compressor.importance.sensitivity import _output_change
+
+    ref = [[np.array([[0.3 + 0.1 * i]], np.float32)] for i in range(8)]
+    got = [[np.array([[0.9]], np.float32)] for _ in range(8)]
+    assert _output_change(ref, got) > 1.0
+    assert _output_change(ref, ref) == 0.0

@@ -190,3 +190,35 @@ def test_an_output_whose_data_file_is_the_inputs_is_refused_before_any_work(tmp_
     monkeypatch.setattr(api, "apply_plan", lambda *a, **k: calls.append(1))
     assert_error(run(src, "-o", tmp_path / "o.onnx"), 2, "which is the input model's external data")
     assert not calls
+
+
+def test_a_large_save_that_fails_at_the_data_file_keeps_the_old_pair(tmp_path, monkeypatch):
+    _large(monkeypatch)
+    out = tmp_path / "o.onnx"
+    model_io.save_model(_wide_model(), out)
+    old = out.read_bytes(), (tmp_path / "o.onnx.data").read_bytes()
+    real = model_io._publish
+
+    def fail_on_data(tmp, dest):
+        if str(dest).endswith(".data"):
+            raise OSError(28, "No space left on device")
+        real(tmp, dest)
+
+    monkeypatch.setattr(model_io, "_publish", fail_on_data)
+    with pytest.raises(model_io.UsageError, match="No space left"):
+        model_io.save_model(_wide_model(), out)
+    assert (out.read_bytes(), (tmp_path / "o.onnx.data").read_bytes()) == old
+    assert sorted(os.listdir(tmp_path)) == ["o.onnx", "o.onnx.data"]
+
+
+def test_an_ignored_sighup_stays_ignored():
+    """`nohup compress ...`: the handler is not installed over SIG_IGN (it died with exit 129)."""
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        raise_on_termination()
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_IGN, signal.SIG_DFL)
+    finally:
+        for s, h in saved.items():
+            signal.signal(s, h)

@@ -99,3 +99,16 @@ def test_folded_constants_are_what_onnxruntime_computes(monkeypatch):
     assert folded
     value = next(numpy_helper.to_array(t) for t in out.graph.initializer if t.name == out.graph.node[0].input[1])
     assert np.all(value == 6.0), value
+
+
+@pytest.mark.parametrize("opset", [11, 13])
+def test_a_squeeze_that_squeezed_nothing_stays_a_no_op(opset):
+    """No axis of length 1 before pruning, the channel axis at 1 after: it becomes an Identity
+    (empty axes would mean every axis at opset 13, and cannot be written below it)."""
+    g = G(opset=opset)
+    x = g.input("x", [2, 3, 3, 3])
+    sq = g.op("Squeeze", [g.op("Relu", [g.conv(x, 3, 2)])])
+    m = g.model([g.conv(sq, 2, 4)])
+    res = api.prune(m, ratio=0.5)
+    assert res.report["verify"]["passed"] and res.report["groups"]["pruned"] == 1
+    assert "Squeeze" not in [n.op_type for n in res.model.graph.node]

@@ -206,6 +206,11 @@ class ShapeOnly(Rule):
         axes = [i for i, d in enumerate(old) if d == 1]
         if [i for i, d in enumerate(new) if d == 1] == axes:
             return
+        if not axes:  # it squeezed nothing: it stays a no-op (empty axes would mean all of them)
+            node.op_type = "Identity"
+            del node.attribute[:]
+            del node.input[1:]
+            return
         if ctx.opset >= 13:
             ctx.add_input(node, np.array(axes, dtype=np.int64))
         else:
