@@ -87,16 +87,22 @@ def fold_constants(model: onnx.ModelProto, *, inplace: bool = False) -> tuple[on
         return cache[name]
 
     opset = [o for o in model.opset_import]
+    # onnxruntime, which runs the model, computes the constants (all at once); only where it
+    # cannot run the nodes alone does the evaluator fold them one by one
+    computed = _in_onnxruntime(out, [out.graph.node[i] for i in foldable], get, opset)
     folded: list[int] = []
     labels = []
     total = 0
     for i in foldable:
         node = out.graph.node[i]
-        try:
-            results = _evaluate(node, {x: get(x) for x in node.input if x}, opset)
-        except Exception:  # the reference evaluator lacks the op or the node is invalid: leave it
-            continue
         outs = [o for o in node.output if o]
+        if computed is not None:
+            results = [computed[o] for o in outs]
+        else:
+            try:
+                results = _evaluate(node, {x: get(x) for x in node.input if x}, opset)
+            except Exception:  # the reference evaluator lacks the op or the node is invalid: leave it
+                continue
         for name, val in zip(outs, results):
             val = np.asarray(val)
             total += val.nbytes
@@ -107,20 +113,21 @@ def fold_constants(model: onnx.ModelProto, *, inplace: bool = False) -> tuple[on
         labels.append(node.name or f"{node.op_type}({outs[0]})")
         if total > MAX_FOLDED_BYTES:
             break
-    if folded:
-        _agree_with_onnxruntime(out, [out.graph.node[i] for i in folded], get, cache, inits, opset)
     for i in reversed(folded):  # by index: rebuilding the list would copy every node
         del out.graph.node[i]
-    _drop_unused(out)
+    from compressor.ir.graph import drop_unused
+
+    drop_unused(out)
     return out, labels
 
 
-def _agree_with_onnxruntime(model, nodes, get, cache, inits, opset) -> None:
-    """Run the folded nodes once more in onnxruntime, which runs the model, and keep its values
-    wherever they differ from the evaluator's: a folded constant is then exactly what the input
-    model computes (onnx's reference evaluator has differed: BatchNormalization in training mode).
-    Skipped when onnxruntime cannot run the nodes alone."""
+def _in_onnxruntime(model, nodes, get, opset) -> dict[str, np.ndarray] | None:
+    """The outputs of the constant-only ``nodes`` as onnxruntime computes them, in one session;
+    None when it cannot run them alone (an op it lacks on its own, a type it refuses). onnx's
+    reference evaluator, the fallback, has differed from it (BatchNormalization in training mode)."""
     import onnxruntime as ort
+
+    from compressor.ir.model_io import ort_max_ir_version
 
     made = {o for n in nodes for o in n.output if o}
     needed = sorted({x for n in nodes for x in n.input if x and x not in made})
@@ -133,25 +140,14 @@ def _agree_with_onnxruntime(model, nodes, get, cache, inits, opset) -> None:
              for x, v in feeds.items()],
             [onnx.helper.make_empty_tensor_value_info(o) for o in outs])
         probe = onnx.helper.make_model(graph, opset_imports=opset)
-        from compressor.ir.model_io import ort_max_ir_version
-
         probe.ir_version = min(max(model.ir_version, 4), ort_max_ir_version())
         opts = ort.SessionOptions()
         opts.log_severity_level = 4
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         got = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"]).run(outs, feeds)
-    except Exception:  # noqa: BLE001 - an op onnxruntime lacks alone, a type it refuses: keep the evaluator's
-        return
-    for name, value in zip(outs, got):
-        mine = cache.get(name)
-        value = np.asarray(value)
-        if mine is None or mine.shape != value.shape or mine.dtype != value.dtype:
-            continue
-        same = (np.array_equal(mine, value) if value.dtype.kind not in "fc"
-                else np.allclose(mine, value, rtol=1e-6, atol=0, equal_nan=True))
-        if not same:
-            inits[name].CopyFrom(numpy_helper.from_array(value, name))
-            cache[name] = value
+    except Exception:  # noqa: BLE001
+        return None
+    return {name: np.asarray(value) for name, value in zip(outs, got)}
 
 
 def _batch_norm(node: onnx.NodeProto, args: list[np.ndarray]) -> list[np.ndarray]:
@@ -190,20 +186,3 @@ def _evaluate(node: onnx.NodeProto, feeds: dict[str, np.ndarray], opset) -> list
     return ReferenceEvaluator(m).run(None, feeds)
 
 
-def _drop_unused(model: onnx.ModelProto) -> None:
-    """Remove initializers and Constant nodes that nothing reads any more."""
-    g = model.graph
-    used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
-    from compressor.ir.graph import subgraph_outer_refs
-
-    for n in g.node:
-        used |= subgraph_outer_refs(n)
-    dropped = {t.name for t in g.initializer if t.name not in used}
-    if dropped:
-        # by index, from the end: clearing the list and extending it again would copy every weight
-        for i in reversed(range(len(g.initializer))):
-            if g.initializer[i].name in dropped:
-                del g.initializer[i]
-        for i in reversed(range(len(g.input))):
-            if g.input[i].name in dropped:
-                del g.input[i]

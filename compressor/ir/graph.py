@@ -46,6 +46,29 @@ def subgraph_outer_refs(node: onnx.NodeProto) -> set[str]:
     return refs
 
 
+def drop_unused(model: onnx.ModelProto, only: set[str] | None = None) -> None:
+    """Remove the initializers (and their graph-input entries) and the Constant nodes that nothing
+    reads any more, by index (rebuilding the lists would copy every weight); with ``only``, just
+    those among these names."""
+    g = model.graph
+    used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
+    for n in g.node:
+        used |= subgraph_outer_refs(n)
+    stale = ({t.name for t in g.initializer} | {n.output[0] for n in g.node if n.op_type == "Constant" and n.output})
+    stale = (stale if only is None else stale & only) - used
+    if not stale:
+        return
+    for i in reversed(range(len(g.initializer))):
+        if g.initializer[i].name in stale:
+            del g.initializer[i]
+    for i in reversed(range(len(g.input))):
+        if g.input[i].name in stale:
+            del g.input[i]
+    for i in reversed(range(len(g.node))):
+        if g.node[i].op_type == "Constant" and g.node[i].output and g.node[i].output[0] in stale:
+            del g.node[i]
+
+
 def node_label(node: onnx.NodeProto) -> str:
     """A node's name, or its op and first output where it has none."""
     return node.name or f"{node.op_type}({node.output[0] if node.output else '?'})"

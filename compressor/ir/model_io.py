@@ -35,12 +35,7 @@ def ort_max_ir_version() -> int:
 def _check_external_data(model: onnx.ModelProto, base_dir: Path) -> None:
     """Refuse external-data locations that escape the model's folder."""
     base = base_dir.resolve()
-    for tensor in _all_tensors(model):
-        if tensor.data_location != onnx.TensorProto.EXTERNAL:
-            continue
-        entries = {e.key: e.value for e in tensor.external_data}
-        location = entries.get("location", "")
-        target = (base / location).resolve()
+    for tensor, location, target in _external_refs(model, base):
         if Path(location).is_absolute() or base not in target.parents and target != base:
             link = base / location
             via = (f" (it is a symbolic link to {target}; copy the file, or point the link inside the folder)"
@@ -64,16 +59,17 @@ def _all_tensors(model: onnx.ModelProto):
                 yield attr.t
 
 
-def external_data_files(model: onnx.ModelProto, base_dir: str | os.PathLike) -> list[Path]:
-    """The external-data files a model (loaded without its external data) reads, resolved."""
-    files = []
+def _external_refs(model: onnx.ModelProto, base_dir: str | os.PathLike):
+    """(tensor, location, resolved file) of every tensor kept in external data."""
     for tensor in _all_tensors(model):
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
             location = {e.key: e.value for e in tensor.external_data}.get("location", "")
-            f = (Path(base_dir) / location).resolve()
-            if f not in files:
-                files.append(f)
-    return files
+            yield tensor, location, (Path(base_dir) / location).resolve()
+
+
+def external_data_files(model: onnx.ModelProto, base_dir: str | os.PathLike) -> list[Path]:
+    """The external-data files a model (loaded without its external data) reads, resolved."""
+    return list(dict.fromkeys(f for _, _, f in _external_refs(model, base_dir)))
 
 
 def load_model(path: str | os.PathLike, data_files: list[Path] | None = None) -> onnx.ModelProto:
@@ -348,45 +344,46 @@ def write_with_external_data(model: onnx.ModelProto, fh, fh_data, location: str,
     ``fh_data`` (read as ``location``, beside the model), one tensor at a time: neither ``model``
     nor a copy of its weights is made (onnx.save_model's external-data path edits the model in
     place and leaves it pointing at the file it wrote)."""
-    fh.write(copy_without_initializers(model).SerializeToString())
     offset = 0
-    for t in model.graph.initializer:
-        part = onnx.ModelProto()
-        if (tensor_nbytes(t) >= min_bytes and t.data_location != onnx.TensorProto.EXTERNAL
-                and t.data_type != onnx.TensorProto.STRING):
-            payload = t.raw_data if t.HasField("raw_data") else numpy_helper.to_array(t).tobytes()
-            pad = (-offset) % 4096  # aligned, as onnx writes them (mmap-friendly)
-            if pad:
-                fh_data.write(b"\0" * pad)
-                offset += pad
-            fh_data.write(payload)
-            stub = part.graph.initializer.add()
-            stub.name, stub.data_type, stub.doc_string = t.name, t.data_type, t.doc_string
-            stub.dims.extend(t.dims)
-            stub.data_location = onnx.TensorProto.EXTERNAL
-            for key, value in (("location", location), ("offset", str(offset)), ("length", str(len(payload)))):
-                entry = stub.external_data.add()
-                entry.key, entry.value = key, value
-            offset += len(payload)
-            del payload
-        else:
-            part.graph.initializer.add().CopyFrom(t)
-        fh.write(part.SerializeToString())
-        del part
+
+    def externalize(t: onnx.TensorProto, part: onnx.TensorProto) -> None:
+        nonlocal offset
+        if (tensor_nbytes(t) < min_bytes or t.data_location == onnx.TensorProto.EXTERNAL
+                or t.data_type == onnx.TensorProto.STRING):
+            part.CopyFrom(t)
+            return
+        payload = t.raw_data if t.HasField("raw_data") else numpy_helper.to_array(t).tobytes()
+        pad = (-offset) % 4096  # aligned, as onnx writes them (mmap-friendly)
+        fh_data.write(b"\0" * pad)
+        fh_data.write(payload)
+        part.name, part.data_type, part.doc_string = t.name, t.data_type, t.doc_string
+        part.dims.extend(t.dims)
+        part.data_location = onnx.TensorProto.EXTERNAL
+        for key, value in (("location", location), ("offset", str(offset + pad)), ("length", str(len(payload)))):
+            entry = part.external_data.add()
+            entry.key, entry.value = key, value
+        offset += pad + len(payload)
+
+    write_streamed(model, fh, externalize)
 
 
-def write_streamed(model: onnx.ModelProto, fh) -> None:
+def write_streamed(model: onnx.ModelProto, fh, tensor=None) -> None:
     """Write ``model``'s serialisation without building it in memory at once.
 
     ``SerializeToString`` of a whole model holds it twice (the encoder's buffer and the bytes
     object). Protobuf merges repeated occurrences of an embedded message field, so the model
     without its initializers followed by one ``graph { initializer: t }`` fragment per initializer
     parses to the same ModelProto (initializers in the same order); each fragment is encoded alone.
+    ``tensor(t, part)``, when given, fills each fragment's tensor ``part`` from ``t`` instead of a
+    copy (write_with_external_data writes a reference to the data file there).
     """
     fh.write(copy_without_initializers(model).SerializeToString())
     for t in model.graph.initializer:
         part = onnx.ModelProto()
-        part.graph.initializer.add().CopyFrom(t)
+        if tensor is None:
+            part.graph.initializer.add().CopyFrom(t)
+        else:
+            tensor(t, part.graph.initializer.add())
         fh.write(part.SerializeToString())
         del part
 

@@ -14,7 +14,7 @@ from compressor.analysis.context import CONSUMER, PRODUCER
 from compressor.analysis.groups import Analysis, Group, analyze_index
 from compressor.errors import VerificationError
 from compressor.ir.fold import prepare
-from compressor.ir.graph import GraphIndex, subgraph_outer_refs
+from compressor.ir.graph import GraphIndex, drop_unused
 from compressor.ir.model_io import load_model, validate_model
 from compressor.ir.shapes import InputSpec, constant_node_value, parse_shape_specs, resolve_inputs
 from compressor.metrics import count
@@ -165,21 +165,6 @@ class ConstEditor:
         node.input[k] = self.add(name or f"{node.name or node.op_type}_in{k}", arr)
 
 
-def drop_unused_initializers(model: onnx.ModelProto) -> None:
-    """Remove the initializers, and the Constant nodes, that nothing reads any more."""
-    used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
-    for n in model.graph.node:  # names used inside subgraphs
-        if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in n.attribute):
-            used |= subgraph_outer_refs(n)
-    dead = [k for k, n in enumerate(model.graph.node) if n.op_type == "Constant" and n.output[0] not in used]
-    for k in reversed(dead):
-        del model.graph.node[k]
-    keep = [t for t in model.graph.initializer if t.name in used]
-    if len(keep) != len(model.graph.initializer):
-        del model.graph.initializer[:]
-        model.graph.initializer.extend(keep)
-
-
 def finalize(model: onnx.ModelProto) -> onnx.ModelProto:
     return _finalize(model, what="transformed")
 
@@ -205,7 +190,7 @@ def remove_channels(model: onnx.ModelProto, spec: InputSpec, remove: dict[int, l
     result = apply_plan(fresh, keep)
     macs, params, _ = count(fresh.index, result.context.new_shape)
     out = result.model
-    drop_unused_initializers(out)
+    drop_unused(out)
     return out, macs, params
 
 
@@ -213,23 +198,18 @@ def prove(original: onnx.ModelProto, candidate: onnx.ModelProto, spec: InputSpec
           report: dict, tolerance: float = EXACT_TOLERANCE, seed: int = 0, skip: bool = False) -> None:
     """Compare against the unmasked original; fill report['verify']; raise when it fails.
     ``skip`` (``--no-verify``): record that the proof was skipped instead."""
-    if skip:
-        report["verify"] = {"passed": None, "skipped": True}
-        report["max_rel_err"] = None
-        t0 = report.pop("_t0", None)
-        if t0 is not None:
-            report["seconds"] = round(time.perf_counter() - t0, 3)
-        return
-    reference = copy_model(original)
-    reference.ir_version = candidate.ir_version
-    del reference.graph.value_info[:]
-    ver = verify(reference, candidate, spec, tolerance=tolerance, seed=seed)
-    report["verify"] = ver.to_dict()
-    report["max_rel_err"] = ver.max_rel_err
+    ver = None
+    if not skip:
+        reference = copy_model(original)
+        reference.ir_version = candidate.ir_version
+        del reference.graph.value_info[:]
+        ver = verify(reference, candidate, spec, tolerance=tolerance, seed=seed)
+    report["verify"] = ver.to_dict() if ver else {"passed": None, "skipped": True}
+    report["max_rel_err"] = ver.max_rel_err if ver else None
     t0 = report.pop("_t0", None)
     if t0 is not None:
         report["seconds"] = round(time.perf_counter() - t0, 3)
-    if not ver.passed:
+    if ver is not None and not ver.passed:
         raise VerificationError(
             f"{what} does not reproduce the original model: max relative error {ver.max_rel_err:.3g} > "
             f"{tolerance:g}; nothing was written", report=report)

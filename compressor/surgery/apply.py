@@ -12,6 +12,7 @@ from onnx import numpy_helper
 from compressor.analysis.groups import Analysis
 from compressor.analysis.registry import get_rule
 from compressor.errors import CompressorError
+from compressor.ir.graph import drop_unused
 from compressor.ir.model_io import default_opset
 from compressor.ir.proto import copy_without_initializers
 from compressor.surgery.context import SurgeryContext
@@ -53,26 +54,6 @@ def _append(model: onnx.ModelProto, like: onnx.TensorProto, make: Callable[[], n
     t.name, t.data_type, t.doc_string = like.name, like.data_type, like.doc_string
     t.dims.extend(dims)
     t.raw_data = raw
-
-
-def _drop_replaced(model: onnx.ModelProto, replaced: set[str]) -> None:
-    """Remove the constants surgery pointed inputs away from (a Reshape target, a Resize size) that
-    nothing reads any more; every other initializer stays as the input model had it."""
-    from compressor.ir.graph import subgraph_outer_refs
-
-    if not replaced:
-        return
-    used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
-    for n in model.graph.node:
-        used |= subgraph_outer_refs(n)
-    stale = replaced - used
-    for i in reversed(range(len(model.graph.initializer))):
-        if model.graph.initializer[i].name in stale:
-            del model.graph.initializer[i]
-    for i in reversed(range(len(model.graph.node))):
-        n = model.graph.node[i]
-        if n.op_type == "Constant" and n.output and n.output[0] in stale:
-            del model.graph.node[i]
 
 
 def apply_plan(analysis: Analysis, keep: dict[int, list[int]]) -> SurgeryResult:
@@ -136,7 +117,7 @@ def apply_plan(analysis: Analysis, keep: dict[int, list[int]]) -> SurgeryResult:
 
     dropped = drop_vanished(model, vanished, sctx.new_shape, sctx.replace_input, sctx.add_input) if vanished else 0
 
-    _drop_replaced(model, sctx.replaced)
+    drop_unused(model, only=sctx.replaced)  # a Reshape target, a Resize size surgery replaced
     # stale shape annotations would contradict the new channel counts
     del model.graph.value_info[:]
     return SurgeryResult(model=model, slices=slices, context=sctx, dropped_nodes=dropped)

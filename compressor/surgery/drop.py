@@ -292,7 +292,7 @@ def drop_vanished(model: onnx.ModelProto, vanished: set[str], shape: Callable[[s
     merged and absorbed into the biases before them (surgery/absorb.py)."""
     from onnx import numpy_helper
 
-    from compressor.ir.fold import _drop_unused
+    from compressor.ir.graph import drop_unused
 
     g = model.graph
     consts: dict[str, onnx.TensorProto] = {t.name: t for t in g.initializer}
@@ -341,7 +341,7 @@ def drop_vanished(model: onnx.ModelProto, vanished: set[str], shape: Callable[[s
         from compressor.surgery.absorb import absorb_constant_adds
 
         absorbed = absorb_constant_adds(model.graph, met, shape, replace_input, add_input)
-    _drop_unused(model)
+    drop_unused(model)
     return len(after) + singles + absorbed
 
 

@@ -33,12 +33,12 @@ from onnx import helper
 
 from compressor.analysis.context import PARAM
 from compressor.analysis.groups import Analysis, Group
-from compressor.ir.graph import GraphIndex
+from compressor.ir.graph import GraphIndex, drop_unused
 from compressor.ir.shapes import InputSpec, random_feeds
 from compressor.metrics import count
 from compressor.surgery._exact import (
     EXACT_TOLERANCE, ConstEditor, base_report, channel_slice, close_report, consume_points_of, copy_model,
-    drop_unused_initializers, finalize, index_along, is_bias, load, prove, reanalyze, remove_channels,
+    finalize, index_along, is_bias, load, prove, reanalyze, remove_channels,
 )
 
 #: Activations f with f(g x) = g f(x) for every g >= 0 (a non-negative gate may move before them).
@@ -198,7 +198,7 @@ def fold_gates(model, input_shapes=None, *, tolerance: float = EXACT_TOLERANCE) 
     report = base_report("fold_gates", loaded)
     work = copy_model(loaded.original)
     report["gates"] = _fold_gates_into(work, loaded.analysis)
-    drop_unused_initializers(work)
+    drop_unused(work)
     macs, params, _ = count(GraphIndex(work, loaded.spec))
     close_report(report, macs, params)
     work = finalize(work)
@@ -417,7 +417,7 @@ def fold_constant_channels(model, input_shapes=None, zero_tol: float = 0.0, *, g
     if remove:
         result, macs, params = remove_channels(work, loaded.spec, remove, by_id)
     else:
-        drop_unused_initializers(work)
+        drop_unused(work)
         result = work
         macs, params, _ = count(GraphIndex(work, loaded.spec))
     report["channels_removed"] = sum(len(v) for v in remove.values())
