@@ -381,12 +381,6 @@ def prune(model, *, ratio: float | None = None, output: str | os.PathLike | None
         if target_params is not None and t_params:
             target_params = min(1.0, target_params * first["params_before"] / t_params)
     importance, importance_notes = _resolve_importance(proto, importance)
-    if learned_widths:
-        from compressor.importance.learned import read_learned
-
-        if read_learned(proto) is None:
-            raise UsageError("--learned-widths: the model carries no learned widths (train with a regularizer and "
-                             "export it with compressor.train.export)")
     opts = PlanOptions(ratio=ratio, global_ranking=global_ranking, round_to=1 if auto_round else round_to,
                        min_channels=min_channels, importance=importance, drop_layers=drop_layers)
     opts.validate()
@@ -445,9 +439,9 @@ def prune(model, *, ratio: float | None = None, output: str | os.PathLike | None
                 entries, _ = learned_groups(proto, an)
                 n_keep, notes = learned_keep(an, entries, o)
                 if not n_keep:
-                    raise UsageError("--learned-widths: the model's learned metadata gives no group a width (it "
-                                     "carries importances only: DSA stores keep ratios, group gating gates, C-SGD "
-                                     "clusters); prune with --ratio or a budget instead")
+                    raise UsageError("--learned-widths: the model's learned metadata gives no group a width (DSA "
+                                     "stores keep ratios, group gating gates, C-SGD clusters; compressor.train.export "
+                                     "writes them); prune with --ratio or a budget instead")
                 importance_notes.extend(notes)
                 return plan_for_widths(an, scores, o, n_keep)
             if (target_macs is not None or target_params is not None) and sensitivity:

@@ -245,7 +245,7 @@ shape_option = click.option("--input-shape", "input_shapes", multiple=True, meta
               "--dry-run).")
 @click.option("--ratio", type=float, default=None,
               help="Fraction of channels removed from each prunable group (in [0, 1)).  [default: 0.5, unless a "
-              "--target-* budget or --plan-in decides]")
+              "--target-* budget, --plan-in or --learned-widths decides]")
 @click.option("--learned-widths", is_flag=True,
               help="Prune each group to the width training learned (DSA's keep ratio, group gating's non-zero "
               "gates, C-SGD's cluster count), read from the model's compressor.learned metadata.")
