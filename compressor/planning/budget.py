@@ -2,7 +2,8 @@
 target while removing the least important channels.
 
 MACs/params targets search the pruning ratio (uniform, or global with --global) by bisection;
-each candidate plan is costed exactly from its new shapes without building a model.
+each candidate plan is costed exactly from its new shapes without building a model. A global plan
+then takes back, a rounding step at a time, the channels that still fit under the budget.
 
 A latency target in ms is read against the dense model's latency measured by the caller in the
 same process (the reference): the search looks for the plan whose latency *ratio* to the dense
@@ -14,6 +15,7 @@ absolute milliseconds measured seconds apart do not.
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -24,7 +26,8 @@ from compressor.analysis.groups import Analysis
 from compressor.bench.ratio import RatioSample
 from compressor.errors import UsageError
 from compressor.metrics import count
-from compressor.planning.plan import PlanOptions, PruningPlan, make_plan
+from compressor.planning.plan import (PlanOptions, PruningPlan, channel_multiplier, make_plan, rounded_keep,
+                                      normalised_scores, plan_for_widths)
 from compressor.surgery.context import SurgeryContext
 
 MAX_RATIO = 0.99
@@ -67,7 +70,8 @@ def _plan_at(analysis, scores, opts: PlanOptions, ratio: float) -> PruningPlan:
 def plan_for_fraction(analysis: Analysis, scores: dict[int, np.ndarray], opts: PlanOptions, kind: str,
                       fraction: float, iterations: int = 24) -> BudgetResult:
     """The least pruning whose MACs (kind='macs') or params (kind='params') are <= fraction of the
-    original. Raises UsageError when even the most aggressive plan cannot reach it."""
+    original (for a global ranking, with the slack under it given back: _give_back). Raises
+    UsageError when even the most aggressive plan cannot reach it."""
     if not 0.0 < fraction <= 1.0:
         raise UsageError(f"--target-{kind} must be in (0, 1], got {fraction}")
     pick = 0 if kind == "macs" else 1
@@ -102,7 +106,61 @@ def plan_for_fraction(analysis: Analysis, scores: dict[int, np.ndarray], opts: P
             lo = mid
         if hi - lo < 1e-4:
             break
-    return BudgetResult(best_plan, kind, fraction, best_v / base, steps)
+    given_back = 0
+    if opts.global_ranking and best_v < goal:
+        best_plan, best_v, given_back = _give_back(analysis, scores, opts, best_plan, best_v, goal, pick)
+    res = BudgetResult(best_plan, kind, fraction, best_v / base, steps)
+    if given_back:
+        res.details["given_back"] = given_back
+    return res
+
+
+GIVE_BACK_EVALUATIONS = 1000
+
+
+def _give_back(analysis: Analysis, scores: dict[int, np.ndarray], opts: PlanOptions, plan: PruningPlan,
+               cost: int, goal: float, pick: int) -> tuple[PruningPlan, int, int]:
+    """Fill the slack a global plan leaves under its budget. The global ranking's cost moves in
+    jumps (one channel of a residual trunk, or one rounding step of a narrow group, changes many
+    layers): the least ratio that meets the budget can land far below it (a 0.5 MACs target at
+    0.33). Channels come back one rounding step at a time, the step whose channels rank highest on
+    the global scale first, as long as the plan stays within the budget; a step that does not fit
+    retires its group (restoring channels only makes every other step dearer). Returns the plan,
+    its cost and the number of channels given back."""
+    order = {g.id: np.argsort(-scores[g.id], kind="stable") for g in analysis.prunable}
+    width = {g.id: len(g.kept) for g in plan.groups if g.id in order}
+    norm = {g.id: np.sort(normalised_scores(scores[g.id]))[::-1] for g in analysis.prunable}
+    mult = {g.id: channel_multiplier(g) for g in analysis.prunable}
+    sizes = {g.id: g.size for g in analysis.prunable}
+
+    def next_width(gid: int) -> int:
+        return rounded_keep(sizes[gid], width[gid] + 1, opts, mult[gid])
+
+    def keep_of(w: dict[int, int]) -> dict[int, list[int]]:
+        return {gid: sorted(int(i) for i in order[gid][:n]) for gid, n in w.items() if n < sizes[gid]}
+
+    heap = []
+    for gid in order:
+        nxt = next_width(gid)
+        if nxt > width[gid]:
+            heapq.heappush(heap, (-float(norm[gid][width[gid]:nxt].mean()), gid, nxt))
+    start = dict(width)
+    evaluations = 0
+    while heap and evaluations < GIVE_BACK_EVALUATIONS:
+        _, gid, nxt = heapq.heappop(heap)
+        trial = {**width, gid: nxt}
+        evaluations += 1
+        v = plan_cost(analysis, keep_of(trial))[pick]
+        if v > goal:
+            continue
+        width, cost = trial, v
+        nxt = next_width(gid)
+        if nxt > width[gid]:
+            heapq.heappush(heap, (-float(norm[gid][width[gid]:nxt].mean()), gid, nxt))
+    given = sum(width[g] - start[g] for g in width)
+    if not given:
+        return plan, cost, 0
+    return plan_for_widths(analysis, scores, plan.options, width), cost, given
 
 
 # --------------------------------------------------------------------------- latency targets

@@ -174,7 +174,7 @@ def channel_step(round_to: int, multiplier: int = 1) -> int:
     return max(1, round_to // math.gcd(round_to, max(multiplier, 1))) if round_to > 1 else 1
 
 
-def _rounded_keep(size: int, keep: int, opts: PlanOptions, multiplier: int = 1) -> int:
+def rounded_keep(size: int, keep: int, opts: PlanOptions, multiplier: int = 1) -> int:
     """Channels kept: at least min-channels, and ``keep x multiplier`` a multiple of round-to (a
     grouped conv keeping 4 of 8 channels per group in 6 groups has 24 channels: already a multiple
     of 8, so rounding does not widen it back to 8 of 8)."""
@@ -204,11 +204,11 @@ def make_plan(analysis: Analysis, scores: dict[int, np.ndarray], opts: PlanOptio
             if sizes[gid] - removed[gid] - 1 >= max(opts.min_channels, 1):
                 removed[gid] += 1
                 budget -= 1
-        n_keep = {g.id: _rounded_keep(g.size, g.size - removed[g.id], opts, channel_multiplier(g))
+        n_keep = {g.id: rounded_keep(g.size, g.size - removed[g.id], opts, channel_multiplier(g))
                   for g in groups}
     else:
         for g in groups:
-            n_keep[g.id] = _rounded_keep(g.size, g.size - int(math.floor(opts.ratio * g.size)), opts,
+            n_keep[g.id] = rounded_keep(g.size, g.size - int(math.floor(opts.ratio * g.size)), opts,
                                          channel_multiplier(g))
     return plan_for_widths(analysis, scores, opts, n_keep)
 
@@ -245,6 +245,6 @@ def learned_keep(analysis: Analysis, entries: dict[int, dict], opts: PlanOptions
         else:
             bare += 1
             continue
-        n_keep[g.id] = _rounded_keep(g.size, keep, opts, channel_multiplier(g))
+        n_keep[g.id] = rounded_keep(g.size, keep, opts, channel_multiplier(g))
     notes = [f"{bare} prunable group(s) have no learned width (keep_ratio, gates or clusters): left whole"] if bare else []
     return n_keep, notes
