@@ -19,9 +19,9 @@ import numpy as np
 import onnx
 
 from compressor.analysis.groups import Analysis, analyze_index
-from compressor.errors import UsageError, VerificationError
+from compressor.errors import CompressorError, UsageError, VerificationError
 from compressor.importance import CRITERIA, score_groups
-from compressor.ir.fold import prepare
+from compressor.ir.fold import Prepared, prepare_model
 from compressor.ir.graph import GraphIndex
 from compressor.ir.proto import detach_weights
 from compressor.ir.model_io import (
@@ -36,6 +36,7 @@ from compressor.surgery import apply_plan
 from compressor.surgery.drop import removable_groups, removal_effect
 from compressor.surgery.finalize import finalize
 from compressor.verify import masked_reference, pruned_norm_nodes, verify
+from compressor.verify.oracle import input_run_error
 
 ModelLike = "str | os.PathLike | onnx.ModelProto"
 
@@ -52,6 +53,12 @@ LATENCY_FALLBACK = (4, 1)
 def _as_model(model, data_files: list | None = None) -> tuple[onnx.ModelProto, str | None]:
     """Load (or validate) a model and fold its constant subgraphs so weights are constants.
     ``data_files`` receives the external-data files a model loaded from a path was read from."""
+    prepared, path = _load(model, data_files)
+    return prepared.model, path
+
+
+def _load(model, data_files: list | None = None) -> tuple[Prepared, str | None]:
+    """``_as_model``, with what preparing the model did and the weights it stored encoded."""
     if not isinstance(model, (onnx.ModelProto, str, os.PathLike)):
         raise UsageError(f"the model must be a path or an onnx.ModelProto, got {type(model).__name__}")
     if isinstance(model, onnx.ModelProto):
@@ -59,8 +66,7 @@ def _as_model(model, data_files: list | None = None) -> tuple[onnx.ModelProto, s
         proto, path = model, None
     else:
         proto, path = load_model(model, data_files), str(model)
-    prepared, _ = prepare(proto, inplace=path is not None)  # a model loaded here is ours to edit
-    return prepared, path
+    return prepare_model(proto, inplace=path is not None), path  # a model loaded here is ours to edit
 
 
 def _spec(model: onnx.ModelProto, input_shapes) -> InputSpec:
@@ -275,7 +281,11 @@ def prune(model, *, ratio: float | None = None, output: str | os.PathLike | None
                 log(f"warning: {text}")
 
     data_files: list[Path] = []
-    proto, path = _as_model(model, data_files)
+    loaded, path = _load(model, data_files)
+    proto, load_notes, stored = loaded.model, loaded.notes, loaded.stored
+    for line in loaded.warnings:
+        warn(line)
+    del loaded  # the model is ``proto`` from here (its weights may be detached below)
     # every file this run must not write over, checked before any work (a latency search takes minutes)
     forbid = [("the input model", path), *(("the input model's external data", f) for f in data_files)]
     if output is not None:
@@ -498,12 +508,31 @@ def prune(model, *, ratio: float | None = None, output: str | os.PathLike | None
         macs_a, params_a, _ = count(GraphIndex(pruned, spec))
     else:
         macs_a, params_a, _ = count(index, surgery.context.new_shape)
+    # the weights the input stored encoded (int8 + DequantizeLinear, fp16 + Cast) are so again
+    from compressor.surgery.encode import restore_storage
+
+    storage = restore_storage(pruned, stored, surgery.slices, transformed=bool(transforms))
+    del stored
+    load_notes += storage.notes()
+    for line in storage.warnings():
+        warn(line)
     ver = None
     if verify_model:
         # the masked original feeds onnxruntime the index's weight arrays in place (no copy)
         reference = masked_reference(an, keep)
         reference.model.ir_version = pruned.ir_version
-        ver = verify(reference, pruned, spec, tolerance=tolerance, seed=seed)
+        try:
+            ver = verify(reference, pruned, spec, tolerance=tolerance, seed=seed)
+        except CompressorError:
+            raise
+        except Exception:
+            why = input_run_error(an, spec)
+            if why is None:
+                raise
+            from compressor.errors import ModelError
+
+            raise ModelError(f"onnxruntime cannot run the input model, so no pruning of it can be verified "
+                             f"(--no-verify writes it unproven): {why}") from None
         del reference
     index.release_values()  # the weights' numpy copies are not needed past this point
     report = {
@@ -513,6 +542,7 @@ def prune(model, *, ratio: float | None = None, output: str | os.PathLike | None
         "defaults_used": spec.defaults_used,
         "importance": importance if plan_in is None else "replayed plan (--plan-in)",
         "importance_notes": importance_notes,
+        "load_notes": load_notes,
         "options": plan.to_dict()["options"],
         "macs_before": macs_b, "macs_after": macs_a,
         "params_before": params_b, "params_after": params_a,
@@ -546,9 +576,9 @@ def prune(model, *, ratio: float | None = None, output: str | os.PathLike | None
         report["warnings"] = warnings
     if ver is not None and not ver.passed:
         report["seconds"] = round(time.perf_counter() - t0, 3)
-        raise VerificationError(
-            f"pruned model does not reproduce the masked original: max relative error "
-            f"{ver.max_rel_err:.3g} > {tolerance:g}; nothing was written", report=report)
+        why = ver.reason or f"max relative error {ver.max_rel_err:.3g} > {tolerance:g}"
+        raise VerificationError(f"pruned model does not reproduce the masked original: {why}; nothing was written"
+                                + (" (--no-verify writes it unproven)" if ver.reason else ""), report=report)
     if output is not None:
         save_model(pruned, output, forbid=forbid)
     if plan_out is not None:
@@ -569,7 +599,10 @@ def _warnings(an: Analysis, plan: PruningPlan, exclude, ratio: float | None) -> 
     out = _exclude_warnings(an, exclude)
     if ratio and not any(g.removed for g in plan.groups):
         if not an.prunable:
-            out.append("no channel group is prunable here (`unprunable` and `barriers` say why); nothing was removed")
+            lists = [f"`{k}`" for k, v in (("unprunable", an.groups), ("barriers", an.barriers)) if v]
+            why = (f" ({' and '.join(lists)} say{'' if len(lists) > 1 else 's'} why)" if lists else
+                   ": the model has no Conv, ConvTranspose, Gemm or MatMul with constant weights")
+            out.append(f"no channel group is prunable here{why}; nothing was removed")
         else:
             o = plan.options
             out.append(f"nothing was removed: at --ratio {ratio:g}, --round-to {o.round_to} and --min-channels "

@@ -131,7 +131,8 @@ def render_prune_report(r: dict) -> str:
     else:
         status = "passed" if v["passed"] else "FAILED"
         out.append(f"verification: {status}, max relative error {v['max_rel_err']:.2e} "
-                   f"(tolerance {v['tolerance']:g}, {v['trials']} random inputs, {v['provider']})")
+                   f"(tolerance {v['tolerance']:g}, {v['trials']} random inputs, {v['provider']}"
+                   + (", compared in float32" if v.get("compared_in", "").startswith("float32") else "") + ")")
     if r.get("barriers"):
         out.append(f"barriers: {len(r['barriers'])} (run `compress inspect` for details)")
     if r.get("unprunable"):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import os
 import tempfile
 from pathlib import Path
@@ -17,18 +19,28 @@ MIN_OPSET = 7
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000
 
 
+@functools.lru_cache(maxsize=1)
 def ort_max_ir_version() -> int:
-    """The newest IR version that the installed onnxruntime loads (conservative table)."""
+    """The newest IR version that the installed onnxruntime loads, asked of onnxruntime itself: a
+    one-node model at each IR version from onnx's newest down (a table of releases went stale:
+    onnxruntime 1.31 loads IR 13, and models at opset 23+ need IR 11+)."""
     try:
         import onnxruntime as ort
-
-        major, minor = (int(x) for x in ort.__version__.split(".")[:2])
     except Exception:  # pragma: no cover - onnxruntime is a hard dependency
         return 9
-    if (major, minor) >= (1, 20):
-        return 10
-    if (major, minor) >= (1, 16):
-        return 9
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["x"], ["y"])], "probe", [x], [y])
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 4
+    for ir in range(onnx.IR_VERSION, 7, -1):
+        model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 13)])
+        model.ir_version = ir
+        try:
+            ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        except Exception:
+            continue
+        return ir
     return 8
 
 

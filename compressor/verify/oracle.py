@@ -16,6 +16,7 @@ each created, run on every trial and released before the next exists.
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
@@ -28,6 +29,7 @@ from compressor.analysis.layout import positions
 from compressor.ir.proto import copy_fields, feedable
 from compressor.ir.shapes import InputSpec, random_feeds
 from compressor.verify.norms import masked_layernorm
+from compressor.verify.upcast import has_half, upcast, widen_feeds
 
 #: Constants of at least this many bytes are fed to onnxruntime as numpy buffers rather than
 #: serialised into the session's model bytes; smaller ones (shape operands, masks) stay embedded.
@@ -42,6 +44,8 @@ class VerifyResult:
     trials: int
     outputs: dict[str, float]
     provider: str
+    compared_in: str = "model types"  # or float32, for a float16 model (verify/upcast.py)
+    reason: str | None = None  # why it failed, when not by the error (an output with nothing finite)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -176,6 +180,18 @@ def masked_original(analysis: Analysis, keep: dict[int, list[int]]) -> onnx.Mode
     return model
 
 
+def input_run_error(analysis: Analysis, spec: InputSpec) -> str | None:
+    """Why onnxruntime cannot run the analysed (unpruned) model on a random input, or None when it
+    can. Asked when a proof fails to run: a model onnxruntime does not load (an opset newer than
+    it knows, a custom op), or that fails on inputs of its declared shapes, is bad input, not a
+    fault of the pruning."""
+    try:
+        _run(oracle_model(analysis.index.model, values=analysis.index.const), None, [random_feeds(spec, seed=0)])
+    except Exception as exc:  # onnxruntime raises its own exception types
+        return ort_first_line(exc)
+    return None
+
+
 def masked_reference(analysis: Analysis, keep: dict[int, list[int]]) -> OracleModel:
     """The masked original as :func:`verify` runs it: the graph of :func:`masked_original` without
     its weights, which are the analysed model's own arrays (``analysis.index.const``), not copies."""
@@ -298,7 +314,7 @@ def session_options():
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4  # a failing kernel raises; its log line would only repeat it on stderr
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     opts.add_session_config_entry("session.disable_prepacking", "1")
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -365,19 +381,31 @@ def verify(reference: onnx.ModelProto | OracleModel, pruned: onnx.ModelProto | O
     model's session is created; only the outputs are kept in between."""
     feeds = [random_feeds(spec, seed=seed + t) for t in range(trials)]
     ref = reference if isinstance(reference, OracleModel) else oracle_model(reference)
-    try:
-        names, ref_outs, _ = _run(ref, None, feeds)
-    except Exception as exc:
-        if "NOT_IMPLEMENTED" in str(exc) or "Could not find an implementation" in str(exc):
-            # the model itself cannot run here (a float64 Conv, an op the CPU provider lacks)
-            from compressor.errors import ModelError
-
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelError(f"onnxruntime's CPU provider cannot run this model, so no pruning of it can be "
-                             f"verified (float64 convolutions have no CPU kernel: export in float32): {first}") from None
-        raise
-    del ref, reference
     new = pruned if isinstance(pruned, OracleModel) else oracle_model(pruned)
+    del reference, pruned
+    compared_in = "model types"
+    if has_half(ref.model, ref.weights) or has_half(new.model, new.weights):
+        # float16 rounding differs between two correct prunings by an ulp (5e-4): prove in float32
+        try:
+            wide_ref, wide_new = OracleModel(*upcast(ref.model, ref.weights)), OracleModel(*upcast(new.model, new.weights))
+            names, ref_outs, _ = _run(wide_ref, None, widen_feeds(feeds))
+        except Exception:  # an op with no float32 kernel, say: compare in the model's own types
+            pass
+        else:
+            ref, new, feeds, compared_in = wide_ref, wide_new, widen_feeds(feeds), "float32 (float16/bfloat16 widened)"
+    if compared_in == "model types":
+        try:
+            names, ref_outs, _ = _run(ref, None, feeds)
+        except Exception as exc:
+            if "NOT_IMPLEMENTED" in str(exc) or "Could not find an implementation" in str(exc):
+                # the model itself cannot run here (a float64 Conv, an op the CPU provider lacks)
+                from compressor.errors import ModelError
+
+                raise ModelError(f"onnxruntime's CPU provider cannot run this model (no kernel for one of its "
+                                 f"ops at its types, e.g. a float64 Conv), so no pruning of it can be verified: "
+                                 f"{ort_first_line(exc)}") from None
+            raise
+    del ref
     _, new_outs, provider = _run(new, names, feeds)
     del new
     worst: dict[str, float] = {n: 0.0 for n in names}
@@ -394,5 +422,28 @@ def verify(reference: onnx.ModelProto | OracleModel, pruned: onnx.ModelProto | O
             worst[n] = max(worst[n], rel)
             max_abs = max(max_abs, diff)
     max_rel = max(worst.values()) if worst else 0.0
-    return VerifyResult(passed=bool(max_rel <= tolerance), max_rel_err=max_rel, max_abs_err=max_abs,
-                        tolerance=tolerance, trials=trials, outputs=worst, provider=provider)
+    # an output that is NaN/inf everywhere on every trial compares nothing: the proof would be void
+    void = [n for k, n in enumerate(names) if _float_output(ref_outs[0][k])
+            and not any(np.isfinite(np.asarray(a[k], dtype=np.float64)).any() for a in ref_outs)]
+    reason = None
+    if void:
+        reason = (f"output(s) {', '.join(repr(n) for n in void[:3])} are NaN or infinite on every random "
+                  f"input, so nothing of them could be compared")
+    return VerifyResult(passed=bool(max_rel <= tolerance) and not void, max_rel_err=max_rel, max_abs_err=max_abs,
+                        tolerance=tolerance, trials=trials, outputs=worst, provider=provider,
+                        compared_in=compared_in, reason=reason)
+
+
+def _float_output(x) -> bool:
+    a = np.asarray(x)
+    return a.dtype.kind == "f" and a.size > 0
+
+
+def ort_first_line(exc: BaseException, limit: int = 600) -> str:
+    """The first line of an onnxruntime error, cut to ``limit`` characters (they can run to pages)."""
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else type(exc).__name__
+    # drop the C++ source location and signature onnxruntime puts before its message
+    first = re.sub(r"/onnxruntime_src/\S+:\d+ (?:[^()]*\((?:[^()]|\([^()]*\))*\) )?", "", first)
+    first = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", first)
+    return first if len(first) <= limit else first[:limit] + " ..."

@@ -1,0 +1,122 @@
+"""The proof on models it could not judge before: float16 models are compared in float32 (their
+own rounding differs between two correct prunings by an ulp); an output with nothing finite
+proves nothing and fails; a model onnxruntime cannot run is bad input (exit 2), not a bug."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from compressor import api
+from compressor.errors import ModelError, VerificationError
+from compressor.ir.model_io import ort_max_ir_version
+from compressor.ir.shapes import InputSpec
+from compressor.verify.oracle import verify
+from compressor.verify.upcast import has_half
+
+
+def _fcn(dtype=np.float16, widths=(64, 128, 128, 128), size=32, seed=0) -> onnx.ModelProto:
+    """Conv+ReLU layers in ``dtype``, wide enough that float16 sums round differently once pruned."""
+    rng = np.random.default_rng(seed)
+    tt = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    nodes, inits, x, cin = [], [], "x", 3
+    for k, w in enumerate(widths + (16,)):
+        wt = (rng.standard_normal((w, cin, 3, 3)) / np.sqrt(9 * cin)).astype(dtype)
+        inits += [numpy_helper.from_array(wt, f"w{k}"), numpy_helper.from_array(rng.standard_normal(w).astype(dtype) * 0.1, f"b{k}")]
+        nodes.append(helper.make_node("Conv", [x, f"w{k}", f"b{k}"], [f"c{k}"], pads=[1, 1, 1, 1]))
+        x, cin = f"c{k}", w
+        if k < len(widths):
+            nodes.append(helper.make_node("Relu", [x], [f"r{k}"]))
+            x = f"r{k}"
+    g = helper.make_graph(nodes, "fcn", [helper.make_tensor_value_info("x", tt, [1, 3, size, size])],
+                          [helper.make_tensor_value_info(x, tt, [1, 16, size, size])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
+def test_a_float16_pruning_is_proven_in_float32():
+    """Compared in float16 this pruning differed by 5.3e-4 (> 1e-4, exit 3); in float32 by ~1e-7."""
+    model = _fcn()
+    assert has_half(model)
+    res = api.prune(model, ratio=0.3)
+    v = res.report["verify"]
+    assert v["passed"] and v["compared_in"].startswith("float32") and v["max_rel_err"] < 1e-5, v
+    assert res.model.graph.initializer[0].data_type == TensorProto.FLOAT16, "the output stays float16"
+
+
+def test_a_wrong_float16_model_still_fails():
+    """Widening both sides keeps the proof sharp: two input channels swapped in one conv fail."""
+    model = _fcn(widths=(16, 16))
+    wrong = onnx.ModelProto()
+    wrong.CopyFrom(model)
+    w = numpy_helper.to_array(wrong.graph.initializer[2]).copy()  # w1: [16, 16, 3, 3]
+    w[:, [0, 1]] = w[:, [1, 0]]
+    wrong.graph.initializer[2].CopyFrom(numpy_helper.from_array(w, "w1"))
+    spec = InputSpec({"x": (1, 3, 32, 32)}, {"x": np.dtype(np.float16)})
+    res = verify(model, wrong, spec)
+    assert not res.passed and res.max_rel_err > 1e-2 and res.compared_in.startswith("float32")
+
+
+def test_float32_models_are_compared_as_they_are():
+    res = api.prune(_fcn(np.float32, widths=(16, 16), size=8), ratio=0.5)
+    assert res.report["verify"]["compared_in"] == "model types"
+
+
+def _overflowing() -> onnx.ModelProto:
+    """Conv -> Exp(1e3 x): every output is +inf on random inputs."""
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"]), helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2"], ["c2"]), helper.make_node("Abs", ["c2"], ["a"]),
+             helper.make_node("Add", ["a", "one"], ["a1"]), helper.make_node("Mul", ["a1", "big"], ["m"]),
+             helper.make_node("Exp", ["m"], ["y"])]
+    inits = [numpy_helper.from_array(rng.standard_normal((8, 3, 1, 1)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.standard_normal((4, 8, 1, 1)).astype(np.float32), "w2"),
+             numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+             numpy_helper.from_array(np.array(1e3, np.float32), "big")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 4, 4])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
+def test_an_output_with_nothing_finite_proves_nothing():
+    """It used to pass with error 0 and the proof compared nothing: now it fails, and says why."""
+    with pytest.raises(VerificationError, match="NaN or infinite on every random input"):
+        api.prune(_overflowing(), ratio=0.5)
+    res = api.prune(_overflowing(), ratio=0.5, verify_model=False)  # the user may still write it
+    assert res.report["verify"]["skipped"]
+
+
+def test_a_model_onnxruntime_cannot_load_is_bad_input():
+    """A custom op onnxruntime does not know, with its shapes declared (so analysis runs): exit 2
+    with onnxruntime's reason, not an internal error."""
+    rng = np.random.default_rng(0)
+    vi = lambda n, s: helper.make_tensor_value_info(n, TensorProto.FLOAT, s)  # noqa: E731
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2"], ["y"]),
+             helper.make_node("EfficientNMS_TRT", ["y"], ["dets"], domain="trt.plugins")]
+    inits = [numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.standard_normal((4, 8, 1, 1)).astype(np.float32), "w2")]
+    g = helper.make_graph(nodes, "g", [vi("x", [1, 3, 8, 8])], [vi("dets", [1, 4, 8, 8])], inits,
+                          value_info=[vi("y", [1, 4, 8, 8])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("trt.plugins", 1)])
+    m.ir_version = 8
+    with pytest.raises(ModelError, match="onnxruntime cannot run the input model.*EfficientNMS_TRT") as err:
+        api.prune(m, ratio=0.5)
+    assert "/onnxruntime_src/" not in str(err.value)
+
+
+def test_outputs_keep_an_ir_version_onnxruntime_loads():
+    """The IR version cap is asked of onnxruntime: a table of releases had capped it at 10, below
+    what opset 23+ models need."""
+    import onnxruntime as ort
+
+    ir = ort_max_ir_version()
+    assert ir >= 10
+    m = _fcn(np.float32, widths=(8,), size=4)
+    m.ir_version = ir
+    ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
