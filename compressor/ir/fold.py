@@ -2,11 +2,16 @@
 
 Exporters and model zoos sometimes compute weights at load time (ConstantOfShape, Cast,
 Reshape/Transpose/Identity of an initializer, DequantizeLinear of constant data). Pruning needs
-the values, so such nodes are evaluated once with onnx's reference evaluator and replaced by
-initializers under the same output names.
+the values, so such nodes are evaluated once (onnxruntime, else onnx's reference evaluator) and
+replaced by initializers under the same output names. Weights the model *stored* encoded (a
+DequantizeLinear or a Cast of its own constants) are recorded (``StoredWeight``), so that the
+pruned model can be given them back in their encoding (surgery/encode.py). Sparse initializers
+become dense ones.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -17,20 +22,54 @@ from compressor.ir.shapes import constant_node_value
 NEVER_FOLD = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
               "Bernoulli", "Constant", "If", "Loop", "Scan", "Dropout"}
 MAX_FOLDED_BYTES = 1 << 30
+#: Nodes whose folded output may be a weight stored in a compact encoding (surgery/encode.py)
+STORAGE_OPS = ("DequantizeLinear", "Cast")
+
+
+@dataclass
+class StoredWeight:
+    """A constant the input model stored encoded: ``node`` (a DequantizeLinear, or a Cast from a
+    narrower float type) computed it from constants of the model itself, ``inputs`` (by name)."""
+
+    node: onnx.NodeProto
+    inputs: dict[str, np.ndarray]
+
+    @property
+    def name(self) -> str:
+        return self.node.output[0]
+
+
+@dataclass
+class Prepared:
+    """A model ready for analysis, what preparing it did (``notes``; ``warnings``: what the output
+    model will hold differently), and the weights it stored encoded (``stored``)."""
+
+    model: onnx.ModelProto
+    notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    stored: list[StoredWeight] = field(default_factory=list)
 
 
 def prepare(model: onnx.ModelProto, *, inplace: bool = False) -> tuple[onnx.ModelProto, list[str]]:
+    """``prepare_model``, returning (model, notes and warnings)."""
+    p = prepare_model(model, inplace=inplace)
+    return p.model, p.notes + p.warnings
+
+
+def prepare_model(model: onnx.ModelProto, *, inplace: bool = False) -> Prepared:
     """Normalise a model for analysis: IR >= 4, initializers are constants and not listed as graph
-    inputs (an IR >= 4 model may list them, as overridable defaults), and constant subgraphs
-    folded. Returns (model, notes).
+    inputs (an IR >= 4 model may list them, as overridable defaults), sparse initializers dense,
+    and constant subgraphs folded.
 
     The input is returned as it is when nothing changes. Otherwise it is copied first, unless
     ``inplace`` (the caller owns the model, e.g. it has just loaded it), where it is edited in place.
     """
-    notes = []
+    notes: list[str] = []
+    warnings: list[str] = []
     inits = {t.name for t in model.graph.initializer}
     listed = [k for k, i in enumerate(model.graph.input) if i.name in inits]
-    if model.ir_version < 4 or listed:
+    sparse = len(model.graph.sparse_initializer)
+    if model.ir_version < 4 or listed or sparse:
         if not inplace:
             m = onnx.ModelProto()
             m.CopyFrom(model)
@@ -45,16 +84,50 @@ def prepare(model: onnx.ModelProto, *, inplace: bool = False) -> tuple[onnx.Mode
             # keep_initializers_as_inputs=True writes every weight so): pruning fixes the weights
             notes.append(f"{len(listed)} initializer(s) listed as graph inputs (overridable) are treated as "
                          "constants and no longer listed as inputs")
-    model, folded = fold_constants(model, inplace=inplace)
+        if sparse:
+            _densify_sparse(model)
+            warnings.append(f"{sparse} sparse initializer(s) made dense: the output stores them dense")
+    model, folded, stored = _fold(model, inplace=inplace)
     if folded:
         notes.append(f"folded {len(folded)} constant subgraph node(s) into initializers")
-    return model, notes
+    return Prepared(model, notes, warnings, stored)
+
+
+def _densify_sparse(model: onnx.ModelProto) -> None:
+    """Each ``graph.sparse_initializer`` becomes a dense initializer of the same name."""
+    g = model.graph
+    for sp in g.sparse_initializer:
+        value = constant_node_value(onnx.helper.make_node("Constant", [], [sp.values.name], sparse_value=sp))
+        g.initializer.append(numpy_helper.from_array(value, sp.values.name))
+    del g.sparse_initializer[:]
 
 
 def fold_constants(model: onnx.ModelProto, *, inplace: bool = False) -> tuple[onnx.ModelProto, list[str]]:
     """The model with constant-only nodes folded; returns (model, folded node labels).
 
     A copy when something folds, unless ``inplace``; the model itself when nothing does."""
+    out, labels, _ = _fold(model, inplace=inplace)
+    return out, labels
+
+
+def _is_storage(node: onnx.NodeProto, values: list[np.ndarray]) -> bool:
+    """Whether ``node`` decodes a stored weight: a DequantizeLinear, or a Cast from a float type to
+    a wider one (fp16/bf16 weights computed in float32)."""
+    if node.op_type == "DequantizeLinear":
+        return True
+    if node.op_type != "Cast" or len(values) != 1:
+        return False
+    from compressor.ir.graph import node_attr
+
+    src = onnx.helper.np_dtype_to_tensor_dtype(values[0].dtype)
+    to = int(node_attr(node, "to", 0))
+    floats = (onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE)
+    return src in floats and to in floats and floats.index(to) > max(floats.index(src), 1)
+
+
+def _fold(model: onnx.ModelProto, *, inplace: bool) -> tuple[onnx.ModelProto, list[str], list[StoredWeight]]:
+    """``fold_constants``, and the folded DequantizeLinear/Cast weights computed from the model's
+    own constants whose output stays a constant the model reads (computed in onnxruntime only)."""
     g = model.graph
     values: dict[str, np.ndarray | None] = {t.name: None for t in g.initializer}
     const_nodes = {n.output[0] for n in g.node if n.op_type == "Constant" and n.output}
@@ -71,7 +144,7 @@ def fold_constants(model: onnx.ModelProto, *, inplace: bool = False) -> tuple[on
             foldable.append(i)
             known_const.update(o for o in node.output if o)
     if not foldable:
-        return model, []
+        return model, [], []
     if inplace:
         out = model
     else:
@@ -92,6 +165,8 @@ def fold_constants(model: onnx.ModelProto, *, inplace: bool = False) -> tuple[on
     computed = _in_onnxruntime(out, [out.graph.node[i] for i in foldable], get, opset)
     folded: list[int] = []
     labels = []
+    stored: list[StoredWeight] = []
+    original = set(values) | const_nodes
     total = 0
     for i in foldable:
         node = out.graph.node[i]
@@ -111,6 +186,16 @@ def fold_constants(model: onnx.ModelProto, *, inplace: bool = False) -> tuple[on
             inits[name] = out.graph.initializer[-1]
         folded.append(i)
         labels.append(node.name or f"{node.op_type}({outs[0]})")
+        ins = [x for x in node.input if x]
+        # a DequantizeLinear is re-encoded only where onnxruntime computed it (a widening Cast is
+        # exact everywhere; onnxruntime's Python feeds cannot take bfloat16 arrays)
+        if ((computed is not None or node.op_type == "Cast") and node.op_type in STORAGE_OPS and len(outs) == 1
+                and ins and all(x in original for x in ins)):
+            args = {x: get(x) for x in ins}
+            if _is_storage(node, list(args.values())):
+                copy = onnx.NodeProto()
+                copy.CopyFrom(node)
+                stored.append(StoredWeight(copy, args))
         if total > MAX_FOLDED_BYTES:
             break
     for i in reversed(folded):  # by index: rebuilding the list would copy every node
@@ -118,7 +203,8 @@ def fold_constants(model: onnx.ModelProto, *, inplace: bool = False) -> tuple[on
     from compressor.ir.graph import drop_unused
 
     drop_unused(out)
-    return out, labels
+    kept = {t.name for t in out.graph.initializer}
+    return out, labels, [s for s in stored if s.name in kept]
 
 
 def _in_onnxruntime(model, nodes, get, opset) -> dict[str, np.ndarray] | None:
