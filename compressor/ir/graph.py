@@ -154,10 +154,11 @@ class GraphIndex:
 
     @cached_property
     def float_constants(self) -> list[str]:
+        """Constants of a floating-point type, bfloat16 and float8 (ml_dtypes, numpy kind 'V') included."""
         names = []
         for name in list(self.initializers) + list(self.constant_nodes):
             v = self.const(name)
-            if v is not None and v.dtype.kind == "f":
+            if v is not None and (v.dtype.kind == "f" or v.dtype.name.startswith(("bfloat", "float"))):
                 names.append(name)
         return names
 
