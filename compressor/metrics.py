@@ -103,21 +103,21 @@ def count(index: GraphIndex, shape: ShapeFn | None = None,
     their MACs and the constants only they read are not counted."""
     shape = shape or index.shape
     per_node = {}
-    packed: dict[str, int] = {}
+    integer: dict[str, int] = {}
     for node in index.nodes:
         if gone and index.node_label(node) in gone:
             continue
         m = node_macs(node, shape)
         if m:
             per_node[index.node_label(node)] = m
-        packed.update(_integer_weights(index, node, shape))
+        integer.update(_integer_weights(index, node, shape))
 
     def counted(name: str) -> bool:
         readers = index.consumers.get(name, ())
         return not gone or not readers or any(index.node_label(n) not in gone for n, _ in readers)
 
     params = sum(math.prod(shape(n) or ()) for n in index.float_constants if counted(n))
-    params += sum(n for name, n in packed.items() if counted(name))
+    params += sum(n for name, n in integer.items() if counted(name))
     return sum(per_node.values()), params, per_node
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import onnx
@@ -213,14 +214,28 @@ class AnalysisContext:
         return bool(lays)
 
     def barrier(self, node: onnx.NodeProto, reason: str) -> None:
-        """Freeze every group that reaches this node; its outputs carry no tracked channels."""
-        names = list(node.input) + list(node.output) + sorted(subgraph_outer_refs(node))
+        """Freeze every group that reaches this node; its outputs carry no tracked channels. The node
+        is reported when it froze a group or reads the model's data (a graph input or what was
+        computed from one, such as another barrier's output), not when it only computes constants
+        or shapes."""
+        reads = [x for x in node.input if x] + sorted(subgraph_outer_refs(node))
         touched = False
-        for name in names:
-            if name:
-                touched |= self.freeze_tensor(name, f"{node.op_type} node '{self.label(node)}': {reason}")
-        if touched:
+        for name in reads + [y for y in node.output if y]:
+            touched |= self.freeze_tensor(name, f"{node.op_type} node '{self.label(node)}': {reason}")
+        if touched or any(x in self.data_path for x in reads):
             self.barriers.append(Barrier(self.label(node), node.op_type, reason))
+
+    @cached_property
+    def data_path(self) -> frozenset[str]:
+        """Tensors that carry the model's data: the graph inputs and every output of a node that
+        reads one, except Shape and Size, whose outputs describe the data rather than carry it."""
+        data = set(self.index.input_names)
+        for node in self.index.nodes:
+            if node.op_type in ("Shape", "Size") and node.domain in ("", "ai.onnx"):
+                continue
+            if any(x in data for x in node.input) or (subgraph_outer_refs(node) & data):
+                data.update(y for y in node.output if y)
+        return frozenset(data)
 
     def norm_point(self, node: onnx.NodeProto, axis: int) -> None:
         """This node normalises over ``axis`` of its first input, which carries channels."""

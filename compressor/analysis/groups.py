@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from compressor.analysis.context import PRODUCER, AnalysisContext, Barrier, ConsumePoint
 from compressor.analysis.layout import LayoutError, Layout
-from compressor.analysis.registry import get_rule
+from compressor.analysis.registry import get_rule, no_rule_reason
 from compressor.analysis.shape_reads import guard_shape_reads
 from compressor.ir.graph import GraphIndex
 from compressor.ir.model_io import default_opset
@@ -84,9 +84,7 @@ def analyze_index(index: GraphIndex, exclude: list[str] | tuple[str, ...] = (), 
         ctx.node_index = i
         rule = get_rule(node.op_type, node.domain, opset)
         if rule is None:
-            why = (f"no channel rule for {node.domain}::{node.op_type}" if node.domain not in ("", "ai.onnx")
-                   else f"no channel rule for {node.op_type}")
-            ctx.barrier(node, why)
+            ctx.barrier(node, no_rule_reason(node.op_type, node.domain))
             continue
         try:
             rule.analyze(node, ctx)

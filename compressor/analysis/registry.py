@@ -56,6 +56,32 @@ def get_rule(op_type: str, domain: str = "", opset: int = 0) -> Rule | None:
     return rule
 
 
+_QUANTIZED = "quantized op: prune the float model, then quantize"
+_ORT_FUSED = "onnxruntime-optimised op: prune the model before onnxruntime's optimisation"
+
+#: Ops known to have no channel rule for a reason a user can act on: (domain, predicate, hint).
+_NO_RULE_HINTS: tuple[tuple[str, Callable[[str], bool], str], ...] = (
+    ("", lambda op: op.startswith("QLinear") or op.endswith("Integer")
+     or op in ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"), _QUANTIZED),
+    ("com.microsoft", lambda op: op.startswith(("QLinear", "QGemm", "QAttention", "QOrdered", "MatMulNBits",
+                                                "MatMulBnb4", "GatherBlockQuantized", "DynamicQuantize"))
+     or op.endswith(("Integer", "IntegerToFloat")) or op in ("QuantizeLinear", "DequantizeLinear"), _QUANTIZED),
+    ("com.microsoft", lambda op: op.startswith(("Fused", "Skip", "Embed", "Bias", "QuickGelu", "FastGelu",
+                                                "Gelu", "Attention", "MultiHeadAttention", "GroupQueryAttention",
+                                                "SimplifiedLayerNormalization", "RotaryEmbedding", "NhwcConv")),
+     _ORT_FUSED),
+    ("com.microsoft.nchwc", lambda op: True, _ORT_FUSED),
+)
+
+
+def no_rule_reason(op_type: str, domain: str = "") -> str:
+    """Why a node without a channel rule is a barrier, with what to do about it where that is known."""
+    domain = "" if domain == "ai.onnx" else domain
+    reason = f"no channel rule for {domain}::{op_type}" if domain else f"no channel rule for {op_type}"
+    hint = next((h for d, known, h in _NO_RULE_HINTS if d == domain and known(op_type)), None)
+    return f"{reason} ({hint})" if hint else reason
+
+
 def registered_ops() -> list[str]:
     _load_rules()
     return sorted(_RULES)
