@@ -37,6 +37,7 @@ from compressor.surgery.drop import removable_groups, removal_effect
 from compressor.surgery.finalize import finalize
 from compressor.verify import masked_reference, pruned_norm_nodes, verify
 from compressor.verify.oracle import input_run_error
+from compressor.verify.second_shape import alternate_specs
 
 ModelLike = "str | os.PathLike | onnx.ModelProto"
 
@@ -522,7 +523,8 @@ def prune(model, *, ratio: float | None = None, output: str | os.PathLike | None
         reference = masked_reference(an, keep)
         reference.model.ir_version = pruned.ir_version
         try:
-            ver = verify(reference, pruned, spec, tolerance=tolerance, seed=seed)
+            ver = verify(reference, pruned, spec, tolerance=tolerance, seed=seed,
+                         alternates=alternate_specs(index.model, spec))
         except CompressorError:
             raise
         except Exception:

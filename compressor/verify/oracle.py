@@ -46,6 +46,7 @@ class VerifyResult:
     provider: str
     compared_in: str = "model types"  # or float32, for a float16 model (verify/upcast.py)
     reason: str | None = None  # why it failed, when not by the error (an output with nothing finite)
+    second_shape: dict | None = None  # a dynamic model's run at another input shape (second_shape.py)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -328,23 +329,36 @@ def _session(model: onnx.ModelProto):
     return ort.InferenceSession(model.SerializeToString(), session_options(), providers=["CPUExecutionProvider"])
 
 
-def _run(om: OracleModel, names: list[str] | None, feeds: list[dict[str, np.ndarray]]):
+def _run(om: OracleModel, names: list[str] | None, feeds: list[dict[str, np.ndarray]],
+         extra: list[dict[str, np.ndarray]] = ()):
     """Create a session for ``om``, run it on every feed, release it. Returns (names, outputs per
-    feed, provider). Should onnxruntime refuse a weight as a graph input (a kernel that insists on
-    a constant), the model runs once more with its weights embedded: slower, same numbers."""
+    feed, provider, second): ``second`` is (k, outputs) for the first of the ``extra`` feeds the
+    model runs on (others shapes of a dynamic model; their failures are not errors), or None.
+    Should onnxruntime refuse a weight as a graph input (a kernel that insists on a constant),
+    the model runs once more with its weights embedded: slower, same numbers."""
     try:
         sess = _session(om.model)
         names = names or [o.name for o in sess.get_outputs()]
         outs = [sess.run(names, {**f, **om.weights}) for f in feeds]
+        fed = om.weights
     except Exception:
         if not om.weights:
             raise
         sess = _session(om.embedded())
         names = names or [o.name for o in sess.get_outputs()]
         outs = [sess.run(names, f) for f in feeds]
+        fed = {}
+    second = None
+    for k, f in enumerate(extra):
+        try:
+            second = (k, sess.run(names, {**f, **fed}))
+        except Exception as exc:  # noqa: PERF203 - the model may not run at this shape
+            second = (k, exc) if len(extra) == 1 else None
+            continue
+        break
     provider = sess.get_providers()[0]
     del sess
-    return names, outs, provider
+    return names, outs, provider, second
 
 
 def _output_error(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
@@ -373,13 +387,18 @@ def _output_error(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
 
 
 def verify(reference: onnx.ModelProto | OracleModel, pruned: onnx.ModelProto | OracleModel, spec: InputSpec, *,
-           tolerance: float = 1e-4, trials: int = 2, seed: int = 0) -> VerifyResult:
+           tolerance: float = 1e-4, trials: int = 2, seed: int = 0,
+           alternates: list[InputSpec] = ()) -> VerifyResult:
     """Run both models on the same random inputs; relative error = max|a-b| / max|a| per output (over
     its finite entries: NaN/inf must match exactly, see :func:`_output_error`).
 
     The reference runs first on every trial and its session is released before the pruned
-    model's session is created; only the outputs are kept in between."""
+    model's session is created; only the outputs are kept in between.
+
+    ``alternates``: other input shapes of a model with dynamic dims (verify/second_shape.py); the
+    first the reference runs at is run by the pruned model too, and compared the same way."""
     feeds = [random_feeds(spec, seed=seed + t) for t in range(trials)]
+    alt_feeds = [random_feeds(a, seed=seed + trials) for a in alternates]
     ref = reference if isinstance(reference, OracleModel) else oracle_model(reference)
     new = pruned if isinstance(pruned, OracleModel) else oracle_model(pruned)
     del reference, pruned
@@ -388,14 +407,15 @@ def verify(reference: onnx.ModelProto | OracleModel, pruned: onnx.ModelProto | O
         # float16 rounding differs between two correct prunings by an ulp (5e-4): prove in float32
         try:
             wide_ref, wide_new = OracleModel(*upcast(ref.model, ref.weights)), OracleModel(*upcast(new.model, new.weights))
-            names, ref_outs, _ = _run(wide_ref, None, widen_feeds(feeds))
+            names, ref_outs, _, ref_second = _run(wide_ref, None, widen_feeds(feeds), widen_feeds(alt_feeds))
         except Exception:  # an op with no float32 kernel, say: compare in the model's own types
             pass
         else:
-            ref, new, feeds, compared_in = wide_ref, wide_new, widen_feeds(feeds), "float32 (float16/bfloat16 widened)"
+            ref, new, compared_in = wide_ref, wide_new, "float32 (float16/bfloat16 widened)"
+            feeds, alt_feeds = widen_feeds(feeds), widen_feeds(alt_feeds)
     if compared_in == "model types":
         try:
-            names, ref_outs, _ = _run(ref, None, feeds)
+            names, ref_outs, _, ref_second = _run(ref, None, feeds, alt_feeds)
         except Exception as exc:
             if "NOT_IMPLEMENTED" in str(exc) or "Could not find an implementation" in str(exc):
                 # the model itself cannot run here (a float64 Conv, an op the CPU provider lacks)
@@ -406,7 +426,7 @@ def verify(reference: onnx.ModelProto | OracleModel, pruned: onnx.ModelProto | O
                                  f"{ort_first_line(exc)}") from None
             raise
     del ref
-    _, new_outs, provider = _run(new, names, feeds)
+    _, new_outs, provider, new_second = _run(new, names, feeds, [alt_feeds[ref_second[0]]] if ref_second else [])
     del new
     worst: dict[str, float] = {n: 0.0 for n in names}
     max_abs = 0.0
@@ -429,9 +449,41 @@ def verify(reference: onnx.ModelProto | OracleModel, pruned: onnx.ModelProto | O
     if void:
         reason = (f"output(s) {', '.join(repr(n) for n in void[:3])} are NaN or infinite on every random "
                   f"input, so nothing of them could be compared")
-    return VerifyResult(passed=bool(max_rel <= tolerance) and not void, max_rel_err=max_rel, max_abs_err=max_abs,
-                        tolerance=tolerance, trials=trials, outputs=worst, provider=provider,
-                        compared_in=compared_in, reason=reason)
+    elif names and all(np.asarray(o).size == 0 for o in ref_outs[0]):
+        void, reason = list(names), ("every output is empty at the verification shape, so nothing could be "
+                                     "compared: give --input-shape with non-zero dims")
+    second = None
+    if alternates:
+        second, why = _second_shape(alternates, ref_second, new_second, names, tolerance)
+        reason = reason or why
+    return VerifyResult(passed=bool(max_rel <= tolerance) and not void and reason is None, max_rel_err=max_rel,
+                        max_abs_err=max_abs, tolerance=tolerance, trials=trials, outputs=worst, provider=provider,
+                        compared_in=compared_in, reason=reason, second_shape=second)
+
+
+def _second_shape(alternates, ref_second, new_second, names, tolerance) -> tuple[dict, str | None]:
+    """The report of the second-shape run and, when it failed, why."""
+    if ref_second is None:
+        return {"skipped": "the original model runs at none of the other shapes tried",
+                "tried": [{k: list(v) for k, v in a.shapes.items()} for a in alternates]}, None
+    k, ref_outs = ref_second
+    shapes = {n: list(v) for n, v in alternates[k].shapes.items()}
+    where = ", ".join(f"{n} {'x'.join(map(str, v))}" for n, v in shapes.items())
+    if new_second is None or isinstance(new_second[1], Exception):
+        err = ort_first_line(new_second[1]) if new_second else "it did not run"
+        return ({"shapes": shapes, "passed": False, "error": err},
+                f"at a second input shape ({where}) the original runs but the pruned model fails: {err}")
+    worst = 0.0
+    for n, x, y in zip(names, ref_outs, new_second[1]):
+        x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+        if x.shape != y.shape:
+            return ({"shapes": shapes, "passed": False, "error": f"output {n!r} is {list(y.shape)}, not {list(x.shape)}"},
+                    f"at a second input shape ({where}) the pruned model's output {n!r} has shape {list(y.shape)}, "
+                    f"the original's {list(x.shape)}: it is fixed to the verification shape")
+        worst = max(worst, _output_error(x, y)[0])
+    ok = worst <= tolerance
+    return ({"shapes": shapes, "passed": ok, "max_rel_err": worst},
+            None if ok else f"at a second input shape ({where}) the max relative error is {worst:.3g} > {tolerance:g}")
 
 
 def _float_output(x) -> bool:
