@@ -87,10 +87,17 @@ def prepare_model(model: onnx.ModelProto, *, inplace: bool = False) -> Prepared:
         if sparse:
             _densify_sparse(model)
             warnings.append(f"{sparse} sparse initializer(s) made dense: the output stores them dense")
-    model, folded, stored = _fold(model, inplace=inplace)
+    read = {x for n in model.graph.node for x in n.input}
+    model, folded, stored, left = _fold(model, inplace=inplace)
     if folded:
         notes.append(f"folded {len(folded)} constant subgraph node(s) into initializers")
-    return Prepared(model, notes, warnings, stored)
+    # an encoded weight read by further constant nodes (a Transpose, a Reshape) is folded with them
+    further = [s.name for s in stored if s.name not in left and s.name in read]
+    if further:
+        warnings.append(f"{len(further)} weight(s) the input stored encoded (DequantizeLinear/Cast) feed further "
+                        "constant nodes and are written as float: " + ", ".join(further[:5])
+                        + (f" and {len(further) - 5} more" if len(further) > 5 else ""))
+    return Prepared(model, notes, warnings, [s for s in stored if s.name in left])
 
 
 def _densify_sparse(model: onnx.ModelProto) -> None:
@@ -106,7 +113,7 @@ def fold_constants(model: onnx.ModelProto, *, inplace: bool = False) -> tuple[on
     """The model with constant-only nodes folded; returns (model, folded node labels).
 
     A copy when something folds, unless ``inplace``; the model itself when nothing does."""
-    out, labels, _ = _fold(model, inplace=inplace)
+    out, labels, _, _ = _fold(model, inplace=inplace)
     return out, labels
 
 
@@ -125,9 +132,10 @@ def _is_storage(node: onnx.NodeProto, values: list[np.ndarray]) -> bool:
     return src in floats and to in floats and floats.index(to) > max(floats.index(src), 1)
 
 
-def _fold(model: onnx.ModelProto, *, inplace: bool) -> tuple[onnx.ModelProto, list[str], list[StoredWeight]]:
-    """``fold_constants``, and the folded DequantizeLinear/Cast weights computed from the model's
-    own constants whose output stays a constant the model reads (computed in onnxruntime only)."""
+def _fold(model: onnx.ModelProto, *, inplace: bool
+          ) -> tuple[onnx.ModelProto, list[str], list[StoredWeight], set[str]]:
+    """``fold_constants``, the folded DequantizeLinear/Cast weights computed from the model's own
+    constants (DequantizeLinear: where onnxruntime computed them), and the initializers left."""
     g = model.graph
     values: dict[str, np.ndarray | None] = {t.name: None for t in g.initializer}
     const_nodes = {n.output[0] for n in g.node if n.op_type == "Constant" and n.output}
@@ -144,7 +152,7 @@ def _fold(model: onnx.ModelProto, *, inplace: bool) -> tuple[onnx.ModelProto, li
             foldable.append(i)
             known_const.update(o for o in node.output if o)
     if not foldable:
-        return model, [], []
+        return model, [], [], set(values)
     if inplace:
         out = model
     else:
@@ -204,7 +212,7 @@ def _fold(model: onnx.ModelProto, *, inplace: bool) -> tuple[onnx.ModelProto, li
 
     drop_unused(out)
     kept = {t.name for t in out.graph.initializer}
-    return out, labels, [s for s in stored if s.name in kept]
+    return out, labels, stored, kept
 
 
 def _in_onnxruntime(model, nodes, get, opset) -> dict[str, np.ndarray] | None:
