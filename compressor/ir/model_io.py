@@ -135,7 +135,8 @@ def validate_model(model: onnx.ModelProto, label: str = "model") -> None:
             f"({onnx.defs.onnx_opset_version()})"
         )
     g = model.graph
-    known = {i.name for i in g.input} | {t.name for t in g.initializer} | {""}
+    known = ({i.name for i in g.input} | {t.name for t in g.initializer} | {s.values.name for s in g.sparse_initializer}
+             | {""})
     for node in g.node:
         for name in node.input:
             if name not in known:

@@ -36,8 +36,9 @@ def masked_layernorm(node: onnx.NodeProto, mask: np.ndarray, prefix: str) -> tup
     scale = node.input[1]
     bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
     eps = float(node_attr(node, "epsilon", 1e-5))
-    mask = np.asarray(mask, dtype=np.float32).reshape(-1)
-    k = float(mask.sum())
+    dtype = np.asarray(mask).dtype if np.asarray(mask).dtype.kind == "f" else np.dtype(np.float32)
+    mask = np.asarray(mask, dtype=dtype).reshape(-1)  # the input's type: a float16 model's reference
+    k = float(mask.sum())  # stays float16 (and is widened with it, verify/upcast.py)
     if k <= 0:
         raise ValueError(f"LayerNormalization '{node.name}' would keep no channel")
 
@@ -47,18 +48,18 @@ def masked_layernorm(node: onnx.NodeProto, mask: np.ndarray, prefix: str) -> tup
     consts = [
         numpy_helper.from_array(mask, n("mask")),
         numpy_helper.from_array(np.array([-1], dtype=np.int64), n("axes")),
-        numpy_helper.from_array(np.array(1.0 / k, dtype=np.float32), n("inv_k")),
-        numpy_helper.from_array(np.array(eps, dtype=np.float32), n("eps")),
+        numpy_helper.from_array(np.array(k, dtype=dtype), n("k")),  # an integer: exact in float16 too
+        numpy_helper.from_array(np.array(eps, dtype=dtype), n("eps")),
     ]
     nodes = [
         helper.make_node("Mul", [x, n("mask")], [n("xm")]),
         helper.make_node("ReduceSum", [n("xm"), n("axes")], [n("s1")], keepdims=1),
-        helper.make_node("Mul", [n("s1"), n("inv_k")], [n("mean")]),
+        helper.make_node("Div", [n("s1"), n("k")], [n("mean")]),
         helper.make_node("Sub", [x, n("mean")], [n("d0")]),
         helper.make_node("Mul", [n("d0"), n("mask")], [n("d")]),
         helper.make_node("Mul", [n("d"), n("d")], [n("sq")]),
         helper.make_node("ReduceSum", [n("sq"), n("axes")], [n("s2")], keepdims=1),
-        helper.make_node("Mul", [n("s2"), n("inv_k")], [n("var")]),
+        helper.make_node("Div", [n("s2"), n("k")], [n("var")]),
         helper.make_node("Add", [n("var"), n("eps")], [n("ve")]),
         helper.make_node("Sqrt", [n("ve")], [n("std")]),
         helper.make_node("Div", [n("d"), n("std")], [n("norm")]),

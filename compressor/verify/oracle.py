@@ -134,7 +134,7 @@ def _norm_masks(analysis: Analysis, keep: dict[int, list[int]]) -> list[_NormMas
     out = []
     for k, npnt in enumerate(analysis.ctx.norm_points):
         x = nodes[npnt.node_index].input[0]
-        mask = _kept_vector(analysis, x, npnt.axis, keep, np.float32)
+        mask = _kept_vector(analysis, x, npnt.axis, keep, _dtype_of(analysis, x))
         if mask is None:
             continue
         out.append(_NormMask(npnt.node_index, f"{x}__oracle_norm{k}", mask))
@@ -330,10 +330,11 @@ def _session(model: onnx.ModelProto):
 
 
 def _run(om: OracleModel, names: list[str] | None, feeds: list[dict[str, np.ndarray]],
-         extra: list[dict[str, np.ndarray]] = ()):
+         extra: list[dict[str, np.ndarray]] = (), keep_error: bool = False):
     """Create a session for ``om``, run it on every feed, release it. Returns (names, outputs per
     feed, provider, second): ``second`` is (k, outputs) for the first of the ``extra`` feeds the
-    model runs on (others shapes of a dynamic model; their failures are not errors), or None.
+    model runs on (other shapes of a dynamic model; their failures are not errors), or None;
+    with ``keep_error``, (k, the exception) when the last one failed.
     Should onnxruntime refuse a weight as a graph input (a kernel that insists on a constant),
     the model runs once more with its weights embedded: slower, same numbers."""
     try:
@@ -353,7 +354,7 @@ def _run(om: OracleModel, names: list[str] | None, feeds: list[dict[str, np.ndar
         try:
             second = (k, sess.run(names, {**f, **fed}))
         except Exception as exc:  # noqa: PERF203 - the model may not run at this shape
-            second = (k, exc) if len(extra) == 1 else None
+            second = (k, exc) if keep_error else None
             continue
         break
     provider = sess.get_providers()[0]
@@ -426,7 +427,8 @@ def verify(reference: onnx.ModelProto | OracleModel, pruned: onnx.ModelProto | O
                                  f"{ort_first_line(exc)}") from None
             raise
     del ref
-    _, new_outs, provider, new_second = _run(new, names, feeds, [alt_feeds[ref_second[0]]] if ref_second else [])
+    _, new_outs, provider, new_second = _run(new, names, feeds, [alt_feeds[ref_second[0]]] if ref_second else [],
+                                           keep_error=True)
     del new
     worst: dict[str, float] = {n: 0.0 for n in names}
     max_abs = 0.0

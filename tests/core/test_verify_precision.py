@@ -120,3 +120,25 @@ def test_outputs_keep_an_ir_version_onnxruntime_loads():
     m = _fcn(np.float32, widths=(8,), size=4)
     m.ir_version = ir
     ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def test_a_float16_layernorm_is_pruned_through():
+    """Linear -> LayerNorm(64) -> ReLU -> Linear in float16: the LayerNorm's channels were frozen
+    (the masked reference was written for float32 only); its reference is now built in the
+    input's type and proven, widened, in float32."""
+    rng = np.random.default_rng(0)
+    h16 = lambda *s: (rng.standard_normal(s) * 0.3).astype(np.float16)  # noqa: E731
+    nodes = [helper.make_node("MatMul", ["x", "wa"], ["a"]), helper.make_node("Add", ["a", "ba"], ["a1"]),
+             helper.make_node("LayerNormalization", ["a1", "g", "b"], ["n"], axis=-1),
+             helper.make_node("Relu", ["n"], ["r"]), helper.make_node("MatMul", ["r", "wb"], ["y"])]
+    inits = [numpy_helper.from_array(h16(16, 64), "wa"), numpy_helper.from_array(h16(64), "ba"),
+             numpy_helper.from_array((1 + h16(64)).astype(np.float16), "g"), numpy_helper.from_array(h16(64), "b"),
+             numpy_helper.from_array(h16(64, 8), "wb")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [2, 16])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT16, [2, 8])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    res = api.prune(m, ratio=0.5)
+    r = res.report
+    assert r["norms_pruned"] and r["channels"]["removed"] == 32, r["unprunable"]
+    assert r["verify"]["passed"] and r["verify"]["compared_in"].startswith("float32")

@@ -76,8 +76,8 @@ class LayerNorm(Rule):
 
     @staticmethod
     def _params_ok(node, ctx: AnalysisContext, rank: int) -> bool:
-        if any(node.output[1:]) or ctx.index.tensor_dtype(node.input[0]) != np.float32:
-            return False  # the oracle's masked reference is written for float32
+        if any(node.output[1:]) or ctx.index.tensor_dtype(node.input[0]) not in (np.float16, np.float32, np.float64):
+            return False  # the oracle's masked reference is written in numpy's float types
         for name in node.input[1:3]:
             if name and (not ctx.is_const(name) or ctx.shape(name) is None
                          or any(d != 1 for d in ctx.shape(name)[:-1])):
