@@ -426,7 +426,8 @@ def prune(model, *, ratio: float | None = None, output: str | os.PathLike | None
 
                 # the model's fixed batch, else the batch the user's --input-shape gave (a model
                 # exported with a symbolic batch may still only run at it), else batches of 32
-                given = next(iter(spec.shapes.values()))[0] if input_shapes and spec.shapes else None
+                ranked = [v for v in spec.shapes.values() if len(v)]  # a scalar input has no batch
+                given = ranked[0][0] if input_shapes and ranked else None
                 feeds, described = calibration_feeds(spec, calibration_data, seed=seed,
                                                      fixed_batch=fixed_batch_size(proto) or given)
                 whole = removable_groups(an) if drop_layers else ()
@@ -490,6 +491,10 @@ def prune(model, *, ratio: float | None = None, output: str | os.PathLike | None
     keep = plan.keep
     surgery = apply_plan(an, keep)
     pruned = surgery.model
+    if keep and len(pruned.training_info):  # its algorithm binds the unpruned weights' shapes
+        del pruned.training_info[:]
+        warn("the model's training_info (an ONNX training algorithm written for the unpruned weights) was "
+             "dropped: its updates no longer fit the pruned shapes")
     try:
         pruned = finalize(pruned, what="pruned")
     except VerificationError:

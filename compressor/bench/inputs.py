@@ -13,6 +13,8 @@ from those specs and the batch size, and says which defaults it used.
 
 from __future__ import annotations
 
+import math
+
 import re
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -48,6 +50,11 @@ def _parse_dims(text: str, spec: str) -> Shape:
     return tuple(dims)
 
 
+#: The most elements one --input-shape may have (2**31 - 1: 8 GiB of float32). Larger shapes used
+#: to reach numpy as a MemoryError, or protobuf as "Value out of range" (exit 1).
+MAX_INPUT_ELEMENTS = 2**31 - 1
+
+
 def parse_input_shape(spec: str) -> tuple[str | None, Shape]:
     """Parse one spec: 'NAME:1x3x224x224' -> ('NAME', (1, 3, 224, 224)); '1x3' -> (None, (1, 3))."""
     if not isinstance(spec, str) or not spec.strip():
@@ -62,7 +69,12 @@ def parse_input_shape(spec: str) -> tuple[str | None, Shape]:
             raise UsageError(f"--input-shape {spec!r} has an empty input name ({_SPEC_EXAMPLE})")
     else:
         name, dims_text = None, text
-    return name, _parse_dims(dims_text, spec)
+    dims = _parse_dims(dims_text, spec)
+    elements = math.prod(dims)
+    if elements > MAX_INPUT_ELEMENTS:
+        raise UsageError(f"--input-shape {spec!r} has {elements:.3g} elements; at most {MAX_INPUT_ELEMENTS:.3g} "
+                         "per input (a random input that large does not fit in memory)")
+    return name, dims
 
 
 def parse_input_shapes(specs: Iterable[str] | None) -> ShapeSpecs:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -9,6 +11,7 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper
 
 from compressor.bench.inputs import (
+    MAX_INPUT_ELEMENTS,
     format_shape,
     graph_inputs,
     natural_batch,
@@ -74,7 +77,8 @@ def test_parse_many_rejects_ambiguous_lists(specs):
 @settings(max_examples=60, deadline=None)
 @given(
     name=st.one_of(st.none(), st.from_regex(r"[A-Za-z_][A-Za-z0-9_.:/]{0,12}", fullmatch=True)),
-    dims=st.lists(st.integers(min_value=1, max_value=4096), min_size=1, max_size=6),
+    dims=st.lists(st.integers(min_value=1, max_value=4096), min_size=1, max_size=6).filter(
+        lambda d: math.prod(d) <= MAX_INPUT_ELEMENTS),
 )
 def test_parse_inverts_format(name, dims):
     """format_shape then parse gives back the same name and dims (round trip)."""
@@ -266,3 +270,10 @@ def test_string_inputs_are_a_usage_error(models):
                          [helper.make_node("Identity", ["s"], ["y"])], ["y"])
     with pytest.raises(UsageError, match="'s' has type STRING"):
         random_feeds(model, {"s": (1,)})
+
+
+@pytest.mark.parametrize("spec", ["99999999999999999999x3x64x64", "1x3x100000x100000"])
+def test_an_input_shape_too_large_to_feed_is_a_usage_error(spec):
+    """It reached protobuf ("Value out of range") or numpy (MemoryError): exit 1."""
+    with pytest.raises(UsageError, match="elements; at most"):
+        parse_input_shapes([spec])

@@ -154,3 +154,22 @@ def test_a_batch_one_single_value_output_keeps_its_sensitivity():
     got = [[np.array([[0.9]], np.float32)] for _ in range(8)]
     assert _output_change(ref, got) > 1.0
     assert _output_change(ref, ref) == 0.0
+
+
+def test_sensitivity_with_a_scalar_first_input():
+    """The probes' batch came from dim 0 of the first input: a scalar flag there raised IndexError."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = lambda n, *s: numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n)  # noqa: E731
+    nodes = [helper.make_node("Cast", ["flag"], ["ff"], to=TensorProto.FLOAT),
+             helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1] * 4), helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("Mul", ["r", "ff"], ["m"]), helper.make_node("Conv", ["m", "hw", "hb"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("flag", TensorProto.INT64, []),
+                                       helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2, "H", "W"])],
+                          [w("w", 8, 3, 3, 3), w("b", 8), w("hw", 2, 8, 1, 1), w("hb", 2)])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    res = api.prune(m, target_macs=0.6, sensitivity=True, input_shapes={"x": [1, 3, 16, 16]})
+    assert res.report["verify"]["passed"] and res.report["budget"]["sensitivity"]

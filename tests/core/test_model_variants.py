@@ -84,3 +84,21 @@ def test_a_model_onnxruntime_cannot_run_is_a_bad_input(tmp_path):
     onnx.save(m, src)
     r = CliRunner().invoke(main, [str(src), "-o", str(tmp_path / "out.onnx")])
     assert r.exit_code == 2 and "cannot run this model" in r.output and "float64" in r.output, r.output
+
+
+def test_training_info_of_pruned_weights_is_dropped_with_a_warning():
+    """training_info's algorithm still produced the unpruned weight shapes: the model was written
+    inconsistent, silently."""
+    g, y = _chain()
+    m = g.model([y])
+    w = m.graph.initializer[0]
+    algo = helper.make_graph([helper.make_node("Identity", [w.name], [w.name + "_next"])], "step", [],
+                             [helper.make_tensor_value_info(w.name + "_next", w.data_type, list(w.dims))])
+    info = m.training_info.add()
+    info.algorithm.CopyFrom(algo)
+    info.update_binding.add(key=w.name, value=w.name + "_next")
+    res = api.prune(m, ratio=0.5)
+    assert not len(res.model.training_info)
+    assert any("training_info" in line for line in res.report["warnings"])
+    kept = api.prune(m, ratio=0.0)  # nothing pruned: nothing to drop
+    assert len(kept.model.training_info) == 1
