@@ -25,7 +25,8 @@ from compressor.ir.fold import Prepared, prepare_model
 from compressor.ir.graph import GraphIndex
 from compressor.ir.proto import detach_weights
 from compressor.ir.model_io import (
-    atomic_write_text, check_data_path, check_output_path, load_model, ort_max_ir_version, save_model, validate_model,
+    SORTED_NOTE, atomic_write_text, check_data_path, check_output_path, is_sorted, load_model, ort_max_ir_version,
+    save_model, sort_nodes, validate_model,
 )
 from compressor.ir.shapes import InputSpec, parse_shape_specs, resolve_inputs
 from compressor.metrics import count
@@ -62,12 +63,20 @@ def _load(model, data_files: list | None = None) -> tuple[Prepared, str | None]:
     """``_as_model``, with what preparing the model did and the weights it stored encoded."""
     if not isinstance(model, (onnx.ModelProto, str, os.PathLike)):
         raise UsageError(f"the model must be a path or an onnx.ModelProto, got {type(model).__name__}")
+    notes: list[str] = []
     if isinstance(model, onnx.ModelProto):
-        validate_model(model)
-        proto, path = model, None
+        proto, path, ours = model, None, False
+        if not is_sorted(model.graph):  # sorted on a copy: the caller's model is not edited
+            proto, ours = onnx.ModelProto(), True
+            proto.CopyFrom(model)
+            if sort_nodes(proto.graph):
+                notes.append(SORTED_NOTE)
+        validate_model(proto)
     else:
-        proto, path = load_model(model, data_files), str(model)
-    return prepare_model(proto, inplace=path is not None), path  # a model loaded here is ours to edit
+        proto, path, ours = load_model(model, data_files, notes), str(model), True
+    prepared = prepare_model(proto, inplace=ours)  # a model loaded or copied here is ours to edit
+    prepared.notes[:0] = notes
+    return prepared, path
 
 
 def _spec(model: onnx.ModelProto, input_shapes) -> InputSpec:

@@ -197,6 +197,8 @@ def render_prune_report(r: dict) -> str:
     out.append(f"importance: {r['importance']}" + "".join(f"; {n}" for n in _summarise_notes(r.get("importance_notes", []))))
     for d in r.get("defaults_used", []):
         out.append(f"default used: {d}")
+    for n in r.get("load_notes", []):
+        out.append(f"loading: {n}")
     if r.get("output"):
         out.append(f"wrote {r['output']} in {r['seconds']:.2f} s")
     return "\n".join(out)

@@ -84,9 +84,69 @@ def external_data_files(model: onnx.ModelProto, base_dir: str | os.PathLike) -> 
     return list(dict.fromkeys(f for _, _, f in _external_refs(model, base_dir)))
 
 
-def load_model(path: str | os.PathLike, data_files: list[Path] | None = None) -> onnx.ModelProto:
+def _reads(node: onnx.NodeProto) -> set[str]:
+    """The tensors a node needs before it runs: its inputs and what its subgraphs read."""
+    names = {i for i in node.input if i}
+    for a in node.attribute:
+        for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else
+                  list(a.graphs) if a.type == onnx.AttributeProto.GRAPHS else []):
+            for n in g.node:
+                names |= _reads(n)
+    return names
+
+
+def _sources(graph: onnx.GraphProto) -> set[str]:
+    return ({i.name for i in graph.input} | {t.name for t in graph.initializer}
+            | {t.values.name for t in graph.sparse_initializer})
+
+
+def is_sorted(graph: onnx.GraphProto) -> bool:
+    """Whether no node reads a tensor that a later node produces."""
+    produced = {o for n in graph.node for o in n.output if o}
+    seen = _sources(graph)
+    for n in graph.node:
+        if any(r in produced and r not in seen for r in _reads(n)):
+            return False
+        seen.update(n.output)
+    return True
+
+
+def sort_nodes(graph: onnx.GraphProto) -> bool:
+    """Put the graph's nodes in topological order, in place, keeping the given order wherever it
+    already is one (onnxruntime's own float16 converter appends its input Casts at the end, and
+    onnx requires the order). Returns whether anything moved; a graph with a cycle or a read of a
+    tensor nothing produces is left as it is, for validation to name the node."""
+    if is_sorted(graph):
+        return False
+    produced = {o for n in graph.node for o in n.output if o}
+    pending = [(k, {r for r in _reads(n) if r in produced}) for k, n in enumerate(graph.node)]
+    order: list[int] = []
+    avail = _sources(graph)
+    while pending:
+        for j, (k, need) in enumerate(pending):
+            if need <= avail:
+                order.append(k)
+                avail.update(o for o in graph.node[k].output if o)
+                del pending[j]
+                break
+        else:
+            return False  # a cycle: leave it to validation
+    if order == sorted(order):
+        return False
+    nodes = [graph.node[k] for k in order]
+    copies = [onnx.NodeProto() for _ in nodes]
+    for c, n in zip(copies, nodes):
+        c.CopyFrom(n)
+    del graph.node[:]
+    graph.node.extend(copies)
+    return True
+
+
+def load_model(path: str | os.PathLike, data_files: list[Path] | None = None,
+               notes: list[str] | None = None) -> onnx.ModelProto:
     """Load and validate an ONNX model, raising ModelError with a one-line message on failure.
-    ``data_files``, when given, receives the external-data files the model was read from."""
+    ``data_files``, when given, receives the external-data files the model was read from;
+    ``notes`` what loading changed (nodes put in topological order)."""
     p = Path(path)
     if not p.exists():
         raise ModelError(f"model file not found: {p}")
@@ -113,8 +173,13 @@ def load_model(path: str | os.PathLike, data_files: list[Path] | None = None) ->
         onnx.load_external_data_for_model(model, str(p.parent))
     except Exception as exc:
         raise ModelError(f"cannot read external data of {p}: {exc}") from None
+    if sort_nodes(model.graph) and notes is not None:
+        notes.append(SORTED_NOTE)
     validate_model(model, str(p))
     return model
+
+
+SORTED_NOTE = "the graph's nodes were not in topological order (as ONNX requires); they were sorted"
 
 
 def default_opset(model: onnx.ModelProto) -> int:

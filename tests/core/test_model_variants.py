@@ -102,3 +102,31 @@ def test_training_info_of_pruned_weights_is_dropped_with_a_warning():
     assert any("training_info" in line for line in res.report["warnings"])
     kept = api.prune(m, ratio=0.0)  # nothing pruned: nothing to drop
     assert len(kept.model.training_info) == 1
+
+
+def test_an_unsorted_graph_is_sorted_on_load(tmp_path):
+    """onnxruntime's float16 converter appends its input Casts at the end of the graph: the model
+    was refused ("reads ... before it is produced"). Its nodes are now put in order (a copy, for a
+    ModelProto: the caller's model is not edited), and the report says so."""
+    g, y = _chain()
+    m = g.model([y])
+    nodes = list(m.graph.node)
+    del m.graph.node[:]
+    m.graph.node.extend(reversed(nodes))
+    before = m.SerializeToString()
+    res = api.prune(m, ratio=0.5)
+    assert res.report["verify"]["passed"] and any("topological order" in n for n in res.report["load_notes"])
+    assert m.SerializeToString() == before
+    path = tmp_path / "unsorted.onnx"
+    onnx.save(m, path)
+    r = CliRunner().invoke(main, [str(path), "-o", str(tmp_path / "o.onnx")])
+    assert r.exit_code == 0 and "loading: the graph's nodes were not in topological order" in r.output, r.output
+    assert path.read_bytes() == before
+
+
+def test_a_cycle_is_still_refused():
+    g, y = _chain()
+    m = g.model([y])
+    m.graph.node[0].input[0] = m.graph.node[-1].output[0]  # the first conv reads the last output
+    with pytest.raises(Exception, match="before it is produced|not produced"):
+        api.prune(m, ratio=0.5)
