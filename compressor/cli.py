@@ -324,7 +324,7 @@ shape_option = click.option("--input-shape", "input_shapes", multiple=True, meta
 @click.option("--spinning", is_flag=True, help="Time --bench, --target-latency and --round-to auto with onnxruntime's "
               "default thread spinning on, as a deployment with default session options runs (models then "
               "alternate in blocks, see `compress bench --spinning`); off by default.")
-@click.option("--dry-run", is_flag=True, help="Plan, prune and verify, but write no model.")
+@click.option("--dry-run", is_flag=True, help="Plan, prune and verify, but write no model (a --plan-out file is still written).")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report on stdout.")
 @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
 def prune_command(model, output, ratio, learned_widths, global_ranking, round_to, target_macs, target_params, target_latency,

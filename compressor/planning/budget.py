@@ -92,6 +92,9 @@ def plan_for_fraction(analysis: Analysis, scores: dict[int, np.ndarray], opts: P
         plan, v = value(0.0)
         return BudgetResult(plan, kind, fraction, 1.0, steps)
     best_plan, best_v = value(MAX_RATIO)
+    if best_v > goal and not analysis.prunable:
+        raise UsageError(f"--target-{kind} {fraction:g} is unreachable: no channel group of this model can be pruned "
+                         f"(`compress inspect` says what blocks each)")
     if best_v > goal:
         raise UsageError(
             f"--target-{kind} {fraction:g} is unreachable: pruning every prunable group as far as allowed "

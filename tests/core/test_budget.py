@@ -134,3 +134,12 @@ def test_uniform_budget_keeps_its_uniform_ratio():
     """The give-back is the global ranking's: a uniform plan keeps one ratio for every group."""
     res = api.prune(trunk_net(), target_macs=0.5, round_to=4)
     assert "given_back" not in res.report["budget"]
+
+
+def test_a_budget_with_nothing_prunable_says_so():
+    """It said the most pruned plan 'keeps 1 of the params', as if pruning had been tried."""
+    g = G()
+    x = g.input("x", [1, 3, 8, 8])
+    m = g.model([g.conv(x, 3, 4)])  # the only group reaches the graph output
+    with pytest.raises(UsageError, match="no channel group of this model can be pruned"):
+        api.prune(m, target_params=0.5)
