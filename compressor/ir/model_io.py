@@ -225,6 +225,11 @@ def validate_model(model: onnx.ModelProto, label: str = "model") -> None:
             raise ModelError(f"{label}: two nodes are named '{node.name}' (onnxruntime refuses such a model; "
                              "give the nodes unique names)")
         names.add(node.name)
+    for kind, values in (("input", g.input), ("output", g.output)):
+        for vi in values:  # the checker's own message names neither the tensor nor the fix
+            if vi.type.HasField("tensor_type") and not vi.type.tensor_type.HasField("shape"):
+                raise ModelError(f"{label}: graph {kind} '{vi.name}' declares no shape, which ONNX requires of "
+                                 "graph inputs and outputs: declare its rank (its dims may be symbolic)")
     try:  # the checker sees the model with its large weights replaced by stubs (see checkable)
         onnx.checker.check_model(checkable(model, label), full_check=False)
     except onnx.checker.ValidationError as exc:

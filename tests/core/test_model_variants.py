@@ -130,3 +130,12 @@ def test_a_cycle_is_still_refused():
     m.graph.node[0].input[0] = m.graph.node[-1].output[0]  # the first conv reads the last output
     with pytest.raises(Exception, match="before it is produced|not produced"):
         api.prune(m, ratio=0.5)
+
+
+def test_a_graph_output_without_shape_is_named():
+    """onnx's checker said only "Field 'shape' of 'type' is required but missing"."""
+    g, y = _chain()
+    m = g.model([y])
+    m.graph.output[0].type.tensor_type.ClearField("shape")
+    with pytest.raises(Exception, match=f"graph output '{m.graph.output[0].name}' declares no shape"):
+        api.prune(m, ratio=0.5)
