@@ -230,22 +230,23 @@ def resolve_input_shapes(
                 example = _example(dims, default_batch)
                 raise UsageError(
                     f"input {name!r} has a dynamic dim {axis} ({label}) in {_describe(dims)}; "
-                    f"pass --input-shape {name}:{example}"
+                    f"pass --input-shape {name}:{example} with a size for each D"
                 )
         shapes[name] = tuple(resolved)
     return shapes, defaults_used
 
 
 def _example(dims: Sequence[int | str | None], batch: int) -> str:
-    """A shape template for an error message: static dims kept, dynamic ones as their names."""
+    """A shape template for an error message: static dims kept, the batch as ``batch``, the other
+    dynamic ones as placeholders D<axis>."""
     parts = []
     for axis, dim in enumerate(dims):
         if isinstance(dim, int):
             parts.append(str(dim))
         elif axis == 0:
             parts.append(str(batch))
-        else:
-            parts.append(dim if isinstance(dim, str) else "D")
+        else:  # a placeholder, not the dim's name: an exporter's '32*h' would read as part of the spec
+            parts.append(f"D{axis}")
     return "x".join(parts)
 
 

@@ -131,6 +131,14 @@ def test_unknown_non_batch_dim_without_spec_is_an_error(models):
         f"error should name the input and show the flag to pass, got {message!r}"
     )
     assert "\n" not in message, "one line"
+    assert "--input-shape x:1x3xD2xD3 with a size for each D" in message, message
+
+
+def test_the_shape_hint_does_not_copy_an_exporters_dim_expression(models):
+    """torch's dynamo export names dims '32*h': the hint read 'x:1x3x32*hx32*w', which does not parse."""
+    with pytest.raises(UsageError) as info:
+        resolve_input_shapes(models.relu(("N", 3, "32*h", "32*w")), {})
+    assert "x:1x3xD2xD3" in str(info.value) and "32*hx" not in str(info.value)
 
 
 def test_unnamed_spec_applies_to_the_single_input(models):
