@@ -8,7 +8,7 @@ import onnx
 
 from compressor.analysis.context import AnalysisContext
 from compressor.analysis.registry import Rule, register_rule
-from compressor.analysis.rules._shape_source import adapts, entry_deps, rewrite_literal, trace
+from compressor.analysis.rules._shape_source import adapts, check_unchanged, rewrite_entry, trace, value_deps
 
 
 @register_rule("Constant", "Shape", "Size", "ConstantOfShape", "EyeLike", "RandomNormal", "RandomUniform",
@@ -65,45 +65,79 @@ def _pads(node: onnx.NodeProto, ctx: AnalysisContext, rank: int) -> list[int] | 
 
 @register_rule("Resize", "Upsample")
 class Resize(Rule):
+    """Channels pass through an axis the resize keeps. Resize's ``sizes`` states the channel count:
+    its entry for a channel axis must follow the pruned channels (a literal is restated, exact only
+    under the ``stretch`` policy, which scales each axis on its own), and its other entries are
+    never touched (spatial sizes read at run time stay dynamic)."""
+
     def analyze(self, node: onnx.NodeProto, ctx: AnalysisContext) -> None:
         x, y = node.input[0], node.output[0]
         ctx.copy_layouts(x, y, node=node)
-        if node.op_type == "Resize" and len(node.input) > 3 and node.input[3]:
-            if ctx.layouts(x) and not ctx.is_const(node.input[3]):
-                # computed sizes: fine where the entry for a channel axis is read from a tensor
-                # with the same channels (F.interpolate(x, size=...) copies N, C from x.shape)
-                entries = trace(ctx, node.input[3])
-                axes = ctx.attr(node, "axes", None)
-                rank = ctx.rank(x) or 0
-                order = list(range(rank)) if axes is None else [int(a) % rank for a in axes]
-                for ax, lay in ctx.layouts(x).items():
-                    pos = order.index(ax) if ax in order else None
-                    e = entries[pos] if entries is not None and pos is not None and pos < len(entries) else None
-                    if e is None or not adapts(ctx, e, lay, f"Resize '{ctx.label(node)}' sizes"):
-                        ctx.freeze_layout(lay, f"Resize '{ctx.label(node)}' takes its sizes from a run-time tensor")
+        order = _resized_axes(node, ctx)
+        if order is None or not ctx.layouts(x):
+            return
+        sizes = node.input[3]
+        what = f"Resize '{ctx.label(node)}' sizes"
+        policy = ctx.attr(node, "keep_aspect_ratio_policy", "stretch")
+        policy = policy.decode() if isinstance(policy, bytes) else policy
+        if policy != "stretch":
+            for ax, lay in ctx.layouts(x).items():
+                if ax in order:
+                    ctx.freeze_layout(lay, f"Resize '{ctx.label(node)}' keeps the aspect ratio ({policy}) "
+                                           f"over channel axis {ax}")
+        if ctx.is_const(sizes):
+            return
+        # computed sizes: fine where the entry for a channel axis follows the pruned channels
+        # (F.interpolate(x, size=...) copies N, C from x.shape), and the others read no channels
+        entries = trace(ctx, sizes)
+        if entries is None:
+            for ax, lay in ctx.layouts(x).items():
+                ctx.freeze_layout(lay, f"Resize '{ctx.label(node)}' takes its sizes from a run-time tensor")
+            for t, a in sorted(value_deps(ctx, sizes)):
+                ctx.freeze_layout(ctx.layout(t, a), f"{what} reads the channel count of '{t}' axis {a}")
+            return
+        lays = ctx.layouts(x)
+        for pos, e in enumerate(entries):
+            ax = order[pos] if pos < len(order) else None
+            if ax in lays:
+                if not adapts(ctx, e, lays[ax], what, sizes):
+                    ctx.freeze_layout(lays[ax], f"Resize '{ctx.label(node)}' computes a size for channel axis "
+                                                f"{ax} that would not follow the pruned channels")
+            else:
+                check_unchanged(ctx, e, sizes, what)
 
     def rewrite(self, node, ctx) -> None:
-        if node.op_type == "Resize" and len(node.input) > 3 and node.input[3]:
-            if not ctx.is_const(node.input[3]):
-                actx = ctx.analysis.ctx
-                entries = trace(actx, node.input[3]) or []
-                old_shape, new_shape = ctx.old_shape(node.output[0]), ctx.new_shape(node.output[0])
-                axes = ctx.attr(node, "axes", None)
-                order = list(range(len(new_shape))) if axes is None else [int(a) for a in axes]
-                for pos, e in enumerate(entries):
-                    # only sizes that change or read a channel count are pinned: a batch size
-                    # read from the input stays dynamic
-                    if pos < len(order) and (old_shape[order[pos]] != new_shape[order[pos]]
-                                            or entry_deps(actx, e, node.input[3])):
-                        rewrite_literal(ctx, e, int(new_shape[order[pos]]))
-                return
-            sizes = ctx.value(node.input[3])
-            new = np.array(ctx.new_shape(node.output[0]), dtype=np.int64)
-            axes = ctx.attr(node, "axes", None)
-            if axes is not None:
-                new = new[list(axes)]
-            if sizes is not None and not np.array_equal(sizes, new):
-                ctx.replace_input(node, 3, new)
+        order = _resized_axes(node, ctx)
+        if order is None:
+            return
+        old_shape, new_shape = ctx.old_shape(node.output[0]), ctx.new_shape(node.output[0])
+        if not ctx.is_const(node.input[3]):
+            for pos, e in enumerate(trace(ctx.analysis.ctx, node.input[3]) or []):
+                if pos < len(order):
+                    rewrite_entry(ctx, e, node.input[3], int(old_shape[order[pos]]), int(new_shape[order[pos]]))
+            return
+        # constant sizes: only the entries of channel axes change (spatial sizes may differ from
+        # the output shape at the verification shape: keep_aspect_ratio_policy)
+        sizes = ctx.value(node.input[3])
+        if sizes is None:
+            return
+        new = np.array(sizes, copy=True).reshape(-1)
+        for pos, ax in enumerate(order[:new.size]):
+            if old_shape[ax] != new_shape[ax]:
+                new[pos] = new_shape[ax]
+        if not np.array_equal(new, np.asarray(sizes).reshape(-1)):
+            ctx.replace_input(node, 3, new.reshape(np.shape(sizes)))
+
+
+def _resized_axes(node: onnx.NodeProto, ctx) -> list[int] | None:
+    """The axes a Resize's ``sizes`` entries are for, in order; None when it has no sizes."""
+    if node.op_type != "Resize" or len(node.input) < 4 or not node.input[3]:
+        return None
+    rank = ctx.rank(node.input[0])
+    axes = ctx.attr(node, "axes", None)
+    if axes is None:
+        return list(range(rank or 0))
+    return [int(a) % rank if rank else int(a) for a in axes]
 
 
 @register_rule("Expand")

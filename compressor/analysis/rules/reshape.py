@@ -16,7 +16,7 @@ import onnx
 
 from compressor.analysis.context import AnalysisContext
 from compressor.analysis.registry import Rule, register_rule
-from compressor.analysis.rules._shape_source import adapts, entry_deps, rewrite_literal, trace
+from compressor.analysis.rules._shape_source import adapts, check_unchanged, rewrite_entry, trace, value_deps
 
 
 def factor_blocks(ins: tuple[int, ...], outs: tuple[int, ...]) -> list[tuple[list[int], list[int]]] | None:
@@ -230,35 +230,38 @@ class Reshape(Rule):
                 ctx.freeze_tensor(y, f"Reshape '{ctx.label(node)}' target unknown")
             return
         # A computed target adapts to a pruned input where it says -1 (or copies with 0), where
-        # the entry is read from a tensor with the same channels (Shape(t)[k]), or where it is a
-        # literal in a Concat operand that surgery rewrites.
+        # the entry reads the channel count at run time (Shape(t)[k], or Shape(t)[k] * h), where
+        # it reads only channel counts and literals (surgery restates it) or where it is a literal
+        # times lengths read at run time (surgery scales the literal): _shape_source.adapts.
         entries = trace(ctx, node.input[1])
         channel_axes = ctx.layouts(y)
+        what = f"Reshape '{ctx.label(node)}' target"
         for ax, lay in channel_axes.items():
             if ax >= len(target) or int(target[ax]) in (-1, 0):
                 continue
             e = entries[ax] if entries is not None and ax < len(entries) else None
-            if e is None or not adapts(ctx, e, lay, f"Reshape '{ctx.label(node)}' target"):
-                ctx.freeze_layout(lay, f"Reshape '{ctx.label(node)}' computes a literal size for channel axis {ax}")
-        # An entry computed from some channel count (torchvision's Swin: head_dim = C // heads, C
-        # read from the input's shape) would change at run time when those channels are pruned:
-        # surgery pins it to its static value where it is a Concat operand; otherwise the
+            if e is None or not adapts(ctx, e, lay, what, node.input[1]):
+                ctx.freeze_layout(lay, f"Reshape '{ctx.label(node)}' computes a size for channel axis {ax} "
+                                       "that would not follow the pruned channels at every input shape")
+        # An entry of another axis computed from some channel count (torchvision's Swin:
+        # head_dim = C // heads, C read from the input's shape) would change at run time when those
+        # channels are pruned: surgery restates it where it reads nothing else; otherwise the
         # channels it reads stay whole.
-        for ax, e in enumerate(entries or ()):
-            if e.where is not None or (e.kind == "dim" and ax in channel_axes):
-                continue
-            for t, a in sorted(entry_deps(ctx, e, node.input[1])):
-                ctx.freeze_layout(ctx.layout(t, a), f"Reshape '{ctx.label(node)}' target reads the channel count "
-                                                    f"of '{t}' axis {a}")
+        if entries is None:
+            for t, a in sorted(value_deps(ctx, node.input[1])):
+                ctx.freeze_layout(ctx.layout(t, a), f"{what} reads the channel count of '{t}' axis {a}")
+            return
+        for ax, e in enumerate(entries):
+            if ax not in channel_axes or ax >= len(target) or int(target[ax]) in (-1, 0):
+                check_unchanged(ctx, e, node.input[1], what)
 
     def rewrite(self, node: onnx.NodeProto, ctx) -> None:
         x, y = node.input[0], node.output[0]
         if not ctx.is_const(node.input[1]):
             old, new = ctx.old_shape(y), ctx.new_shape(y)
-            actx = ctx.analysis.ctx
-            for ax, e in enumerate(trace(actx, node.input[1]) or []):
-                if ax < len(new) and (old[ax] != new[ax] or entry_deps(actx, e, node.input[1])):
-                    rewrite_literal(ctx, e, int(new[ax]))
+            for ax, e in enumerate(trace(ctx.analysis.ctx, node.input[1]) or []):
+                if ax < len(new):
+                    rewrite_entry(ctx, e, node.input[1], int(old[ax]), int(new[ax]))
             return
         target = np.array(ctx.value(node.input[1]))
         old, new = ctx.old_shape(y), ctx.new_shape(y)

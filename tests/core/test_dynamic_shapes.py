@@ -1,0 +1,219 @@
+"""Models with dynamic batch/H/W whose Reshape targets and Resize sizes are computed at run time.
+
+Property checked: a model pruned at one input shape (the verification shape) still computes what
+the masked original computes at a SECOND shape, with another batch and H/W: no length that is
+dynamic in the input model is replaced by its value at the verification shape, and shape entries
+that nothing pruned reads stay as they were.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from compressor import api
+
+VERIFY_SHAPE = (1, 3, 16, 16)
+
+
+class Net:
+    """A graph with one dynamic image input ``x`` [N, 3, H, W], built node by node."""
+
+    def __init__(self, opset: int = 17) -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+        self.rng = np.random.default_rng(0)
+        self.opset = opset
+
+    def const(self, name: str, value) -> str:
+        self.inits.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    def weight(self, name: str, *shape: int) -> str:
+        return self.const(name, self.rng.standard_normal(shape).astype(np.float32))
+
+    def node(self, op: str, inputs: list[str], output: str, **attrs) -> str:
+        self.nodes.append(helper.make_node(op, inputs, [output], name=output, **attrs))
+        return output
+
+    def conv(self, x: str, name: str, cin: int, cout: int) -> str:
+        w, b = self.weight(name + "_w", cout, cin, 3, 3), self.weight(name + "_b", cout)
+        return self.node("Conv", [x, w, b], name, pads=[1, 1, 1, 1])
+
+    def model(self, y: str, rank: int = 4) -> onnx.ModelProto:
+        graph = helper.make_graph(self.nodes, "dyn", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                                   ["N", 3, "H", "W"])],
+                                  [helper.make_tensor_value_info(y, TensorProto.FLOAT, ["N", None, None, None][:rank])],
+                                  self.inits)
+        m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)])
+        m.ir_version = 8
+        onnx.checker.check_model(m, full_check=True)
+        return m
+
+
+def masked_original(model: onnx.ModelProto, plan: list[dict]) -> onnx.ModelProto:
+    """The original with the removed input channels of every Conv and Gemm (transB=1) zeroed."""
+    consumers = {n.input[1] for n in model.graph.node if n.op_type in ("Conv", "Gemm")}
+    kept = {(e["tensor"], e["axis"]): e["kept"] for e in plan}
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for t in out.graph.initializer:
+        if t.name in consumers and (t.name, 1) in kept:
+            arr = numpy_helper.to_array(t).copy()
+            drop = np.ones(arr.shape[1], bool)
+            drop[kept[(t.name, 1)]] = False
+            arr[:, drop] = 0
+            t.CopyFrom(numpy_helper.from_array(arr, t.name))
+    return out
+
+
+def run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # no rescue by fusion
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return sess.run(None, {"x": x})[0]
+
+
+def prune_and_check_elsewhere(model: onnx.ModelProto, second_shape: tuple[int, ...], min_pruned: int = 1,
+                              verify_shape: tuple[int, ...] = VERIFY_SHAPE):
+    """Prune at ``verify_shape``; the pruned model must match the masked original at ``second_shape``."""
+    res = api.prune(model, ratio=0.5, importance="l2", input_shapes={"x": verify_shape})
+    assert res.report["verify"]["passed"], res.report["verify"]
+    assert res.report["groups"]["pruned"] >= min_pruned, f"expected a pruned group: {res.report['groups']}, " \
+                                                         f"{res.report['unprunable']}"
+    x = np.random.default_rng(1).standard_normal(second_shape).astype(np.float32)
+    want = run(masked_original(model, res.report["plan"]), x)
+    try:
+        got = run(res.model, x)
+    except Exception as exc:  # noqa: BLE001 - the failure is the finding
+        pytest.fail(f"the pruned model no longer runs at {second_shape} (pinned to the verification shape?): "
+                    f"{str(exc).splitlines()[0][-200:]}")
+    assert got.shape == want.shape, f"at {second_shape} the pruned model gives {got.shape}, original {want.shape}"
+    err = float(np.abs(got - want).max() / (np.abs(want).max() + 1e-12))
+    assert err <= 1e-5, f"at {second_shape} the pruned model differs from the masked original by {err:.2e}"
+    return res
+
+
+# ---- 1: a channel axis merged with a dynamic spatial axis (x.view(b, c * h, w)) -----------------
+
+def _merge_channels_with_height(channel_from_shape: bool) -> onnx.ModelProto:
+    """conv -> view(b, c*h, w) -> softmax over w -> view(b, c, h, w) -> conv. The c*h entry is
+    Shape(c1)[1] * Shape(c1)[2] (torch's legacy exporter) or 8 * Shape(x)[2] (the dynamo exporter,
+    which writes the channel count as a literal)."""
+    g = Net()
+    c1 = g.conv("x", "c1", 3, 8)
+    sh = g.node("Shape", [c1], "sh")
+    dims = [g.node("Gather", [sh, g.const(f"i{k}", np.array(k, np.int64))], f"d{k}", axis=0) for k in range(4)]
+    if channel_from_shape:
+        ch = g.node("Mul", [dims[1], dims[2]], "ch")
+    else:
+        h = g.node("Gather", [g.node("Shape", ["x"], "xsh"), g.const("i2x", np.array(2, np.int64))], "h", axis=0)
+        ch = g.node("Mul", [g.const("eight", np.array(8, np.int64)), h], "ch")
+    ax0 = g.const("ax0", np.array([0], np.int64))
+    parts = [g.node("Unsqueeze", [d, ax0], d + "_u") for d in (dims[0], ch, dims[3])]
+    r = g.node("Reshape", [c1, g.node("Concat", parts, "tgt", axis=0)], "r")
+    back = g.node("Reshape", [g.node("Softmax", [r], "sm", axis=-1), sh], "back")
+    return g.model(g.conv(back, "y", 8, 4))
+
+
+@pytest.mark.parametrize("channel_from_shape", [True, False], ids=["c_from_shape", "c_literal"])
+def test_channels_merged_with_dynamic_height_follow_any_height(channel_from_shape):
+    prune_and_check_elsewhere(_merge_channels_with_height(channel_from_shape), (2, 3, 24, 20))
+
+
+def test_channel_count_read_with_dynamic_height_for_a_spatial_axis_freezes_instead_of_pinning():
+    """c2 [N, 8, H, W] reshaped to [N, 8, C1 * H / 8, W], C1 read from the output of another conv:
+    the spatial entry would change when C1 is pruned, and its value at the verification shape is
+    no answer (H is dynamic), so C1's channels stay whole; c2's literal channel entry is restated."""
+    g = Net()
+    c1 = g.conv("x", "c1", 3, 8)
+    c2 = g.conv(c1, "c2", 8, 8)
+    shx = g.node("Shape", ["x"], "shx")
+    cnt = g.node("Gather", [g.node("Shape", [c1], "sh1"), g.const("i1", np.array(1, np.int64))], "cnt", axis=0)
+    hh = g.node("Gather", [shx, g.const("i2", np.array(2, np.int64))], "hh", axis=0)
+    nn = g.node("Gather", [shx, g.const("i0", np.array(0, np.int64))], "nn", axis=0)
+    ch8 = g.node("Div", [g.node("Mul", [cnt, hh], "ch"), g.const("eight", np.array(8, np.int64))], "ch8")
+    ax0 = g.const("ax0", np.array([0], np.int64))
+    parts = [g.node("Unsqueeze", [nn, ax0], "n_u"), g.const("c_lit", np.array([8], np.int64)),
+             g.node("Unsqueeze", [ch8, ax0], "ch_u"), g.const("w_lit", np.array([-1], np.int64))]
+    r = g.node("Reshape", [c2, g.node("Concat", parts, "tgt", axis=0)], "r")
+    res = prune_and_check_elsewhere(g.model(g.conv(r, "y", 8, 4)), (2, 3, 24, 20))
+    reasons = " ".join(" ".join(u["reasons"]) for u in res.report["unprunable"])
+    assert "reads the channel count of 'c1' axis 1" in reasons, \
+        f"the group read with a dynamic length should be frozen: {res.report['unprunable']}"
+
+
+# ---- 2: shape entries built with ops the tracer used not to follow -----------------------------
+
+def test_batch_read_through_reshape_to_one_element_stays_dynamic():
+    """Flatten by Reshape(c1, Concat(Reshape(Shape[0], [1]), [-1])) before a Gemm (tf2onnx's form):
+    the batch entry must not be pinned to the verification batch."""
+    g = Net()
+    c1 = g.conv("x", "c1", 3, 8)
+    b0 = g.node("Gather", [g.node("Shape", [c1], "sh"), g.const("i0", np.array(0, np.int64))], "b0", axis=0)
+    b = g.node("Reshape", [b0, g.const("one", np.array([1], np.int64))], "b")
+    tgt = g.node("Concat", [b, g.const("m1", np.array([-1], np.int64))], "tgt", axis=0)
+    f = g.node("Reshape", [c1, tgt], "f")
+    y = g.node("Gemm", [f, g.weight("wg", 5, 8 * 4 * 4), g.weight("bg", 5)], "y", transB=1)
+    prune_and_check_elsewhere(g.model(y, rank=2), (3, 3, 4, 4), verify_shape=(1, 3, 4, 4))
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["gather_reshape", "split"])
+def test_resize_sizes_read_through_unfollowed_ops_keep_their_spatial_sizes(split):
+    """Resize sizes = Concat(Shape[:2], 2H, 2W), H and W taken by Gather + Reshape(scalar, [1]) or
+    by a Split of the Shape: at another H/W the output must still be 2H x 2W."""
+    g = Net()
+    c1 = g.conv("x", "c1", 3, 8)
+    sh = g.node("Shape", [c1], "sh")
+    two = g.const("two", np.array(2, np.int64))
+    if split:
+        nc, hh, ww = "nc", "hh0", "ww0"
+        g.nodes.append(helper.make_node("Split", [sh, g.const("parts", np.array([2, 1, 1], np.int64))],
+                                        [nc, hh, ww], axis=0))
+        sizes = [nc, g.node("Mul", [hh, two], "hh"), g.node("Mul", [ww, two], "ww")]
+    else:
+        nc = g.node("Slice", [sh, g.const("s0", np.array([0], np.int64)), g.const("s2", np.array([2], np.int64))],
+                    "nc")
+        one = g.const("one", np.array([1], np.int64))
+        sizes = [nc] + [g.node("Reshape", [g.node("Mul", [g.node("Gather", [sh, g.const(f"i{k}", np.array(k, np.int64))],
+                                                                   f"g{k}", axis=0), two], f"m{k}"), one], f"r{k}")
+                        for k in (2, 3)]
+    u = g.node("Resize", [c1, "", "", g.node("Concat", sizes, "sizes", axis=0)], "u", mode="nearest")
+    model = g.model(g.conv(u, "y", 8, 4))
+    res = prune_and_check_elsewhere(model, (2, 3, 8, 6))
+    resize = next(n for n in res.model.graph.node if n.op_type == "Resize")
+    assert resize.input[3] == "sizes", "the run-time sizes must stay computed, not become a constant"
+
+
+# ---- 3: Resize with constant sizes and a keep-aspect-ratio policy ------------------------------
+
+@pytest.mark.parametrize("policy", ["not_larger", "not_smaller"])
+def test_resize_constant_sizes_over_spatial_axes_stay_as_written(policy):
+    """sizes [13, 17] on axes [2, 3] with a keep-aspect-ratio policy: the output shape depends on
+    the input's H/W; the sizes must not become the verification output shape."""
+    g = Net(opset=18)
+    r1 = g.node("Relu", [g.conv("x", "c1", 3, 8)], "r1")
+    u = g.node("Resize", [r1, "", "", g.const("sz", np.array([13, 17], np.int64))], "u", mode="nearest",
+               axes=[2, 3], keep_aspect_ratio_policy=policy)
+    res = prune_and_check_elsewhere(g.model(g.conv(u, "y", 8, 4)), (2, 3, 4, 10))
+    resize = next(n for n in res.model.graph.node if n.op_type == "Resize")
+    assert resize.input[3] == "sz", "constant spatial sizes must be kept byte-identical"
+
+
+def test_resize_keeping_aspect_ratio_over_the_channel_axis_freezes_its_group():
+    """sizes over (C, H, W) with not_larger: restating C is not exact (the channel entry takes part in
+    the common scale), so the group stays whole and the model is unchanged at any shape."""
+    g = Net(opset=18)
+    r1 = g.node("Relu", [g.conv("x", "c1", 3, 8)], "r1")
+    u = g.node("Resize", [r1, "", "", g.const("sz", np.array([8, 64, 80], np.int64))], "u", mode="nearest",
+               axes=[1, 2, 3], keep_aspect_ratio_policy="not_larger")
+    model = g.model(g.conv(u, "y", 8, 4))
+    res = api.prune(model, ratio=0.5, importance="l2", input_shapes={"x": VERIFY_SHAPE})
+    reasons = " ".join(" ".join(u["reasons"]) for u in res.report["unprunable"])
+    assert "keeps the aspect ratio" in reasons, f"the channel group should be frozen: {res.report['unprunable']}"
+    x = np.random.default_rng(1).standard_normal((2, 3, 4, 10)).astype(np.float32)
+    np.testing.assert_allclose(run(res.model, x), run(model, x), rtol=1e-5, atol=1e-5,
+                               err_msg="an unpruned model must compute what the original computes")
