@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -12,6 +12,7 @@ from onnx import numpy_helper
 from compressor.analysis.groups import Analysis
 from compressor.analysis.registry import get_rule
 from compressor.errors import CompressorError
+from compressor.importance.learned import carry_learned
 from compressor.ir.graph import drop_unused
 from compressor.ir.model_io import default_opset
 from compressor.ir.proto import copy_without_initializers
@@ -37,6 +38,8 @@ class SurgeryResult:
     slices: list[SliceEntry]
     context: SurgeryContext
     dropped_nodes: int = 0  # nodes deleted with the groups removed whole (surgery/drop.py)
+    #: what became of the input's learned importances (importance/learned.py:carry_learned)
+    notes: list[str] = field(default_factory=list)
 
 
 def _append(model: onnx.ModelProto, like: onnx.TensorProto, make: Callable[[], np.ndarray]) -> None:
@@ -120,5 +123,7 @@ def apply_plan(analysis: Analysis, keep: dict[int, list[int]]) -> SurgeryResult:
     drop_unused(model, only=sctx.replaced)  # a Reshape target, a Resize size surgery replaced
     # stale shape annotations would contradict the new channel counts
     del model.graph.value_info[:]
-    return SurgeryResult(model=model, slices=slices, context=sctx, dropped_nodes=dropped)
+    # learned importances describe the model they were stored with: sliced to the kept channels
+    notes = carry_learned(model, analysis, keep, lambda name: sliced(name) if name in cuts else index.const(name))
+    return SurgeryResult(model=model, slices=slices, context=sctx, dropped_nodes=dropped, notes=notes)
 

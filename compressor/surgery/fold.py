@@ -19,7 +19,8 @@ next layer's bias where that is exact:
 
 A padded kxk Conv sees the constant only away from the border, a ConvTranspose spreads it unevenly
 and a reduction has no bias: there the channel is left in place and the report says why. The
-channels that were folded are then removed by the normal surgery.
+channels that were folded are then removed by the normal surgery, which also slices the learned
+importances (``compressor.learned``) to the channels left (importance/learned.py:carry_learned).
 
 Proof: the result must reproduce the original (unmasked) model within relative error 1e-5 on random
 inputs; otherwise :class:`compressor.errors.VerificationError` is raised.
@@ -33,6 +34,7 @@ from onnx import helper
 
 from compressor.analysis.context import PARAM
 from compressor.analysis.groups import Analysis, Group
+from compressor.importance.learned import carried_summary
 from compressor.ir.graph import GraphIndex, drop_unused
 from compressor.ir.shapes import InputSpec, random_feeds
 from compressor.metrics import count
@@ -421,6 +423,9 @@ def fold_constant_channels(model, input_shapes=None, zero_tol: float = 0.0, *, g
         result = work
         macs, params, _ = count(GraphIndex(work, loaded.spec))
     report["channels_removed"] = sum(len(v) for v in remove.values())
+    note = carried_summary(loaded.original, result, "constant-folded model")
+    if note:
+        report["notes"] = report.get("notes", []) + [note]
     close_report(report, macs, params)
     result = finalize(result)
     prove(loaded.original, result, loaded.spec, "constant-folded model", report, tolerance=tolerance,

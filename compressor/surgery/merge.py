@@ -12,8 +12,9 @@ MatMul between two activations) cannot be merged this way and is skipped with th
 Proof: the merged model must reproduce the unmerged original (not a masked one) on random inputs
 within relative error 1e-5, or 10x ``tol`` where the filters of a cluster may differ by ``tol``
 (:func:`_proof_tolerance`); otherwise :class:`compressor.errors.VerificationError` is raised.
-The learned metadata of the merged groups is dropped (its indices describe the unmerged model);
-the other groups keep theirs.
+The learned entries of the merged groups are dropped (a kept channel now stands for its whole
+cluster: its score no longer describes it); the surgery carries the others to their offsets in the
+merged model (importance/learned.py:carry_learned).
 
 Clusters come from C-SGD training metadata (:func:`merge_learned`, :func:`merge_clusters`) or from
 comparing the filters (:func:`find_identical`, :func:`merge_identical`).
@@ -28,6 +29,7 @@ from compressor.analysis.context import PARAM, PRODUCER
 from compressor.analysis.groups import Analysis, Group
 from compressor.errors import UsageError
 from compressor.importance.learned import KEY as LEARNED_KEY
+from compressor.importance.learned import carried_summary, drop_learned_entries
 from compressor.surgery._exact import (
     EXACT_TOLERANCE, LINEAR_CONSUMERS, ConstEditor, Loaded, base_report, channel_slice, close_report,
     consume_points_of, consumer_members, copy_model, finalize, index_along, load, prove, remove_channels,
@@ -187,10 +189,11 @@ def _merge(loaded: Loaded, clusters_by_group: dict[int, Clusters], tol: float | 
         entry.update(status="merged", removed=len(dropped), kept=[cl[0] for cl in clusters])
     for name, arr in arrays.items():
         editor.set(name, arr)
+    notes = _drop_merged_learned(work, an, {gid for gid, drop in remove.items() if drop})
     merged, macs_after, params_after = remove_channels(work, loaded.spec, remove, by_id)
-    note = _drop_stale_learned(merged, [by_id[gid] for gid, drop in remove.items() if drop])
-    if note:
-        report["notes"] = report.get("notes", []) + [note]
+    notes += [n for n in [carried_summary(work, merged, "merged model")] if n]
+    if notes:
+        report["notes"] = report.get("notes", []) + notes
     report["channels_removed"] = sum(len(v) for v in remove.values())
     close_report(report, macs_after, params_after)
     merged = finalize(merged)
@@ -206,32 +209,14 @@ def _proof_tolerance(tol: float | None) -> float:
     return max(EXACT_TOLERANCE, 10.0 * (tol or 0.0))
 
 
-def _drop_stale_learned(model: onnx.ModelProto, merged: list[Group]) -> str | None:
-    """Remove the learned entries of the merged groups from the model's ``compressor.learned``
-    metadata (their channel indices describe the unmerged model); the others stay valid."""
-    import json
-
-    prop = next((p for p in model.metadata_props if p.key == LEARNED_KEY), None)
-    if prop is None or not merged:
-        return None
-    touched = {(m.tensor, m.axis) for g in merged for m in g.members}
-    try:
-        doc = json.loads(prop.value)
-        groups = doc["groups"]
-        kept = [g for g in groups if not any((m["tensor"], int(m["axis"])) in touched for m in g["members"])]
-    except (ValueError, KeyError, TypeError):  # unreadable: read_learned reports it where it is used
-        return None
-    if len(kept) == len(groups):
-        return None
-    if kept:
-        doc["groups"] = kept
-        prop.value = json.dumps(doc)
-    else:
-        keep = [p for p in model.metadata_props if p.key != LEARNED_KEY]
-        del model.metadata_props[:]
-        model.metadata_props.extend(keep)
-    return (f"dropped the learned entries of {len(groups) - len(kept)} merged group(s) from '{LEARNED_KEY}' "
-            f"(their channel indices describe the unmerged model); {len(kept)} stay")
+def _drop_merged_learned(work: onnx.ModelProto, analysis: Analysis, merged: set[int]) -> list[str]:
+    """Remove from ``work``'s ``compressor.learned`` metadata the entries matched to a merged group
+    (only those: an entry of another group at a concat offset of the same tensors stays)."""
+    dropped, total = drop_learned_entries(work, analysis, merged)
+    if not dropped:
+        return []
+    return [f"dropped the learned entries of {dropped} merged group(s) from '{LEARNED_KEY}' (a kept channel now "
+            f"stands for its cluster); {total - dropped} stay"]
 
 
 def merge_clusters(model, clusters_by_group: dict[int, Clusters], input_shapes=None, *, tol: float | None = 1e-4,
