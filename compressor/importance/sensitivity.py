@@ -19,6 +19,8 @@ One session runs every probe: the model carries a mask *input* at each consume p
 that onnxruntime optimises the graph as it would the model itself.
 Inputs: calibration data when given (a few real samples make it a data-aware criterion, like the
 layer-wise sensitivity scans of NNCF/Distiller), else seeded random inputs at the model's shapes.
+How many of them the probes use is set by a budget of multiply-accumulates (:data:`PROBE_MACS`),
+not by a clock: the same command gives the same sensitivities on a busy machine.
 Summing per-group sensitivities assumes they add up, the premise OrthoReg trains for.
 """
 
@@ -34,10 +36,12 @@ from compressor.ir.shapes import InputSpec, random_feeds
 
 #: Removed fractions probed per group (the latency allocation removes at most 0.75).
 FRACTIONS = (0.25, 0.5, 0.75)
-#: Seconds the probes may take: the feeds used are cut to fit, as estimated from one run (measured
-#: here: resnet50 at 224, 3 of 4 random feeds, 16 s; a 28x28 ResNet-20, 256 calibration samples in
-#: 8 batches, 3 s).
-TIME_BUDGET_S = 15.0
+#: Multiply-accumulates all probe runs together may cost: the feeds used are cut to fit, counted on
+#: the model's Conv/Gemm/MatMul layers (metrics.count), so the same data and model always use the
+#: same feeds, however loaded the machine is (a timed budget made the same command use 224 or 64
+#: samples). About 18 s on a 2-core CPU: the demo ResNet (31 M MACs a sample, 36 probes) uses 864
+#: samples, a 28x28 ResNet-20 all of 256, resnet50 at 224 one random feed of 4.
+PROBE_MACS = 1e12
 
 
 @dataclass
@@ -185,15 +189,44 @@ def fixed_batch_size(model) -> int | None:
     return sizes.pop() if len(sizes) == 1 else None
 
 
+def feeds_within(analysis: Analysis, feeds: list[dict[str, np.ndarray]], probes: int,
+                 mac_budget: float | None = PROBE_MACS) -> int:
+    """How many of ``feeds`` (in order, at least one) ``probes`` runs of each fit in ``mac_budget``
+    multiply-accumulates: a function of the model and the data only, never of the clock. A feed
+    costs the model's MACs at its input shapes, scaled by the feed's batch over that batch."""
+    if mac_budget is None or not feeds:
+        return len(feeds)
+    from compressor.metrics import count
+
+    macs = count(analysis.index)[0]
+    if macs <= 0:
+        return len(feeds)
+    shapes = analysis.index.spec.shapes
+    used, spent = 0, 0.0
+    for feed in feeds:
+        scale = 1.0
+        for name, arr in feed.items():
+            want = shapes.get(name)
+            if want and np.ndim(arr) and want[0]:
+                scale = len(arr) / want[0]
+                break
+        spent += macs * scale * max(probes, 1)
+        if used and spent > mac_budget:
+            break
+        used += 1
+    return used
+
+
 def measure_sensitivity(analysis: Analysis, scores: dict[int, np.ndarray], feeds: list[dict[str, np.ndarray]],
                         fractions=FRACTIONS, inputs: str = "random", progress: bool = False,
-                        time_budget_s: float | None = TIME_BUDGET_S, whole=(),
+                        mac_budget: float | None = PROBE_MACS, whole=(),
                         base: dict[int, int] | None = None) -> Sensitivity:
     """Probe every prunable group at ``fractions`` removed (least important channels first, as
     ``scores`` order them) on ``feeds``; see the module docstring.
 
-    ``time_budget_s``: the probes use as many of ``feeds`` (in order, at least one) as the time
-    one run of the first feed says fit in this budget; ``Sensitivity.inputs`` says how many.
+    ``mac_budget``: the probes use as many of ``feeds`` (in order, at least one) as fit in this many
+    multiply-accumulates over all probe runs (:func:`feeds_within`; None: all of them), so the
+    result does not depend on the machine's speed or load; ``Sensitivity.inputs`` says how many.
 
     ``whole``: groups also probed with every channel removed (those --drop-layers may remove).
 
@@ -258,16 +291,12 @@ def measure_sensitivity(analysis: Analysis, scores: dict[int, np.ndarray], feeds
         first_line = " ".join(str(exc).split())[:300]
         raise UsageError(f"onnxruntime cannot run the model on the sensitivity probes' inputs ({inputs}; "
                          f"shapes {[list(np.shape(v)) for v in feeds[0].values()]}): {first_line}") from None
-    t0 = time.perf_counter()
     first = sess.run(names, {**feeds[0], **ones})
-    per_feed = time.perf_counter() - t0
-    used = len(feeds)
-    if time_budget_s is not None and per_feed > 0:
-        used = max(1, min(len(feeds), int(time_budget_s / (per_feed * max(probes, 1)))))
+    used = feeds_within(analysis, feeds, probes, mac_budget)
     if used < len(feeds):
         total = sum(len(next(iter(f.values()))) for f in feeds)
         taken = sum(len(next(iter(f.values()))) for f in feeds[:used])
-        inputs = f"{inputs}, {taken} of {total} used (time budget {time_budget_s:g} s)"
+        inputs = f"{inputs}, {taken} of {total} used (budget {mac_budget:.3g} MACs over {probes} probes)"
     feeds = feeds[:used]
 
     def run(masks: dict[str, np.ndarray]) -> list[list[np.ndarray]]:
