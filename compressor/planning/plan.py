@@ -68,30 +68,35 @@ class PruningPlan:
 
     @classmethod
     def from_dict(cls, d: dict) -> "PruningPlan":
-        if d.get("schema") != "compressor.plan/1":
+        """A plan file's contents, every field checked (a user error names the entry and field)."""
+        if not isinstance(d, dict) or d.get("schema") != "compressor.plan/1":
             raise UsageError("not a compressor plan file (schema compressor.plan/1 expected)")
-        opts = PlanOptions(**d["options"])
-
-        def ints(v, what):
-            if isinstance(v, bool) or not isinstance(v, int):
-                raise TypeError(f"{what} must be an integer, got {v!r}")
-            return v
-
+        _known_fields(d, ("schema", "options", "groups"), "the plan", required=True)
+        opts = options_from_dict(d["options"])
+        groups = d.get("groups")
+        if not isinstance(groups, list):
+            raise _invalid("the plan's 'groups' must be a list of {id, size, kept, signature}")
         decisions = []
-        for g in d["groups"]:
-            dec = GroupDecision(**g)
-            ints(dec.id, "a group's id")
-            ints(dec.size, "a group's size")
-            dec.kept = [ints(k, "a kept channel index") for k in dec.kept]
-            dec.signature = [str(m) for m in dec.signature]
-            decisions.append(dec)
+        for i, g in enumerate(groups):
+            where = f"plan group {i}"
+            if not isinstance(g, dict):
+                raise _invalid(f"{where} must be an object with id, size, kept and signature")
+            _known_fields(g, GROUP_FIELDS, where, required=True)
+            kept, sig = g["kept"], g["signature"]
+            if not isinstance(kept, list):
+                raise _invalid(f"{where}: 'kept' must be a list of channel indices")
+            if not isinstance(sig, list) or not all(isinstance(m, str) for m in sig):
+                raise _invalid(f"{where}: 'signature' must be a list of 'tensor:axis:offset' strings")
+            decisions.append(GroupDecision(_int(g["id"], f"{where}: 'id'"), _int(g["size"], f"{where}: 'size'"),
+                                           [_int(k, f"{where}: a kept channel index") for k in kept], list(sig)))
         return cls(opts, decisions)
 
     def rebind(self, analysis: Analysis) -> "PruningPlan":
         """Match this plan's groups to a fresh analysis of the same model by member signature."""
         by_sig = {tuple(signature(g)): g for g in analysis.groups}
         out = []
-        for dec in self.groups:
+        seen: dict[int, int] = {}  # analysis group id -> the plan entry that set it
+        for i, dec in enumerate(self.groups):
             g = by_sig.get(tuple(dec.signature))
             if g is None or g.size != dec.size:
                 raise UsageError(
@@ -100,6 +105,10 @@ class PruningPlan:
             if dec.removed and not g.prunable:
                 raise UsageError(f"the plan prunes group {dec.signature[:2]}, which is not prunable here: "
                                  f"{'; '.join(g.reasons)}")
+            if g.id in seen:
+                raise UsageError(f"the plan lists group {dec.signature[:2]} twice (entries {seen[g.id]} and {i}); "
+                                 "keep one entry per group")
+            seen[g.id] = i
             if any(not 0 <= c < g.size for c in dec.kept) or len(set(dec.kept)) != len(dec.kept):
                 raise UsageError(f"the plan keeps invalid channel indices for group {dec.signature[:2]}")
             out.append(GroupDecision(g.id, g.size, sorted(dec.kept), dec.signature))
@@ -109,7 +118,20 @@ class PruningPlan:
 def plan_from_slices(analysis: Analysis, slices: list[dict], opts: PlanOptions | None = None) -> PruningPlan:
     """Rebuild a plan from a report's ``plan`` list ({tensor, axis, kept}); every member of a group
     must agree on the channels kept, and every slice must belong to a known member."""
-    given = {(s["tensor"], int(s["axis"])): [int(k) for k in s["kept"]] for s in slices}
+    given: dict[tuple[str, int], list[int]] = {}
+    for i, s in enumerate(slices):
+        where = f"plan entry {i}"
+        if not isinstance(s, dict):
+            raise _invalid(f"{where} must be an object with tensor, axis and kept")
+        _known_fields(s, ("tensor", "axis", "kept"), where, required=True)
+        if not isinstance(s["tensor"], str):
+            raise _invalid(f"{where}: 'tensor' must be a tensor name, got {s['tensor']!r}")
+        if not isinstance(s["kept"], list):
+            raise _invalid(f"{where}: 'kept' must be a list of indices")
+        key = (s["tensor"], _int(s["axis"], f"{where}: 'axis'"))
+        if key in given:
+            raise _invalid(f"the plan slices {key[0]} axis {key[1]} twice; keep one entry per tensor axis")
+        given[key] = [_int(k, f"{where}: a kept index") for k in s["kept"]]
     members = {(m.tensor, m.axis) for g in analysis.groups for m in g.members}
     unknown = sorted(set(given) - members)
     if unknown:
@@ -140,6 +162,58 @@ def plan_from_slices(analysis: Analysis, slices: list[dict], opts: PlanOptions |
             raise UsageError(f"the plan prunes a group that is not prunable here: {'; '.join(g.reasons)}")
         decisions.append(GroupDecision(g.id, g.size, kept, signature(g)))
     return PruningPlan(opts or PlanOptions(), decisions)
+
+
+GROUP_FIELDS = ("id", "size", "kept", "signature")
+
+
+def _invalid(why: str) -> UsageError:
+    """A plan file or report plan list that cannot be read as a plan: one line saying where and why."""
+    return UsageError(f"not a valid plan: {why}")
+
+
+def _int(v, what: str) -> int:
+    """``v`` when it is an integer (not a bool, not 1.0, not "1"), else a user error naming ``what``."""
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise _invalid(f"{what} must be an integer, got {v!r}")
+    return v
+
+
+def _known_fields(d: dict, fields, where: str, required: bool = False) -> None:
+    unknown = sorted(set(d) - set(fields))
+    if unknown:
+        raise _invalid(f"{where} has unknown field {unknown[0]!r} (expected {', '.join(fields)})")
+    missing = [f for f in fields if f not in d] if required else []
+    if missing:
+        raise _invalid(f"{where} is missing field {missing[0]!r}")
+
+
+def options_from_dict(d) -> PlanOptions:
+    """A plan file's ``options``, each of the right type and range (missing ones take the defaults)."""
+    if not isinstance(d, dict):
+        raise _invalid("the plan's 'options' must be an object (ratio, global_ranking, round_to, ...)")
+    fields = list(PlanOptions.__dataclass_fields__)
+    _known_fields(d, fields, "the plan's options")
+    for name in ("global_ranking", "drop_layers"):
+        if name in d and not isinstance(d[name], bool):
+            raise _invalid(f"the plan's options: '{name}' must be true or false, got {d[name]!r}")
+    for name in ("round_to", "min_channels"):
+        if name in d:
+            _int(d[name], f"the plan's options: '{name}'")
+    ratio = d.get("ratio", 0.0)
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= ratio < 1.0:
+        raise _invalid(f"the plan's options: 'ratio' must be a number in [0, 1), got {ratio!r}")
+    for name in ("round_to", "min_channels"):
+        if d.get(name, 1) < 1:
+            raise _invalid(f"the plan's options: '{name}' must be >= 1, got {d[name]!r}")
+    if "importance" in d:
+        from compressor.importance.criteria import CRITERIA
+
+        names = sorted(CRITERIA) + ["learned"]
+        if d["importance"] not in names:
+            raise _invalid(f"the plan's options: 'importance' must be one of {', '.join(names)}, "
+                             f"got {d['importance']!r}")
+    return PlanOptions(**d)
 
 
 def signature(group: Group) -> list[str]:
