@@ -77,6 +77,24 @@ def node_label(node: onnx.NodeProto) -> str:
 class GraphIndex:
     """Producer/consumer maps, constant lookup and shapes for one model at fixed input shapes."""
 
+    @cached_property
+    def declared_dims(self) -> dict[str, tuple[int | None, ...]]:
+        """Every tensor's lengths as the model declares them, without the verification shape: a
+        length onnx infers from the declared inputs alone is an int, a dynamic one None (tensors
+        inference does not reach are absent). Computed once, on a weightless copy."""
+        from compressor.ir.shapes import weightless
+
+        try:
+            graph = onnx.shape_inference.infer_shapes(weightless(self.model), data_prop=True).graph
+        except Exception:  # noqa: BLE001 - no inference: only what the model itself declares
+            graph = self.model.graph
+        out: dict[str, tuple[int | None, ...]] = {}
+        for vi in list(graph.input) + list(graph.value_info) + list(graph.output):
+            if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape"):
+                out[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else None
+                                     for d in vi.type.tensor_type.shape.dim)
+        return out
+
     def __init__(self, model: onnx.ModelProto, spec: InputSpec, detached: dict[str, np.ndarray] | None = None):
         """``detached``: the values of initializers that ``model`` holds without payload
         (``ir.proto.detach_weights``); they are served from these arrays."""

@@ -25,10 +25,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-import weakref
-
 import numpy as np
-import onnx
 
 from compressor.analysis.context import AnalysisContext
 
@@ -36,8 +33,6 @@ MAX_DEPTH = 12
 _UNARY = {"Neg", "Abs", "Floor", "Ceil", "Sqrt", "Reciprocal", "Round", "Exp", "Log"}
 _BINARY = {"Add", "Sub", "Mul", "Div", "Mod", "Pow", "Max", "Min"}
 _REDUCE = {"ReduceProd", "ReduceSum", "ReduceMax", "ReduceMin"}
-#: declared (symbolic) lengths per graph index, inferred once when an entry needs them
-_DECLARED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 Dim = tuple[str, int]
 
@@ -272,33 +267,12 @@ def shape_reads(ctx: AnalysisContext, start: str) -> set[Dim]:
     return deps
 
 
-def _declared_static(index) -> dict[str, tuple[int | None, ...]]:
-    """Every tensor's lengths as the input model declares them, without the verification shape:
-    a length that onnx infers from the declared inputs alone is an int, a dynamic one None."""
-    cached = _DECLARED.get(index)
-    if cached is None:
-        from compressor.ir.shapes import weightless
-
-        cached = {}
-        try:
-            inferred = onnx.shape_inference.infer_shapes(weightless(index.model), data_prop=True)
-        except Exception:  # noqa: BLE001 - no inference: every length counts as dynamic
-            inferred = None
-        graph = inferred.graph if inferred is not None else index.model.graph
-        for vi in list(graph.input) + list(graph.value_info) + list(graph.output):
-            if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape"):
-                cached[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else None
-                                        for d in vi.type.tensor_type.shape.dim)
-        _DECLARED[index] = cached
-    return cached
-
-
 def _static_length(ctx: AnalysisContext, tensor: str, axis: int) -> bool:
     """Is axis ``axis`` of ``tensor`` the same at every input shape (a channel count, or a length
     the input model fixes)?"""
     if ctx.layout(tensor, axis) is not None or ctx.index.is_const(tensor):
         return True
-    dims = _declared_static(ctx.index).get(tensor)
+    dims = ctx.index.declared_dims.get(tensor)
     return dims is not None and axis < len(dims) and dims[axis] is not None
 
 
