@@ -132,11 +132,13 @@ def inspect(model, input_shapes=None, exclude=(), prune_norms: bool = True) -> d
     """What `compress inspect` reports: groups, barriers, MACs/params per layer."""
     t0 = time.perf_counter()
     exclude = _patterns(exclude)
-    proto, path = _as_model(model)
+    loaded, path = _load(model)
+    proto = loaded.model
     spec = _spec(proto, input_shapes)
     index = GraphIndex(proto, spec)
     an = analyze_index(index, exclude=exclude, prune_norms=prune_norms)
     macs, params, per_node = count(index)
+    warnings = loaded.warnings + _exclude_warnings(an, exclude)
     groups = []
     for g in an.groups:
         d = g.to_dict()
@@ -157,7 +159,8 @@ def inspect(model, input_shapes=None, exclude=(), prune_norms: bool = True) -> d
         "barriers": [b.__dict__ for b in an.barriers],
         "shape_pins": _shape_pins(an),
         "layers": [{"node": k, "macs": v} for k, v in per_node.items()],
-        **({"warnings": w} if (w := _exclude_warnings(an, exclude)) else {}),
+        "load_notes": loaded.notes,
+        **({"warnings": warnings} if warnings else {}),
         "seconds": round(time.perf_counter() - t0, 3),
     }
 

@@ -448,6 +448,8 @@ def inspect_command(model, input_shapes, exclude, freeze_norms, as_json, debug):
             click.echo(f"... {len(layers) - len(top)} more layers in --json (layers)")
     for d in info["defaults_used"]:
         click.echo(f"default used: {d}")
+    for n in info.get("load_notes", []):
+        click.echo(f"loading: {n}")
 
 
 def _register_bench() -> None:
