@@ -403,6 +403,7 @@ def prune(model, *, ratio: float | None = None, output: str | os.PathLike | None
             target_macs = min(1.0, target_macs * first["macs_before"] / t_macs)
         if target_params is not None and t_params:
             target_params = min(1.0, target_params * first["params_before"] / t_params)
+    requested_importance = importance
     importance, importance_notes = _resolve_importance(proto, importance)
     opts = PlanOptions(ratio=ratio, global_ranking=global_ranking, round_to=1 if auto_round else round_to,
                        min_channels=min_channels, importance=importance, drop_layers=drop_layers)
@@ -427,8 +428,11 @@ def prune(model, *, ratio: float | None = None, output: str | os.PathLike | None
         if why:
             raise UsageError(f"the plan keeps no channel of a group that cannot be removed whole: {why}")
     else:
-        scores, notes = _scores(proto, an, importance, seed)
+        scores, notes, used = _scores(proto, an, importance, seed, explicit=requested_importance == "learned")
         importance_notes += notes
+        if used != importance:  # learned importances that matched nothing: the plan was made on L2
+            opts = dataclasses.replace(opts, importance="l2")
+        importance = used
 
         sens_cache: list = []
 
@@ -503,6 +507,7 @@ def prune(model, *, ratio: float | None = None, output: str | os.PathLike | None
     keep = plan.keep
     surgery = apply_plan(an, keep)
     pruned = surgery.model
+    importance_notes += surgery.notes  # the learned importances the output carries, sliced
     if keep and len(pruned.training_info):  # its algorithm binds the unpruned weights' shapes
         del pruned.training_info[:]
         warn("the model's training_info (an ONNX training algorithm written for the unpruned weights) was "
@@ -645,20 +650,27 @@ def _resolve_importance(proto: onnx.ModelProto, importance: str) -> tuple[str, l
     return importance, []
 
 
-def _scores(proto, an: Analysis, importance: str, seed: int) -> tuple[dict, list[str]]:
+def _scores(proto, an: Analysis, importance: str, seed: int, explicit: bool = False) -> tuple[dict, list[str], str]:
+    """(scores per group, notes, the criterion as the report names it). Learned importances that
+    match no prunable group are an error when asked for (``explicit``), else L2 is used and named."""
     if importance != "learned":
-        return score_groups(an, importance, seed=seed), []
+        return score_groups(an, importance, seed=seed), [], importance
     from compressor.importance.learned import learned_scores
 
     learned, notes = learned_scores(proto, an)
     scores = score_groups(an, "l2")
     missing = [g.id for g in an.prunable if g.id not in learned or len(learned[g.id]) != g.size]
+    if an.prunable and len(missing) == len(an.prunable):
+        if explicit:
+            raise UsageError("--importance learned: none of the model's learned entries matches a prunable channel "
+                             "group of this model (was it pruned or edited after export?); use --importance l2")
+        return scores, notes, "l2 (no learned entry matched)"
     for gid in scores:
         if gid not in missing:
             scores[gid] = np.asarray(learned[gid], dtype=np.float64)
     if missing:
         notes.append(f"{len(missing)} prunable group(s) had no learned importance; L2 magnitude used for them")
-    return scores, notes
+    return scores, notes, "learned"
 
 
 def _pruned_for_timing(an: Analysis, plan: PruningPlan) -> onnx.ModelProto:

@@ -132,7 +132,7 @@ def evaluate(name: str, path: str, fractions: list[float], importance: str, n_ca
              drop_layers: bool = False, costs: tuple[str, ...] = COSTS) -> list[dict]:
     proto = onnx.load(path)
     an = api.analyze(proto, input_shapes=SHAPE)
-    scores, _ = api._scores(proto, an, importance, 0)
+    scores, _, _ = api._scores(proto, an, importance, 0)
     spec = api._spec(proto, SHAPE)
     opts = PlanOptions(ratio=0.0, round_to=8, importance=importance)
     dense_ms = benchmark([path], provider="cpu", threads=2, min_time=3, progress=False, log=None,

@@ -441,6 +441,7 @@ def write_with_external_data(model: onnx.ModelProto, fh, fh_data, location: str,
         fh_data.write(payload)
         part.name, part.data_type, part.doc_string = t.name, t.data_type, t.doc_string
         part.dims.extend(t.dims)
+        part.metadata_props.extend(t.metadata_props)
         part.data_location = onnx.TensorProto.EXTERNAL
         for key, value in (("location", location), ("offset", str(offset + pad)), ("length", str(len(payload)))):
             entry = part.external_data.add()

@@ -81,8 +81,10 @@ def detach_weights(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, n
     for t in model.graph.initializer:
         if feedable(t, DETACH_MIN_BYTES) and t.HasField("raw_data") and t.name not in outputs:
             values[t.name] = numpy_helper.to_array(t)
-            skeleton.graph.initializer.append(onnx.TensorProto(name=t.name, data_type=t.data_type, dims=t.dims,
-                                                               doc_string=t.doc_string))
+            stub = skeleton.graph.initializer.add()
+            stub.name, stub.data_type, stub.doc_string = t.name, t.data_type, t.doc_string
+            stub.dims.extend(t.dims)
+            stub.metadata_props.extend(t.metadata_props)
         else:
             skeleton.graph.initializer.add().CopyFrom(t)
     return skeleton, values

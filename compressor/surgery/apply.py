@@ -48,13 +48,17 @@ def _append(model: onnx.ModelProto, like: onnx.TensorProto, make: Callable[[], n
     alive at a time, not three (a caller's argument would stay referenced until the call returns)."""
     arr = make()
     if arr.dtype.kind in "OSU" or onnx.helper.np_dtype_to_tensor_dtype(arr.dtype) != like.data_type:
-        model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(arr), like.name))
+        t = numpy_helper.from_array(np.ascontiguousarray(arr), like.name)
+        t.doc_string = like.doc_string
+        t.metadata_props.extend(like.metadata_props)
+        model.graph.initializer.append(t)
         return
     dims = arr.shape
     raw = np.ascontiguousarray(arr).tobytes()
     del arr
     t = model.graph.initializer.add()
     t.name, t.data_type, t.doc_string = like.name, like.data_type, like.doc_string
+    t.metadata_props.extend(like.metadata_props)  # a tensor's own metadata (quantization notes, ...)
     t.dims.extend(dims)
     t.raw_data = raw
 

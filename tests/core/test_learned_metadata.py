@@ -178,3 +178,25 @@ def test_clusters_gates_and_keep_ratio_follow_the_kept_channels():
     assert "keep_ratio" not in e and any("keep_ratio" in note for note in result.notes), result.notes
     untouched = apply_plan(an, {g2.id: [0, 1, 2]})
     assert read_learned(untouched.model)["groups"][0]["importance"] == list(range(8)), "other groups keep theirs"
+
+
+def test_learned_entries_that_match_nothing_are_named_or_refused():
+    """Metadata whose members name tensors the model does not have: ``auto`` said "learned" while
+    every group was ranked by L2; an explicit ``--importance learned`` went on silently."""
+    import pytest
+
+    from compressor.errors import UsageError
+
+    model, names = dense()
+    model = with_learned(model, names)
+    meta = json.loads(model.metadata_props[0].value)
+    for grp in meta["groups"]:
+        grp.pop("fingerprint")  # a weight fingerprint would find the producer under any name
+        for m in grp["members"]:
+            m["tensor"] = "gone_" + m["tensor"]
+    model.metadata_props[0].value = json.dumps(meta)
+    res = api.prune(model, ratio=0.5)
+    assert res.report["importance"] == "l2 (no learned entry matched)"
+    assert res.report["options"]["importance"] == "l2"
+    with pytest.raises(UsageError, match="none of the model's learned entries matches"):
+        api.prune(model, ratio=0.5, importance="learned")

@@ -139,3 +139,19 @@ def test_a_graph_output_without_shape_is_named():
     m.graph.output[0].type.tensor_type.ClearField("shape")
     with pytest.raises(Exception, match=f"graph output '{m.graph.output[0].name}' declares no shape"):
         api.prune(m, ratio=0.5)
+
+
+def test_initializer_metadata_survives_pruning(tmp_path):
+    """Tensor metadata_props were dropped from every weight written from an array, pruned or not."""
+    g, y = _chain()
+    m = g.model([y])
+    for t in m.graph.initializer:
+        t.metadata_props.add(key="source", value=t.name)
+    path = tmp_path / "m.onnx"
+    onnx.save(m, path)
+    res = api.prune(str(path), ratio=0.5, output=tmp_path / "o.onnx")
+    out = onnx.load(tmp_path / "o.onnx")
+    assert res.report["groups"]["pruned"] == 1
+    for t in out.graph.initializer:
+        if t.name in {i.name for i in m.graph.initializer}:
+            assert [(p.key, p.value) for p in t.metadata_props] == [("source", t.name)], t.name
