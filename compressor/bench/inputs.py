@@ -233,6 +233,10 @@ def resolve_input_shapes(
                     f"pass --input-shape {name}:{example} with a size for each D"
                 )
         shapes[name] = tuple(resolved)
+    for name, shape in shapes.items():  # declared by the model, or given to the Python API
+        if math.prod(shape) > MAX_INPUT_ELEMENTS:
+            raise UsageError(f"input {name!r} at {format_shape(shape)} has {math.prod(shape):.3g} elements; at most "
+                             f"{MAX_INPUT_ELEMENTS:.3g} per input (a random input that large does not fit in memory)")
     return shapes, defaults_used
 
 

@@ -285,3 +285,9 @@ def test_an_input_shape_too_large_to_feed_is_a_usage_error(spec):
     """It reached protobuf ("Value out of range") or numpy (MemoryError): exit 1."""
     with pytest.raises(UsageError, match="elements; at most"):
         parse_input_shapes([spec])
+
+
+def test_a_resolved_shape_too_large_to_feed_is_a_usage_error(models):
+    """Shapes given to the Python API as a dict skip the parser: resolution checks them too."""
+    with pytest.raises(UsageError, match="elements; at most"):
+        resolve_input_shapes(models.relu(("N", 3, "H", "W")), {"x": (1, 3, 100000, 100000)})
