@@ -88,7 +88,7 @@ def prepare_model(model: onnx.ModelProto, *, inplace: bool = False) -> Prepared:
             _densify_sparse(model)
             warnings.append(f"{sparse} sparse initializer(s) made dense: the output stores them dense")
     read = {x for n in model.graph.node for x in n.input}
-    model, folded, stored, left = _fold(model, inplace=inplace)
+    model, folded, stored, left, unrecorded = _fold(model, inplace=inplace)
     if folded:
         notes.append(f"folded {len(folded)} constant subgraph node(s) into initializers")
     # an encoded weight read by further constant nodes (a Transpose, a Reshape) is folded with them
@@ -97,6 +97,10 @@ def prepare_model(model: onnx.ModelProto, *, inplace: bool = False) -> Prepared:
         warnings.append(f"{len(further)} weight(s) the input stored encoded (DequantizeLinear/Cast) feed further "
                         "constant nodes and are written as float: " + ", ".join(further[:5])
                         + (f" and {len(further) - 5} more" if len(further) > 5 else ""))
+    if unrecorded:
+        warnings.append(f"{len(unrecorded)} weight(s) the input stored encoded (DequantizeLinear/Cast) decode data "
+                        "computed by other nodes and are written as float: " + ", ".join(unrecorded[:5])
+                        + (f" and {len(unrecorded) - 5} more" if len(unrecorded) > 5 else ""))
     return Prepared(model, notes, warnings, [s for s in stored if s.name in left])
 
 
@@ -113,7 +117,7 @@ def fold_constants(model: onnx.ModelProto, *, inplace: bool = False) -> tuple[on
     """The model with constant-only nodes folded; returns (model, folded node labels).
 
     A copy when something folds, unless ``inplace``; the model itself when nothing does."""
-    out, labels, _, _ = _fold(model, inplace=inplace)
+    out, labels, _, _, _ = _fold(model, inplace=inplace)
     return out, labels
 
 
@@ -133,7 +137,7 @@ def _is_storage(node: onnx.NodeProto, values: list[np.ndarray]) -> bool:
 
 
 def _fold(model: onnx.ModelProto, *, inplace: bool
-          ) -> tuple[onnx.ModelProto, list[str], list[StoredWeight], set[str]]:
+          ) -> tuple[onnx.ModelProto, list[str], list[StoredWeight], set[str], list[str]]:
     """``fold_constants``, the folded DequantizeLinear/Cast weights computed from the model's own
     constants (DequantizeLinear: where onnxruntime computed them), and the initializers left."""
     g = model.graph
@@ -152,7 +156,7 @@ def _fold(model: onnx.ModelProto, *, inplace: bool
             foldable.append(i)
             known_const.update(o for o in node.output if o)
     if not foldable:
-        return model, [], [], set(values)
+        return model, [], [], set(values), []
     if inplace:
         out = model
     else:
@@ -174,6 +178,7 @@ def _fold(model: onnx.ModelProto, *, inplace: bool
     folded: list[int] = []
     labels = []
     stored: list[StoredWeight] = []
+    unrecorded: list[str] = []  # decoded weights that cannot be encoded again (computed data)
     original = set(values) | const_nodes
     total = 0
     for i in foldable:
@@ -204,6 +209,13 @@ def _fold(model: onnx.ModelProto, *, inplace: bool
                 copy = onnx.NodeProto()
                 copy.CopyFrom(node)
                 stored.append(StoredWeight(copy, args))
+        elif node.op_type in STORAGE_OPS and len(outs) == 1 and ins:
+            try:
+                decodes = _is_storage(node, [get(x) for x in ins])
+            except Exception:  # noqa: BLE001 - a value that cannot be read: not a weight we record
+                decodes = False
+            if decodes:  # it decodes a weight, but not from the model's own constants (or not in onnxruntime)
+                unrecorded.append(outs[0])
         if total > MAX_FOLDED_BYTES:
             break
     for i in reversed(folded):  # by index: rebuilding the list would copy every node
@@ -212,7 +224,7 @@ def _fold(model: onnx.ModelProto, *, inplace: bool
 
     drop_unused(out)
     kept = {t.name for t in out.graph.initializer}
-    return out, labels, stored, kept
+    return out, labels, stored, kept, [n for n in unrecorded if n in kept]
 
 
 def _in_onnxruntime(model, nodes, get, opset) -> dict[str, np.ndarray] | None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-
+import heapq
 import os
 import tempfile
 from pathlib import Path
@@ -118,19 +118,25 @@ def sort_nodes(graph: onnx.GraphProto) -> bool:
     tensor nothing produces is left as it is, for validation to name the node."""
     if is_sorted(graph):
         return False
-    produced = {o for n in graph.node for o in n.output if o}
-    pending = [(k, {r for r in _reads(n) if r in produced}) for k, n in enumerate(graph.node)]
+    producer = {o: k for k, n in enumerate(graph.node) for o in n.output if o}
+    waiting = [0] * len(graph.node)  # how many producing nodes each node still waits for
+    readers: dict[int, list[int]] = {}
+    for k, n in enumerate(graph.node):
+        for p in {producer[r] for r in _reads(n) if r in producer}:
+            waiting[k] += 1
+            readers.setdefault(p, []).append(k)
+    ready = [k for k, w in enumerate(waiting) if w == 0]
+    heapq.heapify(ready)  # the earliest ready node first: the given order wherever it is one
     order: list[int] = []
-    avail = _sources(graph)
-    while pending:
-        for j, (k, need) in enumerate(pending):
-            if need <= avail:
-                order.append(k)
-                avail.update(o for o in graph.node[k].output if o)
-                del pending[j]
-                break
-        else:
-            return False  # a cycle: leave it to validation
+    while ready:
+        k = heapq.heappop(ready)
+        order.append(k)
+        for r in readers.get(k, ()):
+            waiting[r] -= 1
+            if waiting[r] == 0:
+                heapq.heappush(ready, r)
+    if len(order) < len(graph.node):
+        return False  # a cycle: leave it to validation
     if order == sorted(order):
         return False
     nodes = [graph.node[k] for k in order]

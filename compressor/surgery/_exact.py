@@ -21,7 +21,7 @@ from compressor.metrics import count
 from compressor.surgery.apply import apply_plan
 from compressor.surgery.finalize import finalize as _finalize
 from compressor.verify import verify
-from compressor.verify.upcast import has_half
+from compressor.verify.second_shape import alternate_specs
 
 #: Relative error the exact transforms must meet against the original (float32 round-off only).
 EXACT_TOLERANCE = 1e-5
@@ -124,6 +124,12 @@ class ConstEditor:
         self.names = set(self.inits) | {o for n in model.graph.node for o in n.output} | \
             {i.name for i in model.graph.input}
         self._n = 0
+        #: whether an edit wrote float16/bfloat16 values (computed ones, rounded to 11 bits)
+        self.wrote_half = False
+
+    def _note(self, arr: np.ndarray) -> None:
+        if arr.dtype == np.float16 or arr.dtype.name == "bfloat16":
+            self.wrote_half = True
 
     def get(self, name: str) -> np.ndarray:
         if name in self.inits:
@@ -134,6 +140,7 @@ class ConstEditor:
         return value
 
     def set(self, name: str, arr: np.ndarray) -> None:
+        self._note(arr)
         tensor = numpy_helper.from_array(np.ascontiguousarray(arr), name)
         if name in self.inits:
             self.model.graph.initializer[self.inits[name]].CopyFrom(tensor)
@@ -151,6 +158,7 @@ class ConstEditor:
                 return name
 
     def add(self, base: str, arr: np.ndarray) -> str:
+        self._note(arr)
         name = self.fresh(base)
         self.model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(arr), name))
         self.inits[name] = len(self.model.graph.initializer) - 1
@@ -200,17 +208,21 @@ def remove_channels(model: onnx.ModelProto, spec: InputSpec, remove: dict[int, l
 
 
 def prove(original: onnx.ModelProto, candidate: onnx.ModelProto, spec: InputSpec, what: str,
-          report: dict, tolerance: float = EXACT_TOLERANCE, seed: int = 0, skip: bool = False) -> None:
-    """Compare against the unmasked original; fill report['verify']; raise when it fails.
-    ``skip`` (``--no-verify``): record that the proof was skipped instead."""
+          report: dict, tolerance: float = EXACT_TOLERANCE, seed: int = 0, skip: bool = False,
+          rounded_half: bool = False) -> None:
+    """Compare against the unmasked original (at a second input shape too, for dynamic dims); fill
+    report['verify']; raise when it fails. ``skip`` (``--no-verify``): record that the proof was
+    skipped instead. ``rounded_half``: the transform wrote computed float16/bfloat16 values
+    (ConstEditor.wrote_half), which are allowed their rounding (HALF_EXACT_TOLERANCE)."""
     ver = None
     if not skip:
-        if has_half(candidate):
+        if rounded_half:
             tolerance = max(tolerance, HALF_EXACT_TOLERANCE)
         reference = copy_model(original)
         reference.ir_version = candidate.ir_version
         del reference.graph.value_info[:]
-        ver = verify(reference, candidate, spec, tolerance=tolerance, seed=seed)
+        ver = verify(reference, candidate, spec, tolerance=tolerance, seed=seed,
+                     alternates=alternate_specs(original, spec))
     report["verify"] = ver.to_dict() if ver else {"passed": None, "skipped": True}
     report["max_rel_err"] = ver.max_rel_err if ver else None
     t0 = report.pop("_t0", None)

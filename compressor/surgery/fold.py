@@ -38,6 +38,7 @@ from compressor.importance.learned import carried_summary
 from compressor.ir.graph import GraphIndex, drop_unused
 from compressor.ir.shapes import InputSpec, random_feeds
 from compressor.metrics import count
+from compressor.verify.upcast import has_half
 from compressor.surgery._exact import (
     EXACT_TOLERANCE, ConstEditor, base_report, channel_slice, close_report, consume_points_of, copy_model,
     finalize, index_along, is_bias, load, prove, reanalyze, remove_channels,
@@ -204,7 +205,8 @@ def fold_gates(model, input_shapes=None, *, tolerance: float = EXACT_TOLERANCE) 
     macs, params, _ = count(GraphIndex(work, loaded.spec))
     close_report(report, macs, params)
     work = finalize(work)
-    prove(loaded.original, work, loaded.spec, "gate-folded model", report, tolerance=tolerance)
+    prove(loaded.original, work, loaded.spec, "gate-folded model", report, tolerance=tolerance,
+          rounded_half=has_half(work))  # a folded gate scales weights: computed values
     return work, report
 
 
@@ -429,5 +431,5 @@ def fold_constant_channels(model, input_shapes=None, zero_tol: float = 0.0, *, g
     close_report(report, macs, params)
     result = finalize(result)
     prove(loaded.original, result, loaded.spec, "constant-folded model", report, tolerance=tolerance,
-          skip=not verify_model)
+          skip=not verify_model, rounded_half=has_half(result))  # folded channels: computed biases
     return result, report

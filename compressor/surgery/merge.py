@@ -198,7 +198,8 @@ def _merge(loaded: Loaded, clusters_by_group: dict[int, Clusters], tol: float | 
     close_report(report, macs_after, params_after)
     merged = finalize(merged)
     prove(loaded.original, merged, loaded.spec, "merged model", report,
-          tolerance=_proof_tolerance(tol) if tolerance is None else tolerance, skip=not verify_model)
+          tolerance=_proof_tolerance(tol) if tolerance is None else tolerance, skip=not verify_model,
+          rounded_half=editor.wrote_half)
     return merged, report
 
 

@@ -330,7 +330,7 @@ def _session(model: onnx.ModelProto):
 
 
 def _run(om: OracleModel, names: list[str] | None, feeds: list[dict[str, np.ndarray]],
-         extra: list[dict[str, np.ndarray]] = (), keep_error: bool = False):
+         extra: list[Callable[[], dict[str, np.ndarray]]] = (), keep_error: bool = False):
     """Create a session for ``om``, run it on every feed, release it. Returns (names, outputs per
     feed, provider, second): ``second`` is (k, outputs) for the first of the ``extra`` feeds the
     model runs on (other shapes of a dynamic model; their failures are not errors), or None;
@@ -350,9 +350,9 @@ def _run(om: OracleModel, names: list[str] | None, feeds: list[dict[str, np.ndar
         outs = [sess.run(names, f) for f in feeds]
         fed = {}
     second = None
-    for k, f in enumerate(extra):
+    for k, make in enumerate(extra):  # made one at a time: usually the first is the one run
         try:
-            second = (k, sess.run(names, {**f, **fed}))
+            second = (k, sess.run(names, {**make(), **fed}))
         except Exception as exc:  # noqa: PERF203 - the model may not run at this shape
             second = (k, exc) if keep_error else None
             continue
@@ -399,7 +399,7 @@ def verify(reference: onnx.ModelProto | OracleModel, pruned: onnx.ModelProto | O
     ``alternates``: other input shapes of a model with dynamic dims (verify/second_shape.py); the
     first the reference runs at is run by the pruned model too, and compared the same way."""
     feeds = [random_feeds(spec, seed=seed + t) for t in range(trials)]
-    alt_feeds = [random_feeds(a, seed=seed + trials) for a in alternates]
+    alt_feeds = [lambda a=a: random_feeds(a, seed=seed + trials) for a in alternates]
     ref = reference if isinstance(reference, OracleModel) else oracle_model(reference)
     new = pruned if isinstance(pruned, OracleModel) else oracle_model(pruned)
     del reference, pruned
@@ -408,12 +408,12 @@ def verify(reference: onnx.ModelProto | OracleModel, pruned: onnx.ModelProto | O
         # float16 rounding differs between two correct prunings by an ulp (5e-4): prove in float32
         try:
             wide_ref, wide_new = OracleModel(*upcast(ref.model, ref.weights)), OracleModel(*upcast(new.model, new.weights))
-            names, ref_outs, _, ref_second = _run(wide_ref, None, widen_feeds(feeds), widen_feeds(alt_feeds))
+            names, ref_outs, _, ref_second = _run(wide_ref, None, widen_feeds(feeds), _widened(alt_feeds))
         except Exception:  # an op with no float32 kernel, say: compare in the model's own types
             pass
         else:
             ref, new, compared_in = wide_ref, wide_new, "float32 (float16/bfloat16 widened)"
-            feeds, alt_feeds = widen_feeds(feeds), widen_feeds(alt_feeds)
+            feeds, alt_feeds = widen_feeds(feeds), _widened(alt_feeds)
     if compared_in == "model types":
         try:
             names, ref_outs, _, ref_second = _run(ref, None, feeds, alt_feeds)
@@ -451,9 +451,11 @@ def verify(reference: onnx.ModelProto | OracleModel, pruned: onnx.ModelProto | O
     if void:
         reason = (f"output(s) {', '.join(repr(n) for n in void[:3])} are NaN or infinite on every random "
                   f"input, so nothing of them could be compared")
-    elif names and all(np.asarray(o).size == 0 for o in ref_outs[0]):
-        void, reason = list(names), ("every output is empty at the verification shape, so nothing could be "
-                                     "compared: give --input-shape with non-zero dims")
+    elif any(0 in shape for shape in spec.shapes.values()) and all(np.asarray(o).size == 0 for o in ref_outs[0]):
+        # an input declared with a 0 dim: empty tensors throughout (a detector's output that is
+        # empty on random inputs, with non-empty inputs, is a real result and compares as one)
+        void, reason = list(names), ("the model's inputs have a dimension 0, so every output is empty and nothing "
+                                     "could be compared: give --input-shape with non-zero dims")
     second = None
     if alternates:
         second, why = _second_shape(alternates, ref_second, new_second, names, tolerance)
@@ -461,6 +463,10 @@ def verify(reference: onnx.ModelProto | OracleModel, pruned: onnx.ModelProto | O
     return VerifyResult(passed=bool(max_rel <= tolerance) and not void and reason is None, max_rel_err=max_rel,
                         max_abs_err=max_abs, tolerance=tolerance, trials=trials, outputs=worst, provider=provider,
                         compared_in=compared_in, reason=reason, second_shape=second)
+
+
+def _widened(makers: list[Callable[[], dict]]) -> list[Callable[[], dict]]:
+    return [lambda make=make: widen_feeds([make()])[0] for make in makers]
 
 
 def _second_shape(alternates, ref_second, new_second, names, tolerance) -> tuple[dict, str | None]:

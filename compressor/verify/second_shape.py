@@ -4,10 +4,10 @@ The proof runs at one concrete shape (``--input-shape``, or the defaults for dyn
 pruned model that computes a shape operand at run time must keep computing it: a rewrite that
 writes in its value at the verification shape (a Reshape target ``C x H`` becoming the literal
 ``C' x 32``) passes there and fails, or silently returns another shape, at every other size. So a
-model whose inputs have dynamic dims is also run at a second shape: the batch one larger, the
-other dynamic dims scaled by 0.5 and 0.75 in turn (or, where the original cannot run so, by
-0.5, or grown). Dims sharing a
-symbol keep sharing a value. Candidates the original model itself cannot run at are skipped.
+model whose inputs have dynamic dims is also run at a second shape: the batch one larger (one
+smaller from 2 up), the other dynamic dims scaled by 0.5 and 0.75 in turn (or, where the
+original cannot run so, by 0.5, or grown). Dims sharing a symbol keep sharing a value.
+Candidates the original model itself cannot run at are skipped.
 """
 
 from __future__ import annotations
@@ -57,8 +57,8 @@ def alternate_specs(model: onnx.ModelProto, spec: InputSpec) -> list[InputSpec]:
                 v = shape[axis]
                 if symbol is not None and symbol in by_symbol:
                     new = by_symbol[symbol]
-                elif axis == 0:
-                    new = v + 1 if batch_step else v
+                elif axis == 0:  # one more, or one fewer where that is cheaper and still a batch
+                    new = (v - 1 if v > 1 else v + 1) if batch_step else v
                 elif scales is None:
                     new = v
                 else:

@@ -31,6 +31,15 @@ def _widen_tensor(t: onnx.TensorProto) -> onnx.TensorProto:
     return out
 
 
+def _type_is_half(tp: onnx.TypeProto) -> bool:
+    which = tp.WhichOneof("value")
+    if which == "tensor_type":
+        return tp.tensor_type.elem_type in HALF
+    if which in ("sequence_type", "optional_type"):
+        return _type_is_half(getattr(tp, which).elem_type)
+    return which == "map_type" and _type_is_half(tp.map_type.value_type)
+
+
 def _widen_type(tp: onnx.TypeProto) -> None:
     which = tp.WhichOneof("value")
     if which == "tensor_type" and tp.tensor_type.elem_type in HALF:
@@ -41,62 +50,67 @@ def _widen_type(tp: onnx.TypeProto) -> None:
         _widen_type(tp.map_type.value_type)
 
 
-def _graph_has_half(g: onnx.GraphProto) -> bool:
-    if any(_tensor_is_half(t) for t in g.initializer):
-        return True
-    for vi in list(g.input) + list(g.output):
-        if vi.type.tensor_type.elem_type in HALF:
-            return True
-    for n in g.node:
+def _bodies(model: onnx.ModelProto):
+    """(initializers, value infos, nodes) of the main graph, every subgraph and every function."""
+    def graph(g: onnx.GraphProto):
+        yield g.initializer, list(g.input) + list(g.output) + list(g.value_info), g.node
+        for n in g.node:
+            yield from attributes(n)
+
+    def attributes(n: onnx.NodeProto):
         for a in n.attribute:
-            if a.type == onnx.AttributeProto.INT and a.name in ("to", "dtype", "output_dtype") and a.i in HALF:
-                return True
-            if a.type == onnx.AttributeProto.TENSOR and _tensor_is_half(a.t):
-                return True
-            if a.type == onnx.AttributeProto.GRAPH and _graph_has_half(a.g):
-                return True
-            if a.type == onnx.AttributeProto.GRAPHS and any(_graph_has_half(s) for s in a.graphs):
-                return True
-    return False
+            if a.type == onnx.AttributeProto.GRAPH:
+                yield from graph(a.g)
+            elif a.type == onnx.AttributeProto.GRAPHS:
+                for sub in a.graphs:
+                    yield from graph(sub)
+
+    yield from graph(model.graph)
+    for f in model.functions:
+        yield [], list(f.value_info), f.node
+        for n in f.node:
+            yield from attributes(n)
+
+
+def _half_attributes(node: onnx.NodeProto):
+    """The attributes of ``node`` that name or hold a half-precision type."""
+    for a in node.attribute:
+        if a.type == onnx.AttributeProto.INT and a.name in TYPE_ATTRIBUTES and a.i in HALF:
+            yield a
+        elif a.type == onnx.AttributeProto.TENSOR and _tensor_is_half(a.t):
+            yield a
+
+
+#: Integer attributes that name an element type (Cast's ``to``, EyeLike's ``dtype``, ...).
+TYPE_ATTRIBUTES = ("to", "dtype", "output_dtype")
 
 
 def has_half(model: onnx.ModelProto, weights: dict[str, np.ndarray] | None = None) -> bool:
-    """Whether the model computes anything in float16/bfloat16."""
+    """Whether the model computes anything in float16/bfloat16 (functions and subgraphs included)."""
     if weights and any(a.dtype == np.float16 or a.dtype.name == "bfloat16" for a in weights.values()):
         return True
-    return _graph_has_half(model.graph)
-
-
-def _widen_graph(g: onnx.GraphProto) -> None:
-    for k, t in enumerate(g.initializer):
-        if _tensor_is_half(t):
-            g.initializer[k].CopyFrom(_widen_tensor(t))
-    for vi in list(g.input) + list(g.output) + list(g.value_info):
-        _widen_type(vi.type)
-    for n in g.node:
-        for a in n.attribute:
-            if a.type == onnx.AttributeProto.INT and a.name in ("to", "dtype", "output_dtype") and a.i in HALF:
-                a.i = TensorProto.FLOAT
-            elif a.type == onnx.AttributeProto.TENSOR and _tensor_is_half(a.t):
-                a.t.CopyFrom(_widen_tensor(a.t))
-            elif a.type == onnx.AttributeProto.GRAPH:
-                _widen_graph(a.g)
-            elif a.type == onnx.AttributeProto.GRAPHS:
-                for s in a.graphs:
-                    _widen_graph(s)
+    for inits, infos, nodes in _bodies(model):
+        if (any(_tensor_is_half(t) for t in inits) or any(_type_is_half(v.type) for v in infos)
+                or any(True for n in nodes for _ in _half_attributes(n))):
+            return True
+    return False
 
 
 def upcast(model: onnx.ModelProto, weights: dict[str, np.ndarray]) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     """A float32 copy of ``model`` and its fed ``weights`` (see the module docstring)."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
-    _widen_graph(m.graph)
-    for f in m.functions:
-        for n in f.node:
-            for a in n.attribute:
-                if a.type == onnx.AttributeProto.INT and a.name in ("to", "dtype") and a.i in HALF:
+    for inits, infos, nodes in _bodies(m):
+        for t in inits:
+            if _tensor_is_half(t):
+                t.CopyFrom(_widen_tensor(t))
+        for v in infos:
+            _widen_type(v.type)
+        for n in nodes:
+            for a in _half_attributes(n):
+                if a.type == onnx.AttributeProto.INT:
                     a.i = TensorProto.FLOAT
-                elif a.type == onnx.AttributeProto.TENSOR and _tensor_is_half(a.t):
+                else:
                     a.t.CopyFrom(_widen_tensor(a.t))
     wide = {n: (a.astype(np.float32) if a.dtype == np.float16 or a.dtype.name == "bfloat16" else a)
             for n, a in weights.items()}

@@ -142,3 +142,21 @@ def test_a_float16_layernorm_is_pruned_through():
     r = res.report
     assert r["norms_pruned"] and r["channels"]["removed"] == 32, r["unprunable"]
     assert r["verify"]["passed"] and r["verify"]["compared_in"].startswith("float32")
+
+
+def test_half_precision_inside_a_function_is_widened():
+    """has_half looked at the main graph only: a local function computing in float16 was compared
+    in its own types."""
+    from compressor.verify.upcast import upcast
+
+    body = [helper.make_node("Cast", ["a"], ["h"], to=TensorProto.FLOAT16),
+            helper.make_node("Cast", ["h"], ["b"], to=TensorProto.FLOAT)]
+    fn = helper.make_function("local", "half_trip", ["a"], ["b"], body, [helper.make_opsetid("", 17)])
+    g = helper.make_graph([helper.make_node("half_trip", ["x"], ["y"], domain="local")], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("local", 1)],
+                          functions=[fn])
+    assert has_half(m)
+    wide, _ = upcast(m, {})
+    assert not has_half(wide) and wide.functions[0].node[0].attribute[0].i == TensorProto.FLOAT

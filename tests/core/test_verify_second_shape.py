@@ -84,3 +84,23 @@ def test_prune_reports_the_second_shape():
     res = api.prune(m, ratio=0.5, input_shapes={"x": (1, 3, 8, 8)})
     v = res.report["verify"]
     assert v["passed"] and v["second_shape"]["passed"] and v["second_shape"]["shapes"] == {"x": [2, 3, 4, 6]}
+
+
+def test_an_output_empty_on_random_inputs_is_a_result():
+    """A detector keeping the scores above a threshold none reaches: its empty output is what the
+    model computes, not an input dimension 0 (that case alone fails: nothing is compared)."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.standard_normal((4, 8, 1, 1)).astype(np.float32), "w2"),
+             numpy_helper.from_array(np.array(1e6, np.float32), "thr"),
+             numpy_helper.from_array(np.array([-1], np.int64), "flat")]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["a"], ["b"]),
+             helper.make_node("Conv", ["b", "w2"], ["s"]), helper.make_node("Reshape", ["s", "flat"], ["sf"]),
+             helper.make_node("Greater", ["sf", "thr"], ["keep"]),
+             helper.make_node("Compress", ["sf", "keep"], ["scores"], axis=0)]
+    g = helper.make_graph(nodes, "det", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                          [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["K"])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    res = api.prune(m, ratio=0.5)
+    assert res.report["verify"]["passed"] and res.report["groups"]["pruned"] == 1
