@@ -25,7 +25,7 @@ from compressor.ir.fold import Prepared, prepare_model
 from compressor.ir.graph import GraphIndex
 from compressor.ir.proto import detach_weights
 from compressor.ir.model_io import (
-    SORTED_NOTE, atomic_write_text, check_data_path, check_output_path, is_sorted, load_model, ort_max_ir_version,
+    SORTED_NOTE, atomic_write_text, check_data_path, check_output_path, is_sorted, load_model, loadable_ir,
     save_model, sort_nodes, validate_model,
 )
 from compressor.ir.shapes import InputSpec, parse_shape_specs, resolve_inputs
@@ -675,7 +675,7 @@ def _scores(proto, an: Analysis, importance: str, seed: int, explicit: bool = Fa
 
 def _pruned_for_timing(an: Analysis, plan: PruningPlan) -> onnx.ModelProto:
     m = apply_plan(an, plan.keep).model
-    m.ir_version = min(m.ir_version, ort_max_ir_version())
+    m.ir_version = loadable_ir(m.ir_version)
     return m
 
 

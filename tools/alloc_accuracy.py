@@ -53,7 +53,7 @@ from compressor.bench import benchmark  # noqa: E402
 from compressor.bench.layers import call_overhead_ms, measure_table, ort_layer_timer  # noqa: E402
 from compressor.data.torch_data import make_dataset  # noqa: E402
 from compressor.importance.sensitivity import calibration_feeds, measure_sensitivity  # noqa: E402
-from compressor.ir.model_io import default_opset, ort_max_ir_version  # noqa: E402
+from compressor.ir.model_io import default_opset, loadable_ir  # noqa: E402
 from compressor.planning.allocate import Allocator, fewest_kept  # noqa: E402
 from compressor.planning.budget import plan_cost, plan_for_fraction  # noqa: E402
 from compressor.planning.plan import PlanOptions  # noqa: E402
@@ -164,7 +164,7 @@ def evaluate(name: str, path: str, fractions: list[float], importance: str, n_ca
         if key not in plans:
             out = tmp / f"{name}_{len(plans)}.onnx"
             m = apply_plan(an, p.keep).model
-            m.ir_version = min(m.ir_version, ort_max_ir_version())
+            m.ir_version = loadable_ir(m.ir_version)
             onnx.save(m, out)
             plans[key] = {"file": str(out), "macs": round(plan_cost(an, p.keep)[0] / macs0, 3),
                           "removed_whole": sum(1 for g in p.groups if g.size and not g.kept),

@@ -238,13 +238,13 @@ def measure_sensitivity(analysis: Analysis, scores: dict[int, np.ndarray], feeds
     a layer next to one already cut hard may now matter more than it did alone."""
     import onnxruntime as ort
 
-    from compressor.ir.model_io import ort_max_ir_version
+    from compressor.ir.model_io import loadable_ir
     from compressor.verify.oracle import masking_model
 
     start = time.monotonic()
     mm = masking_model(analysis)
     model = mm.oracle.embedded()  # one copy of the weights, so that onnxruntime can fuse and pre-pack
-    model.ir_version = min(model.ir_version, ort_max_ir_version())
+    model.ir_version = loadable_ir(model.ir_version)
     opts = ort.SessionOptions()
     opts.log_severity_level = 4  # a failed run is raised (and explained) below, not logged as well
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")

@@ -233,7 +233,7 @@ def _in_onnxruntime(model, nodes, get, opset) -> dict[str, np.ndarray] | None:
     reference evaluator, the fallback, has differed from it (BatchNormalization in training mode)."""
     import onnxruntime as ort
 
-    from compressor.ir.model_io import ort_max_ir_version
+    from compressor.ir.model_io import loadable_ir
 
     made = {o for n in nodes for o in n.output if o}
     needed = sorted({x for n in nodes for x in n.input if x and x not in made})
@@ -246,7 +246,7 @@ def _in_onnxruntime(model, nodes, get, opset) -> dict[str, np.ndarray] | None:
              for x, v in feeds.items()],
             [onnx.helper.make_empty_tensor_value_info(o) for o in outs])
         probe = onnx.helper.make_model(graph, opset_imports=opset)
-        probe.ir_version = min(max(model.ir_version, 4), ort_max_ir_version())
+        probe.ir_version = loadable_ir(max(model.ir_version, 4))
         opts = ort.SessionOptions()
         opts.log_severity_level = 4
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL

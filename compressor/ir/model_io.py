@@ -19,6 +19,16 @@ MIN_OPSET = 7
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000
 
 
+#: Every onnxruntime this project installs (>= 1.20) loads IR versions up to this one.
+ORT_SURE_IR = 10
+
+
+def loadable_ir(ir_version: int) -> int:
+    """``ir_version``, capped at the newest onnxruntime loads: asked of onnxruntime only above
+    ORT_SURE_IR (a session or two, ~25 ms once per process, that most models do not need)."""
+    return ir_version if ir_version <= ORT_SURE_IR else min(ir_version, ort_max_ir_version())
+
+
 @functools.lru_cache(maxsize=1)
 def ort_max_ir_version() -> int:
     """The newest IR version that the installed onnxruntime loads, asked of onnxruntime itself: a

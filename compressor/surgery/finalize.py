@@ -5,7 +5,7 @@ from __future__ import annotations
 import onnx
 
 from compressor.errors import ModelError, VerificationError
-from compressor.ir.model_io import checkable, ort_max_ir_version
+from compressor.ir.model_io import checkable, loadable_ir
 from compressor.ir.shapes import weightless
 
 
@@ -16,7 +16,7 @@ def finalize(model: onnx.ModelProto, what: str = "pruned") -> onnx.ModelProto:
     A failure is a VerificationError naming ``what`` model failed: an edit that produces an
     invalid graph is a bug of the edit, never something to write out.
     """
-    model.ir_version = min(model.ir_version, ort_max_ir_version())
+    model.ir_version = loadable_ir(model.ir_version)
     del model.graph.value_info[:]
     try:
         inferred = onnx.shape_inference.infer_shapes(weightless(model), check_type=True, strict_mode=True)
