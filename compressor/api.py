@@ -165,11 +165,14 @@ def inspect(model, input_shapes=None, exclude=(), prune_norms: bool = True) -> d
     }
 
 
-def _shape_pins(an: Analysis) -> list[dict]:
+def _shape_pins(an: Analysis, sctx=None) -> list[dict]:
     """Inputs that read a value computed from channel counts at run time, fed as the original
-    model's value by the pruned model (analysis/shape_reads.py): that value is static from then on."""
+    model's value by the pruned model (analysis/shape_reads.py): that value is static from then on.
+    With ``sctx`` (a plan's surgery), only those the plan changes the channel counts of."""
+    from compressor.surgery.apply import applied_pins
+
     out = []
-    for pin in an.ctx.shape_pins:
+    for pin in (an.ctx.shape_pins if sctx is None else applied_pins(an, sctx)):
         node = an.index.nodes[pin.node_index]
         out.append({"node": an.index.node_label(node), "input": int(pin.slot),
                     "value": np.asarray(pin.value).tolist()})
@@ -585,7 +588,7 @@ def prune(model, *, ratio: float | None = None, output: str | os.PathLike | None
         # LayerNorms whose channels were pruned: their statistics now run over the kept channels
         "norms_pruned": pruned_norm_nodes(an, keep),
         # small values computed from channel counts at run time, fed as their original constants
-        "shape_pins": _shape_pins(an),
+        "shape_pins": _shape_pins(an, surgery.context),
         "verify": ver.to_dict() if ver else {"passed": None, "skipped": True},
         "plan": [s.to_dict() for s in surgery.slices],
         # the slices name tensors of the model they were applied to: after exact transforms that is

@@ -133,6 +133,14 @@ def render_prune_report(r: dict) -> str:
         out.append(f"verification: {status}, max relative error {v['max_rel_err']:.2e} "
                    f"(tolerance {v['tolerance']:g}, {v['trials']} random inputs, {v['provider']}"
                    + (", compared in float32" if v.get("compared_in", "").startswith("float32") else "") + ")")
+        second = v.get("second_shape")
+        if second and "skipped" in second:
+            out.append("second shape: none run (the original model runs at none of the other shapes tried: this "
+                       "dynamic model is proven at the verification shape only)")
+        elif second:
+            where = ", ".join(f"{n} {'x'.join(map(str, d))}" for n, d in second["shapes"].items())
+            out.append(f"second shape: {where}, " + (f"max relative error {second['max_rel_err']:.2e}"
+                                                      if "max_rel_err" in second else second.get("error", "failed")))
     if r.get("barriers"):
         out.append(f"barriers: {len(r['barriers'])} (run `compress inspect` for details)")
     if r.get("unprunable"):

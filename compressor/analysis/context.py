@@ -55,6 +55,8 @@ class ShapePin:
     node_index: int
     slot: int
     value: np.ndarray
+    #: the channel counts (tensor, axis) the value is computed from: pinned only when one changes
+    reads: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass

@@ -48,7 +48,7 @@ def guard_shape_reads(ctx: AnalysisContext) -> None:
             if kind == "channels" and consumer is not None:
                 at = _node_index(index, consumer)
                 if not any(p.node_index == at and p.slot == slot for p in ctx.shape_pins):
-                    ctx.shape_pins.append(ShapePin(at, slot, value))
+                    ctx.shape_pins.append(ShapePin(at, slot, value, tuple(sorted(deps))))
                 continue
             for t, a in sorted(deps):
                 ctx.freeze_layout(ctx.layout(t, a), f"its channel count (axis {a} of '{t}') is read into {use}")

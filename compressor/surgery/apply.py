@@ -63,6 +63,13 @@ def _append(model: onnx.ModelProto, like: onnx.TensorProto, make: Callable[[], n
     t.raw_data = raw
 
 
+def applied_pins(analysis: Analysis, sctx: SurgeryContext) -> list:
+    """The shape pins a plan needs: those whose channel counts it changes (a pin of channels left
+    whole would only rewrite the model for nothing)."""
+    return [p for p in analysis.ctx.shape_pins
+            if not p.reads or any(sctx.new_shape(t)[a] != sctx.old_shape(t)[a] for t, a in p.reads)]
+
+
 def apply_plan(analysis: Analysis, keep: dict[int, list[int]]) -> SurgeryResult:
     """Prune: ``keep`` maps group id -> sorted channel indices to keep (groups absent keep all)."""
     original = analysis.index.model
@@ -119,7 +126,7 @@ def apply_plan(analysis: Analysis, keep: dict[int, list[int]]) -> SurgeryResult:
             rule.rewrite(node, sctx)
     # small values computed from channel counts at run time keep the original model's value
     # (analysis/shape_reads.py); the copy keeps the original node order
-    for pin in analysis.ctx.shape_pins:
+    for pin in applied_pins(analysis, sctx):
         sctx.replace_input(model.graph.node[pin.node_index], pin.slot, pin.value)
 
     dropped = drop_vanished(model, vanished, sctx.new_shape, sctx.replace_input, sctx.add_input) if vanished else 0

@@ -6,7 +6,8 @@ writes in its value at the verification shape (a Reshape target ``C x H`` becomi
 ``C' x 32``) passes there and fails, or silently returns another shape, at every other size. So a
 model whose inputs have dynamic dims is also run at a second shape: the batch one larger (one
 smaller from 2 up), the other dynamic dims scaled by 0.5 and 0.75 in turn (or, where the
-original cannot run so, by 0.5, or grown). Dims sharing a symbol keep sharing a value.
+original cannot run so, by 0.5, by 2 and 3, by 2, then leaving the first of them alone). Dims
+sharing a symbol keep sharing a value.
 Candidates the original model itself cannot run at are skipped.
 """
 
@@ -46,7 +47,7 @@ def alternate_specs(model: onnx.ModelProto, spec: InputSpec) -> list[InputSpec]:
     if not dynamic:
         return []
 
-    def make(batch_step: bool, scales: tuple[float, ...] | None) -> InputSpec | None:
+    def make(batch_step: bool, scales: tuple[float | None, ...] | None) -> InputSpec | None:
         by_symbol: dict[str, int] = {}
         shapes = dict(spec.shapes)
         changed = False
@@ -62,8 +63,9 @@ def alternate_specs(model: onnx.ModelProto, spec: InputSpec) -> list[InputSpec]:
                 elif scales is None:
                     new = v
                 else:
-                    new = int(v * scales[spatial % len(scales)])
+                    f = scales[spatial % len(scales)]
                     spatial += 1
+                    new = v if f is None else int(v * f)
                     if new < 1:
                         new = v
                 if symbol is not None:
@@ -76,8 +78,13 @@ def alternate_specs(model: onnx.ModelProto, spec: InputSpec) -> list[InputSpec]:
     out: list[InputSpec] = []
     # unequal scales first: a square second shape would not tell H from W (a Resize that keeps the
     # aspect ratio gives a square output for a square input whatever its sizes were rewritten to)
-    tries = ((True, (0.5, 0.75)), (True, (0.5,)), (True, (2.0, 1.5)), (True, None), (False, (0.5, 0.75)),
-             (False, (2.0, 1.5)))
+    # then halves, then whole multiples (a UNet needs sizes divisible by 32: 224 x 0.75 is not, 448
+    # and 672 are), then the same leaving the first dynamic dim alone (a symbolic channel count
+    # that no other value fits), then the batch alone
+    tries = ((True, (0.5, 0.75)), (True, (0.5,)), (True, (2.0, 3.0)), (True, (2.0,)),
+             (True, (None, 2.0, 3.0)), (True, (None, 2.0)), (True, None),
+             (False, (0.5, 0.75)), (False, (2.0, 3.0)), (False, (2.0,)), (False, (None, 2.0, 3.0)),
+             (False, (None, 2.0)))
     for batch_step, scales in tries:
         alt = make(batch_step, scales)
         if alt is not None and all(alt.shapes != o.shapes for o in out):

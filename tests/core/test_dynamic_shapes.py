@@ -217,3 +217,32 @@ def test_resize_keeping_aspect_ratio_over_the_channel_axis_freezes_its_group():
     x = np.random.default_rng(1).standard_normal((2, 3, 4, 10)).astype(np.float32)
     np.testing.assert_allclose(run(res.model, x), run(model, x), rtol=1e-5, atol=1e-5,
                                err_msg="an unpruned model must compute what the original computes")
+
+
+def test_a_pin_of_channels_left_whole_is_not_applied(tmp_path):
+    """A positional encoding built from the channel count read at run time (torch.arange(c)): its
+    group is left whole, so nothing is pruned, yet the Range's input was replaced by the original
+    constant and reported as a pin: the output differed from the input for nothing."""
+    torch = pytest.importorskip("torch")
+    import torch.nn.functional as F
+
+    class PosEnc(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.Conv2d(16, 8, 1)
+
+        def forward(self, x):
+            y = F.relu(self.a(x))
+            _, c, _, w = y.shape
+            pe = torch.sin(torch.arange(c, dtype=torch.float32)[:, None, None] * 0.1
+                           + torch.arange(w, dtype=torch.float32) * 0.02)
+            return self.b(y + pe)
+
+    path = tmp_path / "m.onnx"
+    torch.onnx.export(PosEnc().eval(), (torch.randn(2, 3, 8, 12),), str(path), dynamo=False, input_names=["x"],
+                      output_names=["y"], dynamic_axes={"x": {0: "b", 2: "h", 3: "w"}}, opset_version=17)
+    res = api.prune(str(path), ratio=0.5, input_shapes={"x": (2, 3, 8, 12)})
+    assert res.report["channels"]["removed"] == 0 and res.report["shape_pins"] == []
+    before = onnx.load(path)
+    assert [n.input[:] for n in res.model.graph.node] == [n.input[:] for n in before.graph.node]
+    assert api.inspect(str(path), input_shapes={"x": (2, 3, 8, 12)})["shape_pins"], "the analysis still finds it"
