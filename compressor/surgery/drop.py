@@ -287,7 +287,7 @@ def drop_vanished(model: onnx.ModelProto, vanished: set[str], shape: Callable[[s
                   add_input: Callable[[onnx.NodeProto, np.ndarray], None] | None = None) -> int:
     """Take the vanished region out of the pruned ``model`` in place; returns the nodes removed.
     Nodes that were dead before stay (this edit removes only what it made dead), except those that
-    write a vanished tensor. With
+    write or read a vanished tensor. With
     ``add_input``, the constant ``Add`` nodes left where removed branches met live tensors are
     merged and absorbed into the biases before them (surgery/absorb.py)."""
     from onnx import numpy_helper
@@ -327,7 +327,16 @@ def drop_vanished(model: onnx.ModelProto, vanished: set[str], shape: Callable[[s
     after = dead_nodes(g) - before
     # a node that was dead before stays, unless it writes a tensor with no channels left (its
     # group was removed: a dead layer's output costs nothing, so an allocation removes it first)
-    after |= {i for i in before if any(o in vanished for o in g.node[i].output if o)}
+    # or reads one (a dead branch off a removed layer: nothing would compute its input)
+    after |= {i for i in before if any(o in vanished for o in g.node[i].output if o)
+              or any(x in vanished for x in g.node[i].input if x)}
+    gone = {o for i in after for o in g.node[i].output if o}
+    while True:  # and the dead nodes downstream of those, which would read nothing
+        more = {i for i in before - after if any(x in gone for x in g.node[i].input if x)}
+        if not more:
+            break
+        after |= more
+        gone |= {o for i in more for o in g.node[i].output if o}
     for i in sorted(after, reverse=True):
         del g.node[i]
     singles = _bypass_single_concats(g, set(concats))

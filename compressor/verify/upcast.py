@@ -96,10 +96,34 @@ def has_half(model: onnx.ModelProto, weights: dict[str, np.ndarray] | None = Non
     return False
 
 
+def _round_half_decodes(nodes, half: dict[str, int]) -> None:
+    """A DequantizeLinear with a half-precision scale writes half-precision values: widened, it
+    would compute them in float32 and skip that rounding, which the folded constant it stands for
+    in the other model (the masked original) has. Its output is rounded back through float16."""
+    k = 0
+    while k < len(nodes):
+        n = nodes[k]
+        if n.op_type == "DequantizeLinear" and len(n.input) > 1 and n.input[1] in half and n.output:
+            out = n.output[0]
+            n.output[0] = out + "__upcast_wide"
+            rnd = onnx.helper.make_node("Cast", [out + "__upcast_wide"], [out + "__upcast_half"], to=half[n.input[1]])
+            back = onnx.helper.make_node("Cast", [out + "__upcast_half"], [out], to=TensorProto.FLOAT)
+            nodes.insert(k + 1, back)
+            nodes.insert(k + 1, rnd)
+            k += 2
+        k += 1
+
+
 def upcast(model: onnx.ModelProto, weights: dict[str, np.ndarray]) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     """A float32 copy of ``model`` and its fed ``weights`` (see the module docstring)."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
+    half = {n: (TensorProto.FLOAT16 if a.dtype == np.float16 else TensorProto.BFLOAT16)
+            for n, a in weights.items() if a.dtype == np.float16 or a.dtype.name == "bfloat16"}
+    for inits, _, nodes in _bodies(m):  # the half-precision constants, by their type
+        half.update({t.name: t.data_type for t in inits if _tensor_is_half(t)})
+        half.update({n.output[0]: a.t.data_type for n in nodes if n.op_type == "Constant" and n.output
+                     for a in n.attribute if a.type == onnx.AttributeProto.TENSOR and _tensor_is_half(a.t)})
     for inits, infos, nodes in _bodies(m):
         for t in inits:
             if _tensor_is_half(t):
@@ -112,6 +136,8 @@ def upcast(model: onnx.ModelProto, weights: dict[str, np.ndarray]) -> tuple[onnx
                     a.i = TensorProto.FLOAT
                 else:
                     a.t.CopyFrom(_widen_tensor(a.t))
+    for _, _, nodes in _bodies(m):  # after the widening, which would widen these Casts too
+        _round_half_decodes(nodes, half)
     wide = {n: (a.astype(np.float32) if a.dtype == np.float16 or a.dtype.name == "bfloat16" else a)
             for n, a in weights.items()}
     return m, wide

@@ -657,3 +657,35 @@ def test_a_group_a_layernorm_normalises_is_not_removed_whole():
     assert why and "would be left with none" in why
     res = api.prune(m, target_macs=0.4, sensitivity=True, drop_layers=True)
     assert res.report["verify"]["passed"]
+
+
+def test_a_dead_branch_off_a_removed_layer_goes_with_it():
+    """A dead branch (nothing reads its output: valid ONNX) off a layer whose group is removed
+    whole: its padded conv stayed, reading a tensor no longer computed, and the run failed shape
+    inference (reported as a failed proof, exit 3). Found by random-graph fuzzing."""
+    import json
+
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = lambda n, *s: numpy_helper.from_array((rng.standard_normal(s) * 0.3).astype(np.float32), n)  # noqa: E731
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["a", "w1"], ["b"]),
+             helper.make_node("Conv", ["b", "wd"], ["dead"], pads=[1, 1, 1, 1]),  # nothing reads it
+             helper.make_node("Relu", ["dead"], ["dead2"]),  # ... nor this
+             helper.make_node("Conv", ["a", "w2"], ["c"]), helper.make_node("GlobalAveragePool", ["c"], ["g"]),
+             helper.make_node("Flatten", ["g"], ["f"]), helper.make_node("MatMul", ["f", "wfc"], ["y"])]
+    g = helper.make_graph(nodes, "dead", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5])],
+                          [w("w0", 8, 3, 3, 3), w("w1", 8, 8, 1, 1), w("wd", 6, 8, 3, 3), w("w2", 8, 8, 1, 1),
+                           w("wfc", 8, 5)])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    plan = json.loads(api.prune(m, ratio=0.0).plan.to_json())
+    for grp in plan["groups"]:
+        if grp["signature"] == ["w1:0:0", "wd:1:0"]:
+            grp["kept"] = []
+    plan["options"]["drop_layers"] = True
+    res = api.prune(m, plan_in=api.PruningPlan.from_dict(plan))
+    assert res.report["verify"]["passed"] and res.report["removed_whole"]["groups"] == 1
+    assert not {"b", "dead", "dead2"} & {o for n in res.model.graph.node for o in n.output}
