@@ -3,6 +3,7 @@
 from compressor.analysis.rules import (  # noqa: F401
     concat_split,
     conv,
+    depth_space,
     elementwise,
     gather,
     linear,

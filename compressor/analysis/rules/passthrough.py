@@ -6,9 +6,25 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from compressor.analysis.context import AnalysisContext
+from onnx import numpy_helper
+
+from compressor.analysis.context import PARAM, AnalysisContext
+from compressor.analysis.layout import Layout
 from compressor.analysis.registry import Rule, register_rule
-from compressor.analysis.rules._shape_source import adapts, check_unchanged, rewrite_entry, trace, value_deps
+from compressor.analysis.rules._shape_source import (
+    Entry,
+    adapts,
+    check_unchanged,
+    fixed_by_plan,
+    rewrite_entry,
+    trace,
+    value_deps,
+)
+from compressor.analysis.shape_reads import CHECKED_SHAPE_SLOTS
+
+#: The Expand rule checks its shape operand entry by entry (it adapts, restates or freezes what
+#: each entry reads), as the Reshape and Resize rules do theirs.
+CHECKED_SHAPE_SLOTS.add(("Expand", 1))
 
 
 @register_rule("Constant", "Shape", "Size", "ConstantOfShape", "EyeLike", "RandomNormal", "RandomUniform",
@@ -142,27 +158,156 @@ def _resized_axes(node: onnx.NodeProto, ctx) -> list[int] | None:
 
 @register_rule("Expand")
 class Expand(Rule):
+    """y = x broadcast to ``shape``. An axis where x already has y's length keeps its channels when
+    the shape entry keeps that length after pruning: 1 (or torch's -1), a literal surgery restates,
+    or ``Shape(t)[k]`` of a tensor carrying the same channels (``z.expand_as(y)``, the two layouts
+    are unified). An axis that x broadcasts (length 1) takes the channels of the tensor whose
+    channel count the entry reads at run time (``zeros.expand(y.shape)``); a constant x of full
+    length there is sliced with them. A constant that only a consumer couples with channels (a
+    ViT class token ``cls.expand(b, -1, -1)`` concatenated with the patch tokens) is sliced with
+    that consumer's channels. Anything else freezes the channels it touches, never the whole node."""
+
     def analyze(self, node: onnx.NodeProto, ctx: AnalysisContext) -> None:
-        x, y = node.input[0], node.output[0]
+        x, shape, y = node.input[0], node.input[1], node.output[0]
         xs, ys = ctx.shape(x), ctx.shape(y)
-        lays = ctx.layouts(x)
-        if not lays:
+        where = f"Expand '{ctx.label(node)}'"
+        entries = _expand_entries(ctx, shape)
+        if xs is None or ys is None or entries is None:
+            for lay in ctx.layouts(x).values():
+                ctx.freeze_layout(lay, f"{where} takes its shape from a run-time tensor it cannot read entry by entry")
+            for t, a in sorted(value_deps(ctx, shape)):
+                ctx.freeze_layout(ctx.layout(t, a), f"{where} shape reads the channel count of '{t}' axis {a}")
             return
-        if xs is None or ys is None or not ctx.is_const(node.input[1]):
-            ctx.barrier(node, "run-time expand shape")
-            return
-        off = len(ys) - len(xs)
-        ctx.copy_layouts(x, y, {ax: ax + off for ax in lays}, node=node)
+        rank = len(ys)
+        off_x, off_s = rank - len(xs), rank - len(entries)
+        for a in range(rank):
+            xa = a - off_x
+            dx = xs[xa] if xa >= 0 else 1
+            lay = ctx.layout(x, xa) if xa >= 0 else None
+            e = entries[a - off_s] if a >= off_s else Entry("const", 1)
+            keeps = e.kind == "const" and e.value in (1, -1)
+            if lay is not None:
+                if dx != ys[a]:
+                    ctx.freeze_layout(lay, f"{where} broadcasts channel axis {xa} of '{x}'")
+                    check_unchanged(ctx, e, shape, f"{where} shape")
+                    continue
+                if not (keeps or ctx.is_const(shape) or adapts(ctx, e, lay, f"{where} shape", shape)):
+                    ctx.freeze_layout(lay, f"{where} computes a size for channel axis {a} that would not follow "
+                                           "the pruned channels at every input shape")
+                ctx.set_layout(y, a, lay)
+                continue
+            read = _channel_read(ctx, e)
+            if read is not None:  # the entry reads a channel count at run time: y's axis carries it
+                if dx == 1:
+                    if ys[a] != 1:
+                        ctx.set_layout(y, a, read)
+                elif ctx.is_const(x):
+                    ctx.bind(x, xa, read, PARAM, node, 0)
+                    ctx.set_layout(y, a, read)
+                else:
+                    ctx.freeze_layout(read, f"{where} combines channels with untracked tensor '{x}'")
+                continue
+            check_unchanged(ctx, e, shape, f"{where} shape")
+            restated = keeps or ctx.is_const(shape) or (e.where is not None and fixed_by_plan(ctx, e, shape))
+            if ctx.is_const(x) and dx == ys[a] and dx > 1 and restated:
+                coupled = _coupled_layout(ctx, y, a)
+                if coupled is not None:
+                    ctx.bind(x, xa, coupled, PARAM, node, 0)
+                    ctx.set_layout(y, a, coupled)
 
     def rewrite(self, node, ctx) -> None:
-        shape = ctx.value(node.input[1])
-        xs_old, xs_new = ctx.old_shape(node.input[0]), ctx.new_shape(node.input[0])
-        if shape is None or xs_old == xs_new:
+        shape, y = node.input[1], node.output[0]
+        old, new = ctx.old_shape(y), ctx.new_shape(y)
+        if old == new:
             return
-        new = shape.copy()
-        off = len(new) - len(xs_old)
-        for ax, (o, n) in enumerate(zip(xs_old, xs_new)):
-            if o != n and new[ax + off] == o:
-                new[ax + off] = n
-        if not np.array_equal(new, shape):
-            ctx.replace_input(node, 1, new)
+        if not ctx.is_const(shape):
+            entries = _expand_entries(ctx.analysis.ctx, shape) or []
+            off = len(old) - len(entries)
+            for i, e in enumerate(entries):
+                if not (e.kind == "const" and e.value in (1, -1)):
+                    rewrite_entry(ctx, e, shape, int(old[i + off]), int(new[i + off]))
+            return
+        value = ctx.value(shape)
+        out = np.array(value, copy=True).reshape(-1)
+        off = len(old) - out.size
+        for i in range(out.size):
+            if old[i + off] != new[i + off] and out[i] == old[i + off]:
+                out[i] = new[i + off]
+        if not np.array_equal(out, np.asarray(value).reshape(-1)):
+            ctx.replace_input(node, 1, out.reshape(np.shape(value)))
+
+
+def _channel_read(ctx: AnalysisContext, entry: Entry) -> Layout | None:
+    """The layout of the channel axis whose length ``entry`` reads as it is (``Shape(t)[k]``)."""
+    prod = entry.prod
+    if prod is None or prod.coef != 1 or len(prod.dims) != 1:
+        return None
+    return ctx.layout(*prod.dims[0])
+
+
+def _coupled_layout(ctx: AnalysisContext, y: str, axis: int) -> Layout | None:
+    """The channels that a consumer of ``y`` couples with its axis ``axis``: the layout another
+    operand of a broadcasting op, or of a Concat along another axis, already carries there."""
+    from compressor.analysis.rules.elementwise import BROADCAST
+
+    ys = ctx.shape(y)
+    for node, _ in ctx.index.consumers.get(y, ()):
+        out_rank = ctx.rank(node.output[0]) if node.output and node.output[0] else None
+        if out_rank is None:
+            continue
+        if node.op_type == "Concat":
+            if int(ctx.attr(node, "axis", 0)) % out_rank == axis:
+                continue
+            at = axis
+        elif node.op_type in BROADCAST:
+            at = axis + out_rank - len(ys)
+        else:
+            continue
+        for z in node.input:
+            zs = ctx.shape(z) if z and z != y else None
+            za = at - (out_rank - len(zs)) if zs is not None else -1
+            if za >= 0 and zs[za] == ys[axis] and ctx.layout(z, za) is not None:
+                return ctx.layout(z, za)
+    return None
+
+
+def _expand_entries(ctx: AnalysisContext, shape: str) -> list[Entry] | None:
+    """The entries of an Expand shape. torch's legacy exporter writes ``x.expand(b, -1, -1)`` as
+    ``Where(Equal(s, -1), 1, s)``: entries -1 of s become 1 (keep x's length), the others are s's."""
+    found = ctx.index.producer.get(shape)
+    if found is not None and found[1].op_type == "Where":
+        cond, if_true, if_false = found[1].input
+        test = ctx.index.producer.get(cond)
+        if test is not None and test[1].op_type == "Equal" and if_false in test[1].input:
+            other = [t for t in test[1].input if t != if_false]
+            src = trace(ctx, if_false)
+            if src is not None and len(other) == 1 and _fill(ctx, other[0]) == -1 and _fill(ctx, if_true) == 1:
+                return [Entry("const", 1) if e.kind == "const" and e.value == -1 else e for e in src]
+    return trace(ctx, shape)
+
+
+def _fill(ctx: AnalysisContext, name: str, depth: int = 0) -> int | None:
+    """The one value every element of ``name`` holds, at every input shape, where it is evident:
+    a constant, a ConstantOfShape's fill, a product of such values."""
+    value = ctx.const(name)
+    if value is not None:
+        flat = np.unique(np.asarray(value).reshape(-1))
+        return int(flat[0]) if flat.size == 1 and float(flat[0]).is_integer() else None
+    found = ctx.index.producer.get(name)
+    if found is None or depth > 4:
+        return None
+    node = found[1]
+    if node.op_type == "ConstantOfShape":
+        fill = ctx.attr(node, "value", None)
+        return 0 if fill is None else _fill_of(numpy_helper.to_array(fill))
+    if node.op_type in ("Cast", "Identity"):
+        return _fill(ctx, node.input[0], depth + 1)
+    if node.op_type == "Mul":
+        a, b = (_fill(ctx, t, depth + 1) for t in node.input[:2])
+        return None if a is None or b is None else a * b
+    return None
+
+
+def _fill_of(value: np.ndarray) -> int | None:
+    flat = np.asarray(value).reshape(-1)
+    return int(flat[0]) if flat.size == 1 and float(flat[0]).is_integer() else None

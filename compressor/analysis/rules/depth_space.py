@@ -1,0 +1,72 @@
+"""DepthToSpace and SpaceToDepth: channels moved into (or out of) b x b spatial blocks.
+
+DepthToSpace turns [N, C*b*b, H, W] into [N, C, H*b, W*b]. Output channel c is made of b*b input
+channels: in mode DCR those at (by*b + bx)*C + c (the input axis holds the output channels b*b times
+over, each copy losing the same channels: a layout of one group J repeated b*b times), in mode CRD
+those at c*b*b + by*b + bx (each output channel owns b*b consecutive input channels: J with blocks
+of b*b). SpaceToDepth is the inverse of DCR: its output holds its input's channels b*b times over.
+The layouts are unified with the input's, so the conv producing the C*b*b channels loses the b*b
+channels of every output channel removed. The spatial axes change length: channels on them freeze.
+"""
+
+from __future__ import annotations
+
+import onnx
+
+from compressor.analysis.context import AnalysisContext
+from compressor.analysis.layout import Layout
+from compressor.analysis.registry import Rule, register_rule
+
+CHANNEL_AXIS = 1
+
+
+def _mode(node: onnx.NodeProto, ctx: AnalysisContext) -> str:
+    mode = ctx.attr(node, "mode", "DCR")
+    return (mode.decode() if isinstance(mode, bytes) else str(mode)).upper()
+
+
+def _other_axes(node: onnx.NodeProto, ctx: AnalysisContext) -> None:
+    """The batch axis passes through; channels on a spatial axis (which changes length) freeze."""
+    x, y = node.input[0], node.output[0]
+    for ax, lay in ctx.layouts(x).items():
+        if ax == 0:
+            ctx.set_layout(y, 0, lay)
+        elif ax != CHANNEL_AXIS:
+            ctx.freeze_layout(lay, f"{node.op_type} '{ctx.label(node)}' moves spatial axis {ax}, which carries "
+                                   "channels")
+
+
+@register_rule("DepthToSpace")
+class DepthToSpace(Rule):
+    def analyze(self, node: onnx.NodeProto, ctx: AnalysisContext) -> None:
+        x, y = node.input[0], node.output[0]
+        _other_axes(node, ctx)
+        lay = ctx.layout(x, CHANNEL_AXIS)
+        if lay is None:
+            return
+        where = f"DepthToSpace '{ctx.label(node)}'"
+        bb = int(ctx.attr(node, "blocksize")) ** 2
+        mode = _mode(node, ctx)
+        if mode not in ("DCR", "CRD"):
+            ctx.freeze_layout(lay, f"{where} has mode {mode}, whose channel order is unknown")
+            return
+        total = ctx.table.length(lay)
+        if total % bb:
+            ctx.freeze_layout(lay, f"{where}: {total} channels are not a multiple of blocksize² = {bb}")
+            return
+        out = ctx.table.new(total // bb, origin=ctx.label(node))
+        blocks: Layout = ((out, 1),) * bb if mode == "DCR" else ((out, bb),)
+        ctx.unify(lay, blocks, f"{where} ({mode} blocks of channel axis {CHANNEL_AXIS})")  # freezes if impossible
+        ctx.set_layout(y, CHANNEL_AXIS, ((out, 1),))
+
+
+@register_rule("SpaceToDepth")
+class SpaceToDepth(Rule):
+    def analyze(self, node: onnx.NodeProto, ctx: AnalysisContext) -> None:
+        x, y = node.input[0], node.output[0]
+        _other_axes(node, ctx)
+        lay = ctx.layout(x, CHANNEL_AXIS)
+        if lay is None:
+            return
+        bb = int(ctx.attr(node, "blocksize")) ** 2
+        ctx.set_layout(y, CHANNEL_AXIS, tuple(lay) * bb)
