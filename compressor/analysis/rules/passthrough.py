@@ -20,11 +20,6 @@ from compressor.analysis.rules._shape_source import (
     trace,
     value_deps,
 )
-from compressor.analysis.shape_reads import CHECKED_SHAPE_SLOTS
-
-#: The Expand rule checks its shape operand entry by entry (it adapts, restates or freezes what
-#: each entry reads), as the Reshape and Resize rules do theirs.
-CHECKED_SHAPE_SLOTS.add(("Expand", 1))
 
 
 @register_rule("Constant", "Shape", "Size", "ConstantOfShape", "EyeLike", "RandomNormal", "RandomUniform",
