@@ -22,9 +22,10 @@ from compressor.analysis.context import AnalysisContext, ShapePin
 from compressor.ir.graph import GraphIndex, node_attr
 
 #: Operand slots whose rules check a computed shape vector entry by entry (they adapt, pin or
-#: freeze what it reads): Reshape's target, Resize's sizes, Slice's bounds, Expand's shape.
+#: freeze what it reads): Reshape's target, Resize's sizes, Slice's bounds, Expand's and
+#: ConstantOfShape's shape.
 CHECKED_SHAPE_SLOTS = frozenset({("Reshape", 1), ("Resize", 3), ("Slice", 1), ("Slice", 2), ("Slice", 3), ("Slice", 4),
-                                 ("Expand", 1)})
+                                 ("Expand", 1), ("ConstantOfShape", 0)})
 #: A value of at most this many elements is shape arithmetic; a larger one is data.
 SHAPE_VALUE_MAX = 16
 #: Nodes a pinned value may be computed through (at most this many).

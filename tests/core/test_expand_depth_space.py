@@ -232,3 +232,15 @@ def test_space_to_depth_repeats_the_channels_of_each_block():
     kept = next(e["kept"] for e in res.report["plan"] if e["tensor"] == "out_w" and e["axis"] == 1)
     c1 = next(e["kept"] for e in res.report["plan"] if e["tensor"] == "c1_w" and e["axis"] == 0)
     assert kept == [k * 4 + c for k in range(4) for c in c1], f"out's inputs {kept} do not repeat c1's {c1}"
+
+
+def test_zeros_like_as_constant_of_shape_follows_the_channels():
+    """torch's legacy exporter writes ``torch.cat([y, zeros_like(y)], 1)`` as
+    ConstantOfShape(Shape(y)): it was a source of untracked channels, so the Concat froze y's
+    group (0 of 8 channels removed; the dynamo export, an Expand, pruned 4)."""
+    g = Net()
+    y = g.node("Relu", [g.conv("x", "c1", 3, 8)], "y")
+    zeros = g.node("ConstantOfShape", [g.node("Shape", [y], "shape")], "zeros",
+                   value=numpy_helper.from_array(np.array([0.0], np.float32)))
+    cat = g.node("Concat", [y, zeros], "cat", axis=1)
+    prune_and_compare(g.model(g.conv(cat, "out", 16, 4)), "c1_w")

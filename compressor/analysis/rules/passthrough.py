@@ -22,7 +22,7 @@ from compressor.analysis.rules._shape_source import (
 )
 
 
-@register_rule("Constant", "Shape", "Size", "ConstantOfShape", "EyeLike", "RandomNormal", "RandomUniform",
+@register_rule("Constant", "Shape", "Size", "EyeLike", "RandomNormal", "RandomUniform",
                "RandomNormalLike", "RandomUniformLike", "Range")
 class NoChannels(Rule):
     """Outputs carry no tracked channels; a Shape of a pruned tensor changes with it, which the
@@ -230,6 +230,40 @@ class Expand(Rule):
                 out[i] = new[i + off]
         if not np.array_equal(out, np.asarray(value).reshape(-1)):
             ctx.replace_input(node, 1, out.reshape(np.shape(value)))
+
+
+@register_rule("ConstantOfShape")
+class ConstantOfShape(Rule):
+    """y = a constant fill of shape ``shape``. A constant shape: y carries no channels. A shape read
+    at run time: an entry ``Shape(t)[k]`` gives y's axis the channels of t's axis k (``zeros_like(y)``,
+    which torch's legacy exporter writes as ConstantOfShape(Shape(y))): the fill is one value, so it
+    follows the pruned count by itself. Other entries must keep their value (check_unchanged)."""
+
+    def analyze(self, node: onnx.NodeProto, ctx: AnalysisContext) -> None:
+        shape, y = node.input[0], node.output[0]
+        if ctx.is_const(shape):
+            return
+        where = f"ConstantOfShape '{ctx.label(node)}' shape"
+        entries = trace(ctx, shape)
+        if entries is None:
+            for t, a in sorted(value_deps(ctx, shape)):
+                ctx.freeze_layout(ctx.layout(t, a), f"{where} reads the channel count of '{t}' axis {a}")
+            return
+        for a, e in enumerate(entries):
+            read = _channel_read(ctx, e)
+            if read is not None:
+                ctx.set_layout(y, a, read)
+            else:
+                check_unchanged(ctx, e, shape, where)
+
+    def rewrite(self, node, ctx) -> None:
+        shape, y = node.input[0], node.output[0]
+        if ctx.is_const(shape):
+            return
+        old, new = ctx.old_shape(y), ctx.new_shape(y)
+        for i, e in enumerate(trace(ctx.analysis.ctx, shape) or []):
+            if _channel_read(ctx.analysis.ctx, e) is None:
+                rewrite_entry(ctx, e, shape, int(old[i]), int(new[i]))
 
 
 def _channel_read(ctx: AnalysisContext, entry: Entry) -> Layout | None:
