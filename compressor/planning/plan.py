@@ -93,10 +93,12 @@ class PruningPlan:
 
     def rebind(self, analysis: Analysis) -> "PruningPlan":
         """Match this plan's groups to a fresh analysis of the same model by member signature."""
-        by_sig = {tuple(signature(g)): g for g in analysis.groups}
+        by_sig = {tuple(signature(g)): g for g in analysis.groups if g.members}
         out = []
         seen: dict[int, int] = {}  # analysis group id -> the plan entry that set it
         for i, dec in enumerate(self.groups):
+            if not dec.signature and not dec.removed:
+                continue  # a group with no constant members, kept whole: nothing to match or apply
             g = by_sig.get(tuple(dec.signature))
             if g is None or g.size != dec.size:
                 raise UsageError(

@@ -94,3 +94,42 @@ def test_a_valid_plan_and_report_still_replay(model_path, tmp_path):
     again = _replay(model_path, tmp_path, report)
     assert again.exit_code == 0, again.output
     assert json.loads(again.output)["plan"] == report["plan"]
+
+
+def test_a_plan_with_groups_that_have_no_constant_members_replays(tmp_path):
+    """Concat operands whose channels nothing tracks (the graph input) make groups with no constant
+    members: empty signatures, which all matched one group on replay, so a plan or report from the
+    same model was refused ("no group of 4 channels with members []"; found by random-graph fuzzing)."""
+    import json
+
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from compressor import api
+
+    rng = np.random.default_rng(0)
+    w = lambda n, *s: numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n)  # noqa: E731
+    c = lambda n, v: numpy_helper.from_array(np.array(v, np.int64), n)  # noqa: E731
+    # x's own channels join two concats (3 and 2 of them): two groups with no constant member; the
+    # convs between stay prunable (a Gather after each concat freezes only the concat's groups)
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"]), helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w1b"], ["c1b"]),
+             helper.make_node("Concat", ["c1b", "x"], ["cat1"], axis=1),
+             helper.make_node("Gather", ["cat1", "idx"], ["g1"], axis=1), helper.make_node("Conv", ["g1", "w2"], ["c2"]),
+             helper.make_node("Slice", ["x", "st", "en", "ax"], ["xs"]),
+             helper.make_node("Concat", ["c2", "xs"], ["cat2"], axis=1),
+             helper.make_node("Gather", ["cat2", "idx2"], ["y"], axis=1)]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5, 8, 8])],
+                          [w("w1", 8, 3, 1, 1), w("w1b", 4, 8, 1, 1), w("w2", 3, 7, 1, 1), c("idx", [0, 2, 1, 4, 3, 5, 6]),
+                           c("idx2", [1, 0, 2, 3, 4]), c("st", [0]), c("en", [2]), c("ax", [1])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    res = api.prune(m, ratio=0.5)
+    assert sum(1 for grp in res.plan.groups if not grp.signature) >= 2, "the case needs two member-less groups"
+    assert res.report["channels"]["removed"] > 0
+    (tmp_path / "plan.json").write_text(res.plan.to_json())
+    (tmp_path / "report.json").write_text(json.dumps(res.report, default=str))
+    for name in ("plan.json", "report.json"):
+        again = api.prune(m, plan_in=tmp_path / name)
+        assert again.model.SerializeToString() == res.model.SerializeToString(), name
