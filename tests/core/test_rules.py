@@ -392,3 +392,17 @@ def test_depthwise_conv_with_a_channel_multiplier_passes_channels_through(op):
     assert s[w] == ((8, 1, 3, 3) if op == "Conv" else (4, 2, 3, 3))
     node = next(n for n in res.model.graph.node if n.op_type == op and n.input[1] == w)
     assert next(a.i for a in node.attribute if a.name == "group") == 4
+
+
+def test_a_group_norm_written_out_by_an_exporter_is_named_in_the_reason():
+    """torch writes GroupNorm as Reshape [N, groups, -1] -> InstanceNormalization -> Reshape back;
+    the reason named only the Reshape ("regroups channel axis 1 with other axes")."""
+    g = G()
+    x = g.input("x", [1, 3, 8, 8])
+    h = g.cbr(x, 3, 8)
+    grouped = g.op("Reshape", [h, g.const(np.array([1, 2, -1], np.int64))])
+    normed = g.op("InstanceNormalization", [grouped, g.rand(2), g.rand(2)])
+    back = g.op("Reshape", [normed, g.const(np.array([1, 8, 8, 8], np.int64))])
+    m = g.model([g.conv(g.op("Relu", [back]), 8, 4, k=1)])
+    reasons = [r for grp in api.analyze(m).groups for r in grp.reasons]
+    assert any("a GroupNorm written as Reshape + InstanceNormalization" in r for r in reasons), reasons

@@ -117,7 +117,16 @@ def map_reshape(node, ctx: AnalysisContext, x: str, y: str) -> None:
             out = [(g, inner // t) for g, inner in lay]
             ctx.set_layout(y, bj[0], tuple(out))
             continue
-        ctx.freeze_layout(lay, f"{where} regroups channel axis {ax} with other axes")
+        ctx.freeze_layout(lay, f"{where} regroups channel axis {ax} with other axes" + _group_norm_hint(ctx, y))
+
+
+def _group_norm_hint(ctx: AnalysisContext, y: str) -> str:
+    """Where the regrouped tensor is normalised (an exporter's GroupNorm: Reshape to
+    [N, groups, -1] -> InstanceNormalization -> Reshape back), say so: the reason then names what
+    the user wrote."""
+    if any(n.op_type in ("InstanceNormalization", "MeanVarianceNormalization") for n, _ in ctx.index.consumers.get(y, [])):
+        return " (a GroupNorm written as Reshape + InstanceNormalization: its statistics run over groups of channels)"
+    return ""
 
 
 def _swapped_next(ctx: AnalysisContext, y: str, outer: int, inner: int) -> bool:
