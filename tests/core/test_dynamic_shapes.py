@@ -10,71 +10,13 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper
 
 from compressor import api
+from tests.core._dynamic_graphs import Net, masked_original, run
 
 VERIFY_SHAPE = (1, 3, 16, 16)
-
-
-class Net:
-    """A graph with one dynamic image input ``x`` [N, 3, H, W], built node by node."""
-
-    def __init__(self, opset: int = 17) -> None:
-        self.nodes: list[onnx.NodeProto] = []
-        self.inits: list[onnx.TensorProto] = []
-        self.rng = np.random.default_rng(0)
-        self.opset = opset
-
-    def const(self, name: str, value) -> str:
-        self.inits.append(numpy_helper.from_array(np.asarray(value), name))
-        return name
-
-    def weight(self, name: str, *shape: int) -> str:
-        return self.const(name, self.rng.standard_normal(shape).astype(np.float32))
-
-    def node(self, op: str, inputs: list[str], output: str, **attrs) -> str:
-        self.nodes.append(helper.make_node(op, inputs, [output], name=output, **attrs))
-        return output
-
-    def conv(self, x: str, name: str, cin: int, cout: int) -> str:
-        w, b = self.weight(name + "_w", cout, cin, 3, 3), self.weight(name + "_b", cout)
-        return self.node("Conv", [x, w, b], name, pads=[1, 1, 1, 1])
-
-    def model(self, y: str, rank: int = 4) -> onnx.ModelProto:
-        graph = helper.make_graph(self.nodes, "dyn", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
-                                                                                   ["N", 3, "H", "W"])],
-                                  [helper.make_tensor_value_info(y, TensorProto.FLOAT, ["N", None, None, None][:rank])],
-                                  self.inits)
-        m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)])
-        m.ir_version = 8
-        onnx.checker.check_model(m, full_check=True)
-        return m
-
-
-def masked_original(model: onnx.ModelProto, plan: list[dict]) -> onnx.ModelProto:
-    """The original with the removed input channels of every Conv and Gemm (transB=1) zeroed."""
-    consumers = {n.input[1] for n in model.graph.node if n.op_type in ("Conv", "Gemm")}
-    kept = {(e["tensor"], e["axis"]): e["kept"] for e in plan}
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    for t in out.graph.initializer:
-        if t.name in consumers and (t.name, 1) in kept:
-            arr = numpy_helper.to_array(t).copy()
-            drop = np.ones(arr.shape[1], bool)
-            drop[kept[(t.name, 1)]] = False
-            arr[:, drop] = 0
-            t.CopyFrom(numpy_helper.from_array(arr, t.name))
-    return out
-
-
-def run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # no rescue by fusion
-    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    return sess.run(None, {"x": x})[0]
 
 
 def prune_and_check_elsewhere(model: onnx.ModelProto, second_shape: tuple[int, ...], min_pruned: int = 1,

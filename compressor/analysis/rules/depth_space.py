@@ -36,16 +36,19 @@ def _other_axes(node: onnx.NodeProto, ctx: AnalysisContext) -> None:
                                    "channels")
 
 
+def _channels(node: onnx.NodeProto, ctx: AnalysisContext) -> tuple[Layout | None, int]:
+    """The other axes handled (_other_axes); the input's channel layout, if tracked, and b*b."""
+    _other_axes(node, ctx)
+    return ctx.layout(node.input[0], CHANNEL_AXIS), int(ctx.attr(node, "blocksize")) ** 2
+
+
 @register_rule("DepthToSpace")
 class DepthToSpace(Rule):
     def analyze(self, node: onnx.NodeProto, ctx: AnalysisContext) -> None:
-        x, y = node.input[0], node.output[0]
-        _other_axes(node, ctx)
-        lay = ctx.layout(x, CHANNEL_AXIS)
+        lay, bb = _channels(node, ctx)
         if lay is None:
             return
         where = f"DepthToSpace '{ctx.label(node)}'"
-        bb = int(ctx.attr(node, "blocksize")) ** 2
         mode = _mode(node, ctx)
         if mode not in ("DCR", "CRD"):
             ctx.freeze_layout(lay, f"{where} has mode {mode}, whose channel order is unknown")
@@ -57,16 +60,12 @@ class DepthToSpace(Rule):
         out = ctx.table.new(total // bb, origin=ctx.label(node))
         blocks: Layout = ((out, 1),) * bb if mode == "DCR" else ((out, bb),)
         ctx.unify(lay, blocks, f"{where} ({mode} blocks of channel axis {CHANNEL_AXIS})")  # freezes if impossible
-        ctx.set_layout(y, CHANNEL_AXIS, ((out, 1),))
+        ctx.set_layout(node.output[0], CHANNEL_AXIS, ((out, 1),))
 
 
 @register_rule("SpaceToDepth")
 class SpaceToDepth(Rule):
     def analyze(self, node: onnx.NodeProto, ctx: AnalysisContext) -> None:
-        x, y = node.input[0], node.output[0]
-        _other_axes(node, ctx)
-        lay = ctx.layout(x, CHANNEL_AXIS)
-        if lay is None:
-            return
-        bb = int(ctx.attr(node, "blocksize")) ** 2
-        ctx.set_layout(y, CHANNEL_AXIS, tuple(lay) * bb)
+        lay, bb = _channels(node, ctx)
+        if lay is not None:
+            ctx.set_layout(node.output[0], CHANNEL_AXIS, tuple(lay) * bb)
