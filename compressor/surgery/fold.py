@@ -9,7 +9,9 @@ A channel whose gate is 0 then outputs a constant, which the next step removes.
 Constant-channel folding (:func:`fold_constant_channels`): a channel whose producer filters are all
 zero (or that a zero BN scale or zero per-channel Mul zeroes) outputs a constant ``a`` after its
 per-channel ops. The value is read with onnxruntime at every layer that contracts the channel, on
-random inputs, and must be the same at every position and for every input. It is folded into the
+random inputs (at a second input shape too when the model has dynamic dims: a padded channel
+averaged by a global pool is constant at each size but not the same constant), and must be the same
+at every position, for every input and at both shapes. It is folded into the
 next layer's bias where that is exact:
 
 - Conv without padding (any kernel, stride, dilation, groups): ``b[o] += a * sum_k W[o, c, k]``;
@@ -38,6 +40,7 @@ from compressor.importance.learned import carried_summary
 from compressor.ir.graph import GraphIndex, drop_unused
 from compressor.ir.shapes import InputSpec, random_feeds
 from compressor.metrics import count
+from compressor.verify.second_shape import alternate_specs
 from compressor.verify.upcast import has_half
 from compressor.surgery._exact import (
     EXACT_TOLERANCE, ConstEditor, base_report, channel_slice, close_report, consume_points_of, copy_model,
@@ -234,7 +237,12 @@ def _candidates(analysis: Analysis, group: Group, zero_tol: float) -> dict[int, 
     return out
 
 
-def _probe(model: onnx.ModelProto, spec: InputSpec, names: list[str], trials: int, seed: int) -> dict[str, list]:
+def _probe(model: onnx.ModelProto, spec: InputSpec, names: list[str], trials: int, seed: int,
+           alternates: list[InputSpec] = ()) -> dict[str, list]:
+    """The values of ``names`` on ``trials`` random inputs at ``spec``, and as many more at the first
+    of ``alternates`` (second input shapes of a dynamic model) that the model runs at: a channel that
+    is constant at one spatial size can take another constant at another (a padded border averaged
+    by a global pool), and a fold must hold at every size."""
     import onnxruntime as ort
 
     probe = copy_model(model)
@@ -247,6 +255,15 @@ def _probe(model: onnx.ModelProto, spec: InputSpec, names: list[str], trials: in
     for t in range(trials):
         for n, v in zip(names, sess.run(names, random_feeds(spec, seed=seed + 1000 + t))):
             out[n].append(np.asarray(v, dtype=np.float64))
+    for alt in alternates:
+        try:
+            more = [sess.run(names, random_feeds(alt, seed=seed + 2000 + t)) for t in range(trials)]
+        except Exception:  # the model does not run at this shape: try the next one
+            continue
+        for vals in more:
+            for n, v in zip(names, vals):
+                out[n].append(np.asarray(v, dtype=np.float64))
+        break
     return out
 
 
@@ -254,7 +271,10 @@ def _constant_values(runs: list[np.ndarray], axis: int, positions: list[int]) ->
     """Value of each position along ``axis`` if it is the same everywhere else in every run."""
     vals = []
     for p in positions:
-        v = np.concatenate([np.take(r, p, axis=axis).reshape(-1) for r in runs])
+        try:
+            v = np.concatenate([np.take(r, p, axis=axis).reshape(-1) for r in runs])
+        except (IndexError, ValueError):  # the channel axis is shorter at another input shape
+            return None
         a = float(v[0])
         if float(np.max(np.abs(v - a), initial=0.0)) > 1e-6 * max(abs(a), 1e-30):
             return None
@@ -344,7 +364,7 @@ def _fold_constants_in(work: onnx.ModelProto, analysis: Analysis, spec: InputSpe
         editor.set(name, arr)
     points = {gid: consume_points_of(analysis, gid) for gid in found}
     names = sorted({node.input[cp.input_index] for pts in points.values() for cp, node, _ in pts})
-    runs = _probe(work, spec, names, trials, seed) if names else {}
+    runs = _probe(work, spec, names, trials, seed, alternate_specs(work, spec)) if names else {}
 
     nodes = analysis.index.nodes
     deltas: dict[int, np.ndarray] = {}

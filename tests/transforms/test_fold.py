@@ -153,3 +153,24 @@ def test_matmul_consumer_gets_an_add_and_near_zero_filters_need_zero_tol():
     assert report["channels_removed"] == 1
     assert [n.op_type for n in out.graph.node][-1] == "Add", "the MatMul's folded constant needs an Add"
     assert report["max_rel_err"] <= 1e-5 and rel_err(model, out) <= 1e-5
+
+
+def test_channel_constant_at_one_size_but_not_another_is_left():
+    """A zero filter's channel (its bias b) is zero-padded at the top, then globally pooled: at each
+    H x W its pooled value is the constant b (H - 2) / H, a different constant at every size. Probed
+    at one shape only, it was folded as the verification shape's constant and the model failed at
+    every other size (fuzz seed 802231); it is now probed at the second shape too and left."""
+    g = G(3)
+    x = g.input("x", [1, 3, "H", "W"])
+    w = g.rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    w[3] = 0
+    c = g.op("Conv", [x, g.const(w), g.const(np.array([0.1, -0.2, 0.3, 0.7], np.float32), "b")],
+             kernel_shape=[3, 3], pads=[1] * 4)
+    p = g.op("Pad", [c, g.const(np.array([0, 0, 2, 0, 0, 0, 0, 0], np.int64), "pads")], mode="constant")
+    y = g.op("Gemm", [g.op("Flatten", [g.op("GlobalAveragePool", [p])]), g.rand(5, 4), g.rand(5)], transB=1)
+    model = g.model([y])
+    out, report = fold_constant_channels(model, {"x": [1, 3, 12, 12]})
+    entry = _entry(report, 0)
+    assert entry["folded"] == [] and [e["channel"] for e in entry["left"]] == [3], entry
+    assert "not constant" in entry["left"][0]["reason"]
+    assert report["verify"]["passed"] and report["verify"]["second_shape"], report["verify"]
