@@ -132,6 +132,7 @@ def apply_plan(analysis: Analysis, keep: dict[int, list[int]]) -> SurgeryResult:
     dropped = drop_vanished(model, vanished, sctx.new_shape, sctx.replace_input, sctx.add_input) if vanished else 0
 
     drop_unused(model, only=sctx.replaced)  # a Reshape target, a Resize size surgery replaced
+    sctx.restore_names(model)  # a replaced bias keeps its name where nothing else reads the old one
     # stale shape annotations would contradict the new channel counts
     del model.graph.value_info[:]
     # learned importances describe the model they were stored with: sliced to the kept channels

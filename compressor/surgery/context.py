@@ -8,7 +8,7 @@ from onnx import helper, numpy_helper
 
 from compressor.analysis.groups import Analysis
 from compressor.analysis.layout import kept_count, positions
-from compressor.ir.graph import node_attr
+from compressor.ir.graph import node_attr, subgraph_outer_refs
 
 
 class SurgeryContext:
@@ -23,10 +23,13 @@ class SurgeryContext:
         self._shape_cache: dict[str, tuple[int, ...]] = {}
         # names taken: the input model's initializers (apply_plan adds them to ``model`` after this)
         self._names = ({t.name for t in analysis.index.model.graph.initializer}
-                       | {t.name for t in model.graph.initializer} | {o for n in model.graph.node for o in n.output})
+                       | {t.name for t in model.graph.initializer} | {o for n in model.graph.node for o in n.output}
+                       | {v.name for v in model.graph.input})
         self._counter = 0
         #: constants an input was pointed away from (replace_input): dropped when nothing reads them
         self.replaced: set[str] = set()
+        #: fresh initializer name -> the name it replaced (restore_names gives it back where free)
+        self.fresh_of: dict[str, str] = {}
 
     # ---- reading -----------------------------------------------------------
     def kept(self, tensor: str, axis: int) -> list[int] | None:
@@ -89,11 +92,49 @@ class SurgeryContext:
         old = self.index.value(node.input[k]) if node.input[k] else None
         if old is not None:
             value = np.asarray(value).astype(old.dtype)
-        name = self._fresh(node.input[k] or (node.name or node.op_type) + f"_in{k}")
+        base = (node.name or node.op_type) + f"_in{k}"
+        if node.input[k]:
+            name = self._fresh(node.input[k])
+        elif base not in self._names:  # a constant the node did not have: named after it
+            name = base
+            self._names.add(name)
+        else:
+            name = self._fresh(base)
         self.model.graph.initializer.append(numpy_helper.from_array(np.asarray(value), name))
         if node.input[k]:
             self.replaced.add(node.input[k])
+            self.fresh_of[name] = node.input[k]
         node.input[k] = name
+
+    def restore_names(self, model: onnx.ModelProto) -> int:
+        """Give each constant replace_input wrote the name of the one it replaced where that name is
+        free again (nothing reads the old constant any more: drop_unused removed it), so that a
+        layer's weights keep their names; returns how many were renamed."""
+        if not self.fresh_of:
+            return 0
+        g = model.graph
+        taken = ({t.name for t in g.initializer} | {o for n in g.node for o in n.output}
+                 | {v.name for v in g.input} | {v.name for v in g.output})
+        for n in g.node:
+            taken |= subgraph_outer_refs(n)
+        rename: dict[str, str] = {}
+        for new, old in self.fresh_of.items():  # in creation order: a chain new2 -> new1 -> old
+            while old in self.fresh_of and old not in taken:
+                old = self.fresh_of[old]
+            if new in taken and old not in taken and new not in rename.values():
+                rename[new] = old
+                taken.add(old)
+        if not rename:
+            return 0
+        for t in g.initializer:
+            if t.name in rename:
+                t.name = rename[t.name]
+        for n in g.node:
+            for i, x in enumerate(n.input):
+                if x in rename:
+                    n.input[i] = rename[x]
+        self.fresh_of = {}
+        return len(rename)
 
     def add_input(self, node: onnx.NodeProto, value: np.ndarray) -> None:
         node.input.append("")

@@ -689,3 +689,17 @@ def test_a_dead_branch_off_a_removed_layer_goes_with_it():
     res = api.prune(m, plan_in=api.PruningPlan.from_dict(plan))
     assert res.report["verify"]["passed"] and res.report["removed_whole"]["groups"] == 1
     assert not {"b", "dead", "dead2"} & {o for n in res.model.graph.node for o in n.output}
+
+
+def test_a_bias_that_takes_a_removed_blocks_constant_keeps_its_name():
+    """The stem's bias absorbs the removed block's constant: the new value is written under the old
+    name (it used to come out renamed '<bias>__prunedN'), and no initializer name is invented where
+    an old one was free again."""
+    m = resnetish(tail="conv3x3")
+    before = {t.name for t in m.graph.initializer}
+    res = api.prune(m, plan_in=plan_removing(m, lambda g: g.size == 6))
+    assert res.report["verify"]["passed"]
+    stem = next(n for n in res.model.graph.node if n.op_type == "Conv")
+    assert stem.input[2] == m.graph.node[0].input[2], list(stem.input)
+    names = {t.name for t in res.model.graph.initializer}
+    assert not any("__pruned" in n for n in names), sorted(names - before)
