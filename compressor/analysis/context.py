@@ -44,6 +44,13 @@ class NormPoint:
 
     node_index: int
     axis: int
+    #: a LayerNorm written out in elementary ops (rules/layernorm_decomposed.py), whose first node
+    #: (a ReduceMean of the normalised tensor) is ``node_index``: the indices of the pattern's other
+    #: nodes, which the reference replaces too, its epsilon, and the tensor it writes (the
+    #: normalised values, before any affine). Empty / None for a LayerNormalization node.
+    also: tuple[int, ...] = ()
+    epsilon: float | None = None
+    output: str | None = None
 
 
 @dataclass
@@ -239,9 +246,11 @@ class AnalysisContext:
                 data.update(y for y in node.output if y)
         return frozenset(data)
 
-    def norm_point(self, node: onnx.NodeProto, axis: int) -> None:
-        """This node normalises over ``axis`` of its first input, which carries channels."""
-        self.norm_points.append(NormPoint(self.node_index, axis))
+    def norm_point(self, node: onnx.NodeProto, axis: int, also: tuple[int, ...] = (), epsilon: float | None = None,
+                   output: str | None = None) -> None:
+        """This node normalises over ``axis`` of its first input, which carries channels (with
+        ``also``, ``epsilon`` and ``output``: a written-out LayerNorm that starts here, see NormPoint)."""
+        self.norm_points.append(NormPoint(self.node_index, axis, tuple(also), epsilon, output))
 
     def consume(self, node: onnx.NodeProto, input_index: int, axis: int) -> None:
         rank = self.rank(node.input[input_index])

@@ -12,7 +12,9 @@ channels are masked out of the statistics as well as out of the result:
 
 which equals LayerNorm(x[kept]) on the kept channels (the removed ones output ``bias``, and every
 consumer masks them). Everything else about the node (epsilon, the axis, scale and bias) is read
-from the node itself.
+from the node itself. A LayerNorm written out in elementary ops (analysis/rules/layernorm_decomposed.py)
+gets the same computation over its axis, without scale and bias: its affine nodes stay as they are,
+after it.
 """
 
 from __future__ import annotations
@@ -32,41 +34,61 @@ def masked_layernorm(node: onnx.NodeProto, mask: np.ndarray, prefix: str) -> tup
         raise ValueError(f"no masked reference for {node.op_type}")
     if any(node.output[1:]):
         raise ValueError(f"LayerNormalization '{node.name}' has its mean/inv-std outputs in use")
-    x = node.input[0]
-    scale = node.input[1]
     bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
-    eps = float(node_attr(node, "epsilon", 1e-5))
+    return masked_normalization(node.input[0], node.output[0], mask, prefix, axis=-1,
+                                epsilon=float(node_attr(node, "epsilon", 1e-5)), scale=node.input[1], bias=bias,
+                                label=f"LayerNormalization '{node.name}'")
+
+
+def masked_normalization(x: str, output: str, mask: np.ndarray, prefix: str, *, axis: int = -1, rank: int = 0,
+                         epsilon: float, scale: str | None = None, bias: str | None = None, opset: int = 18,
+                         label: str = "the normalisation") -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """Nodes and constants writing ``output`` = ``x`` normalised over ``axis`` (of a tensor of
+    ``rank`` dims; any rank when ``axis`` is -1) with the channels where ``mask`` is 0 left out of the
+    statistics, then times ``scale`` and plus ``bias`` where given (a written-out LayerNorm's affine
+    stays in its own nodes: neither is given then). ``opset`` is the model's: ReduceSum takes its
+    axes as an attribute before 13."""
     dtype = np.asarray(mask).dtype if np.asarray(mask).dtype.kind == "f" else np.dtype(np.float32)
     mask = np.asarray(mask, dtype=dtype).reshape(-1)  # the input's type: a float16 model's reference
     k = float(mask.sum())  # stays float16 (and is widened with it, verify/upcast.py)
     if k <= 0:
-        raise ValueError(f"LayerNormalization '{node.name}' would keep no channel")
+        raise ValueError(f"{label} would keep no channel")
+    if axis >= 0:  # broadcast along ``axis``: the axes after it have length 1
+        mask = mask.reshape((-1,) + (1,) * (rank - 1 - axis))
 
     def n(tag: str) -> str:
         return f"{prefix}_{tag}"
 
     consts = [
         numpy_helper.from_array(mask, n("mask")),
-        numpy_helper.from_array(np.array([-1], dtype=np.int64), n("axes")),
         numpy_helper.from_array(np.array(k, dtype=dtype), n("k")),  # an integer: exact in float16 too
-        numpy_helper.from_array(np.array(eps, dtype=dtype), n("eps")),
+        numpy_helper.from_array(np.array(epsilon, dtype=dtype), n("eps")),
     ]
+    if opset >= 13:
+        consts.append(numpy_helper.from_array(np.array([axis], dtype=np.int64), n("axes")))
+
+    def reduce_sum(src: str, dst: str) -> onnx.NodeProto:
+        if opset >= 13:
+            return helper.make_node("ReduceSum", [src, n("axes")], [dst], keepdims=1)
+        return helper.make_node("ReduceSum", [src], [dst], axes=[axis], keepdims=1)
+
     nodes = [
         helper.make_node("Mul", [x, n("mask")], [n("xm")]),
-        helper.make_node("ReduceSum", [n("xm"), n("axes")], [n("s1")], keepdims=1),
+        reduce_sum(n("xm"), n("s1")),
         helper.make_node("Div", [n("s1"), n("k")], [n("mean")]),
         helper.make_node("Sub", [x, n("mean")], [n("d0")]),
         helper.make_node("Mul", [n("d0"), n("mask")], [n("d")]),
         helper.make_node("Mul", [n("d"), n("d")], [n("sq")]),
-        helper.make_node("ReduceSum", [n("sq"), n("axes")], [n("s2")], keepdims=1),
+        reduce_sum(n("sq"), n("s2")),
         helper.make_node("Div", [n("s2"), n("k")], [n("var")]),
         helper.make_node("Add", [n("var"), n("eps")], [n("ve")]),
         helper.make_node("Sqrt", [n("ve")], [n("std")]),
-        helper.make_node("Div", [n("d"), n("std")], [n("norm")]),
     ]
-    if bias is None:
-        nodes.append(helper.make_node("Mul", [n("norm"), scale], [node.output[0]]))
-    else:
-        nodes.append(helper.make_node("Mul", [n("norm"), scale], [n("scaled")]))
-        nodes.append(helper.make_node("Add", [n("scaled"), bias], [node.output[0]]))
+    steps = [(op, param) for op, param in (("Mul", scale), ("Add", bias)) if param]
+    cur = n("norm") if steps else output
+    nodes.append(helper.make_node("Div", [n("d"), n("std")], [cur]))
+    for k_step, (op, param) in enumerate(steps):
+        dst = output if k_step == len(steps) - 1 else n("scaled")
+        nodes.append(helper.make_node(op, [cur, param], [dst]))
+        cur = dst
     return nodes, consts

@@ -24,11 +24,14 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from compressor.analysis.context import NormPoint
 from compressor.analysis.groups import Analysis
 from compressor.analysis.layout import positions
+from compressor.ir.graph import drop_unused
+from compressor.ir.model_io import default_opset
 from compressor.ir.proto import copy_fields, feedable
 from compressor.ir.shapes import InputSpec, random_feeds
-from compressor.verify.norms import masked_layernorm
+from compressor.verify.norms import masked_layernorm, masked_normalization
 from compressor.verify.upcast import has_half, upcast, widen_feeds
 
 #: Constants of at least this many bytes are fed to onnxruntime as numpy buffers rather than
@@ -121,11 +124,15 @@ def _masks(analysis: Analysis, keep: dict[int, list[int]]) -> list[_Mask]:
 
 @dataclass
 class _NormMask:
-    """Compute normalisation node ``node_index`` over the channels where ``mask`` is 1 only."""
+    """Compute normalisation node ``node_index`` over the channels where ``mask`` is 1 only (a
+    written-out LayerNorm: the pattern that starts there, its nodes ``point.also`` left out)."""
 
     node_index: int
     prefix: str
     mask: np.ndarray
+    point: NormPoint | None = None
+    rank: int = 0
+    opset: int = 18
 
 
 def _norm_masks(analysis: Analysis, keep: dict[int, list[int]]) -> list[_NormMask]:
@@ -137,8 +144,14 @@ def _norm_masks(analysis: Analysis, keep: dict[int, list[int]]) -> list[_NormMas
         mask = _kept_vector(analysis, x, npnt.axis, keep, _dtype_of(analysis, x))
         if mask is None:
             continue
-        out.append(_NormMask(npnt.node_index, f"{x}__oracle_norm{k}", mask))
+        out.append(_NormMask(npnt.node_index, f"{x}__oracle_norm{k}", mask, npnt, analysis.index.rank(x) or 0,
+                             default_opset(analysis.index.model)))
     return out
+
+
+def _replaced(norms) -> set[int]:
+    """Indices of the nodes a written-out LayerNorm's reference stands for, beyond its first."""
+    return {i for nm in norms if nm.point is not None for i in nm.point.also}
 
 
 def pruned_norm_nodes(analysis: Analysis, keep: dict[int, list[int]]) -> list[str]:
@@ -151,7 +164,13 @@ def _emit(nodes_out, initializers_out, node: onnx.NodeProto, norm: _NormMask | N
     if norm is None:
         nodes_out.append(node)
         return
-    new_nodes, consts = masked_layernorm(node, norm.mask, norm.prefix)
+    pt = norm.point
+    if pt is not None and pt.also:  # a written-out LayerNorm (analysis/rules/layernorm_decomposed.py)
+        new_nodes, consts = masked_normalization(node.input[0], pt.output, norm.mask, norm.prefix, axis=pt.axis,
+                                                 rank=norm.rank, epsilon=pt.epsilon, opset=norm.opset,
+                                                 label=f"the LayerNorm written out from '{node.name}'")
+    else:
+        new_nodes, consts = masked_layernorm(node, norm.mask, norm.prefix)
     initializers_out.extend(consts)
     nodes_out.extend(new_nodes)
 
@@ -175,9 +194,13 @@ def masked_original(analysis: Analysis, keep: dict[int, list[int]]) -> onnx.Mode
         inserts.setdefault(mk.node_index, []).append(helper.make_node("Mul", [mk.tensor, mk.name], [mk.out]))
         nodes[mk.node_index].input[mk.input_index] = mk.out
     del model.graph.node[:]
+    skip = _replaced(norms.values())
     for i, node in enumerate(nodes):
+        if i in skip:
+            continue
         model.graph.node.extend(inserts.get(i, []))
         _emit(model.graph.node, model.graph.initializer, node, norms.get(i))
+    drop_unused(model, only={x for i in skip for x in nodes[i].input})  # the replaced pattern's epsilon, exponent
     return model
 
 
@@ -280,7 +303,10 @@ def oracle_model(model: onnx.ModelProto, *, values: Callable[[str], np.ndarray |
     for mk in masks:
         inserts.setdefault(mk.node_index, []).append(mk)
     by_node = {nm.node_index: nm for nm in norms}
+    skip = _replaced(norms)
     for i, node in enumerate(model.graph.node):
+        if i in skip:
+            continue
         if _is_plain_constant(node) and node.output[0] not in declared and take(node.output[0], node.attribute[0].t):
             continue
         for mk in inserts.get(i, ()):
@@ -290,6 +316,8 @@ def oracle_model(model: onnx.ModelProto, *, values: Callable[[str], np.ndarray |
             for mk in inserts.get(i, ()):
                 node.input[mk.input_index] = mk.out
         _emit(g.node, g.initializer, node, by_node.get(i))
+    nodes = model.graph.node  # the replaced pattern's epsilon and exponent, unless fed as weights
+    drop_unused(m, only={x for i in skip for x in nodes[i].input} - set(weights))
     return OracleModel(m, weights)
 
 

@@ -6,6 +6,7 @@ from compressor.analysis.rules import (  # noqa: F401
     depth_space,
     elementwise,
     gather,
+    layernorm_decomposed,
     linear,
     normalization,
     passthrough,

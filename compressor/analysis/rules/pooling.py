@@ -24,9 +24,11 @@ class Pool(Rule):
                 ctx.freeze_layout(lay, f"{node.op_type} '{ctx.label(node)}' pools over tracked axis {ax}")
 
 
-@register_rule("ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceSumSquare", "ReduceL1", "ReduceL2",
+@register_rule("ReduceMax", "ReduceMin", "ReduceSum", "ReduceSumSquare", "ReduceL1", "ReduceL2",
                "ReduceProd", "ReduceLogSum", "ReduceLogSumExp", "ArgMax", "ArgMin")
 class Reduce(Rule):
+    """(ReduceMean registers a subclass that also knows a written-out LayerNorm: layernorm_decomposed.py.)"""
+
     def analyze(self, node: onnx.NodeProto, ctx: AnalysisContext) -> None:
         x = node.input[0]
         rank = ctx.rank(x)
@@ -56,7 +58,11 @@ class Reduce(Rule):
                 if node.op_type in ("ReduceSum", "ReduceSumSquare", "ReduceL1", "ReduceL2"):
                     ctx.consume(node, 0, ax)
                 else:
-                    ctx.freeze_layout(lay, f"{node.op_type} '{ctx.label(node)}' reduces over channel axis {ax}")
+                    ctx.freeze_layout(lay, self.freeze_reason(node, ctx, ax))
                 continue
             amap[ax] = ax if keepdims else ax - sum(1 for a in axes if a < ax)
         ctx.copy_layouts(x, node.output[0], amap, node=node)
+
+    def freeze_reason(self, node: onnx.NodeProto, ctx: AnalysisContext, axis: int) -> str:
+        """Why reducing over tracked ``axis`` freezes its channels."""
+        return f"{node.op_type} '{ctx.label(node)}' reduces over channel axis {axis}"
