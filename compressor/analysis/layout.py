@@ -15,6 +15,7 @@ Layouts store group ids and are normalised on read, so earlier layouts follow la
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 Segment = tuple[int, int]  # (group id, inner)
@@ -172,6 +173,9 @@ class GroupTable:
                         self.coarsen(ga, ib // ia)
                     elif ib < ia and ia % ib == 0 and self.size(gb) % (ia // ib) == 0:
                         self.coarsen(gb, ia // ib)
+                    elif self.size(ga) % (math.lcm(ia, ib) // ia) == 0 and self.size(gb) % (math.lcm(ia, ib) // ib) == 0:
+                        self.coarsen(ga, math.lcm(ia, ib) // ia)  # blocks both sides hold whole (GroupNorms of
+                        # 4 and 6 channels on one residual sum: 12); the next pass coarsens gb to them
                     else:
                         raise LayoutError("channel blocks of different sizes cannot be unified")
                     changed = True

@@ -6,6 +6,7 @@ from compressor.analysis.rules import (  # noqa: F401
     depth_space,
     elementwise,
     gather,
+    groupnorm,
     layernorm_decomposed,
     linear,
     normalization,

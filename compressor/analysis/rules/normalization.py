@@ -1,8 +1,8 @@
 """Normalisations and softmax. Per-channel ones (BatchNorm, InstanceNorm) slice their parameters.
 LayerNorm over the last axis alone prunes through (statistics over the kept channels, proven
-against a reference that computes it so); the others that mix channels (GroupNorm/LRN/Softmax over
-the channel axis, LayerNorm over several axes) are barriers for the axes they normalise over,
-since removing a channel changes every other channel's output.
+against a reference that computes it so); the others that mix channels (LRN/Softmax over the channel
+axis, LayerNorm over several axes) are barriers for the axes they normalise over, since removing a
+channel changes every other channel's output. GroupNorm prunes in whole groups: rules/groupnorm.py.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from compressor.analysis.context import PARAM, AnalysisContext
 from compressor.analysis.registry import Rule, register_rule
 
 
-@register_rule("BatchNormalization", "InstanceNormalization")
+@register_rule("BatchNormalization")  # (InstanceNormalization: a subclass in rules/groupnorm.py)
 class PerChannelNorm(Rule):
     def analyze(self, node: onnx.NodeProto, ctx: AnalysisContext) -> None:
         x = node.input[0]
@@ -85,14 +85,11 @@ class LayerNorm(Rule):
         return True
 
 
-@register_rule("GroupNormalization", "LRN")
+@register_rule("LRN")  # (GroupNormalization: rules/groupnorm.py, pruned in whole groups)
 class ChannelMixingNorm(Rule):
     def analyze(self, node, ctx):
-        rank = ctx.rank(node.input[0]) or 2
-        # GroupNorm's statistics run over each group's channels and every spatial position; LRN's
-        # over neighbouring channels at one position
-        axes = set(range(1, rank)) if node.op_type == "GroupNormalization" else {1}
-        _freeze_axes(node, ctx, axes, "normalises across channels")
+        # LRN's statistics run over neighbouring channels at one position
+        _freeze_axes(node, ctx, {1}, "normalises across channels")
 
 
 @register_rule("MeanVarianceNormalization")

@@ -17,6 +17,7 @@ import onnx
 from compressor.analysis.context import AnalysisContext
 from compressor.analysis.registry import Rule, register_rule
 from compressor.analysis.rules._shape_source import adapts, check_unchanged, rewrite_entry, trace, value_deps
+from compressor.analysis.rules.groupnorm import exporter_group_norm
 
 
 def factor_blocks(ins: tuple[int, ...], outs: tuple[int, ...]) -> list[tuple[list[int], list[int]]] | None:
@@ -116,6 +117,8 @@ def map_reshape(node, ctx: AnalysisContext, x: str, y: str) -> None:
                 continue
             out = [(g, inner // t) for g, inner in lay]
             ctx.set_layout(y, bj[0], tuple(out))
+            continue
+        if exporter_group_norm(node, ctx, y, ax, lay):  # a GroupNorm's Reshape [N, C, *] <-> [N, G, L]
             continue
         ctx.freeze_layout(lay, f"{where} regroups channel axis {ax} with other axes" + _group_norm_hint(ctx, y))
 
