@@ -397,10 +397,12 @@ def test_depthwise_conv_with_a_channel_multiplier_passes_channels_through(op):
 def test_a_group_norm_written_out_by_an_exporter_is_named_in_the_reason():
     """torch writes GroupNorm as Reshape [N, groups, -1] -> InstanceNormalization -> Reshape back;
     the reason named only the Reshape ("regroups channel axis 1 with other axes"). (The exact form
-    prunes in whole groups, tests/core/test_groupnorm.py; here the way back goes through [1, 8, 64].)"""
+    prunes in whole groups, tests/core/test_groupnorm.py, and so does any regrouping whose groups
+    hold whole channel blocks; here the way back goes through [1, 8, 64] and the 8 channels are a
+    Concat of 3 and 5, which no group of 4 holds whole.)"""
     g = G()
     x = g.input("x", [1, 3, 8, 8])
-    h = g.cbr(x, 3, 8)
+    h = g.op("Concat", [g.cbr(x, 3, 3), g.cbr(x, 3, 5)], axis=1)
     grouped = g.op("Reshape", [h, g.const(np.array([1, 2, -1], np.int64))])
     normed = g.op("InstanceNormalization", [grouped, g.rand(2), g.rand(2)])
     back = g.op("Reshape", [normed, g.const(np.array([1, 8, 64], np.int64))])

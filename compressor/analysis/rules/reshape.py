@@ -3,8 +3,11 @@
 A reshape is factored into blocks of input axes and output axes with equal products. A channel
 axis that is the outermost of a merge (Flatten before a Gemm) makes each channel own a block of
 features; an axis split into (outer, inner) (768 features -> 12 heads x 64) coarsens its groups into
-blocks so that whole heads are kept or removed. Anything else (channels interleaved with other
-axes, as in a channel shuffle) freezes the groups involved.
+blocks so that whole heads are kept or removed; a block of axes led by the channel axis reshaped
+into another block of axes (``view(b, c * h, w)`` then ``view(b, c, h * w)``; ``view(b, g, -1)``)
+maps each channel's run of elements onto the outer output axis, coarsening the groups where one
+output position holds several whole channels. Anything else (channels interleaved with other axes,
+as in a channel shuffle) freezes the groups involved.
 """
 
 from __future__ import annotations
@@ -120,7 +123,42 @@ def map_reshape(node, ctx: AnalysisContext, x: str, y: str) -> None:
             continue
         if exporter_group_norm(node, ctx, y, ax, lay):  # a GroupNorm's Reshape [N, C, *] <-> [N, G, L]
             continue
-        ctx.freeze_layout(lay, f"{where} regroups channel axis {ax} with other axes" + _group_norm_hint(ctx, y))
+        why = "with other axes"
+        if bi[0] == ax and not any(a in lays for a in bi[1:]):
+            out, why = _regroup(ctx, lay, math.prod(xs[a] for a in bi[1:]), math.prod(ys[a] for a in bj[1:]))
+            if out is not None:
+                ctx.set_layout(y, bj[0], out)
+                continue
+        ctx.freeze_layout(lay, f"{where} regroups channel axis {ax} {why}" + _group_norm_hint(ctx, y))
+
+
+def _regroup(ctx: AnalysisContext, lay, inner_in: int, inner_out: int) -> tuple[tuple | None, str]:
+    """A block of axes whose outermost is the channel axis, reshaped into another block of axes
+    (``x.view(b, c * h, w)`` then ``.view(b, c, h * w)``; [N, C, H, W] -> [N, G, C/G * H * W]).
+    In the flattened block a channel owning ``inner`` positions of the outer axis owns
+    ``inner * inner_in`` consecutive elements, and one position of the outer output axis holds
+    ``inner_out`` of them. Where a channel's span is a whole number of output positions, the
+    channel owns that many; where an output position holds whole channels, the groups are coarsened
+    into blocks of that many channels (every element of a position then belongs to one block, so
+    what later mixes the inner axes mixes one block only). Returns (the output layout, "") or
+    (None, why not)."""
+    table = ctx.table
+    why = f"into positions of {inner_out} elements that cut through its channels"
+    for g, inner in table.normalize(lay):
+        span = inner * inner_in
+        if span % inner_out == 0 or table.find(g) in table.replaced:
+            continue
+        if inner_out % span == 0 and table.size(g) % (inner_out // span) == 0:
+            table.coarsen(g, inner_out // span)
+        else:
+            return None, why
+    out = []
+    for g, inner in table.normalize(lay):
+        span = inner * inner_in
+        if span % inner_out:
+            return None, why
+        out.append((g, span // inner_out))
+    return tuple(out), ""
 
 
 def _group_norm_hint(ctx: AnalysisContext, y: str) -> str:
