@@ -130,6 +130,7 @@ def apply_plan(analysis: Analysis, keep: dict[int, list[int]]) -> SurgeryResult:
         sctx.replace_input(model.graph.node[pin.node_index], pin.slot, pin.value)
 
     dropped = drop_vanished(model, vanished, sctx.new_shape, sctx.replace_input, sctx.add_input) if vanished else 0
+    sctx.splice_followers()  # after every edit that addresses nodes by index
 
     drop_unused(model, only=sctx.replaced)  # a Reshape target, a Resize size surgery replaced
     sctx.restore_names(model)  # a replaced bias keeps its name where nothing else reads the old one

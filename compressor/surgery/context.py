@@ -30,6 +30,8 @@ class SurgeryContext:
         self.replaced: set[str] = set()
         #: fresh initializer name -> the name it replaced (restore_names gives it back where free)
         self.fresh_of: dict[str, str] = {}
+        #: nodes a rewrite adds after the node that now writes the first name (splice_followers)
+        self.followers: list[tuple[str, list[onnx.NodeProto]]] = []
 
     # ---- reading -----------------------------------------------------------
     def kept(self, tensor: str, axis: int) -> list[int] | None:
@@ -139,3 +141,32 @@ class SurgeryContext:
     def add_input(self, node: onnx.NodeProto, value: np.ndarray) -> None:
         node.input.append("")
         self.replace_input(node, len(node.input) - 1, value)
+
+    def constant(self, base: str, value: np.ndarray) -> str:
+        """A new initializer holding ``value``; its name."""
+        name = self._fresh(base)
+        self.model.graph.initializer.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    def follow(self, node: onnx.NodeProto, k: int, op_type: str, operand: np.ndarray) -> None:
+        """Apply ``op_type(output, operand)`` to output k of ``node`` under the output's own name
+        (``node`` then writes a fresh name that the new node reads): a reduction that now sees fewer
+        channels rescaled to what the masked original computes. Spliced in by splice_followers."""
+        out = node.output[k]
+        mid = self._fresh(out)
+        node.output[k] = mid
+        c = self.constant(f"{node.name or node.op_type}_{op_type.lower()}", operand)
+        self.followers.append((mid, [helper.make_node(op_type, [mid, c], [out],
+                                                      name=self._fresh(f"{node.name or node.op_type}_{op_type}"))]))
+
+    def splice_followers(self) -> None:
+        """Insert the nodes :meth:`follow` made right after the nodes they follow (in place: node
+        indices before this point stay valid, so it runs after every index-based edit)."""
+        if not self.followers:
+            return
+        where = {o: i for i, n in enumerate(self.model.graph.node) for o in n.output}
+        for mid, nodes in sorted(self.followers, key=lambda f: where[f[0]], reverse=True):
+            at = where[mid] + 1
+            for j, n in enumerate(nodes):
+                self.model.graph.node.insert(at + j, n)
+        self.followers = []

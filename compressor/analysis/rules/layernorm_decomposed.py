@@ -11,9 +11,9 @@ types), the pattern is pruned through like LayerNormalization (rules/normalizati
 channels of ``x`` along ``a`` flow to ``y`` (the element-wise rules carry them through Sub and Div,
 and slice an affine ``y * gamma + beta`` after it), the pruned model's ReduceMeans then average
 over the kept channels, and a NormPoint makes the oracle's reference compute the statistics over
-the kept channels too (verify/norms.py). Anything else is a plain ReduceMean: a reduction over a
-channel axis freezes the channels, with the reason the pattern did not match where it looked like
-one.
+the kept channels too (verify/norms.py). Anything else is a plain ReduceMean (pooling.Reduce: over
+a channel axis a consumer, rescaled to the masked original), except where it looked like such a
+pattern and did not match: that freezes the channels, with the reason.
 """
 
 from __future__ import annotations
@@ -204,6 +204,13 @@ class ReduceMean(Reduce):
         ctx.copy_layouts(x, node.output[0], {ax: ax for ax in ctx.layouts(x) if ax != found.axis}, node=node)
         if ctx.index.producer[node.output[0]][0] == found.mean_node and ctx.layout(x, found.axis) is not None:
             ctx.norm_point(node, found.axis, also=found.nodes[1:], epsilon=found.epsilon, output=found.output)
+
+    def consumes(self, node: onnx.NodeProto, ctx: AnalysisContext) -> bool:
+        """A plain channel mean is a consumer (pooling.Reduce); one that is, or nearly is, a
+        LayerNorm's statistics is not: kept whole by --freeze-norms, or frozen where the pattern
+        differs (rescaling such a mean to the masked original would change what the norm means)."""
+        found, miss = explain(ctx.index, node)
+        return found is None and miss is None and super().consumes(node, ctx)
 
     def freeze_reason(self, node: onnx.NodeProto, ctx: AnalysisContext, axis: int) -> str:
         found, miss = explain(ctx.index, node)

@@ -1,13 +1,21 @@
-"""Pooling and reductions. Spatial pooling keeps channels; a reduction over a channel axis is a
-consumer when it is a plain sum (exact under masking) and a barrier otherwise (a mean divides by
-the channel count, a max sees the removed channels)."""
+"""Pooling and reductions. Spatial pooling keeps channels. A reduction over a channel axis is a
+consumer (the masked original zeroes the removed channels at its input) where the pruned model can
+compute the same from the kept channels: a sum, a sum of squares or absolute values, a log-sum
+(zeros add nothing); a mean, rescaled by kept/total after it (the masked original still divides by
+the full count: ConvNeXt-V2's GRN, CBAM's channel mean); a max or min, followed by ``Max(y, 0)`` or
+``Min(y, 0)`` where channels were removed (the masked original's zeros take part). Anything else
+(a product, log-sum-exp, arg-max, a non-float mean) is a barrier."""
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import onnx
 
 from compressor.analysis.context import AnalysisContext
 from compressor.analysis.registry import Rule, register_rule
+from compressor.ir.graph import node_attr
 
 
 @register_rule("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool", "GlobalLpPool",
@@ -22,6 +30,30 @@ class Pool(Rule):
         for ax, lay in ctx.layouts(x).items():
             if ax >= 2:
                 ctx.freeze_layout(lay, f"{node.op_type} '{ctx.label(node)}' pools over tracked axis {ax}")
+
+
+#: Reductions over a channel axis that the masked input's zeros do not change.
+SUMS = ("ReduceSum", "ReduceSumSquare", "ReduceL1", "ReduceL2", "ReduceLogSum")
+#: Reductions the pruned model rewrites to what they compute on the masked input (Reduce.rewrite).
+RESCALED = ("ReduceMean", "ReduceMax", "ReduceMin")
+_FLOATS = (np.float16, np.float32, np.float64)
+
+
+def reduced_axes(node: onnx.NodeProto, rank: int, value) -> list[int]:
+    """The axes a Reduce node reduces over (non-negative); ``value`` reads a constant axes input."""
+    axes = node_attr(node, "axes", None)
+    if axes is None and len(node.input) > 1 and node.input[1]:
+        axes = [int(a) for a in np.asarray(value(node.input[1])).reshape(-1)]
+    if not axes:
+        return [] if int(node_attr(node, "noop_with_empty_axes", 0)) else list(range(rank))
+    return sorted({int(a) % rank for a in axes})
+
+
+def _consume_point(ctx, node: onnx.NodeProto) -> bool:
+    """Was ``node`` analysed as a consumer of its input's channels (not a LayerNorm's statistics)?"""
+    nodes = ctx.analysis.index.nodes
+    return any(cp.input_index == 0 and nodes[cp.node_index].output[:1] == node.output[:1]
+               for cp in ctx.analysis.consume_points)
 
 
 @register_rule("ReduceMax", "ReduceMin", "ReduceSum", "ReduceSumSquare", "ReduceL1", "ReduceL2",
@@ -55,13 +87,36 @@ class Reduce(Rule):
         amap = {}
         for ax, lay in ctx.layouts(x).items():
             if ax in axes:
-                if node.op_type in ("ReduceSum", "ReduceSumSquare", "ReduceL1", "ReduceL2"):
+                if self.consumes(node, ctx):
                     ctx.consume(node, 0, ax)
                 else:
                     ctx.freeze_layout(lay, self.freeze_reason(node, ctx, ax))
                 continue
             amap[ax] = ax if keepdims else ax - sum(1 for a in axes if a < ax)
         ctx.copy_layouts(x, node.output[0], amap, node=node)
+
+    def consumes(self, node: onnx.NodeProto, ctx: AnalysisContext) -> bool:
+        """Can the pruned node compute what it computes on the masked input (see the module)?"""
+        if node.op_type in SUMS:
+            return True
+        return node.op_type in RESCALED and ctx.index.tensor_dtype(node.input[0]) in _FLOATS
+
+    def rewrite(self, node: onnx.NodeProto, ctx) -> None:
+        if node.op_type not in RESCALED or not _consume_point(ctx, node):
+            return
+        x = node.input[0]
+        old, new = ctx.old_shape(x), ctx.new_shape(x)
+        if old is None or new is None or old == new:
+            return
+        axes = reduced_axes(node, len(old), ctx.value)
+        total, kept = math.prod(old[a] for a in axes), math.prod(new[a] for a in axes)
+        if total == kept:
+            return
+        dtype = ctx.index.tensor_dtype(x)
+        if node.op_type == "ReduceMean":  # the mean of the kept channels, times kept / total
+            ctx.follow(node, 0, "Mul", np.asarray(kept / total, dtype=dtype))
+        else:  # the removed channels' zeros in the masked original's max (min)
+            ctx.follow(node, 0, "Max" if node.op_type == "ReduceMax" else "Min", np.zeros((), dtype=dtype))
 
     def freeze_reason(self, node: onnx.NodeProto, ctx: AnalysisContext, axis: int) -> str:
         """Why reducing over tracked ``axis`` freezes its channels."""
