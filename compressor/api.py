@@ -37,6 +37,7 @@ from compressor.surgery import apply_plan
 from compressor.surgery.drop import removable_groups, removal_effect
 from compressor.surgery.finalize import finalize
 from compressor.verify import masked_reference, pruned_norm_nodes, verify
+from compressor.verify.oracle import decoy_keep
 from compressor.verify.oracle import input_run_error
 from compressor.verify.second_shape import alternate_specs
 from compressor.verify.upcast import has_half
@@ -51,6 +52,8 @@ LATENCY_ROUND_TO = 8
 #: Finer multiples the default search falls back to, in order, when no plan at the coarser one
 #: meets the target (narrow layers leave few widths to choose from).
 LATENCY_FALLBACK = (4, 1)
+#: A proof whose decoy (other channels removed) lands within this many tolerances is reported as weak.
+WEAK_PROOF_FACTOR = 3.0
 
 
 def _as_model(model, data_files: list | None = None) -> tuple[onnx.ModelProto, str | None]:
@@ -553,9 +556,11 @@ def prune(model, *, ratio: float | None = None, output: str | os.PathLike | None
             from compressor.surgery._exact import HALF_EXACT_TOLERANCE
 
             tolerance = max(tolerance, HALF_EXACT_TOLERANCE)
+        wrong = decoy_keep(an, keep)
         try:
             ver = verify(reference, pruned, spec, tolerance=tolerance, seed=seed,
-                         alternates=alternate_specs(index.model, spec))
+                         alternates=alternate_specs(index.model, spec),
+                         decoy=masked_reference(an, wrong) if wrong is not None else None)
         except CompressorError:
             raise
         except Exception:
@@ -567,6 +572,12 @@ def prune(model, *, ratio: float | None = None, output: str | os.PathLike | None
             raise ModelError(f"onnxruntime cannot run the input model, so no pruning of it can be verified "
                              f"(--no-verify writes it unproven): {why}") from None
         del reference
+        gap = ver.discrimination
+        if gap is not None and ver.passed and gap < WEAK_PROOF_FACTOR * ver.tolerance:
+            warn(f"a cut that removed other channels would have differed by at most {gap:.2g} (relative) on "
+                 f"random inputs, less than {WEAK_PROOF_FACTOR:g}x the tolerance {ver.tolerance:g}: the proof "
+                 "cannot tell this pruning from a wrong one (the outputs barely depend on these channels on "
+                 "random inputs, as with an untrained model's near-constant outputs)")
     index.release_values()  # the weights' numpy copies are not needed past this point
     report = {
         "input": path,

@@ -50,6 +50,11 @@ class VerifyResult:
     compared_in: str = "model types"  # or float32, for a float16 model (verify/upcast.py)
     reason: str | None = None  # why it failed, when not by the error (an output with nothing finite)
     second_shape: dict | None = None  # a dynamic model's run at another input shape (second_shape.py)
+    #: how far a wrong cut would land: the max relative distance between the reference (the masked
+    #: original) and a decoy (the original with other channels removed) on the same inputs, when
+    #: ``verify`` was given one. Below the tolerance the comparison could not tell the two cuts apart
+    #: (outputs that barely depend on these channels on random inputs); None: not measured
+    discrimination: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -214,6 +219,21 @@ def input_run_error(analysis: Analysis, spec: InputSpec) -> str | None:
     except Exception as exc:  # onnxruntime raises its own exception types
         return ort_first_line(exc)
     return None
+
+
+def decoy_keep(analysis: Analysis, keep: dict[int, list[int]]) -> dict[int, list[int]] | None:
+    """The kept channels of a wrong cut, to measure what the proof can tell apart: in every group
+    that loses channels, as many channels kept, taken from the removed ones first (the channels
+    the plan keeps only where the removed ones are too few). None when no group loses a channel."""
+    out, changed = {}, False
+    for g in analysis.prunable:
+        kept = keep.get(g.id)
+        if kept is None or len(kept) in (0, g.size):
+            continue
+        removed = [c for c in range(g.size) if c not in set(kept)]
+        out[g.id] = sorted((removed + list(kept))[:len(kept)])
+        changed = True
+    return {**keep, **out} if changed else None
 
 
 def masked_reference(analysis: Analysis, keep: dict[int, list[int]]) -> OracleModel:
@@ -417,7 +437,7 @@ def _output_error(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
 
 def verify(reference: onnx.ModelProto | OracleModel, pruned: onnx.ModelProto | OracleModel, spec: InputSpec, *,
            tolerance: float = 1e-4, trials: int = 2, seed: int = 0,
-           alternates: list[InputSpec] = ()) -> VerifyResult:
+           alternates: list[InputSpec] = (), decoy: onnx.ModelProto | OracleModel | None = None) -> VerifyResult:
     """Run both models on the same random inputs; relative error = max|a-b| / max|a| per output (over
     its finite entries: NaN/inf must match exactly, see :func:`_output_error`).
 
@@ -425,12 +445,16 @@ def verify(reference: onnx.ModelProto | OracleModel, pruned: onnx.ModelProto | O
     model's session is created; only the outputs are kept in between.
 
     ``alternates``: other input shapes of a model with dynamic dims (verify/second_shape.py); the
-    first the reference runs at is run by the pruned model too, and compared the same way."""
+    first the reference runs at is run by the pruned model too, and compared the same way.
+
+    ``decoy``: the original masked as a wrong cut would (other channels removed); run on the same
+    inputs, its distance to the reference is the result's ``discrimination``."""
     feeds = [random_feeds(spec, seed=seed + t) for t in range(trials)]
     alt_feeds = [lambda a=a: random_feeds(a, seed=seed + trials) for a in alternates]
     ref = reference if isinstance(reference, OracleModel) else oracle_model(reference)
     new = pruned if isinstance(pruned, OracleModel) else oracle_model(pruned)
-    del reference, pruned
+    orig = decoy if isinstance(decoy, OracleModel) or decoy is None else oracle_model(decoy)
+    del reference, pruned, decoy
     compared_in = "model types"
     if has_half(ref.model, ref.weights) or has_half(new.model, new.weights):
         # float16 rounding differs between two correct prunings by an ulp (5e-4): prove in float32
@@ -442,6 +466,7 @@ def verify(reference: onnx.ModelProto | OracleModel, pruned: onnx.ModelProto | O
         else:
             ref, new, compared_in = wide_ref, wide_new, "float32 (float16/bfloat16 widened)"
             feeds, alt_feeds = widen_feeds(feeds), _widened(alt_feeds)
+            orig = OracleModel(*upcast(orig.model, orig.weights)) if orig is not None else None
     if compared_in == "model types":
         try:
             names, ref_outs, _, ref_second = _run(ref, None, feeds, alt_feeds)
@@ -455,6 +480,8 @@ def verify(reference: onnx.ModelProto | OracleModel, pruned: onnx.ModelProto | O
                                  f"{ort_first_line(exc)}") from None
             raise
     del ref
+    discrimination = _distance(orig, names, feeds, ref_outs) if orig is not None else None
+    del orig
     _, new_outs, provider, new_second = _run(new, names, feeds, [alt_feeds[ref_second[0]]] if ref_second else [],
                                            keep_error=True)
     del new
@@ -490,7 +517,27 @@ def verify(reference: onnx.ModelProto | OracleModel, pruned: onnx.ModelProto | O
         reason = reason or why
     return VerifyResult(passed=bool(max_rel <= tolerance) and not void and reason is None, max_rel_err=max_rel,
                         max_abs_err=max_abs, tolerance=tolerance, trials=trials, outputs=worst, provider=provider,
-                        compared_in=compared_in, reason=reason, second_shape=second)
+                        compared_in=compared_in, reason=reason, second_shape=second, discrimination=discrimination)
+
+
+def _distance(orig: OracleModel, names: list[str], feeds, ref_outs) -> float | None:
+    """Max relative distance between ``orig``'s outputs and the reference's on the same inputs (None
+    when it does not run: the proof itself does not depend on it)."""
+    try:
+        _, outs, _, _ = _run(orig, names, feeds)
+    except Exception:  # noqa: BLE001 - a measurement beside the proof, never a reason to fail it
+        return None
+    worst = 0.0
+    for a, b in zip(ref_outs, outs):
+        for x, y in zip(a, b):
+            x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+            if x.shape != y.shape:
+                return None
+            if x.dtype.kind == "f" or y.dtype.kind == "f":
+                worst = max(worst, _output_error(x, y)[0])
+            elif not np.array_equal(x, y):
+                return float("inf")
+    return worst
 
 
 def _widened(makers: list[Callable[[], dict]]) -> list[Callable[[], dict]]:
