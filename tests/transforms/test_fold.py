@@ -174,3 +174,20 @@ def test_channel_constant_at_one_size_but_not_another_is_left():
     assert entry["folded"] == [] and [e["channel"] for e in entry["left"]] == [3], entry
     assert "not constant" in entry["left"][0]["reason"]
     assert report["verify"]["passed"] and report["verify"]["second_shape"], report["verify"]
+
+
+def test_the_probe_runs_the_graph_as_written():
+    """A Pad before an AveragePool: onnxruntime fuses them when it optimises, and the fused pool's
+    padding (2) is not smaller than its kernel (2), so it refuses to load the probe model that reads
+    the pool's output (fuzz seed 2104705). The probe now runs without graph rewrites, like the proof."""
+    g = G(4)
+    x = g.input("x", [1, 4, 12, 10])
+    w = g.rng.standard_normal((4, 4, 3, 3)).astype(np.float32)
+    w[1] = 0
+    h = g.op("Conv", [x, g.const(w)], kernel_shape=[3, 3], pads=[1] * 4)
+    h = g.op("Clip", [h, g.const(np.array(0, np.float32), "lo"), g.const(np.array(6, np.float32), "hi")])
+    h = g.op("Pad", [h, g.const(np.array([0, 0, 2, 0, 0, 0, 2, 2], np.int64), "pads")], mode="constant")
+    h = g.op("AveragePool", [h], kernel_shape=[2, 2], pads=[0, 0, 0, 0], strides=[1, 1])
+    y = g.op("Conv", [h, g.rand(6, 4, 1, 1), g.rand(6, base="b")], kernel_shape=[1, 1])
+    out, report = fold_constant_channels(g.model([y]))
+    assert report["verify"]["passed"] and _entry(report, 0)["folded"] == [1], report["groups"]
