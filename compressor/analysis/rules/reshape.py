@@ -194,7 +194,8 @@ def _axes_operand(ctx: AnalysisContext, node) -> list[int] | None:
 
 def _outer_selected(ctx: AnalysisContext, t: str, axis: int, depth: int = 0) -> bool:
     """Is axis ``axis`` of ``t`` (through Unsqueeze/Squeeze/Transpose) only ever taken apart by a
-    constant Gather, Split or Slice along it on every path?"""
+    constant Gather, Split or Slice along it, or combined position by position by a softmax or a
+    reduction over it alone (:func:`_mixes_only`), on every path?"""
     users = ctx.index.consumers.get(t, [])
     if not users or depth > 6 or t in ctx.index.output_names:
         return False
@@ -233,9 +234,28 @@ def _outer_selected(ctx: AnalysisContext, t: str, axis: int, depth: int = 0) -> 
             r = ctx.rank(t)
             if r is None or int(ctx.attr(node, "axis", 0)) % r != axis:
                 return False
-        else:
+        elif not _mixes_only(ctx, node, t, axis):
             return False
     return True
+
+
+def _mixes_only(ctx: AnalysisContext, node: onnx.NodeProto, t: str, axis: int) -> bool:
+    """Does ``node`` combine the slices of ``t`` along ``axis`` position by position (a softmax or
+    a reduction over that axis alone: split attention's softmax over its radix, the sum of the
+    weighted branches)? The slices then only ever meet at the same channel, so they lose the same
+    channels exactly as when taken apart."""
+    r = ctx.rank(t)
+    if r is None:
+        return False
+    if node.op_type in ("Softmax", "LogSoftmax"):
+        return ctx.opset >= 13 and int(ctx.attr(node, "axis", -1)) % r == axis
+    if node.op_type in ("ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin"):
+        axes = ctx.attr(node, "axes", None)
+        if axes is None and len(node.input) > 1 and node.input[1]:
+            v = ctx.const(node.input[1])
+            axes = None if v is None else [int(a) for a in np.asarray(v).reshape(-1)]
+        return axes is not None and {int(a) % r for a in axes} == {axis}
+    return False
 
 
 @register_rule("Flatten", "Squeeze", "Unsqueeze")
