@@ -291,7 +291,53 @@ def checkable(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
                              f"too small for the declared shape and type ({need} bytes required)")
         one = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
         m.graph.initializer.append(onnx.TensorProto(name=t.name, data_type=t.data_type, dims=[1], raw_data=bytes(one)))
+    _stand_in_deprecated(m)
     return m
+
+
+#: The domain the checker's copy moves deprecated ops to (see _stand_in_deprecated); never written out.
+STAND_IN_DOMAIN = "compressor.checker.deprecated"
+
+
+@functools.lru_cache(maxsize=None)
+def _deprecated(domain: str, op_type: str, opset: int) -> bool:
+    try:
+        return bool(onnx.defs.get_schema(op_type, opset, domain).deprecated)
+    except Exception:  # no schema: the checker reports that itself
+        return False
+
+
+def _stand_in_deprecated(m: onnx.ModelProto) -> None:
+    """Move the checker's copy of every op ONNX lists as deprecated at the model's opset
+    (GroupNormalization at opsets 18-20, Upsample from 10, Scatter from 11) to a domain of its own.
+
+    ``onnx.checker`` refuses such a node outright ("Op registered for GroupNormalization is
+    deprecated"), although the op keeps its specification and onnxruntime may run it (it runs
+    GroupNormalization-18, which exporters wrote and users have; it refuses Upsample-10 and
+    Scatter-11, and the tool then reports onnxruntime's reason). In its own domain the node is not
+    schema-checked, while the rest of the graph (names, topology, every other node's schema) still
+    is; the op itself is judged by onnxruntime, which proves every pruning anyway, and the model
+    written out keeps the op as it was."""
+    imports = {imp.domain or "": imp.version for imp in m.opset_import}
+    moved = False
+
+    def visit(graph: onnx.GraphProto) -> None:
+        nonlocal moved
+        for node in graph.node:
+            domain = node.domain if node.domain != "ai.onnx" else ""
+            if domain in imports and _deprecated(domain, node.op_type, imports[domain]):
+                node.domain = STAND_IN_DOMAIN
+                moved = True
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    visit(attr.g)
+                elif attr.type == onnx.AttributeProto.GRAPHS:
+                    for sub in attr.graphs:
+                        visit(sub)
+
+    visit(m.graph)
+    if moved:
+        m.opset_import.append(onnx.helper.make_opsetid(STAND_IN_DOMAIN, 1))
 
 
 def _umask() -> int:

@@ -20,7 +20,7 @@ from onnx import numpy_helper
 
 from compressor import api
 from compressor.analysis.groups import analyze_index
-from compressor.errors import ModelError, UsageError
+from compressor.errors import UsageError
 from compressor.ir.graph import GraphIndex
 from compressor.ir.shapes import resolve_inputs
 from compressor.planning.plan import PlanOptions, make_plan
@@ -149,11 +149,12 @@ def test_groupnormalization_opset21_prunes_whole_groups(kwargs):
 
 def test_groupnormalization_opset18_per_group_parameters():
     """Opset 18's scale/bias hold one entry per group. onnx >= 1.16 marks that op version deprecated
-    and its checker refuses such a model, so the tool cannot load or write one (it says so); the
-    rule and the surgery are checked here below that gate, the result run by onnxruntime."""
+    and its checker refuses such a model outright, although onnxruntime runs it: the tool checks
+    the rest of the graph and leaves the op's semantics to its proof (ir.model_io.checkable), so the
+    model prunes end to end and is written with opset 18's op as it was."""
     model, names = gn_chain(18)
-    with pytest.raises(ModelError, match="deprecated"):
-        api.prune(model, ratio=0.5)
+    with pytest.raises(onnx.checker.ValidationError, match="deprecated"):
+        onnx.checker.check_model(model)
     an = analyze_index(GraphIndex(model, resolve_inputs(model, {})))
     blocks = [grp for grp in an.prunable if any(m.tensor == names["producer"] for m in grp.members)]
     assert len(blocks) == 1 and blocks[0].size == 4, "16 channels in GroupNorm groups of 4: a group of 4 blocks"
@@ -169,6 +170,16 @@ def test_groupnormalization_opset18_per_group_parameters():
     assert w[gn2.input[1]].shape == (2,) and w[names["producer"]].shape[0] == 8
     np.testing.assert_array_equal(w[gn2.input[1]], _weights(model)[gn.input[1]][[2, 3]])
     _assert_matches_masked(model, pruned, {names["consumer"]: (1, list(range(8)))})
+
+    res = api.prune(model, ratio=0.5, importance="l2")
+    _assert_verified(res.report)
+    gn3 = _node(res.model, "GroupNormalization")
+    assert gn3.domain == "" and [(i.domain, i.version) for i in res.model.opset_import] == [("", 18)], \
+        "the op is written as it was read, at opset 18 (the checker's stand-in domain never leaks)"
+    kept = _kept(res.report, names["producer"], 16)
+    removed = _assert_whole_groups(kept, 16, 4, "conv -> GroupNorm-18(4, 16)")
+    assert _attr(gn3, "num_groups") == len(kept) // 4
+    _assert_matches_masked(model, res.model, {names["consumer"]: (1, removed)})
 
 
 def test_single_group_and_runtime_scale_stay_whole():

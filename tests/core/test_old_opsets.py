@@ -10,7 +10,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from compressor import api
+from compressor.errors import ModelError
 from compressor.ir.fold import _evaluate
+from compressor.ir.model_io import validate_model
 from tests.core.graphs import G
 
 
@@ -112,3 +114,25 @@ def test_a_squeeze_that_squeezed_nothing_stays_a_no_op(opset):
     res = api.prune(m, ratio=0.5)
     assert res.report["verify"]["passed"] and res.report["groups"]["pruned"] == 1
     assert "Squeeze" not in [n.op_type for n in res.model.graph.node]
+
+
+def test_a_deprecated_op_is_judged_by_onnxruntime_not_refused_by_the_checker():
+    """onnx.checker refuses every op version ONNX lists as deprecated. The tool checks the rest of
+    the graph and lets onnxruntime judge the op (ir.model_io.checkable): GroupNormalization-18 runs
+    there and prunes (tests/core/test_groupnorm.py); Upsample-10, which onnxruntime refuses too, is
+    refused with onnxruntime's reason (exit 2 from the CLI), not the checker's."""
+    g = G(opset=10)
+    x = g.input("x", [1, 3, 8, 8])
+    h = g.op("Relu", [g.conv(x, 3, 16)])
+    h = g.op("Upsample", [h, g.const(np.array([1, 1, 2, 2], np.float32), "scales")], mode="nearest")
+    y = g.conv(h, 16, 4)
+    model = helper.make_model(  # G.model checks the graph, which this test is about
+        helper.make_graph(g.nodes, "test", g.inputs, [helper.make_tensor_value_info(y, TensorProto.FLOAT,
+                                                                                   [1, 4, 16, 16])], g.inits),
+        opset_imports=[helper.make_opsetid("", 10)])
+    model.ir_version = 5
+    with pytest.raises(onnx.checker.ValidationError, match="deprecated"):
+        onnx.checker.check_model(model)
+    validate_model(model)  # the checker's copy stands the deprecated node in: the rest checks
+    with pytest.raises(ModelError, match="onnxruntime cannot run the input model.*Upsample is deprecated"):
+        api.prune(model, ratio=0.5)
