@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 PYTEST_WORKERS ?= 2
 
-.PHONY: setup setup-test demo test zoo benchmarks data clean
+.PHONY: zoo-timm setup setup-test demo test zoo benchmarks data clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,11 @@ $(ZOO_VENV)/.stamp: pyproject.toml
 
 zoo: $(ZOO_VENV)/.stamp
 	$(ZOO_VENV)/bin/python tools/zoo_coverage.py --markdown docs/coverage.md
+
+# timm's families beyond torchvision (SK/split attention, GroupNorm ResNetV2, GRN, MetaFormers, ...)
+zoo-timm: $(ZOO_VENV)/.stamp
+	$(ZOO_VENV)/bin/python -m pip --disable-pip-version-check -q install "timm==1.0.31"
+	$(ZOO_VENV)/bin/python tools/timm_coverage.py --markdown docs/coverage.md
 
 # Every generated block of docs/benchmarks.md (about 1 h on 2 cores; each tool caches under out/peers/):
 # the peers table, efficiency under onnxruntime's threading settings, and --target-latency with and
