@@ -604,6 +604,8 @@ def prune(model, *, ratio: float | None = None, output: str | os.PathLike | None
                        for g in an.groups if not g.prunable],
         # LayerNorms whose channels were pruned: their statistics now run over the kept channels
         "norms_pruned": pruned_norm_nodes(an, keep),
+        # nodes that mix the channels of an axis, run at full width between the cuts (surgery/widen.py)
+        "widened": surgery.widened,
         # small values computed from channel counts at run time, fed as their original constants
         "shape_pins": _shape_pins(an, surgery.context),
         "verify": ver.to_dict() if ver else {"passed": None, "skipped": True},

@@ -148,6 +148,9 @@ def render_prune_report(r: dict) -> str:
     if r.get("shape_pins"):
         out.append(f"pinned: {len(r['shape_pins'])} value(s) computed from channel counts at run time now fed as "
                    "the original constants (report: shape_pins)")
+    if r.get("widened"):
+        out.append(f"widened: {len(r['widened'])} node(s) that mix channels run at full width between the cuts "
+                   "(report: widened)")
     if r.get("norms_pruned"):
         out.append(f"layer norms pruned through: {len(r['norms_pruned'])} (their statistics now cover the kept "
                    "channels; --freeze-norms keeps them whole)")

@@ -67,6 +67,22 @@ class ShapePin:
 
 
 @dataclass
+class Widening:
+    """Input ``slot`` of node ``node_index`` mixes the positions of tracked ``axis`` (ECA's 1-D conv
+    over the channels, LRN, a softmax over them) and its first output carries them one for one at
+    ``out_axis``. The pruned model widens the input back to every channel, zeros where channels were
+    removed, before the node, and takes the kept channels of its output after it
+    (surgery/widen.py): the node then computes exactly what it computes in the masked original,
+    whose removed channels are zeroed at this input (it is a consume point). It runs at full width;
+    everything around it is pruned."""
+
+    node_index: int
+    slot: int
+    axis: int
+    out_axis: int
+
+
+@dataclass
 class Barrier:
     node: str
     op_type: str
@@ -83,6 +99,7 @@ class AnalysisContext:
     consume_points: list[ConsumePoint] = field(default_factory=list)
     norm_points: list[NormPoint] = field(default_factory=list)
     shape_pins: list[ShapePin] = field(default_factory=list)
+    widenings: list[Widening] = field(default_factory=list)
     #: prune through LayerNorm over the channel axis (statistics over the kept channels) instead of
     #: freezing the groups it normalises
     prune_norms: bool = False
@@ -258,3 +275,17 @@ class AnalysisContext:
             axis += rank
         if self.layout(node.input[input_index], axis) is not None:
             self.consume_points.append(ConsumePoint(self.node_index, input_index, axis))
+
+    def widen(self, node: onnx.NodeProto, slot: int, axis: int, out_axis: int) -> bool:
+        """Prune around ``node``, which mixes the positions of tracked ``axis`` of input ``slot``,
+        instead of freezing the channels there (see Widening): possible where the node's first
+        output has that axis, as long, at ``out_axis``. Returns whether it was done."""
+        x, y = node.input[slot], node.output[0]
+        xs, ys = self.shape(x), self.shape(y)
+        lay = self.layout(x, axis)
+        if lay is None or xs is None or ys is None or not 0 <= out_axis < len(ys) or xs[axis] != ys[out_axis]:
+            return False
+        self.consume(node, slot, axis)
+        self.widenings.append(Widening(self.node_index, slot, axis, out_axis))
+        self.set_layout(y, out_axis, lay)
+        return True

@@ -18,6 +18,7 @@ from compressor.ir.model_io import default_opset
 from compressor.ir.proto import copy_without_initializers
 from compressor.surgery.context import SurgeryContext
 from compressor.surgery.drop import drop_vanished, vanished_tensors
+from compressor.surgery.widen import widen_nodes
 
 
 @dataclass
@@ -40,6 +41,8 @@ class SurgeryResult:
     dropped_nodes: int = 0  # nodes deleted with the groups removed whole (surgery/drop.py)
     #: what became of the input's learned importances (importance/learned.py:carry_learned)
     notes: list[str] = field(default_factory=list)
+    #: nodes run at full width between the cuts (surgery/widen.py)
+    widened: list[str] = field(default_factory=list)
 
 
 def _append(model: onnx.ModelProto, like: onnx.TensorProto, make: Callable[[], np.ndarray]) -> None:
@@ -129,6 +132,8 @@ def apply_plan(analysis: Analysis, keep: dict[int, list[int]]) -> SurgeryResult:
     for pin in applied_pins(analysis, sctx):
         sctx.replace_input(model.graph.node[pin.node_index], pin.slot, pin.value)
 
+    # a node that mixes the channels of an axis runs at full width between the cuts (surgery/widen.py)
+    widened = widen_nodes(model, sctx, vanished)
     dropped = drop_vanished(model, vanished, sctx.new_shape, sctx.replace_input, sctx.add_input) if vanished else 0
     sctx.splice_followers()  # after every edit that addresses nodes by index
 
@@ -138,5 +143,6 @@ def apply_plan(analysis: Analysis, keep: dict[int, list[int]]) -> SurgeryResult:
     del model.graph.value_info[:]
     # learned importances describe the model they were stored with: sliced to the kept channels
     notes = carry_learned(model, analysis, keep, lambda name: sliced(name) if name in cuts else index.const(name))
-    return SurgeryResult(model=model, slices=slices, context=sctx, dropped_nodes=dropped, notes=notes)
+    return SurgeryResult(model=model, slices=slices, context=sctx, dropped_nodes=dropped, notes=notes,
+                         widened=widened)
 

@@ -148,16 +148,33 @@ class SurgeryContext:
         self.model.graph.initializer.append(numpy_helper.from_array(np.asarray(value), name))
         return name
 
-    def follow(self, node: onnx.NodeProto, k: int, op_type: str, operand: np.ndarray) -> None:
-        """Apply ``op_type(output, operand)`` to output k of ``node`` under the output's own name
-        (``node`` then writes a fresh name that the new node reads): a reduction that now sees fewer
-        channels rescaled to what the masked original computes. Spliced in by splice_followers."""
+    def follow(self, node: onnx.NodeProto, k: int, op_type: str, operand: np.ndarray,
+               *more: tuple[str, np.ndarray]) -> None:
+        """Apply ``op_type(output, operand)`` (then each further ``(op_type, operand)`` of ``more``
+        in turn) to output k of ``node`` under the output's own name (``node`` then writes a fresh
+        name that the new nodes read): a reduction that now sees fewer channels rescaled to what the
+        masked original computes. Spliced in by splice_followers."""
         out = node.output[k]
         mid = self._fresh(out)
         node.output[k] = mid
-        c = self.constant(f"{node.name or node.op_type}_{op_type.lower()}", operand)
-        self.followers.append((mid, [helper.make_node(op_type, [mid, c], [out],
-                                                      name=self._fresh(f"{node.name or node.op_type}_{op_type}"))]))
+        base = node.name or node.op_type
+        steps = [(op_type, operand), *more]
+        nodes, cur = [], mid
+        for j, (op, value) in enumerate(steps):
+            c = self.constant(f"{base}_{op.lower()}", value)
+            nxt = out if j == len(steps) - 1 else self._fresh(f"{base}_{op.lower()}_out")
+            nodes.append(helper.make_node(op, [cur, c], [nxt], name=self._fresh(f"{base}_{op}")))
+            cur = nxt
+        self.followers.append((mid, nodes))
+
+    def fresh(self, base: str) -> str:
+        """A tensor or node name not taken in the model."""
+        return self._fresh(base)
+
+    def follow_nodes(self, after: str, nodes: list[onnx.NodeProto]) -> None:
+        """Insert ``nodes`` right after the node that writes ``after`` (at the start of the graph
+        for a graph input or a constant); spliced in by splice_followers."""
+        self.followers.append((after, list(nodes)))
 
     def splice_followers(self) -> None:
         """Insert the nodes :meth:`follow` made right after the nodes they follow (in place: node
@@ -165,8 +182,8 @@ class SurgeryContext:
         if not self.followers:
             return
         where = {o: i for i, n in enumerate(self.model.graph.node) for o in n.output}
-        for mid, nodes in sorted(self.followers, key=lambda f: where[f[0]], reverse=True):
-            at = where[mid] + 1
+        for mid, nodes in sorted(self.followers, key=lambda f: where.get(f[0], -1), reverse=True):
+            at = where.get(mid, -1) + 1
             for j, n in enumerate(nodes):
                 self.model.graph.node.insert(at + j, n)
         self.followers = []

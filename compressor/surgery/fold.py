@@ -299,7 +299,7 @@ def _fold_delta(node: onnx.NodeProto, input_index: int, axis: int, positions: li
     """What the constant inputs add to the node's output channels (a bias delta), or why not exact."""
     label = _label(node)
     op = node.op_type
-    if op == "Conv" and input_index == 0 and node.input[1] in editor.inits:
+    if op == "Conv" and input_index == 0 and axis == 1 and node.input[1] in editor.inits:
         w = editor.get(node.input[1]).astype(np.float64)
         if not _unpadded(node, w.shape):
             k = "x".join(map(str, w.shape[2:]))

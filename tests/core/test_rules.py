@@ -228,8 +228,9 @@ def test_graph_output_groups_are_frozen():
     assert any("graph output" in r for grp in an.groups for r in grp.reasons)
 
 
-@pytest.mark.parametrize("norm", ["LayerNormalization", "Softmax", "GroupNormalization"])
+@pytest.mark.parametrize("norm", ["LayerNormalization", "GroupNormalization"])
 def test_channel_mixing_normalisations_are_barriers(norm):
+    """(A Softmax, LRN or MVN over the channels is pruned around instead: tests/core/test_widen.py.)"""
     g = G(opset=21)
     x = g.input("x", [1, 3, 8, 8])
     h = g.cbr(x, 3, 8)
@@ -237,8 +238,6 @@ def test_channel_mixing_normalisations_are_barriers(norm):
         t = g.op("Transpose", [h], perm=[0, 2, 3, 1])
         t = g.op("LayerNormalization", [t, g.rand(8), g.rand(8)], axis=-1)
         n = g.op("Transpose", [t], perm=[0, 3, 1, 2])
-    elif norm == "Softmax":
-        n = g.op("Softmax", [h], axis=1)
     else:  # one group: statistics over every channel (more groups prune in whole groups: test_groupnorm.py)
         n = g.op("GroupNormalization", [h, g.rand(8), g.rand(8)], num_groups=1)
     y = g.conv(n, 8, 2)
@@ -352,8 +351,9 @@ def _to_axis2(g, r):
 
 
 @pytest.mark.parametrize("case, build, reason", [
-    ("a conv over channels moved to a spatial axis",
-     lambda g, r: (g.conv(_to_axis2(g, r), 8, 6), 6), "convolves or batches over axis 2"),
+    ("a strided conv over channels moved to a spatial axis",  # (stride 1 is widened: test_widen.py)
+     lambda g, r: (g.op("Conv", [_to_axis2(g, r), g.rand(6, 8, 3, 3)], kernel_shape=[3, 3], pads=[1, 1, 1, 1],
+                        strides=[2, 1]), 6), "convolves or batches over axis 2"),
     ("an InstanceNorm whose statistics run over channels on axis 2",
      lambda g, r: (g.op("Transpose", [g.op("InstanceNormalization", [_to_axis2(g, r), g.rand(8), g.rand(8)])],
                         perm=[0, 2, 1, 3]), 8), "normalises over axis 2"),

@@ -23,6 +23,8 @@ class _ConvBase(Rule):
         b = node.input[2] if len(node.input) > 2 and node.input[2] else None
         y = node.output[0]
         for ax, lay in ctx.layouts(x).items():  # channels moved to the batch or a spatial axis
+            if ax >= 2 and self._same_length(node, ctx, ax) and ctx.widen(node, 0, ax, ax):
+                continue  # ECA: a 1-D conv over the pooled channels runs at full width between the cuts
             if ax != 1:
                 ctx.freeze_layout(lay, f"{node.op_type} '{ctx.label(node)}' convolves or batches over axis {ax} "
                                        "of its input, which carries channels")
@@ -80,6 +82,13 @@ class _ConvBase(Rule):
             ctx.consume(node, 0, 1)
         else:
             ctx.table.freeze(gin, f"grouped {node.op_type} '{ctx.label(node)}' on an untracked input")
+
+    @staticmethod
+    def _same_length(node: onnx.NodeProto, ctx: AnalysisContext, ax: int) -> bool:
+        """Does output position i along spatial axis ``ax`` sit where input position i does (stride 1,
+        as long)? Then the channels carried there can be widened around the node (ctx.widen)."""
+        strides = list(ctx.attr(node, "strides", []) or [])
+        return node.op_type == "Conv" and (ax - 2 >= len(strides) or int(strides[ax - 2]) == 1)
 
     def rewrite(self, node: onnx.NodeProto, ctx) -> None:
         g = int(ctx.attr(node, "group", 1))

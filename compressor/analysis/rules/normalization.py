@@ -1,8 +1,10 @@
 """Normalisations and softmax. Per-channel ones (BatchNorm, InstanceNorm) slice their parameters.
 LayerNorm over the last axis alone prunes through (statistics over the kept channels, proven
-against a reference that computes it so); the others that mix channels (LRN/Softmax over the channel
-axis, LayerNorm over several axes) are barriers for the axes they normalise over, since removing a
-channel changes every other channel's output. GroupNorm prunes in whole groups: rules/groupnorm.py.
+against a reference that computes it so). LRN, MeanVarianceNormalization and Softmax over a channel
+axis mix the channels: they run at full width on the masked input, the channels widened back with
+zeros before them and cut again after (AnalysisContext.widen, surgery/widen.py). LayerNorm over
+several axes (or with --freeze-norms) is a barrier for the axes it normalises over. GroupNorm
+prunes in whole groups: rules/groupnorm.py.
 """
 
 from __future__ import annotations
@@ -38,13 +40,18 @@ class PerChannelNorm(Rule):
                 ctx.set_layout(out, 0, lay)
 
 
-def _freeze_axes(node, ctx: AnalysisContext, axes: set[int], why: str) -> None:
+def _freeze_axes(node, ctx: AnalysisContext, axes: set[int], why: str, widen: bool = False) -> None:
+    """Freeze the channels on ``axes`` of the node's input (or, with ``widen``, prune around the
+    node, which then runs at full width on the masked input: AnalysisContext.widen); other
+    tracked axes pass through to outputs of the input's shape."""
     x = node.input[0]
     rank = ctx.rank(x) or 0
     norm = {a % rank for a in axes} if rank else set()
     keep = {}
     for ax, lay in ctx.layouts(x).items():
         if ax in norm:
+            if widen and ctx.widen(node, 0, ax, ax):
+                continue
             ctx.freeze_layout(lay, f"{node.op_type} '{ctx.label(node)}' {why} over axis {ax}")
         else:
             keep[ax] = ax
@@ -88,15 +95,16 @@ class LayerNorm(Rule):
 @register_rule("LRN")  # (GroupNormalization: rules/groupnorm.py, pruned in whole groups)
 class ChannelMixingNorm(Rule):
     def analyze(self, node, ctx):
-        # LRN's statistics run over neighbouring channels at one position
-        _freeze_axes(node, ctx, {1}, "normalises across channels")
+        # LRN's statistics run over neighbouring channels at one position: it runs at full width
+        # on the masked input, between the cuts (AnalysisContext.widen)
+        _freeze_axes(node, ctx, {1}, "normalises across channels", widen=True)
 
 
 @register_rule("MeanVarianceNormalization")
 class MVN(Rule):
     def analyze(self, node, ctx):
         axes = ctx.attr(node, "axes", [0, 2, 3])
-        _freeze_axes(node, ctx, set(axes), "normalises")
+        _freeze_axes(node, ctx, set(axes), "normalises", widen=True)
 
 
 @register_rule("Softmax", "LogSoftmax", "Hardmax")
@@ -108,4 +116,4 @@ class Softmax(Rule):
         else:  # opsets < 13 flatten [axis:] into one normalised dimension
             axis = int(ctx.attr(node, "axis", 1)) % max(rank, 1)
             axes = set(range(axis, rank))
-        _freeze_axes(node, ctx, axes, "normalises")
+        _freeze_axes(node, ctx, axes, "normalises", widen=True)
