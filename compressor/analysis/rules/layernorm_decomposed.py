@@ -163,8 +163,14 @@ def _start(index: GraphIndex, node: onnx.NodeProto) -> int | None:
             return prod[0]
         return None
 
+    def squared_and_averaged(d: str) -> bool:  # a variance is taken of the centred tensor
+        return any(sq.op_type in ("Pow", "Mul") and sq.input[0] == d
+                   and any(r.op_type == "ReduceMean" for r, _ in index.consumers.get(sq.output[0], ()))
+                   for sq, _ in index.consumers.get(d, ()))
+
     for reader, _ in index.consumers.get(node.output[0], ()):  # node as the mean
-        if reader.op_type == "Sub" and list(reader.input) == [node.input[0], node.output[0]]:
+        if (reader.op_type == "Sub" and list(reader.input) == [node.input[0], node.output[0]]
+                and squared_and_averaged(reader.output[0])):  # plain centring (x - mean) is no norm
             return index.producer[node.output[0]][0]
     square = index.producer.get(node.input[0])  # node as the variance: ReduceMean(d ** 2)
     if square is None or square[1].op_type not in ("Pow", "Mul"):
