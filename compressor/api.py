@@ -534,7 +534,8 @@ def prune(model, *, ratio: float | None = None, output: str | os.PathLike | None
     macs_b, params_b, _ = count(index)
     if transforms:  # the report's "before" is the input model's
         macs_b, params_b = transforms[0]["macs_before"], transforms[0]["params_before"]
-    if surgery.dropped_nodes:  # what the removed layers leave is counted on the model itself
+    if surgery.dropped_nodes or surgery.widened:  # what removed layers leave, and nodes run at full width
+        # between the cuts (surgery/widen.py), are counted on the model itself
         macs_a, params_a, _ = count(GraphIndex(pruned, spec))
     else:
         macs_a, params_a, _ = count(index, surgery.context.new_shape)

@@ -285,7 +285,11 @@ class AnalysisContext:
         lay = self.layout(x, axis)
         if lay is None or xs is None or ys is None or not 0 <= out_axis < len(ys) or xs[axis] != ys[out_axis]:
             return False
+        if any(w.node_index == self.node_index for w in self.widenings):
+            return False  # one axis per node is widened; channels on another axis it mixes freeze
         self.consume(node, slot, axis)
+        for g, _ in self.table.normalize(lay):  # --exclude and `compress inspect` see the node
+            self.group_nodes.setdefault(self.table.find(g), set()).add(self.label(node))
         self.widenings.append(Widening(self.node_index, slot, axis, out_axis))
         self.set_layout(y, out_axis, lay)
         return True

@@ -181,9 +181,18 @@ class SurgeryContext:
         indices before this point stay valid, so it runs after every index-based edit)."""
         if not self.followers:
             return
-        where = {o: i for i, n in enumerate(self.model.graph.node) for o in n.output}
-        for mid, nodes in sorted(self.followers, key=lambda f: where.get(f[0], -1), reverse=True):
-            at = where.get(mid, -1) + 1
-            for j, n in enumerate(nodes):
-                self.model.graph.node.insert(at + j, n)
+        pending = list(self.followers)
+        while pending:
+            # a follower whose anchor another pending follower writes (a widened node's output read
+            # by the next one, a rescaled mean's) waits until that one is in the graph
+            later = {o for _, nodes in pending for n in nodes for o in n.output}
+            ready = [f for f in pending if f[0] not in later]
+            if not ready:  # pragma: no cover - followers are made from acyclic edits
+                raise RuntimeError("internal: follower nodes read each other in a cycle")
+            pending = [f for f in pending if f[0] in later]
+            where = {o: i for i, n in enumerate(self.model.graph.node) for o in n.output}
+            for mid, nodes in sorted(ready, key=lambda f: where.get(f[0], -1), reverse=True):
+                at = where.get(mid, -1) + 1
+                for j, n in enumerate(nodes):
+                    self.model.graph.node.insert(at + j, n)
         self.followers = []

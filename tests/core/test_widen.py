@@ -1,7 +1,7 @@
 """Pruning around a node that mixes the channels of an axis (AnalysisContext.widen, surgery/widen.py).
 
-ECA's 1-D conv over the pooled channels, LRN, MeanVarianceNormalization and a Softmax over the
-channel axis compute every output channel from its neighbours too. They used to freeze the channels
+ECA's 1-D conv over the pooled channels, LRN and a Softmax over the channel axis compute every
+output channel from its neighbours too. They used to freeze the channels
 they read. Now the pruned model widens their input back to every channel (a zero where one was
 removed), runs them at full width, and keeps the kept channels of their output.
 
@@ -113,7 +113,7 @@ def test_eca_conv_over_the_channels_is_pruned_around(opset):
     eca = next(n for n in res.model.graph.node if n.op_type == "Conv" and len(n.input) == 2)
     w = {t.name: numpy_helper.to_array(t) for t in res.model.graph.initializer}[eca.input[1]]
     assert w.shape == (1, 1, 3), "the ECA conv's kernel is not sliced: it runs at full width"
-    assert r["macs_after"] <= 0.5 * r["macs_before"]
+    assert r["macs_after"] < 0.51 * r["macs_before"]  # (the ECA conv still runs at full width)
     assert r["verify"]["second_shape"]["passed"], "dynamic batch: proven at a second shape too"
 
 
@@ -153,8 +153,7 @@ def mixer_chain(op: str, opset: int, c: int = 16, **attrs):
     ("LogSoftmax", 17, {"axis": 1}),
     ("Softmax", 10, {"axis": 1}),  # flattens [1:] into one axis; Pad's pads are an attribute below 11
     ("LRN", 13, {"size": 3, "alpha": 1e-3, "beta": 0.75, "bias": 1.0}),
-    ("MeanVarianceNormalization", 13, {"axes": [1]}),
-], ids=["softmax13", "logsoftmax17", "softmax10", "lrn", "mvn-channels"])
+], ids=["softmax13", "logsoftmax17", "softmax10", "lrn"])
 def test_a_node_mixing_the_channel_axis_runs_at_full_width_between_the_cuts(op, opset, attrs):
     model, producer, consumer = mixer_chain(op, opset, **attrs)
     res = api.prune(model, ratio=0.5, importance="l2")
@@ -206,3 +205,106 @@ def test_eca_exported_by_torch_is_pruned_around():
     assert r["verify"]["second_shape"]["passed"]
     assert r["channels"]["removed"] == 8, "the 16 channels through the ECA gate are pruned to 8"
     assert not any("convolves" in x for u in r["unprunable"] for x in u["reasons"]), r["unprunable"]
+
+
+def test_mvn_over_the_channels_stays_frozen():
+    """MVN has no epsilon: fed the zeros of removed channels, a slice whose kept channels are all 0
+    (after a Relu) would divide 0 by 0, NaN where the original is finite (stress test of stop 22)."""
+    model, _, _ = mixer_chain("MeanVarianceNormalization", 13, axes=[1])
+    res = api.prune(model, ratio=0.5, importance="l2")
+    assert res.report["widened"] == [] and res.report["channels"]["removed"] == 0
+    assert any("MeanVarianceNormalization" in r and "normalises over axis 1" in r
+               for u in res.report["unprunable"] for r in u["reasons"]), res.report["unprunable"]
+
+
+@pytest.mark.parametrize("first", ["Softmax", "LRN"])
+def test_widened_nodes_in_a_row(first):
+    """A widened node reading another's narrowed output: its Pad/Gather were spliced before their
+    input existed and the model failed shape inference (stress test of stop 22). Independent
+    check: the original with both mixing nodes' inputs (and the last conv's) masked."""
+    g = G(opset=13)
+    x = g.input("x", [1, 3, 8, 8])
+    h = g.op("Relu", [g.conv(x, 3, 16)])
+    if first == "LRN":
+        h = g.op("LRN", [h], size=3, alpha=1e-3, beta=0.75, bias=1.0)
+    else:
+        h = g.op("Softmax", [h], axis=1)
+    y = g.conv(g.op("Softmax", [h], axis=1), 16, 4)
+    model = g.model([y], ir_version=8)
+    res = api.prune(model, ratio=0.5, importance="l2")
+    r = res.report
+    assert r["verify"]["passed"] and r["verify"]["max_rel_err"] <= 1e-5, r["verify"]
+    assert len(r["widened"]) == 2, r["widened"]
+    kept = _kept(r, next(n for n in model.graph.node if n.op_type == "Conv").input[1], 0)
+    assert len(kept) == 8
+    mask = np.zeros((1, 16, 1, 1), np.float32)
+    mask[0, kept] = 1
+    ref = onnx.ModelProto()
+    ref.CopyFrom(model)
+    ref.graph.initializer.append(numpy_helper.from_array(mask, "test_mask"))
+    mixers = {n.output[0] for n in model.graph.node if n.op_type in ("LRN", "Softmax")}
+    nodes = []
+    for n in ref.graph.node:
+        if n.op_type in ("LRN", "Softmax") or (n.op_type == "Conv" and n.input[0] in mixers):
+            nodes.append(helper.make_node("Mul", [n.input[0], "test_mask"], [n.input[0] + "_masked"]))
+            n.input[0] = n.input[0] + "_masked"
+        nodes.append(n)
+    del ref.graph.node[:]
+    ref.graph.node.extend(nodes)
+    feeds = {"x": np.random.default_rng(2).standard_normal((1, 3, 8, 8)).astype(np.float32)}
+    want, got = _run(ref, feeds), _run(res.model, feeds)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))
+
+
+def _outer_product(g: G, c1: int = 8, c2: int = 12) -> str:
+    """[1, c1, c2]: two conv groups on axes 1 and 2 (pooled, multiplied as an outer product)."""
+    x = g.input("x", [1, 3, 8, 8])
+    u = g.op("Reshape", [g.op("GlobalAveragePool", [g.conv(x, 3, c1)]), g.const(np.array([1, c1, 1], np.int64))])
+    v = g.op("Reshape", [g.op("GlobalAveragePool", [g.conv(x, 3, c2)]), g.const(np.array([1, 1, c2], np.int64))])
+    return g.op("Mul", [u, v])
+
+
+def test_a_widened_node_reading_a_rescaled_mean():
+    """A Softmax over axis 2 of a mean over axis 1 (rescaled by a Mul/Div follower): the widening's
+    Pad was spliced before the follower that writes its input (stress test of stop 22)."""
+    g = G(opset=13)
+    p = _outer_product(g)
+    m = g.op("ReduceMean", [p], axes=[1], keepdims=1)
+    y = g.op("MatMul", [g.op("Softmax", [m], axis=2), g.rand(12, 4)])
+    res = api.prune(g.model([y], ir_version=8), ratio=0.5, importance="l2")
+    r = res.report
+    assert r["verify"]["passed"] and r["verify"]["max_rel_err"] <= 1e-5, r["verify"]
+    assert len(r["widened"]) == 1 and r["channels"]["removed"] == 10, (r["widened"], r["channels"])
+
+
+def test_one_axis_per_node_is_widened_the_other_freezes():
+    """A Softmax at opset 11 flattens [axis:]: over an outer product [1, C1, C2] it mixes two tracked
+    axes. One is widened; the other freezes (a second widening of the same node crashed)."""
+    g = G(opset=11)
+    p = g.op("Softmax", [_outer_product(g)], axis=1)
+    q = g.op("Transpose", [g.op("MatMul", [p, g.rand(12, 4)])], perm=[0, 2, 1])
+    y = g.op("MatMul", [q, g.rand(8, 3)])
+    model = g.model([y], ir_version=6)
+    res = api.prune(model, ratio=0.5, importance="l2")
+    r = res.report
+    assert r["verify"]["passed"] and r["verify"]["max_rel_err"] <= 1e-5, r["verify"]
+    assert len(r["widened"]) == 1 and r["channels"]["removed"] > 0, (r["widened"], r["channels"])
+    assert any("Softmax" in x and "normalises over axis" in x for u in r["unprunable"] for x in u["reasons"])
+
+
+def test_exclude_naming_the_widened_node_protects_its_channels():
+    model, producer, _ = eca_block()
+    eca = next(n for n in model.graph.node if n.input and n.input[0] == "eca_in")
+    res = api.prune(model, ratio=0.5, importance="l2", exclude=[eca.name])
+    assert res.report["channels"]["removed"] == 0 and res.report["widened"] == [], res.report["channels"]
+
+
+def test_macs_after_counts_the_widened_node_at_full_width():
+    from compressor.ir.graph import GraphIndex
+    from compressor.ir.shapes import resolve_inputs
+    from compressor.metrics import count
+
+    model, _, _ = eca_block(k=5, batch=1)
+    res = api.prune(model, ratio=0.5, importance="l2")
+    macs, params, _ = count(GraphIndex(res.model, resolve_inputs(res.model, {})))
+    assert res.report["widened"] and (res.report["macs_after"], res.report["params_after"]) == (macs, params)

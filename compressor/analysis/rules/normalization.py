@@ -1,8 +1,9 @@
 """Normalisations and softmax. Per-channel ones (BatchNorm, InstanceNorm) slice their parameters.
 LayerNorm over the last axis alone prunes through (statistics over the kept channels, proven
-against a reference that computes it so). LRN, MeanVarianceNormalization and Softmax over a channel
-axis mix the channels: they run at full width on the masked input, the channels widened back with
-zeros before them and cut again after (AnalysisContext.widen, surgery/widen.py). LayerNorm over
+against a reference that computes it so). LRN and Softmax over a channel axis mix the channels: they
+run at full width on the masked input, the channels widened back with zeros before them and cut
+again after (AnalysisContext.widen, surgery/widen.py). MeanVarianceNormalization over the channels
+is a barrier (no epsilon: zeros fed to it can make 0 / 0). LayerNorm over
 several axes (or with --freeze-norms) is a barrier for the axes it normalises over. GroupNorm
 prunes in whole groups: rules/groupnorm.py.
 """
@@ -103,8 +104,10 @@ class ChannelMixingNorm(Rule):
 @register_rule("MeanVarianceNormalization")
 class MVN(Rule):
     def analyze(self, node, ctx):
+        # not widened: MVN has no epsilon, so the zeros widening feeds it make a slice whose kept
+        # channels are all 0 (after a Relu) divide 0 by 0, NaN where the original is finite
         axes = ctx.attr(node, "axes", [0, 2, 3])
-        _freeze_axes(node, ctx, set(axes), "normalises", widen=True)
+        _freeze_axes(node, ctx, set(axes), "normalises")
 
 
 @register_rule("Softmax", "LogSoftmax", "Hardmax")
