@@ -80,6 +80,11 @@ class Widening:
     slot: int
     axis: int
     out_axis: int
+    #: the node whose first output is cut back (a later one for a region of several nodes: the
+    #: exporters' GroupNorm(1) Reshape -> InstanceNormalization -> Reshape); None: the same node
+    last_index: int | None = None
+    #: Shape nodes in the region that read the widened tensor's width (re-pointed at the widened tensor)
+    shape_reads: tuple[int, ...] = ()
 
 
 @dataclass
@@ -276,11 +281,13 @@ class AnalysisContext:
         if self.layout(node.input[input_index], axis) is not None:
             self.consume_points.append(ConsumePoint(self.node_index, input_index, axis))
 
-    def widen(self, node: onnx.NodeProto, slot: int, axis: int, out_axis: int) -> bool:
+    def widen(self, node: onnx.NodeProto, slot: int, axis: int, out_axis: int, last: onnx.NodeProto | None = None,
+              shape_reads: tuple[onnx.NodeProto, ...] = ()) -> bool:
         """Prune around ``node``, which mixes the positions of tracked ``axis`` of input ``slot``,
         instead of freezing the channels there (see Widening): possible where the node's first
-        output has that axis, as long, at ``out_axis``. Returns whether it was done."""
-        x, y = node.input[slot], node.output[0]
+        output (``last``'s, for a region of nodes up to ``last``) has that axis, as long, at
+        ``out_axis``. Returns whether it was done."""
+        x, y = node.input[slot], (last or node).output[0]
         xs, ys = self.shape(x), self.shape(y)
         lay = self.layout(x, axis)
         if lay is None or xs is None or ys is None or not 0 <= out_axis < len(ys) or xs[axis] != ys[out_axis]:
@@ -290,6 +297,8 @@ class AnalysisContext:
         self.consume(node, slot, axis)
         for g, _ in self.table.normalize(lay):  # --exclude and `compress inspect` see the node
             self.group_nodes.setdefault(self.table.find(g), set()).add(self.label(node))
-        self.widenings.append(Widening(self.node_index, slot, axis, out_axis))
+        at = {id(n): i for i, n in enumerate(self.index.nodes)}
+        self.widenings.append(Widening(self.node_index, slot, axis, out_axis,
+                                       None if last is None else at[id(last)], tuple(at[id(n)] for n in shape_reads)))
         self.set_layout(y, out_axis, lay)
         return True

@@ -120,6 +120,8 @@ def apply_plan(analysis: Analysis, keep: dict[int, list[int]]) -> SurgeryResult:
 
     removed = {gid for gid, kept in keep.items() if len(kept) == 0}
     vanished = vanished_tensors(analysis, removed)
+    # a node that mixes the channels of an axis runs at full width between the cuts (surgery/widen.py)
+    widened = widen_nodes(model, sctx, vanished)
     for node in model.graph.node:
         outs = [o for o in node.output if o]
         if vanished and outs and all(o in vanished for o in outs):
@@ -132,8 +134,6 @@ def apply_plan(analysis: Analysis, keep: dict[int, list[int]]) -> SurgeryResult:
     for pin in applied_pins(analysis, sctx):
         sctx.replace_input(model.graph.node[pin.node_index], pin.slot, pin.value)
 
-    # a node that mixes the channels of an axis runs at full width between the cuts (surgery/widen.py)
-    widened = widen_nodes(model, sctx, vanished)
     dropped = drop_vanished(model, vanished, sctx.new_shape, sctx.replace_input, sctx.add_input) if vanished else 0
     sctx.splice_followers()  # after every edit that addresses nodes by index
 

@@ -308,3 +308,85 @@ def test_macs_after_counts_the_widened_node_at_full_width():
     res = api.prune(model, ratio=0.5, importance="l2")
     macs, params, _ = count(GraphIndex(res.model, resolve_inputs(res.model, {})))
     assert res.report["widened"] and (res.report["macs_after"], res.report["params_after"]) == (macs, params)
+
+
+# ---- GroupNorm(1) as the torch exporters write it (PoolFormer's norm) -----------------------------
+
+def _poolformer_like(how: str) -> onnx.ModelProto:
+    """conv -> [x + (pool(GN1(x)) - GN1(x))] -> [x + conv(GN1(x))] -> conv: GroupNorm with one group,
+    written as Reshape [N, 1, -1] -> InstanceNormalization -> Reshape(Shape(x)) -> Mul -> Add."""
+    torch = pytest.importorskip("torch")
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = torch.nn.Conv2d(3, 16, 3, padding=1)
+            self.n1, self.n2 = torch.nn.GroupNorm(1, 16), torch.nn.GroupNorm(1, 16)
+            self.pool = torch.nn.AvgPool2d(3, 1, 1, count_include_pad=False)
+            self.mlp = torch.nn.Conv2d(16, 16, 1)
+            self.head = torch.nn.Conv2d(16, 4, 1)
+
+        def forward(self, x):
+            h = self.stem(x)
+            t = self.n1(h)
+            h = h + (self.pool(t) - t)
+            h = h + self.mlp(torch.relu(self.n2(h)))
+            return self.head(h)
+
+    torch.manual_seed(0)
+    net = Block().eval()
+    with torch.no_grad():
+        for n in (net.n1, net.n2):
+            n.weight.uniform_(0.5, 1.5)
+            n.bias.normal_()
+    x = torch.randn(2, 3, 8, 8)
+    if how == "dynamo18":
+        pytest.importorskip("onnxscript")
+        try:
+            model = torch.onnx.export(net, (x,), dynamo=True, opset_version=18, input_names=["x"]).model_proto
+        except Exception as exc:  # pragma: no cover - depends on the torch build
+            pytest.skip(f"the dynamo exporter failed here: {type(exc).__name__}")
+    else:
+        buf = io.BytesIO()
+        torch.onnx.export(net, (x,), buf, dynamo=False, opset_version=int(how[-2:]), input_names=["x"],
+                          output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
+        model = onnx.load_from_string(buf.getvalue())
+    model.ir_version = min(model.ir_version, 10)
+    return model
+
+
+@pytest.mark.parametrize("how", ["legacy13", "legacy17", "dynamo18"])
+def test_groupnorm_with_one_group_is_pruned_around(how):
+    """Its statistics run over every channel and position: the Reshape, InstanceNormalization and
+    Reshape back run at full width on the masked input (PoolFormer: 1.77x -> 3.93x MACs)."""
+    model = _poolformer_like(how)
+    if not any(n.op_type == "InstanceNormalization" for n in model.graph.node):
+        pytest.skip("this exporter wrote GroupNorm another way")
+    res = api.prune(model, ratio=0.5, importance="l2")
+    r = res.report
+    assert r["verify"]["passed"] and r["verify"]["max_rel_err"] <= 1e-5, r["verify"]
+    assert len(r["widened"]) == 2 and r["channels"]["removed"] >= 8, (r["widened"], r["channels"])
+    stem = next(n for n in model.graph.node if n.op_type == "Conv").input[1]
+    kept = _kept(r, stem, 0)
+    mask = np.zeros((1, 16, 1, 1), np.float32)
+    mask[0, kept] = 1
+    # the masked original: the trunk is the one group (the MLP's output joins it at the sum), and
+    # its consumers are the GroupNorms (at the Reshapes into one group), the MLP conv and the head
+    ref = onnx.ModelProto()
+    ref.CopyFrom(model)
+    ref.graph.initializer.append(numpy_helper.from_array(mask, "test_mask"))
+    into = {n.input[0] for n in model.graph.node if n.op_type == "InstanceNormalization"}
+    nodes = []
+    for n in ref.graph.node:
+        if (n.op_type == "Reshape" and n.output[0] in into) or (n.op_type == "Conv" and n.input[1] != stem):
+            masked = f"{n.input[0]}_masked_for_{n.name}"
+            nodes.append(helper.make_node("Mul", [n.input[0], "test_mask"], [masked]))
+            n.input[0] = masked
+        nodes.append(n)
+    del ref.graph.node[:]
+    ref.graph.node.extend(nodes)
+    feeds = {"x": np.random.default_rng(4).standard_normal((2, 3, 8, 8)).astype(np.float32)}
+    want, got = _run(ref, feeds), _run(res.model, feeds)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))
+    if how != "dynamo18":
+        assert r["verify"]["second_shape"]["passed"], "dynamic batch: proven at a second shape too"

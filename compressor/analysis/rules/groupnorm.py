@@ -174,6 +174,33 @@ def _first_reshape(ctx: AnalysisContext, back: onnx.NodeProto) -> onnx.NodeProto
     return prod[1] if _group_size(ctx, prod[1]) is not None else None
 
 
+def widen_single_group_norm(node: onnx.NodeProto, ctx: AnalysisContext, axis: int) -> bool:
+    """Called by rules/reshape.py for every tracked axis of a Reshape's input: when ``node`` is
+    the first Reshape of an exporter's GroupNorm with one group (PoolFormer's GroupNorm1, statistics
+    over every channel and position), widen the channels around the decomposition instead (the
+    Reshape, the InstanceNormalization and the Reshape back run at full width on the masked input;
+    AnalysisContext.widen) and return True. The Reshape back must read its shape from a Shape of
+    the input that only it reads, or from a constant: the Shape is pointed at the widened tensor."""
+    if node.op_type != "Reshape" or axis != 1:
+        return False
+    f = _group_size(ctx, node)
+    xs = ctx.shape(node.input[0])
+    if f is None or xs is None or f != xs[1]:
+        return False
+    norm = _only_reader(ctx, node.output[0], "InstanceNormalization")
+    back = _only_reader(ctx, norm.output[0], "Reshape")
+    reads: tuple[onnx.NodeProto, ...] = ()
+    if not ctx.is_const(back.input[1]):
+        prod = ctx.index.producer.get(back.input[1])
+        shape = prod[1] if prod is not None else None
+        if (shape is None or shape.op_type != "Shape" or shape.input[0] != node.input[0]
+                or ctx.attr(shape, "start", 0) or ctx.attr(shape, "end", None) is not None
+                or len(ctx.index.consumers.get(shape.output[0], [])) != 1):
+            return False
+        reads = (shape,)
+    return ctx.widen(node, 0, 1, 1, last=back, shape_reads=reads)
+
+
 def exporter_group_norm(node: onnx.NodeProto, ctx: AnalysisContext, y: str, axis: int, layout: Layout) -> bool:
     """Called by rules/reshape.py where Reshape ``node`` regroups channel ``axis`` (with
     ``layout``) with other axes: when it is the first or last Reshape of a GroupNorm's

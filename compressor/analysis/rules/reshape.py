@@ -20,7 +20,7 @@ import onnx
 from compressor.analysis.context import AnalysisContext
 from compressor.analysis.registry import Rule, register_rule
 from compressor.analysis.rules._shape_source import adapts, check_unchanged, rewrite_entry, trace, value_deps
-from compressor.analysis.rules.groupnorm import exporter_group_norm
+from compressor.analysis.rules.groupnorm import exporter_group_norm, widen_single_group_norm
 
 
 def factor_blocks(ins: tuple[int, ...], outs: tuple[int, ...]) -> list[tuple[list[int], list[int]]] | None:
@@ -73,6 +73,8 @@ def map_reshape(node, ctx: AnalysisContext, x: str, y: str) -> None:
         return
     where = f"{node.op_type} '{ctx.label(node)}'"
     for ax, lay in lays.items():
+        if widen_single_group_norm(node, ctx, ax):  # GroupNorm(1) written out: runs at full width
+            continue
         blk = next((b for b in blocks if ax in b[0]), None)
         if blk is None or not blk[1]:
             ctx.freeze_layout(lay, f"{where} drops channel axis {ax}")
