@@ -228,9 +228,10 @@ def test_graph_output_groups_are_frozen():
     assert any("graph output" in r for grp in an.groups for r in grp.reasons)
 
 
-@pytest.mark.parametrize("norm", ["LayerNormalization", "GroupNormalization"])
+@pytest.mark.parametrize("norm", ["LayerNormalization"])
 def test_channel_mixing_normalisations_are_barriers(norm):
-    """(A Softmax, LRN or MVN over the channels is pruned around instead: tests/core/test_widen.py.)"""
+    """(A Softmax or LRN over the channels, or a GroupNorm with one group, is pruned around instead:
+    tests/core/test_widen.py, tests/core/test_groupnorm.py.)"""
     g = G(opset=21)
     x = g.input("x", [1, 3, 8, 8])
     h = g.cbr(x, 3, 8)
@@ -238,8 +239,6 @@ def test_channel_mixing_normalisations_are_barriers(norm):
         t = g.op("Transpose", [h], perm=[0, 2, 3, 1])
         t = g.op("LayerNormalization", [t, g.rand(8), g.rand(8)], axis=-1)
         n = g.op("Transpose", [t], perm=[0, 3, 1, 2])
-    else:  # one group: statistics over every channel (more groups prune in whole groups: test_groupnorm.py)
-        n = g.op("GroupNormalization", [h, g.rand(8), g.rand(8)], num_groups=1)
     y = g.conv(n, 8, 2)
     # a channels-last LayerNorm prunes through by default (tests/core/test_layernorm.py); frozen on request
     kw = {"prune_norms": False} if norm == "LayerNormalization" else {}

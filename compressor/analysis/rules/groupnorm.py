@@ -80,8 +80,9 @@ def whole_groups(ctx: AnalysisContext, layout: Layout, f: int, what: str) -> Lay
 @register_rule("GroupNormalization")
 class GroupNorm(Rule):
     """Channels kept or removed in whole GroupNorm groups; scale/bias sliced; ``num_groups``
-    rewritten. Statistics over a tracked spatial axis, a run-time scale or bias, or a single group
-    (statistics over every channel) freeze the channels instead."""
+    rewritten. A single group (statistics over every channel) runs at full width between the cuts
+    (AnalysisContext.widen). Statistics over a tracked spatial axis or a run-time scale or bias
+    freeze the channels instead."""
 
     def analyze(self, node: onnx.NodeProto, ctx: AnalysisContext) -> None:
         x, y = node.input[0], node.output[0]
@@ -106,8 +107,9 @@ class GroupNorm(Rule):
             return
         channels = shape[1]
         f = channels // groups
-        if groups == 1:
-            ctx.freeze_layout(lay, f"{what} has one group: its statistics run over all {channels} channels")
+        if groups == 1:  # statistics over every channel: it runs at full width between the cuts
+            if not ctx.widen(node, 0, 1, 1):
+                ctx.freeze_layout(lay, f"{what} has one group: its statistics run over all {channels} channels")
             return
         params = [(slot, name) for slot, name in enumerate(node.input[1:3], start=1) if name]
         for _, name in params:
