@@ -62,6 +62,11 @@ def factor_blocks(ins: tuple[int, ...], outs: tuple[int, ...]) -> list[tuple[lis
     return blocks
 
 
+#: The most copies of the channels a Reshape may merge an outer axis into (a radix, a few heads):
+#: each copy is one more segment of the layout.
+MAX_MERGED_COPIES = 16
+
+
 def map_reshape(node, ctx: AnalysisContext, x: str, y: str) -> None:
     xs, ys = ctx.shape(x), ctx.shape(y)
     lays = ctx.layouts(x)
@@ -79,16 +84,23 @@ def map_reshape(node, ctx: AnalysisContext, x: str, y: str) -> None:
         if blk is None or not blk[1]:
             ctx.freeze_layout(lay, f"{where} drops channel axis {ax}")
             continue
-        bi, bj = blk
+        # axes of length 1 inside a block carry nothing (ResNeSt's [N, 2C, 1, 1] -> [N, 1, 2, C]:
+        # the channel axis split into the radix and the channels, a cardinality of 1 beside them)
+        bi = [a for a in blk[0] if a == ax or xs[a] != 1]
+        bj = [a for a in blk[1] if ys[a] != 1] or list(blk[1][:1])
         if len(bi) == 1 and len(bj) == 1:
             ctx.set_layout(y, bj[0], lay)
             continue
-        if len(bj) == 1:  # merge: channel axis must be the outermost of the merged axes
-            if bi[0] != ax or any(a in lays for a in bi[1:]):
+        if len(bj) == 1:  # merge: the channels, each over the inner axes' positions, once per
+            # position of the outer axes (ResNeSt's radix softmax merged back: [R, 1, C] -> [R*C]
+            # carries the channels R times, as the split [R*C] -> [R, C] before it took them)
+            k = bi.index(ax)
+            outer = math.prod(xs[a] for a in bi[:k])
+            if any(a in lays for a in bi if a != ax) or outer > MAX_MERGED_COPIES:
                 ctx.freeze_layout(lay, f"{where} interleaves channel axis {ax} with inner axes")
                 continue
-            factor = math.prod(xs[a] for a in bi[1:])
-            ctx.set_layout(y, bj[0], tuple((g, inner * factor) for g, inner in lay))
+            factor = math.prod(xs[a] for a in bi[k + 1:])
+            ctx.set_layout(y, bj[0], tuple((g, inner * factor) for g, inner in lay) * outer)
             continue
         if len(bi) == 1 and len(bj) >= 2 and ((len(bj) == 2 and _swapped_next(ctx, y, bj[0], bj[1]))
                                               or _outer_selected(ctx, y, bj[0])):
@@ -202,10 +214,17 @@ def _outer_selected(ctx: AnalysisContext, t: str, axis: int, depth: int = 0) -> 
     if not users or depth > 6 or t in ctx.index.output_names:
         return False
     for node, slot in users:
-        if slot != 0:
-            return False
         op = node.op_type
         out = node.output[0]
+        if op in _POSITIONWISE and ctx.rank(out) == ctx.rank(t) and len(node.output) == 1:
+            # slices multiplied (added, ...) position by position with another tensor (ResNeSt's
+            # radix attention times the radix branches): they still meet only at the same channel,
+            # as long as what the result's axis goes on to meet is again that (a sum over it)
+            if not _outer_selected(ctx, out, axis, depth + 1):
+                return False
+            continue
+        if slot != 0:
+            return False
         if op == "Transpose":
             perm = list(ctx.attr(node, "perm", []))
             if axis not in perm or not _outer_selected(ctx, out, perm.index(axis), depth + 1):
@@ -239,6 +258,11 @@ def _outer_selected(ctx: AnalysisContext, t: str, axis: int, depth: int = 0) -> 
         elif not _mixes_only(ctx, node, t, axis):
             return False
     return True
+
+
+#: Element-wise ops that combine their inputs position by position (broadcast over size-1 axes).
+_POSITIONWISE = frozenset({"Add", "Sub", "Mul", "Div", "Relu", "Sigmoid", "Tanh", "Clip", "Neg", "Exp", "Abs",
+                           "LeakyRelu", "HardSigmoid", "HardSwish", "Identity", "Cast"})
 
 
 def _mixes_only(ctx: AnalysisContext, node: onnx.NodeProto, t: str, axis: int) -> bool:
