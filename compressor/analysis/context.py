@@ -281,6 +281,25 @@ class AnalysisContext:
         if self.layout(node.input[input_index], axis) is not None:
             self.consume_points.append(ConsumePoint(self.node_index, input_index, axis))
 
+    @cached_property
+    def _all_static(self) -> bool:
+        """Does every graph input declare every length (so every tensor's lengths are fixed)?"""
+        return all(self.index.declared_dims.get(name) is not None and None not in self.index.declared_dims[name]
+                   for name in self.index.input_names)
+
+    def static_length(self, name: str, axis: int) -> bool:
+        """Is axis ``axis`` of ``name`` as long at every input shape (not computed from a dynamic
+        input length such as the batch)? Decided by onnx's inference from the declared inputs, else
+        by the tensor's shape at a second input shape; unknown counts as dynamic."""
+        if self._all_static:
+            return True
+        dims = self.index.declared_dims.get(name)
+        if dims is not None and 0 <= axis < len(dims) and dims[axis] is not None:
+            return True
+        other, here = self.index.alternate_shapes, self.shape(name)  # as long at a second input shape?
+        there = None if other is None else other.get(name)
+        return here is not None and there is not None and len(there) == len(here) and there[axis] == here[axis]
+
     def widen(self, node: onnx.NodeProto, slot: int, axis: int, out_axis: int, last: onnx.NodeProto | None = None,
               shape_reads: tuple[onnx.NodeProto, ...] = ()) -> bool:
         """Prune around ``node``, which mixes the positions of tracked ``axis`` of input ``slot``,
@@ -291,6 +310,8 @@ class AnalysisContext:
         xs, ys = self.shape(x), self.shape(y)
         lay = self.layout(x, axis)
         if lay is None or xs is None or ys is None or not 0 <= out_axis < len(ys) or xs[axis] != ys[out_axis]:
+            return False
+        if not self.static_length(x, axis):  # its Pad/Gather indices are built at this length
             return False
         if any(w.node_index == self.node_index for w in self.widenings):
             return False  # one axis per node is widened; channels on another axis it mixes freeze

@@ -95,6 +95,21 @@ class GraphIndex:
                                      for d in vi.type.tensor_type.shape.dim)
         return out
 
+    @cached_property
+    def alternate_shapes(self) -> dict[str, tuple[int, ...]] | None:
+        """Every tensor's shape at a second input shape (the first that shape inference takes, of
+        those the proof tries: verify/second_shape.py), for a model with dynamic input lengths; None
+        for a static model or when none is inferred. A length equal at both shapes does not follow
+        the dynamic ones."""
+        from compressor.verify.second_shape import alternate_specs
+
+        for spec in alternate_specs(self.model, self.spec)[:2]:
+            try:
+                return infer_shapes(self.model, spec, set(), const=self.const)[0]
+            except Exception:  # noqa: BLE001 - the model may not take that shape
+                continue
+        return None
+
     def __init__(self, model: onnx.ModelProto, spec: InputSpec, detached: dict[str, np.ndarray] | None = None):
         """``detached``: the values of initializers that ``model`` holds without payload
         (``ir.proto.detach_weights``); they are served from these arrays."""

@@ -21,9 +21,9 @@ class SurgeryContext:
         self.opset = opset
         self._kept_cache: dict[tuple[str, int], list[int] | None] = {}
         self._shape_cache: dict[str, tuple[int, ...]] = {}
-        #: tensors surgery added that keep an original shape (a widened input, a widened node's
-        #: output before the cut: surgery/widen.py): their old and new shape
-        self.full_width: dict[str, tuple[int, ...]] = {}
+        #: tensors surgery added with an axis back at its original length (a widened input, a
+        #: widened node's output before the cut: surgery/widen.py): (old shape, new shape)
+        self.full_width: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
         # names taken: the input model's initializers (apply_plan adds them to ``model`` after this)
         self._names = ({t.name for t in analysis.index.model.graph.initializer}
                        | {t.name for t in model.graph.initializer} | {o for n in model.graph.node for o in n.output}
@@ -46,7 +46,7 @@ class SurgeryContext:
 
     def old_shape(self, tensor: str) -> tuple[int, ...]:
         if tensor in self.full_width:
-            return self.full_width[tensor]
+            return self.full_width[tensor][0]
         return self.index.shape(tensor)
 
     def new_shape(self, tensor: str) -> tuple[int, ...]:
@@ -56,7 +56,7 @@ class SurgeryContext:
         if cached is not None:
             return cached
         if tensor in self.full_width:
-            return self.full_width[tensor]
+            return self.full_width[tensor][1]
         shape = list(self.index.shape(tensor))
         for ax, lay in self.analysis.ctx.layout_map.get(tensor, {}).items():
             n = kept_count(self.table, lay, self.keep)

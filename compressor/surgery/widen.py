@@ -52,15 +52,23 @@ def widen_nodes(model: onnx.ModelProto, sctx: SurgeryContext, vanished: set[str]
                                   name=sctx.fresh(f"{label}_widen"), axis=w.axis)
         sctx.follow_nodes(x, [pad, gather])
         node.input[w.slot] = wide
-        sctx.full_width[wide] = sctx.old_shape(x)
+        sctx.full_width[wide] = (sctx.old_shape(x), _restored(sctx.new_shape(x), w.axis, sctx.old_shape(x)))
         for k in w.shape_reads:  # a Shape in the region reads the width the region runs at
             model.graph.node[k].input[0] = wide
 
         y = last.output[0]
         mid = sctx.fresh(y)
         last.output[0] = mid
-        sctx.full_width[mid] = sctx.old_shape(y)
+        sctx.full_width[mid] = (sctx.old_shape(y), _restored(sctx.new_shape(y), w.out_axis, sctx.old_shape(y)))
         take = helper.make_node("Gather", [mid, sctx.constant(f"{label}_kept", np.asarray(kept, np.int64))], [y],
                                 name=sctx.fresh(f"{label}_narrow"), axis=w.out_axis)
         sctx.follow_nodes(mid, [take])
     return done
+
+
+def _restored(new: tuple[int, ...], axis: int, old: tuple[int, ...]) -> tuple[int, ...]:
+    """``new`` with ``axis`` back at its length in ``old`` (the other axes stay as the plan cuts them:
+    a depthwise conv widened over one axis still loses channels on its channel axis)."""
+    out = list(new)
+    out[axis] = old[axis]
+    return tuple(out)

@@ -390,3 +390,45 @@ def test_groupnorm_with_one_group_is_pruned_around(how):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))
     if how != "dynamo18":
         assert r["verify"]["second_shape"]["passed"], "dynamic batch: proven at a second shape too"
+
+
+def test_a_depthwise_conv_widened_over_one_axis_still_loses_channels_on_its_channel_axis():
+    """[N, C1, C2] with channels on both axes: a depthwise Conv1d over axis 2 is widened there, and
+    its channel axis 1 is pruned as usual (its group count rewritten). The widened tensors' shapes
+    used to be all original, so the group count stayed and onnxruntime refused the model (review of
+    stop 22)."""
+    g = G(opset=17)
+    x = g.input("x", [1, 3, 8, 8])
+    pa = g.op("Unsqueeze", [g.op("ReduceMean", [g.op("Relu", [g.conv(x, 3, 8)])], axes=[2, 3], keepdims=0),
+                            g.const(np.array([2], np.int64))])  # [1, 8, 1]
+    pb = g.op("Unsqueeze", [g.op("ReduceMean", [g.op("Relu", [g.conv(x, 3, 12)])], axes=[2, 3], keepdims=0),
+                            g.const(np.array([1], np.int64))])  # [1, 1, 12]
+    dw = g.op("Conv", [g.op("Mul", [pa, pb]), g.rand(8, 1, 3)], kernel_shape=[3], pads=[1, 1], group=8)
+    y = g.op("MatMul", [g.op("Conv", [dw, g.rand(4, 8, 1)], kernel_shape=[1]), g.rand(12, 5)])
+    res = api.prune(g.model([y], ir_version=8), ratio=0.5, importance="l2")
+    r = res.report
+    assert r["verify"]["passed"] and r["verify"]["max_rel_err"] <= 1e-5, r["verify"]
+    assert r["channels"]["removed"] == 10 and len(r["widened"]) == 1, (r["channels"], r["widened"])
+    depthwise = next(n for n in res.model.graph.node if n.op_type == "Conv" and any(
+        a.name == "group" and a.i > 1 for a in n.attribute))
+    assert next(a.i for a in depthwise.attribute if a.name == "group") == 4
+
+
+def test_channels_merged_with_a_dynamic_batch_are_not_widened():
+    """[N, C] -> [1, N*C] carries the channels once per batch position: as many copies as the
+    batch, so the layout and a widening's indices would hold at one batch only. The merged channels
+    freeze (a widened Softmax there failed at any other batch: review of stop 22)."""
+    g = G(opset=17)
+    x = g.input("x", ["N", 3, 8, 8])
+    f = g.op("Reshape", [g.op("GlobalAveragePool", [g.op("Relu", [g.conv(x, 3, 8)])]),
+                         g.const(np.array([1, -1], np.int64))])
+    s = g.op("Softmax", [f], axis=1)
+    y = g.op("ReduceSum", [g.op("Mul", [s, f]), g.const(np.array([1], np.int64))], keepdims=1)
+    out = helper.make_tensor_value_info(y, TensorProto.FLOAT, [1, 1])
+    model = helper.make_model(helper.make_graph(g.nodes, "m", g.inputs, [out], g.inits),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    res = api.prune(model, ratio=0.5, importance="l2")
+    assert res.report["widened"] == [] and res.report["channels"]["removed"] == 0
+    for n in (2, 3):
+        _run(res.model, {"x": np.random.default_rng(n).standard_normal((n, 3, 8, 8)).astype(np.float32)})

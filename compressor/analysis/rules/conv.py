@@ -23,6 +23,9 @@ class _ConvBase(Rule):
         b = node.input[2] if len(node.input) > 2 and node.input[2] else None
         y = node.output[0]
         for ax, lay in ctx.layouts(x).items():  # channels moved to the batch or a spatial axis
+            if ax >= 2 and self._pointwise_along(node, ctx, ax):
+                ctx.copy_layouts(x, y, {ax: ax}, node=node)  # a 1-wide kernel there: positions pass through
+                continue
             if ax >= 2 and self._same_length(node, ctx, ax) and ctx.widen(node, 0, ax, ax):
                 continue  # ECA: a 1-D conv over the pooled channels runs at full width between the cuts
             if ax != 1:
@@ -82,6 +85,20 @@ class _ConvBase(Rule):
             ctx.consume(node, 0, 1)
         else:
             ctx.table.freeze(gin, f"grouped {node.op_type} '{ctx.label(node)}' on an untracked input")
+
+    @staticmethod
+    def _pointwise_along(node: onnx.NodeProto, ctx: AnalysisContext, ax: int) -> bool:
+        """Does output position i along spatial axis ``ax`` read input position i alone (kernel 1
+        there, stride 1, no padding)? Channels carried on that axis then pass through."""
+        ws = ctx.shape(node.input[1])
+        d = ax - 2
+        strides = list(ctx.attr(node, "strides", []) or [])
+        pads = list(ctx.attr(node, "pads", []) or [])
+        auto = ctx.attr(node, "auto_pad", "NOTSET")
+        auto = auto.decode() if isinstance(auto, bytes) else auto
+        return (node.op_type == "Conv" and ws is not None and ax < len(ws) and ws[ax] == 1
+                and (d >= len(strides) or int(strides[d]) == 1)
+                and (auto != "NOTSET" or not pads or (int(pads[d]) == 0 and int(pads[d + len(pads) // 2]) == 0)))
 
     @staticmethod
     def _same_length(node: onnx.NodeProto, ctx: AnalysisContext, ax: int) -> bool:

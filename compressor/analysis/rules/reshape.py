@@ -96,7 +96,8 @@ def map_reshape(node, ctx: AnalysisContext, x: str, y: str) -> None:
             # carries the channels R times, as the split [R*C] -> [R, C] before it took them)
             k = bi.index(ax)
             outer = math.prod(xs[a] for a in bi[:k])
-            if any(a in lays for a in bi if a != ax) or outer > MAX_MERGED_COPIES:
+            if (any(a in lays for a in bi if a != ax) or outer > MAX_MERGED_COPIES
+                    or not all(ctx.static_length(x, a) for a in bi[:k])):  # a batch merged in: copies vary
                 ctx.freeze_layout(lay, f"{where} interleaves channel axis {ax} with inner axes")
                 continue
             factor = math.prod(xs[a] for a in bi[k + 1:])
