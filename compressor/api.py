@@ -169,6 +169,15 @@ def inspect(model, input_shapes=None, exclude=(), prune_norms: bool = True) -> d
     }
 
 
+def _uncut(sctx) -> Callable[[str], bool]:
+    """Does a tensor of the input model keep every channel under the plan (verify pins the discrete
+    ops that read and write only such tensors)? Unknown names do not."""
+    def uncut(name: str) -> bool:
+        old = sctx.index.shape(name)
+        return old is not None and sctx.new_shape(name) == old
+    return uncut
+
+
 def _shape_pins(an: Analysis, sctx=None) -> list[dict]:
     """Inputs that read a value computed from channel counts at run time, fed as the original
     model's value by the pruned model (analysis/shape_reads.py): that value is static from then on.
@@ -561,7 +570,8 @@ def prune(model, *, ratio: float | None = None, output: str | os.PathLike | None
         try:
             ver = verify(reference, pruned, spec, tolerance=tolerance, seed=seed,
                          alternates=alternate_specs(index.model, spec),
-                         decoy=masked_reference(an, wrong) if wrong is not None else None)
+                         decoy=masked_reference(an, wrong) if wrong is not None else None,
+                         uncut=_uncut(surgery.context))
         except CompressorError:
             raise
         except Exception:

@@ -27,7 +27,7 @@ from onnx import helper, numpy_helper
 from compressor.analysis.context import NormPoint
 from compressor.analysis.groups import Analysis
 from compressor.analysis.layout import positions
-from compressor.ir.graph import drop_unused
+from compressor.ir.graph import drop_unused, subgraph_outer_refs
 from compressor.ir.model_io import default_opset
 from compressor.ir.proto import copy_fields, feedable
 from compressor.ir.shapes import InputSpec, random_feeds
@@ -55,6 +55,9 @@ class VerifyResult:
     #: ``verify`` was given one. Below the tolerance the comparison could not tell the two cuts apart
     #: (outputs that barely depend on these channels on random inputs); None: not measured
     discrimination: float | None = None
+    #: outputs of discrete ops (TopK, NonMaxSuppression, ArgMax, ...) fed to the pruned model as the
+    #: reference computed them, their inputs compared instead (see :func:`_pin_decisions`); None: none
+    pinned: list[str] | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -435,9 +438,91 @@ def _output_error(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return (diff / max(scale, 1e-12) if diff else 0.0), diff
 
 
+#: Ops whose outputs are decisions (indices, a selection, a comparison, a rounding): a difference of
+#: one ulp in their input can reorder tied candidates or flip a near-tie (a box's FPN level is
+#: floor(log2(...)) of its size), and everything after them then differs.
+DISCRETE_OPS = frozenset({"TopK", "NonMaxSuppression", "ArgMax", "ArgMin", "NonZero", "Unique", "Floor", "Ceil",
+                          "Round", "Greater", "Less", "GreaterOrEqual", "LessOrEqual", "Equal"})
+#: ... and the control flow that may hold them (torchvision's batched NMS sits in an ``If``).
+PINNED_OPS = DISCRETE_OPS | {"If"}
+
+
+@dataclass
+class _Pins:
+    """Where the proof feeds the reference's decisions: the discrete nodes' outputs (fed to the
+    models compared with the reference) and inputs (compared, like graph outputs)."""
+
+    decisions: list[str]
+    checkpoints: list[str]
+
+
+def _pins(ref: onnx.ModelProto, new: onnx.ModelProto, uncut: Callable[[str], bool]) -> _Pins | None:
+    """The discrete nodes of the reference's main graph (an ``If`` counts as one: it may hold a
+    non-maximum suppression) that the pruned model has too, none of whose inputs and outputs lose
+    channels (``uncut``), or None when there are none."""
+    produced = {o for n in new.graph.node for o in n.output if o} | {i.name for i in new.graph.input}
+    new_nodes = {tuple(n.output) for n in new.graph.node if n.op_type in PINNED_OPS}
+    outputs = {o.name for o in ref.graph.output}
+    inits = {t.name for t in ref.graph.initializer}
+    decisions, checkpoints = [], []
+    for node in ref.graph.node:
+        if node.op_type not in PINNED_OPS or node.domain not in ("", "ai.onnx"):
+            continue
+        ins = [x for x in node.input if x and x not in inits]
+        ins += sorted(subgraph_outer_refs(node) - inits - set(ins))
+        if (tuple(node.output) not in new_nodes or not all(x in produced for x in ins)
+                or not all(uncut(x) for x in ins + [o for o in node.output if o])):
+            continue
+        decisions += [o for o in node.output if o and o not in decisions]
+        checkpoints += [x for x in ins if x not in checkpoints and x not in outputs]
+    return _Pins(decisions, checkpoints) if decisions else None
+
+
+def _with_outputs(om: OracleModel, names: list[str]) -> OracleModel:
+    """``om`` with ``names`` added as graph outputs (types left to onnxruntime)."""
+    m = onnx.ModelProto()
+    m.CopyFrom(om.model)
+    have = {o.name for o in m.graph.output}
+    m.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in names if n not in have)
+    return OracleModel(m, om.weights)
+
+
+def _pinned(om: OracleModel, pins: _Pins, examples: dict[str, np.ndarray]) -> OracleModel:
+    """``om`` with its discrete nodes removed and their outputs made graph inputs (typed like the
+    reference's ``examples``, every length dynamic), and their inputs added as graph outputs."""
+    m = onnx.ModelProto()
+    m.CopyFrom(om.model)
+    g = m.graph
+    fed = set(pins.decisions)
+    kept = [n for n in g.node if not (n.op_type in PINNED_OPS and set(n.output) & fed)]
+    del g.node[:]
+    g.node.extend(kept)
+    for d in pins.decisions:
+        a = np.asarray(examples[d])
+        g.input.append(helper.make_tensor_value_info(d, helper.np_dtype_to_tensor_dtype(a.dtype),
+                                                     [f"{d}_dim{k}" for k in range(a.ndim)]))
+    outs = [o for o in g.output if o.name not in fed]  # an output that is a decision is fed as it is
+    del g.output[:]
+    g.output.extend(outs)
+    g.output.extend(helper.make_empty_tensor_value_info(c) for c in pins.checkpoints)
+    g.output.extend(helper.make_empty_tensor_value_info(d) for d in pins.decisions)  # as fed
+    return OracleModel(m, om.weights)
+
+
+def _pin_decisions(ref: OracleModel, new: OracleModel, uncut: Callable[[str], bool] | None
+                   ) -> tuple[OracleModel, _Pins | None]:
+    """The reference with the discrete nodes' inputs and outputs as extra outputs, and the pins
+    (none without ``uncut``: which tensors keep every channel is the plan's to say)."""
+    pins = _pins(ref.model, new.model, uncut) if uncut is not None else None
+    if pins is None:
+        return ref, None
+    return _with_outputs(ref, pins.checkpoints + pins.decisions), pins
+
+
 def verify(reference: onnx.ModelProto | OracleModel, pruned: onnx.ModelProto | OracleModel, spec: InputSpec, *,
            tolerance: float = 1e-4, trials: int = 2, seed: int = 0,
-           alternates: list[InputSpec] = (), decoy: onnx.ModelProto | OracleModel | None = None) -> VerifyResult:
+           alternates: list[InputSpec] = (), decoy: onnx.ModelProto | OracleModel | None = None,
+           uncut: Callable[[str], bool] | None = None) -> VerifyResult:
     """Run both models on the same random inputs; relative error = max|a-b| / max|a| per output (over
     its finite entries: NaN/inf must match exactly, see :func:`_output_error`).
 
@@ -448,13 +533,22 @@ def verify(reference: onnx.ModelProto | OracleModel, pruned: onnx.ModelProto | O
     first the reference runs at is run by the pruned model too, and compared the same way.
 
     ``decoy``: the original masked as a wrong cut would (other channels removed); run on the same
-    inputs, its distance to the reference is the result's ``discrimination``."""
+    inputs, its distance to the reference is the result's ``discrimination``.
+
+    With ``uncut`` (tensor name -> does it keep all its channels), discrete ops (``DISCRETE_OPS``:
+    TopK, NonMaxSuppression, ArgMax, comparisons, rounding; and ``If``) whose inputs and outputs
+    keep every channel are pinned: the pruned model (and the decoy) is run with each one's outputs
+    fed as the reference computed them, and each one's inputs are compared like outputs. A detector's top-k over scores with ties (or
+    near-ties a float rounding flips) otherwise reorders its candidates in one model and not the
+    other, and every box after it differs while the scores agree to 1e-7: the proof failed or
+    passed by chance. Pinned, what follows a decision is compared on the same decision."""
     feeds = [random_feeds(spec, seed=seed + t) for t in range(trials)]
     alt_feeds = [lambda a=a: random_feeds(a, seed=seed + trials) for a in alternates]
     ref = reference if isinstance(reference, OracleModel) else oracle_model(reference)
     new = pruned if isinstance(pruned, OracleModel) else oracle_model(pruned)
     orig = decoy if isinstance(decoy, OracleModel) or decoy is None else oracle_model(decoy)
     del reference, pruned, decoy
+    ref, pins = _pin_decisions(ref, new, uncut)
     compared_in = "model types"
     if has_half(ref.model, ref.weights) or has_half(new.model, new.weights):
         # float16 rounding differs between two correct prunings by an ulp (5e-4): prove in float32
@@ -480,11 +574,31 @@ def verify(reference: onnx.ModelProto | OracleModel, pruned: onnx.ModelProto | O
                                  f"{ort_first_line(exc)}") from None
             raise
     del ref
-    discrimination = _distance(orig, names, feeds, ref_outs) if orig is not None else None
+    new_feeds, new_alt = feeds, [alt_feeds[ref_second[0]]] if ref_second else []
+    plain = _with_outputs(new, pins.checkpoints + pins.decisions) if pins is not None else new
+    if pins is not None:  # the others run on the reference's decisions (see the docstring)
+        at = {n: k for k, n in enumerate(names)}
+
+        def decided(outs) -> dict[str, np.ndarray]:
+            return {d: outs[at[d]] for d in pins.decisions}
+
+        new = _pinned(new, pins, decided(ref_outs[0]))
+        orig = _pinned(orig, pins, decided(ref_outs[0])) if orig is not None else None
+        new_feeds = [{**f, **decided(outs)} for f, outs in zip(feeds, ref_outs)]
+        if ref_second is not None and not isinstance(ref_second[1], Exception):
+            make, alt_outs = alt_feeds[ref_second[0]], ref_second[1]
+            new_alt = [lambda make=make, alt_outs=alt_outs: {**make(), **decided(alt_outs)}]
+    discrimination = _distance(orig, names, new_feeds, ref_outs) if orig is not None else None
     del orig
-    _, new_outs, provider, new_second = _run(new, names, feeds, [alt_feeds[ref_second[0]]] if ref_second else [],
-                                           keep_error=True)
-    del new
+    try:
+        _, new_outs, provider, new_second = _run(new, names, new_feeds, new_alt, keep_error=True)
+    except Exception:  # noqa: BLE001 - the pinned graph does not run: compare unpinned, as always
+        if pins is None:
+            raise
+        pins = None
+        _, new_outs, provider, new_second = _run(plain, names, feeds, [alt_feeds[ref_second[0]]] if ref_second
+                                                 else [], keep_error=True)
+    del new, plain
     worst: dict[str, float] = {n: 0.0 for n in names}
     max_abs = 0.0
     for a, b in zip(ref_outs, new_outs):
@@ -517,7 +631,8 @@ def verify(reference: onnx.ModelProto | OracleModel, pruned: onnx.ModelProto | O
         reason = reason or why
     return VerifyResult(passed=bool(max_rel <= tolerance) and not void and reason is None, max_rel_err=max_rel,
                         max_abs_err=max_abs, tolerance=tolerance, trials=trials, outputs=worst, provider=provider,
-                        compared_in=compared_in, reason=reason, second_shape=second, discrimination=discrimination)
+                        compared_in=compared_in, reason=reason, second_shape=second, discrimination=discrimination,
+                        pinned=list(pins.decisions) if pins is not None else None)
 
 
 def _distance(orig: OracleModel, names: list[str], feeds, ref_outs) -> float | None:
