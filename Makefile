@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 PYTEST_WORKERS ?= 2
 
-.PHONY: zoo-timm setup setup-test demo test zoo benchmarks data clean
+.PHONY: zoo-timm fuzz setup setup-test demo test zoo benchmarks data clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ demo: setup
 # out/pytest-last.xml keeps every failure of the last run (a rare one is then identifiable)
 test: setup-test
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) -q --junitxml=out/pytest-last.xml
+
+# Random graphs, each pruning checked against a masked original built by the fuzzer itself (~1 min).
+fuzz: setup-test
+	$(BIN)/python tools/fuzz_graphs.py --seeds 0:1000 --json out/fuzz.json --save-failures out/fuzz
 
 # The whole torchvision zoo (21 models x 2 exporters, Torch-Pruning beside each; ~40 min on 2 cores).
 # torchvision needs torch 2.14.1 (a large build from the local wheel folder), so it gets its own venv.
