@@ -169,12 +169,24 @@ def inspect(model, input_shapes=None, exclude=(), prune_norms: bool = True) -> d
     }
 
 
-def _uncut(sctx) -> Callable[[str], bool]:
-    """Does a tensor of the input model keep every channel under the plan (verify pins the discrete
-    ops that read and write only such tensors)? Unknown names do not."""
+#: A small integer tensor (a shape vector, a count) is checked for reading a pruned channel count.
+SMALL_INT = 64
+
+
+def _uncut(an: Analysis, sctx) -> Callable[[str], bool]:
+    """Is a tensor of the input model the same under the plan: its shape, and for a small integer
+    tensor its value, which reads no pruned channel count (verify pins the discrete ops that read
+    and write only such tensors; ``Equal(shape, -1)`` on a shape holding C must not be pinned)?
+    Unknown names are not."""
+    from compressor.analysis.rules._shape_source import value_deps
+
     def uncut(name: str) -> bool:
         old = sctx.index.shape(name)
-        return old is not None and sctx.new_shape(name) == old
+        if old is None or sctx.new_shape(name) != old:
+            return False
+        if np.dtype(sctx.index.tensor_dtype(name)).kind not in "iu" or math.prod(old) > SMALL_INT:
+            return True
+        return not any(sctx.new_shape(t)[a] != sctx.old_shape(t)[a] for t, a in value_deps(an.ctx, name))
     return uncut
 
 
@@ -571,7 +583,7 @@ def prune(model, *, ratio: float | None = None, output: str | os.PathLike | None
             ver = verify(reference, pruned, spec, tolerance=tolerance, seed=seed,
                          alternates=alternate_specs(index.model, spec),
                          decoy=masked_reference(an, wrong) if wrong is not None else None,
-                         uncut=_uncut(surgery.context))
+                         uncut=_uncut(an, surgery.context))
         except CompressorError:
             raise
         except Exception:

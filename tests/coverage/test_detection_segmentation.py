@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from compressor import api
 
@@ -159,3 +160,80 @@ def test_unet_skips_and_transposed_convs_prune():
     ct = [n for n in res.model.graph.node if n.op_type == "ConvTranspose"]
     shapes = {t.name: tuple(t.dims) for t in res.model.graph.initializer}
     assert shapes[ct[0].input[1]][:2] == (32, 16), f"ConvTranspose W[in, out] halves both: {shapes[ct[0].input[1]]}"
+
+
+def _two_level_roi_pool(opset: int = 17):
+    """torchvision's MultiScaleRoIAlign on two FPN levels, as the TorchScript exporter writes it:
+    each level's RoiAlign over its regions, written into zeros [R, C, 7, 7] by ScatterElements along
+    the regions' axis (indices expanded to the pooled shape read at run time), then a box head."""
+    from onnx import TensorProto, helper
+
+    from tests.core.graphs import G
+
+    g = G(opset=opset)
+    x = g.input("x", [1, 3, 32, 32])
+    p1 = g.op("Relu", [g.conv(x, 3, 16)])
+    p2 = g.op("Relu", [g.conv(g.op("MaxPool", [p1], kernel_shape=[2, 2], strides=[2, 2]), 16, 16)])
+    rois = g.const(np.array([[0, 0, 15, 15], [4, 4, 30, 28], [8, 2, 20, 12]], np.float32), "rois")
+    idx0 = g.const(np.array([0, 2], np.int64), "lvl0")
+    idx1 = g.const(np.array([1], np.int64), "lvl1")
+    batch = g.const(np.zeros(2, np.int64), "b0")
+    batch1 = g.const(np.zeros(1, np.int64), "b1")
+
+    def level(feat, idx, b, scale):
+        r = g.op("Gather", [rois, idx], axis=0)
+        pooled = g.op("RoiAlign", [feat, r, b], output_height=7, output_width=7, sampling_ratio=2,
+                      spatial_scale=scale)
+        where = g.op("Expand", [g.op("Reshape", [idx, g.const(np.array([-1, 1, 1, 1], np.int64))]),
+                                g.op("Shape", [pooled])])
+        return pooled, where
+
+    a, ia = level(p1, idx0, batch, 1.0)
+    b, ib = level(p2, idx1, batch1, 0.5)
+    shape = g.op("Concat", [g.const(np.array([3], np.int64)), g.op("Slice", [
+        g.op("Shape", [a]), g.const(np.array([1], np.int64)), g.const(np.array([4], np.int64))])], axis=0)
+    zeros = g.op("ConstantOfShape", [shape], value=numpy_helper.from_array(np.zeros(1, np.float32)))
+    merged = g.op("ScatterElements", [g.op("ScatterElements", [zeros, ia, a], axis=0), ib, b], axis=0)
+    flat = g.op("Flatten", [merged], axis=1)
+    y = g.op("Gemm", [flat, g.rand(10, 16 * 49)], transB=1)
+    out = helper.make_tensor_value_info(y, TensorProto.FLOAT, [3, 10])
+    model = helper.make_model(helper.make_graph(g.nodes, "roi", g.inputs, [out], g.inits),
+                              opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    return model
+
+
+def test_multi_scale_roi_align_prunes_the_fpn_channels():
+    """RoiAlign passes channels through axis 1 and ScatterElements along the regions' axis keeps the
+    channels of the others: the FPN levels and the box head's input are one group (Faster R-CNN's
+    FPN stayed whole: 2.22x -> 3.84x MACs at --ratio 0.5 on torchvision's 320 model)."""
+    import onnxruntime as ort
+
+    model = _two_level_roi_pool()
+    res = api.prune(model, ratio=0.5, importance="l2")
+    r = res.report
+    assert r["verify"]["passed"] and r["verify"]["max_rel_err"] <= 1e-5, r["verify"]
+    # both levels and the box head are one group of 16 (the scatter joins them): 8 go
+    assert r["channels"] == {"total": 16, "removed": 8}, (r["channels"], r["unprunable"])
+    # independent check: the second level's conv and the box head see the kept channels only, the
+    # first level's through its masked filters
+    kept = {s["tensor"]: s["kept"] for s in r["plan"] if s["axis"] == 0}
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    ref = onnx.ModelProto()
+    ref.CopyFrom(model)
+    weights = {t.name: t for t in ref.graph.initializer}
+    gemm_w = next(n for n in model.graph.node if n.op_type == "Gemm").input[1]
+    for conv, consumer in ((convs[0], convs[1].input[1]), (convs[1], None)):
+        gone = sorted(set(range(16)) - set(kept[conv.input[1]]))
+        if consumer is not None:
+            w = numpy_helper.to_array(weights[consumer]).copy()
+            w[:, gone] = 0
+            weights[consumer].CopyFrom(numpy_helper.from_array(w, consumer))
+    w = numpy_helper.to_array(weights[gemm_w]).copy().reshape(10, 16, 49)
+    w[:, sorted(set(range(16)) - set(kept[convs[1].input[1]]))] = 0
+    weights[gemm_w].CopyFrom(numpy_helper.from_array(w.reshape(10, 16 * 49), gemm_w))
+    x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    run = lambda m: ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(  # noqa: E731
+        None, {"x": x})[0]
+    want, got = run(ref), run(res.model)
+    assert np.abs(want - got).max() <= 1e-5 * np.abs(want).max()

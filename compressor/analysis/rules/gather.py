@@ -8,6 +8,8 @@
   freezes its groups (a general permutation or selection is not a layout).
 - An embedding lookup (constant 2-D table, run-time indices, axis 0) produces new channels: the
   table's columns.
+
+ScatterElements (the inverse) keeps the channels of every axis but the scattered one.
 """
 
 from __future__ import annotations
@@ -70,3 +72,28 @@ class Gather(Rule):
         ind = np.asarray(ctx.value(node.input[1]))
         shape = [new_n if d == old_n else d for d in ind.shape]
         ctx.replace_input(node, 1, np.arange(new_n, dtype=ind.dtype).reshape(shape))
+
+
+@register_rule("ScatterElements")
+class ScatterElements(Rule):
+    """y = data with ``updates`` written at ``indices`` along ``axis``. Along every other axis the
+    three tensors and y are aligned position by position (torchvision's MultiScaleRoIAlign writes
+    each FPN level's pooled regions into zeros [R, C, h, w] along the regions' axis): channels there
+    are one group across data, indices, updates and y. Channels on the scatter axis freeze (an index
+    there names a position)."""
+
+    def analyze(self, node: onnx.NodeProto, ctx: AnalysisContext) -> None:
+        data, indices, updates = node.input[:3]
+        rank = ctx.rank(data)
+        if rank is None:
+            ctx.barrier(node, "input rank unknown")
+            return
+        axis = int(ctx.attr(node, "axis", 0)) % rank
+        where = f"ScatterElements '{ctx.label(node)}'"
+        for ax in sorted(set(ctx.layouts(data)) | set(ctx.layouts(indices)) | set(ctx.layouts(updates))):
+            if ax == axis:
+                for t in (data, indices, updates):
+                    if ctx.layout(t, ax) is not None:
+                        ctx.freeze_layout(ctx.layout(t, ax), f"{where} scatters along channel axis {ax}")
+                continue
+            ctx.join(node, [(data, ax), (indices, ax), (updates, ax)], node.output[0], ax, f"axis {ax}")

@@ -18,8 +18,7 @@ from compressor.analysis.registry import Rule, register_rule
 from compressor.ir.graph import node_attr
 
 
-@register_rule("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool", "GlobalLpPool",
-               "MaxRoiPool")
+@register_rule("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool", "GlobalLpPool")
 class Pool(Rule):
     def analyze(self, node: onnx.NodeProto, ctx: AnalysisContext) -> None:
         x = node.input[0]
@@ -30,6 +29,24 @@ class Pool(Rule):
         for ax, lay in ctx.layouts(x).items():
             if ax >= 2:
                 ctx.freeze_layout(lay, f"{node.op_type} '{ctx.label(node)}' pools over tracked axis {ax}")
+
+
+@register_rule("RoiAlign", "MaxRoiPool")
+class RoiPool(Rule):
+    """Pools each region of interest out of X [N, C, H, W] into [R, C, h, w]: the channels pass
+    through axis 1 (Faster R-CNN's box head reads the FPN through it); axis 0 of the output counts
+    the regions, not the batch, and the spatial axes are resampled, so channels carried there
+    freeze. The regions and their batch indices are read at run time and carry no channels."""
+
+    def analyze(self, node: onnx.NodeProto, ctx: AnalysisContext) -> None:
+        x = node.input[0]
+        ctx.copy_layouts(x, node.output[0], {1: 1} if ctx.layout(x, 1) is not None else {}, node=node)
+        for ax, lay in ctx.layouts(x).items():
+            if ax != 1:
+                ctx.freeze_layout(lay, f"{node.op_type} '{ctx.label(node)}' pools regions over tracked axis {ax}")
+        for name in node.input[1:]:
+            if name:
+                ctx.freeze_tensor(name, f"{node.op_type} '{ctx.label(node)}' reads regions from '{name}'")
 
 
 #: Reductions over a channel axis that the masked input's zeros do not change.
