@@ -169,6 +169,12 @@ def inspect(model, input_shapes=None, exclude=(), prune_norms: bool = True) -> d
     }
 
 
+def _placeholder(an: Analysis, g) -> bool:
+    """Does group ``g`` only stand for the positions of an untracked tensor concatenated beside
+    pruned ones (a detection head's anchors: no layer's channels, nothing to report)?"""
+    return not g.members and g.id in {an.ctx.table.find(p) for p in an.ctx.placeholders}
+
+
 #: A small integer tensor (a shape vector, a count) is checked for reading a pruned channel count.
 SMALL_INT = 64
 
@@ -624,7 +630,7 @@ def prune(model, *, ratio: float | None = None, output: str | os.PathLike | None
         # groups a rule froze without its node being a whole barrier (LayerNorm over channels, an
         # untracked operand, a graph output, ...): left as they are, each with its reasons
         "unprunable": [{"group": g.id, "channels": g.size, "reasons": g.reasons}
-                       for g in an.groups if not g.prunable],
+                       for g in an.groups if not g.prunable and not _placeholder(an, g)],
         # LayerNorms whose channels were pruned: their statistics now run over the kept channels
         "norms_pruned": pruned_norm_nodes(an, keep),
         # nodes that mix the channels of an axis, run at full width between the cuts (surgery/widen.py)

@@ -105,6 +105,9 @@ class AnalysisContext:
     norm_points: list[NormPoint] = field(default_factory=list)
     shape_pins: list[ShapePin] = field(default_factory=list)
     widenings: list[Widening] = field(default_factory=list)
+    #: groups standing for the positions of a tensor no rule tracks, concatenated beside pruned
+    #: ones (a detector head's anchors): no layer's channels, left out of the report's ``unprunable``
+    placeholders: set[int] = field(default_factory=set)
     #: prune through LayerNorm over the channel axis (statistics over the kept channels) instead of
     #: freezing the groups it normalises
     prune_norms: bool = False

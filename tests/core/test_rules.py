@@ -409,3 +409,19 @@ def test_a_group_norm_written_out_by_an_exporter_is_named_in_the_reason():
     m = g.model([g.conv(g.op("Relu", [back]), 8, 4, k=1)])
     reasons = [r for grp in api.analyze(m).groups for r in grp.reasons]
     assert any("a GroupNorm written as Reshape + InstanceNormalization" in r for r in reasons), reasons
+
+
+def test_positions_concatenated_beside_pruned_channels_are_not_reported_as_channels():
+    """A detection head concatenates its anchors' outputs with untracked tensors: the untracked
+    operand's positions are a placeholder in the layout, no layer's channels, and used to top the
+    report's channels left whole (SSD: 6300 "channels"). They are left out of ``unprunable``."""
+    g = G()
+    x = g.input("x", [1, 3, 8, 8])
+    a = g.op("Relu", [g.conv(x, 3, 8)])
+    cat = g.op("Concat", [g.conv(a, 8, 4), g.op("Relu", [x])], axis=1)
+    y = g.conv(a, 8, 2)
+    res = api.prune(g.model([cat, y]), ratio=0.5, importance="l2")
+    r = res.report
+    assert r["verify"]["passed"] and r["channels"]["removed"] == 4, r["channels"]
+    assert not [u for u in r["unprunable"] if any("is not a pruned tensor" in x for x in u["reasons"])], \
+        r["unprunable"]

@@ -42,6 +42,7 @@ class Concat(Rule):
             if lay is None:
                 why = f"Concat '{ctx.label(node)}' operand '{x}' is not a pruned tensor"
                 gid = ctx.table.new(n, origin=ctx.label(node), frozen=why)
+                ctx.placeholders.add(gid)
                 lay = ((gid, 1),)
             else:
                 any_tracked = True
