@@ -28,7 +28,7 @@ def _load():
 fz = _load()
 #: seeds whose graphs, together, use every block of the generator (float16, a dynamic batch and
 #: opsets 13 to 21 included), each removing channels
-SMOKE = [35, 168, 41, 8, 42, 32]
+SMOKE = [35, 168, 41, 32, 341, 4]
 
 
 def _pruned(seed: int):
@@ -57,7 +57,7 @@ def _conv_entries(case, report) -> list[dict]:
     return [e for e in report["plan"] if e["tensor"] in convs and e["axis"] == 0 and len(e["kept"]) >= 2]
 
 
-@pytest.mark.parametrize("seed", [35, 41, 8])
+@pytest.mark.parametrize("seed", [35, 41, 341])
 def test_swapped_filters_in_the_pruned_model_are_caught(seed):
     """Swap two kept filters of a pruned conv (the producer's kept channels in the wrong order):
     the check must fail, for every conv the plan cut."""
@@ -76,7 +76,7 @@ def test_swapped_filters_in_the_pruned_model_are_caught(seed):
             fz.check(case, res.report, wrong)
 
 
-@pytest.mark.parametrize("seed", [35, 41, 8])
+@pytest.mark.parametrize("seed", [35, 41, 341])
 def test_a_plan_that_names_other_channels_is_caught(seed):
     """The report claims one removed channel was kept instead of a kept one: the masked original
     built from that claim is not what the pruned model computes."""

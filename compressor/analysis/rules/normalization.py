@@ -1,9 +1,10 @@
 """Normalisations and softmax. Per-channel ones (BatchNorm, InstanceNorm) slice their parameters.
 LayerNorm over the last axis alone prunes through (statistics over the kept channels, proven
-against a reference that computes it so). LRN and Softmax over a channel axis mix the channels: they
-run at full width on the masked input, the channels widened back with zeros before them and cut
-again after (AnalysisContext.widen, surgery/widen.py). MeanVarianceNormalization over the channels
-is a barrier (no epsilon: zeros fed to it can make 0 / 0). LayerNorm over
+against a reference that computes it so). LRN mixes neighbouring channels: it runs at full width on
+the masked input, the channels widened back with zeros before it and cut again after
+(AnalysisContext.widen, surgery/widen.py). A Softmax over a channel axis is a barrier (its channels
+are mostly bins of a distribution: YOLO's DFL), and so is MeanVarianceNormalization over the
+channels (no epsilon: zeros fed to it can make 0 / 0). LayerNorm over
 several axes (or with --freeze-norms) is a barrier for the axes it normalises over. GroupNorm
 prunes in whole groups: rules/groupnorm.py.
 """
@@ -119,4 +120,6 @@ class Softmax(Rule):
         else:  # opsets < 13 flatten [axis:] into one normalised dimension
             axis = int(ctx.attr(node, "axis", 1)) % max(rank, 1)
             axes = set(range(axis, rank))
-        _freeze_axes(node, ctx, axes, "normalises", widen=True)
+        # not widened: a softmax over a channel axis is mostly a distribution over bins (YOLO's DFL
+        # turns 16 of them into a distance): removing bins would change what the output means
+        _freeze_axes(node, ctx, axes, "normalises")
