@@ -36,6 +36,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+
+from bench_peers import write_block  # noqa: E402  (stdlib only at import time)
 #: Families beyond torchvision's, each exported at 96x96 (a few need more, INPUT_SIZE).
 MODELS = [
     "resnet18d", "seresnet18", "ecaresnet26t", "skresnet18", "resnest14d", "res2net50_14w_8s",
@@ -198,16 +201,7 @@ def markdown(rows: list[Row], command: str) -> str:
 
 
 BEGIN, END = "<!-- timm-table:begin -->", "<!-- timm-table:end -->"
-
-
-def write_markdown(path: Path, table: str) -> None:
-    block = f"{BEGIN}\n{table}{END}\n"
-    text = path.read_text() if path.exists() else ""
-    if BEGIN in text and END in text:
-        pre, rest = text.split(BEGIN, 1)
-        path.write_text(pre + block + rest.split(END, 1)[1].lstrip("\n"))
-    else:
-        path.write_text(text.rstrip("\n") + "\n\n" + block)
+TITLE = "## timm's families (tools/timm_coverage.py)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -236,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.json).write_text(json.dumps([asdict(r) for r in rows], indent=1))
     if args.markdown:
         command = ".venv-zoo/bin/python tools/timm_coverage.py " + " ".join(argv if argv is not None else sys.argv[1:])
-        write_markdown(Path(args.markdown), markdown(rows, command.strip()))
+        write_block(Path(args.markdown), BEGIN, END, markdown(rows, command.strip()), TITLE)
     return 0 if all(r.status in ("ok", "export failed") for r in rows) else 1
 
 

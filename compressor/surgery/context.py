@@ -88,7 +88,8 @@ class SurgeryContext:
                 del node.attribute[i]
                 return
 
-    def _fresh(self, base: str) -> str:
+    def fresh(self, base: str) -> str:
+        """A tensor or node name not taken in the model."""
         while True:
             self._counter += 1
             name = f"{base}__pruned{self._counter}"
@@ -103,12 +104,12 @@ class SurgeryContext:
             value = np.asarray(value).astype(old.dtype)
         base = (node.name or node.op_type) + f"_in{k}"
         if node.input[k]:
-            name = self._fresh(node.input[k])
+            name = self.fresh(node.input[k])
         elif base not in self._names:  # a constant the node did not have: named after it
             name = base
             self._names.add(name)
         else:
-            name = self._fresh(base)
+            name = self.fresh(base)
         self.model.graph.initializer.append(numpy_helper.from_array(np.asarray(value), name))
         if node.input[k]:
             self.replaced.add(node.input[k])
@@ -151,7 +152,7 @@ class SurgeryContext:
 
     def constant(self, base: str, value: np.ndarray) -> str:
         """A new initializer holding ``value``; its name."""
-        name = self._fresh(base)
+        name = self.fresh(base)
         self.model.graph.initializer.append(numpy_helper.from_array(np.asarray(value), name))
         return name
 
@@ -162,21 +163,17 @@ class SurgeryContext:
         name that the new nodes read): a reduction that now sees fewer channels rescaled to what the
         masked original computes. Spliced in by splice_followers."""
         out = node.output[k]
-        mid = self._fresh(out)
+        mid = self.fresh(out)
         node.output[k] = mid
         base = node.name or node.op_type
         steps = [(op_type, operand), *more]
         nodes, cur = [], mid
         for j, (op, value) in enumerate(steps):
             c = self.constant(f"{base}_{op.lower()}", value)
-            nxt = out if j == len(steps) - 1 else self._fresh(f"{base}_{op.lower()}_out")
-            nodes.append(helper.make_node(op, [cur, c], [nxt], name=self._fresh(f"{base}_{op}")))
+            nxt = out if j == len(steps) - 1 else self.fresh(f"{base}_{op.lower()}_out")
+            nodes.append(helper.make_node(op, [cur, c], [nxt], name=self.fresh(f"{base}_{op}")))
             cur = nxt
-        self.followers.append((mid, nodes))
-
-    def fresh(self, base: str) -> str:
-        """A tensor or node name not taken in the model."""
-        return self._fresh(base)
+        self.follow_nodes(mid, nodes)
 
     def follow_nodes(self, after: str, nodes: list[onnx.NodeProto]) -> None:
         """Insert ``nodes`` right after the node that writes ``after`` (at the start of the graph

@@ -575,7 +575,7 @@ def verify(reference: onnx.ModelProto | OracleModel, pruned: onnx.ModelProto | O
             raise
     del ref
     new_feeds, new_alt = feeds, [alt_feeds[ref_second[0]]] if ref_second else []
-    plain = _with_outputs(new, pins.checkpoints + pins.decisions) if pins is not None else new
+    unpinned = new
     if pins is not None:  # the others run on the reference's decisions (see the docstring)
         at = {n: k for k, n in enumerate(names)}
 
@@ -595,10 +595,11 @@ def verify(reference: onnx.ModelProto | OracleModel, pruned: onnx.ModelProto | O
     except Exception:  # noqa: BLE001 - the pinned graph does not run: compare unpinned, as always
         if pins is None:
             raise
+        _, new_outs, provider, new_second = _run(_with_outputs(unpinned, pins.checkpoints + pins.decisions), names,
+                                                 feeds, [alt_feeds[ref_second[0]]] if ref_second else [],
+                                                 keep_error=True)
         pins = None
-        _, new_outs, provider, new_second = _run(plain, names, feeds, [alt_feeds[ref_second[0]]] if ref_second
-                                                 else [], keep_error=True)
-    del new, plain
+    del new, unpinned
     worst: dict[str, float] = {n: 0.0 for n in names}
     max_abs = 0.0
     for a, b in zip(ref_outs, new_outs):

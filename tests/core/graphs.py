@@ -76,3 +76,28 @@ class G:
             m.graph.output.append(inferred[o])
         onnx.checker.check_model(m)
         return m
+
+
+def torch_onnx(net, x, how: str, dynamic_batch: bool = False) -> onnx.ModelProto:
+    """``net`` exported by torch at input ``x``: ``how`` is "legacy<opset>" (the TorchScript exporter)
+    or "dynamo18" (skips the test where that exporter fails on this torch build); input "x", and
+    with ``dynamic_batch`` (TorchScript) output "y" and a batch named "n". IR version at most 10."""
+    import io
+
+    import pytest
+    import torch
+
+    if how == "dynamo18":
+        pytest.importorskip("onnxscript")
+        try:
+            model = torch.onnx.export(net, (x,), dynamo=True, opset_version=18, input_names=["x"]).model_proto
+        except Exception as exc:  # pragma: no cover - depends on the torch build
+            pytest.skip(f"the dynamo exporter failed here: {type(exc).__name__}")
+    else:
+        buf = io.BytesIO()
+        dynamic = ({"output_names": ["y"], "dynamic_axes": {"x": {0: "n"}, "y": {0: "n"}}} if dynamic_batch else {})
+        torch.onnx.export(net, (x,), buf, dynamo=False, opset_version=int(how.removeprefix("legacy")),
+                          input_names=["x"], **dynamic)
+        model = onnx.load_from_string(buf.getvalue())
+    model.ir_version = min(model.ir_version, 10)
+    return model

@@ -10,7 +10,6 @@ pruned model reproduces a masked original built here by zeroing the consumers' i
 
 from __future__ import annotations
 
-import io
 
 import numpy as np
 import onnx
@@ -25,7 +24,7 @@ from compressor.ir.graph import GraphIndex
 from compressor.ir.shapes import resolve_inputs
 from compressor.planning.plan import PlanOptions, make_plan
 from compressor.surgery.apply import apply_plan
-from tests.core.graphs import G
+from tests.core.graphs import G, torch_onnx
 
 RATIO_AND_BUDGET = [{"ratio": 0.5}, {"target_macs": 0.6}]
 
@@ -385,19 +384,7 @@ def export_gn(how: str) -> onnx.ModelProto:
             for gn in (net.gn1, net.gn2, net.gn3):
                 gn.weight.copy_(torch.rand_like(gn.weight) + 0.5)
                 gn.bias.copy_(torch.randn_like(gn.bias))
-        x = torch.randn(1, 3, 8, 8)
-        if how.startswith("dynamo"):
-            pytest.importorskip("onnxscript")
-            try:
-                model = torch.onnx.export(net, (x,), dynamo=True, opset_version=18, input_names=["x"]).model_proto
-            except Exception as exc:  # pragma: no cover - depends on the torch build
-                pytest.skip(f"the dynamo exporter failed here: {type(exc).__name__}")
-        else:
-            buf = io.BytesIO()
-            torch.onnx.export(net, (x,), buf, dynamo=False, opset_version=int(how[-2:]), input_names=["x"])
-            model = onnx.load_from_string(buf.getvalue())
-        model.ir_version = min(model.ir_version, 10)
-        _EXPORTS[how] = model
+        _EXPORTS[how] = torch_onnx(net, torch.randn(1, 3, 8, 8), how)
     return _EXPORTS[how]
 
 

@@ -22,7 +22,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from compressor import api
-from tests.core.graphs import G
+from tests.core.graphs import G, torch_onnx
 
 
 def _run(model: onnx.ModelProto, feeds: dict) -> np.ndarray:
@@ -59,6 +59,30 @@ def _masked(model: onnx.ModelProto, mixer_input: str, axis: int, mask: np.ndarra
             w[:, removed] = 0
             t.CopyFrom(numpy_helper.from_array(w, t.name))
     return m
+
+
+def _masked_before(model: onnx.ModelProto, mask: np.ndarray, pick) -> onnx.ModelProto:
+    """The original with ``mask`` multiplied into the first input of every node ``pick`` selects
+    (the consumers of the pruned channels, where the masked original zeroes them)."""
+    ref = onnx.ModelProto()
+    ref.CopyFrom(model)
+    ref.graph.initializer.append(numpy_helper.from_array(mask, "test_mask"))
+    nodes = []
+    for n in ref.graph.node:
+        if pick(n):
+            masked = f"{n.input[0]}_masked_for_{n.name}"
+            nodes.append(helper.make_node("Mul", [n.input[0], "test_mask"], [masked]))
+            n.input[0] = masked
+        nodes.append(n)
+    del ref.graph.node[:]
+    ref.graph.node.extend(nodes)
+    return ref
+
+
+def _assert_reproduces(ref: onnx.ModelProto, pruned: onnx.ModelProto, shape, seed: int) -> None:
+    feeds = {"x": np.random.default_rng(seed).standard_normal(shape).astype(np.float32)}
+    want, got = _run(ref, feeds), _run(pruned, feeds)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))
 
 
 def _check(model, report, pruned, producer_w: str, mixer_input: str, axis: int, consumer_w: str, c: int,
@@ -255,22 +279,10 @@ def test_widened_nodes_in_a_row(first):
     assert len(kept) == 8
     mask = np.zeros((1, 16, 1, 1), np.float32)
     mask[0, kept] = 1
-    ref = onnx.ModelProto()
-    ref.CopyFrom(model)
-    ref.graph.initializer.append(numpy_helper.from_array(mask, "test_mask"))
     mixing = ("LRN", "GroupNormalization")
     mixers = {n.output[0] for n in model.graph.node if n.op_type in mixing}
-    nodes = []
-    for n in ref.graph.node:
-        if n.op_type in mixing or (n.op_type == "Conv" and n.input[0] in mixers):
-            nodes.append(helper.make_node("Mul", [n.input[0], "test_mask"], [n.input[0] + "_masked"]))
-            n.input[0] = n.input[0] + "_masked"
-        nodes.append(n)
-    del ref.graph.node[:]
-    ref.graph.node.extend(nodes)
-    feeds = {"x": np.random.default_rng(2).standard_normal((1, 3, 8, 8)).astype(np.float32)}
-    want, got = _run(ref, feeds), _run(res.model, feeds)
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))
+    ref = _masked_before(model, mask, lambda n: n.op_type in mixing or (n.op_type == "Conv" and n.input[0] in mixers))
+    _assert_reproduces(ref, res.model, (1, 3, 8, 8), seed=2)
 
 
 def _outer_product(g: G, c1: int = 8, c2: int = 12) -> str:
@@ -358,20 +370,7 @@ def _poolformer_like(how: str) -> onnx.ModelProto:
         for n in (net.n1, net.n2):
             n.weight.uniform_(0.5, 1.5)
             n.bias.normal_()
-    x = torch.randn(2, 3, 8, 8)
-    if how == "dynamo18":
-        pytest.importorskip("onnxscript")
-        try:
-            model = torch.onnx.export(net, (x,), dynamo=True, opset_version=18, input_names=["x"]).model_proto
-        except Exception as exc:  # pragma: no cover - depends on the torch build
-            pytest.skip(f"the dynamo exporter failed here: {type(exc).__name__}")
-    else:
-        buf = io.BytesIO()
-        torch.onnx.export(net, (x,), buf, dynamo=False, opset_version=int(how[-2:]), input_names=["x"],
-                          output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
-        model = onnx.load_from_string(buf.getvalue())
-    model.ir_version = min(model.ir_version, 10)
-    return model
+    return torch_onnx(net, torch.randn(2, 3, 8, 8), how, dynamic_batch=True)
 
 
 @pytest.mark.parametrize("how", ["legacy13", "legacy17", "dynamo18"])
@@ -391,22 +390,10 @@ def test_groupnorm_with_one_group_is_pruned_around(how):
     mask[0, kept] = 1
     # the masked original: the trunk is the one group (the MLP's output joins it at the sum), and
     # its consumers are the GroupNorms (at the Reshapes into one group), the MLP conv and the head
-    ref = onnx.ModelProto()
-    ref.CopyFrom(model)
-    ref.graph.initializer.append(numpy_helper.from_array(mask, "test_mask"))
     into = {n.input[0] for n in model.graph.node if n.op_type == "InstanceNormalization"}
-    nodes = []
-    for n in ref.graph.node:
-        if (n.op_type == "Reshape" and n.output[0] in into) or (n.op_type == "Conv" and n.input[1] != stem):
-            masked = f"{n.input[0]}_masked_for_{n.name}"
-            nodes.append(helper.make_node("Mul", [n.input[0], "test_mask"], [masked]))
-            n.input[0] = masked
-        nodes.append(n)
-    del ref.graph.node[:]
-    ref.graph.node.extend(nodes)
-    feeds = {"x": np.random.default_rng(4).standard_normal((2, 3, 8, 8)).astype(np.float32)}
-    want, got = _run(ref, feeds), _run(res.model, feeds)
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))
+    ref = _masked_before(model, mask, lambda n: (n.op_type == "Reshape" and n.output[0] in into)
+                         or (n.op_type == "Conv" and n.input[1] != stem))
+    _assert_reproduces(ref, res.model, (2, 3, 8, 8), seed=4)
     if how != "dynamo18":
         assert r["verify"]["second_shape"]["passed"], "dynamic batch: proven at a second shape too"
 
