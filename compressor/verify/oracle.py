@@ -32,6 +32,7 @@ from compressor.ir.model_io import default_opset
 from compressor.ir.proto import copy_fields, feedable
 from compressor.ir.shapes import InputSpec, random_feeds
 from compressor.verify.norms import masked_layernorm, masked_normalization
+from compressor.verify.parts import extra_compared
 from compressor.verify.upcast import has_half, upcast, widen_feeds
 
 #: Constants of at least this many bytes are fed to onnxruntime as numpy buffers rather than
@@ -413,8 +414,9 @@ def _run(om: OracleModel, names: list[str] | None, feeds: list[dict[str, np.ndar
     return names, outs, provider, second
 
 
-def _output_error(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """(relative, absolute) error of ``y`` against the reference ``x``, same shape.
+def _output_error(x: np.ndarray, y: np.ndarray, floor: float = 0.0) -> tuple[float, float]:
+    """(relative, absolute) error of ``y`` against the reference ``x``, same shape; relative to
+    max|x|, or to ``floor`` where that is larger (probabilities, verify/parts.py).
 
     Non-finite values must sit in the same places with the same value in both (NaN where NaN,
     +inf where +inf); otherwise the error is infinite. The error is measured on the finite
@@ -434,7 +436,7 @@ def _output_error(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
             return 0.0, 0.0
         x, y = x[fx], y[fx]
     diff = float(np.max(np.abs(x - y)))
-    scale = float(np.max(np.abs(x)))
+    scale = max(float(np.max(np.abs(x))), floor)
     return (diff / max(scale, 1e-12) if diff else 0.0), diff
 
 
@@ -549,6 +551,14 @@ def verify(reference: onnx.ModelProto | OracleModel, pruned: onnx.ModelProto | O
     orig = decoy if isinstance(decoy, OracleModel) or decoy is None else oracle_model(decoy)
     del reference, pruned, decoy
     ref, pins = _pin_decisions(ref, new, uncut)
+    floors: dict[str, float] = {}
+    if uncut is not None:  # concatenated outputs compared part by part, probabilities on their range
+        decisions = set(pins.decisions) if pins is not None else set()
+        extra, floors = extra_compared(ref.model, new.model,
+                                       [o.name for o in ref.model.graph.output if o.name not in decisions], uncut)
+        if extra:
+            ref, new = _with_outputs(ref, extra), _with_outputs(new, extra)
+            orig = _with_outputs(orig, extra) if orig is not None else None
     compared_in = "model types"
     if has_half(ref.model, ref.weights) or has_half(new.model, new.weights):
         # float16 rounding differs between two correct prunings by an ulp (5e-4): prove in float32
@@ -588,7 +598,7 @@ def verify(reference: onnx.ModelProto | OracleModel, pruned: onnx.ModelProto | O
         if ref_second is not None and not isinstance(ref_second[1], Exception):
             make, alt_outs = alt_feeds[ref_second[0]], ref_second[1]
             new_alt = [lambda make=make, alt_outs=alt_outs: {**make(), **decided(alt_outs)}]
-    discrimination = _distance(orig, names, new_feeds, ref_outs) if orig is not None else None
+    discrimination = _distance(orig, names, new_feeds, ref_outs, floors) if orig is not None else None
     del orig
     try:
         _, new_outs, provider, new_second = _run(new, names, new_feeds, new_alt, keep_error=True)
@@ -610,7 +620,7 @@ def verify(reference: onnx.ModelProto | OracleModel, pruned: onnx.ModelProto | O
                 worst[n] = float("inf")
                 max_abs = float("inf")
                 continue
-            rel, diff = _output_error(x, y)
+            rel, diff = _output_error(x, y, floors.get(n, 0.0))
             worst[n] = max(worst[n], rel)
             max_abs = max(max_abs, diff)
     max_rel = max(worst.values()) if worst else 0.0
@@ -628,7 +638,7 @@ def verify(reference: onnx.ModelProto | OracleModel, pruned: onnx.ModelProto | O
                                      "could be compared: give --input-shape with non-zero dims")
     second = None
     if alternates:
-        second, why = _second_shape(alternates, ref_second, new_second, names, tolerance)
+        second, why = _second_shape(alternates, ref_second, new_second, names, tolerance, floors)
         reason = reason or why
     return VerifyResult(passed=bool(max_rel <= tolerance) and not void and reason is None, max_rel_err=max_rel,
                         max_abs_err=max_abs, tolerance=tolerance, trials=trials, outputs=worst, provider=provider,
@@ -636,7 +646,7 @@ def verify(reference: onnx.ModelProto | OracleModel, pruned: onnx.ModelProto | O
                         pinned=list(pins.decisions) if pins is not None else None)
 
 
-def _distance(orig: OracleModel, names: list[str], feeds, ref_outs) -> float | None:
+def _distance(orig: OracleModel, names: list[str], feeds, ref_outs, floors: dict[str, float]) -> float | None:
     """Max relative distance between ``orig``'s outputs and the reference's on the same inputs (None
     when it does not run: the proof itself does not depend on it)."""
     try:
@@ -645,12 +655,12 @@ def _distance(orig: OracleModel, names: list[str], feeds, ref_outs) -> float | N
         return None
     worst = 0.0
     for a, b in zip(ref_outs, outs):
-        for x, y in zip(a, b):
+        for n, x, y in zip(names, a, b):
             x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
             if x.shape != y.shape:
                 return None
             if x.dtype.kind == "f" or y.dtype.kind == "f":
-                worst = max(worst, _output_error(x, y)[0])
+                worst = max(worst, _output_error(x, y, floors.get(n, 0.0))[0])
             elif not np.array_equal(x, y):
                 return float("inf")
     return worst
@@ -660,7 +670,7 @@ def _widened(makers: list[Callable[[], dict]]) -> list[Callable[[], dict]]:
     return [lambda make=make: widen_feeds([make()])[0] for make in makers]
 
 
-def _second_shape(alternates, ref_second, new_second, names, tolerance) -> tuple[dict, str | None]:
+def _second_shape(alternates, ref_second, new_second, names, tolerance, floors) -> tuple[dict, str | None]:
     """The report of the second-shape run and, when it failed, why."""
     if ref_second is None:
         return {"skipped": "the original model runs at none of the other shapes tried",
@@ -679,7 +689,7 @@ def _second_shape(alternates, ref_second, new_second, names, tolerance) -> tuple
             return ({"shapes": shapes, "passed": False, "error": f"output {n!r} is {list(y.shape)}, not {list(x.shape)}"},
                     f"at a second input shape ({where}) the pruned model's output {n!r} has shape {list(y.shape)}, "
                     f"the original's {list(x.shape)}: it is fixed to the verification shape")
-        worst = max(worst, _output_error(x, y)[0])
+        worst = max(worst, _output_error(x, y, floors.get(n, 0.0))[0])
     ok = worst <= tolerance
     return ({"shapes": shapes, "passed": ok, "max_rel_err": worst},
             None if ok else f"at a second input shape ({where}) the max relative error is {worst:.3g} > {tolerance:g}")
