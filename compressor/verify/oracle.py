@@ -32,7 +32,7 @@ from compressor.ir.model_io import default_opset
 from compressor.ir.proto import copy_fields, feedable
 from compressor.ir.shapes import InputSpec, random_feeds
 from compressor.verify.norms import masked_layernorm, masked_normalization
-from compressor.verify.parts import extra_compared
+from compressor.verify.parts import Comparison, extra_compared
 from compressor.verify.upcast import has_half, upcast, widen_feeds
 
 #: Constants of at least this many bytes are fed to onnxruntime as numpy buffers rather than
@@ -551,14 +551,14 @@ def verify(reference: onnx.ModelProto | OracleModel, pruned: onnx.ModelProto | O
     orig = decoy if isinstance(decoy, OracleModel) or decoy is None else oracle_model(decoy)
     del reference, pruned, decoy
     ref, pins = _pin_decisions(ref, new, uncut)
-    floors: dict[str, float] = {}
+    scales = Comparison()
     if uncut is not None:  # concatenated outputs compared part by part, probabilities on their range
         decisions = set(pins.decisions) if pins is not None else set()
-        extra, floors = extra_compared(ref.model, new.model,
-                                       [o.name for o in ref.model.graph.output if o.name not in decisions], uncut)
-        if extra:
-            ref, new = _with_outputs(ref, extra), _with_outputs(new, extra)
-            orig = _with_outputs(orig, extra) if orig is not None else None
+        scales = extra_compared(ref.model, new.model,
+                                [o.name for o in ref.model.graph.output if o.name not in decisions], uncut)
+        if scales.extra:
+            ref, new = _with_outputs(ref, scales.extra), _with_outputs(new, scales.extra)
+            orig = _with_outputs(orig, scales.extra) if orig is not None else None
     compared_in = "model types"
     if has_half(ref.model, ref.weights) or has_half(new.model, new.weights):
         # float16 rounding differs between two correct prunings by an ulp (5e-4): prove in float32
@@ -598,7 +598,7 @@ def verify(reference: onnx.ModelProto | OracleModel, pruned: onnx.ModelProto | O
         if ref_second is not None and not isinstance(ref_second[1], Exception):
             make, alt_outs = alt_feeds[ref_second[0]], ref_second[1]
             new_alt = [lambda make=make, alt_outs=alt_outs: {**make(), **decided(alt_outs)}]
-    discrimination = _distance(orig, names, new_feeds, ref_outs, floors) if orig is not None else None
+    discrimination = _distance(orig, names, new_feeds, ref_outs, scales) if orig is not None else None
     del orig
     try:
         _, new_outs, provider, new_second = _run(new, names, new_feeds, new_alt, keep_error=True)
@@ -613,6 +613,7 @@ def verify(reference: onnx.ModelProto | OracleModel, pruned: onnx.ModelProto | O
     worst: dict[str, float] = {n: 0.0 for n in names}
     max_abs = 0.0
     for a, b in zip(ref_outs, new_outs):
+        floors = scales.floors_for(names, a)
         for n, x, y in zip(names, a, b):
             x = np.asarray(x, dtype=np.float64)
             y = np.asarray(y, dtype=np.float64)
@@ -638,7 +639,7 @@ def verify(reference: onnx.ModelProto | OracleModel, pruned: onnx.ModelProto | O
                                      "could be compared: give --input-shape with non-zero dims")
     second = None
     if alternates:
-        second, why = _second_shape(alternates, ref_second, new_second, names, tolerance, floors)
+        second, why = _second_shape(alternates, ref_second, new_second, names, tolerance, scales)
         reason = reason or why
     return VerifyResult(passed=bool(max_rel <= tolerance) and not void and reason is None, max_rel_err=max_rel,
                         max_abs_err=max_abs, tolerance=tolerance, trials=trials, outputs=worst, provider=provider,
@@ -646,7 +647,7 @@ def verify(reference: onnx.ModelProto | OracleModel, pruned: onnx.ModelProto | O
                         pinned=list(pins.decisions) if pins is not None else None)
 
 
-def _distance(orig: OracleModel, names: list[str], feeds, ref_outs, floors: dict[str, float]) -> float | None:
+def _distance(orig: OracleModel, names: list[str], feeds, ref_outs, scales: Comparison) -> float | None:
     """Max relative distance between ``orig``'s outputs and the reference's on the same inputs (None
     when it does not run: the proof itself does not depend on it)."""
     try:
@@ -655,6 +656,7 @@ def _distance(orig: OracleModel, names: list[str], feeds, ref_outs, floors: dict
         return None
     worst = 0.0
     for a, b in zip(ref_outs, outs):
+        floors = scales.floors_for(names, a)
         for n, x, y in zip(names, a, b):
             x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
             if x.shape != y.shape:
@@ -670,7 +672,7 @@ def _widened(makers: list[Callable[[], dict]]) -> list[Callable[[], dict]]:
     return [lambda make=make: widen_feeds([make()])[0] for make in makers]
 
 
-def _second_shape(alternates, ref_second, new_second, names, tolerance, floors) -> tuple[dict, str | None]:
+def _second_shape(alternates, ref_second, new_second, names, tolerance, scales) -> tuple[dict, str | None]:
     """The report of the second-shape run and, when it failed, why."""
     if ref_second is None:
         return {"skipped": "the original model runs at none of the other shapes tried",
@@ -683,6 +685,7 @@ def _second_shape(alternates, ref_second, new_second, names, tolerance, floors) 
         return ({"shapes": shapes, "passed": False, "error": err},
                 f"at a second input shape ({where}) the original runs but the pruned model fails: {err}")
     worst = 0.0
+    floors = scales.floors_for(names, ref_outs)
     for n, x, y in zip(names, ref_outs, new_second[1]):
         x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
         if x.shape != y.shape:

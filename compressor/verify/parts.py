@@ -25,8 +25,10 @@ probabilities.
 
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
 
+import numpy as np
 import onnx
 from onnx import numpy_helper
 
@@ -45,6 +47,10 @@ SELECTING_OPS: dict[str, tuple[int, ...] | None] = {
 }
 #: the floor of the scale a tensor of probabilities is measured on (their range)
 PROBABILITY_SCALE = 1.0
+#: a part is measured on its own scale, but never on one below this fraction of the whole's: at most
+#: 1000x stricter than the whole output (a part of near-zero values, from an untrained head, would
+#: otherwise be measured against its own rounding)
+PART_FLOOR = 1e-3
 _FLOAT_TYPES = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
                           onnx.TensorProto.BFLOAT16})
 _MAX_DEPTH = 64  # how far back a part or a probability is looked for
@@ -223,17 +229,42 @@ class _Probabilities:
         return False
 
 
+@dataclass
+class Comparison:
+    """What the proof compares besides the outputs, and the floors of the scales it measures on."""
+
+    extra: list[str] = field(default_factory=list)
+    #: fixed floors: :data:`PROBABILITY_SCALE` for a tensor of probabilities
+    floors: dict[str, float] = field(default_factory=dict)
+    #: each part -> the compared tensor it is a part of (its floor: :data:`PART_FLOOR` of that one's scale)
+    whole: dict[str, str] = field(default_factory=dict)
+
+    def floors_for(self, names: Sequence[str], reference: Sequence) -> dict[str, float]:
+        """The floor of each compared tensor's scale on one run, whose reference outputs (in the
+        order of ``names``) are ``reference``."""
+        at = dict(zip(names, reference))
+        out = dict(self.floors)
+        for part, whole in self.whole.items():
+            x = np.asarray(at.get(whole, np.zeros(0)))
+            if x.dtype.kind == "f" and x.size:
+                finite = np.abs(x[np.isfinite(x)])
+                if finite.size:
+                    out[part] = max(out.get(part, 0.0), PART_FLOOR * float(finite.max()))
+        return out
+
+
 def extra_compared(model: onnx.ModelProto, pruned: onnx.ModelProto, compared: list[str],
-                   uncut: Callable[[str], bool]) -> tuple[list[str], dict[str, float]]:
+                   uncut: Callable[[str], bool]) -> Comparison:
     """The tensors to compare besides ``compared`` (the reference ``model``'s outputs and pinned
-    checkpoints): the parts of concatenated ones and, for a part or output that is a bounded op's
-    output, that op's input; and the scale floor of each compared tensor that holds probabilities.
+    checkpoints): the parts of concatenated ones and, for a tensor of probabilities, the inputs of
+    the ops that made them (logits); with the floors of their scales (:class:`Comparison`).
     Only tensors that keep every channel (``uncut``) and that ``pruned`` computes are added."""
     g = _Graph(model)
     produced = {o for n in pruned.graph.node for o in n.output if o}
     probabilities = _Probabilities(g)
     have = set(compared)
     extra: list[str] = []
+    whole: dict[str, str] = {}
 
     def add(x: str) -> None:
         if x not in have and x in produced and g.is_float(x) and uncut(x):
@@ -241,12 +272,13 @@ def extra_compared(model: onnx.ModelProto, pruned: onnx.ModelProto, compared: li
             extra.append(x)
 
     for name in compared:
-        for part in [name] + _parts(g, name):
-            if part != name:
-                add(part)
+        for part in _parts(g, name):
+            add(part)
+            if part in extra:
+                whole.setdefault(part, name)
     floors = {x: PROBABILITY_SCALE for x in compared + extra if probabilities(x)}
     for x in list(floors):  # the logits of probabilities: seen on their own scale
         for node in probabilities.sources(x):
             if node.input and node.input[0] in g.producer:
                 add(node.input[0])
-    return extra, floors
+    return Comparison(extra, floors, whole)

@@ -15,18 +15,19 @@ from onnx import TensorProto, helper, numpy_helper
 
 from compressor.ir.shapes import resolve_inputs
 from compressor.verify.oracle import verify
-from compressor.verify.parts import PROBABILITY_SCALE, extra_compared
+from compressor.verify.parts import PART_FLOOR, PROBABILITY_SCALE, extra_compared
 
 EVERY = staticmethod(lambda name: True)  # the plan's "keeps every channel": here, all do
 
 
-def _head(bias: np.ndarray, elementary_sigmoid: bool = False, output: str = "out") -> onnx.ModelProto:
+def _head(bias: np.ndarray, elementary_sigmoid: bool = False, output: str = "out",
+          pixels: float = 500.0) -> onnx.ModelProto:
     """out [1, 10] = Concat(boxes = 500 * x @ w_box [1, 4], scores = sigmoid(x @ w_cls + bias) [1, 6]);
     ``elementary_sigmoid`` writes the Sigmoid as 1 / (1 + exp(-x)), exact where onnxruntime's is
     good to ~1e-7 absolute. ``output``: the graph's output (``scores``: the probabilities alone)."""
     rng = np.random.default_rng(0)
     inits = [numpy_helper.from_array(rng.standard_normal((8, 4)).astype(np.float32), "w_box"),
-             numpy_helper.from_array(np.array(500.0, np.float32), "pixels"),
+             numpy_helper.from_array(np.array(pixels, np.float32), "pixels"),
              numpy_helper.from_array((rng.standard_normal((8, 6)) * 0.1).astype(np.float32), "w_cls"),
              numpy_helper.from_array(np.asarray(bias, np.float32), "bias"),
              numpy_helper.from_array(np.array(1.0, np.float32), "one")]
@@ -112,21 +113,32 @@ def _nms_like() -> onnx.ModelProto:
 
 def test_probabilities_are_found_through_a_slice_of_a_concatenation():
     m = _nms_like()
-    extra, floors = extra_compared(m, m, ["best", "mixed", "bx", "ints"], EVERY)
-    assert floors == {"best": PROBABILITY_SCALE}, "only the slice inside the probabilities is one"
-    assert "logits" in extra, "and its logits are compared on their own scale"
-    assert "xs" not in extra, "an integer part (a shape) is not compared as a part"
+    c = extra_compared(m, m, ["best", "mixed", "bx", "ints"], EVERY)
+    assert c.floors == {"best": PROBABILITY_SCALE}, "only the slice inside the probabilities is one"
+    assert "logits" in c.extra, "and its logits are compared on their own scale"
+    assert "xs" not in c.extra, "an integer part (a shape) is not compared as a part"
 
 
 def test_only_tensors_the_pruned_model_has_and_that_keep_their_channels_are_added():
     m = _head(np.zeros(6))
-    extra, _ = extra_compared(m, m, ["out"], EVERY)
-    assert extra == ["boxes", "scores", "logits"], extra
-    extra, floors = extra_compared(m, m, ["out"], lambda name: name != "scores")
-    assert extra == ["boxes"] and floors == {}, (extra, floors)
+    c = extra_compared(m, m, ["out"], EVERY)
+    assert c.extra == ["boxes", "scores", "logits"] and c.whole == {"boxes": "out", "scores": "out"}, c
+    c = extra_compared(m, m, ["out"], lambda name: name != "scores")
+    assert c.extra == ["boxes"] and c.floors == {}, c
     renamed = _head(np.zeros(6))
     for node in renamed.graph.node:
         node.output[:] = ["b2" if o == "boxes" else o for o in node.output]
         node.input[:] = ["b2" if i == "boxes" else i for i in node.input]
-    extra, _ = extra_compared(m, renamed, ["out"], EVERY)
-    assert "boxes" not in extra, "a tensor the pruned model does not compute is not compared"
+    assert "boxes" not in extra_compared(m, renamed, ["out"], EVERY).extra, \
+        "a tensor the pruned model does not compute is not compared"
+
+
+def test_a_near_zero_part_is_measured_on_no_less_than_a_thousandth_of_the_whole():
+    """A part of values ~1e-9 beside probabilities ~0.5 (an untrained head's) is measured on
+    PART_FLOOR x the whole output's scale, not against its own rounding."""
+    ref = _head(np.zeros(6), pixels=1e-9)
+    near = _head(np.zeros(6), pixels=1.01e-9)  # 1% of the part's own scale, 1e-11 absolute
+    res = verify(ref, near, _spec(ref), uncut=EVERY)
+    assert res.passed and res.outputs["boxes"] < 1e-6, res.outputs
+    off = _head(np.zeros(6), pixels=1e-9 + 1e-4 * PART_FLOOR * 100)  # x100 above what the floor admits
+    assert not verify(ref, off, _spec(ref), uncut=EVERY).passed
