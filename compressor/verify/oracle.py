@@ -262,8 +262,9 @@ class MaskingModel:
     """The original model with a mask *input* at every consume point any prunable group reaches:
     one session then runs the model under any set of removed channels (importance/sensitivity.py).
     ``feeds(keep)`` gives the mask inputs for ``keep`` (``{group id: kept channels}``), ones where
-    nothing is removed. Statistics of LayerNorms over pruned channels are not masked here (the
-    oracle's reference recomputes them; a sensitivity probe does not need to)."""
+    nothing is removed. Statistics of LayerNorms (and GroupNorms with one group) over pruned
+    channels are not masked here (the oracle's reference recomputes them; a sensitivity probe does
+    not need to)."""
 
     oracle: OracleModel
     analysis: Analysis
