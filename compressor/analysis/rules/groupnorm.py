@@ -248,7 +248,9 @@ def single_group_norm(node: onnx.NodeProto, ctx: AnalysisContext, axis: int) -> 
     back = _only_reader(ctx, norm.output[0], "Reshape")
     why = _no_kept_statistics(ctx, x)
     target = ctx.value(node.input[1])
-    if why is None and (target is None or int(np.asarray(target).reshape(-1)[-1]) != -1):
+    if why is None and target is None:
+        why = "and the target of the Reshape into one group is not known here"
+    elif why is None and int(np.asarray(target).reshape(-1)[-1]) != -1:
         why = ("and the Reshape into one group gives its length as a number, which would not follow the pruned "
                "channels")
     if why is not None:
