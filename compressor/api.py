@@ -300,8 +300,9 @@ def prune(model, *, ratio: float | None = None, output: str | os.PathLike | None
     groups already cut, not alone on the dense model. One more sensitivity measurement per pivot
     passed.
 
-    ``prune_norms``: a LayerNorm over the channel axis is pruned through (its statistics then run
-    over the kept channels; the oracle's reference computes it so); False freezes those groups.
+    ``prune_norms``: a LayerNorm over the channel axis, and a GroupNorm with one group, is pruned
+    through (its statistics then run over the kept channels; the oracle's reference computes it so);
+    False freezes those groups.
 
     Memory: a model given as a path is loaded here and its large weights are kept once, as arrays
     (``result.analysis.index.model`` is then a skeleton without their payload); a ``ModelProto``
@@ -631,7 +632,8 @@ def prune(model, *, ratio: float | None = None, output: str | os.PathLike | None
         # untracked operand, a graph output, ...): left as they are, each with its reasons
         "unprunable": [{"group": g.id, "channels": g.size, "reasons": g.reasons}
                        for g in an.groups if not g.prunable and not _placeholder(an, g)],
-        # LayerNorms whose channels were pruned: their statistics now run over the kept channels
+        # LayerNorms and GroupNorms with one group whose channels were pruned: their statistics now run
+        # over the kept channels
         "norms_pruned": pruned_norm_nodes(an, keep),
         # nodes that mix the channels of an axis, run at full width between the cuts (surgery/widen.py)
         "widened": surgery.widened,

@@ -152,8 +152,8 @@ def render_prune_report(r: dict) -> str:
         out.append(f"widened: {len(r['widened'])} node(s) that mix channels run at full width between the cuts "
                    "(report: widened)")
     if r.get("norms_pruned"):
-        out.append(f"layer norms pruned through: {len(r['norms_pruned'])} (their statistics now cover the kept "
-                   "channels; --freeze-norms keeps them whole)")
+        out.append(f"norms pruned through: {len(r['norms_pruned'])} (LayerNorms, GroupNorms with one group: their "
+                   "statistics now cover the kept channels; --freeze-norms keeps them whole)")
     for t in r.get("transforms", []):
         proof = ("not proven (--no-verify)" if t.get("max_rel_err") is None
                  else f"max relative error {t['max_rel_err']:.2e} against its input")
@@ -324,8 +324,9 @@ shape_option = click.option("--input-shape", "input_shapes", multiple=True, meta
 @click.option("--merge-learned", is_flag=True, help="First merge the C-SGD clusters stored by training (exact, proven).")
 @click.option("--fold-constants", is_flag=True,
               help="First fold gates and constant-output channels into the next layer's bias where exact.")
-@click.option("--freeze-norms", is_flag=True, help="Keep the channels a LayerNorm normalises whole (by default they "
-              "are pruned and leave its statistics; the proof computes the reference that way).")
+@click.option("--freeze-norms", is_flag=True, help="Keep the channels a LayerNorm or a GroupNorm with one group "
+              "normalises whole (by default they are pruned and leave its statistics; the proof computes the reference "
+              "that way).")
 @click.option("--no-verify", is_flag=True, help="Skip the numerical proof (the model is then unverified).")
 @click.option("--tolerance", type=float, default=1e-4, show_default=True, help="Max relative error allowed.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for random inputs / random importance.")
@@ -407,8 +408,8 @@ def prune_command(model, output, ratio, learned_widths, global_ranking, round_to
 @click.argument("model", type=click.Path(dir_okay=True))
 @shape_option
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Groups to treat as protected.")
-@click.option("--freeze-norms", is_flag=True, help="Keep the groups a LayerNorm over channels normalises whole "
-              "(listed as not prunable, as prune does with it).")
+@click.option("--freeze-norms", is_flag=True, help="Keep the groups a LayerNorm over channels or a GroupNorm with "
+              "one group normalises whole (listed as not prunable, as prune does with it).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
 @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
 def inspect_command(model, input_shapes, exclude, freeze_norms, as_json, debug):

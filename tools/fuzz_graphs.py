@@ -7,10 +7,12 @@ per channel position, the set of producer channels that reach it: a residual sum
 concatenation lays them side by side, a flatten repeats them), so it can build the masked
 original from nothing but the report's plan: the removed producer channels are zeroed, by a `Mul`
 with a 0/1 mask, in front of every node that mixes the channels it reads (Conv, ConvTranspose,
-Gemm and MatMul inputs, reductions, Softmax, LRN, ECA's 1-D conv, GroupNorm in either form), and
-a LayerNorm over the channels (one node or written out) is computed over the kept ones only, as
-the engine documents it (README, ``--freeze-norms``). The pruned model must then compute what
-that model computes, on random inputs, and at batches 2 and 3 where the batch is dynamic.
+Gemm and MatMul inputs, reductions, Softmax, LRN, ECA's 1-D conv, GroupNorm of several groups in
+either form), and a LayerNorm over the channels (one node or written out) and a GroupNorm with one
+group (either form) are computed over the kept channels only, as the engine documents it (README,
+``--freeze-norms``): the same nodes run on the kept channels gathered, their output scattered
+back. The pruned model must then compute what that model computes, on random inputs, and at
+batches 2 and 3 where the batch is dynamic.
 
     python tools/fuzz_graphs.py --seeds 0:200 --jobs 2 --json out/fuzz.json --save-failures out/fuzz
     python tools/fuzz_graphs.py --seed 17 --verbose          # rerun one seed, with the traceback
@@ -93,16 +95,21 @@ class Consumer:
 
 @dataclass(frozen=True)
 class NormRegion:
-    """A LayerNorm over the last axis, one node or written out in elementary ops: the engine
-    prunes it with its statistics over the kept channels (README, ``--freeze-norms``), so the
-    masked original computes it over them too: ``entry`` gathered, the per-channel ``consts``
-    sliced, ``output`` scattered back to full width."""
+    """A LayerNorm over the last axis (one node or written out in elementary ops), or a GroupNorm
+    with one group over axis 1 (the op, or the exporters' Reshape -> InstanceNormalization ->
+    Reshape): the engine prunes it with its statistics over the kept channels (README,
+    ``--freeze-norms``), so the masked original computes it over them too: ``entry`` gathered
+    along ``axis``, the per-channel ``consts`` sliced, ``output`` scattered back to full width.
+    ``channel_shape``: a literal [0, C, H, W] target in the region, written again with the kept
+    count (a ``Shape`` of the entry follows the gathered entry by itself)."""
 
     entry: str
     nodes: tuple
     consts: tuple
     output: str
     prov: tuple
+    axis: int = -1
+    channel_shape: str | None = None
 
 
 @dataclass
@@ -449,11 +456,18 @@ def block_eca(b: Builder, rng, h: Tracked) -> Tracked:
 
 
 def block_gn(b: Builder, rng, h: Tracked) -> Tracked:
-    """GroupNormalization-21 (scale and bias per channel), one group or several."""
+    """GroupNormalization-21 (scale and bias per channel), one group or several. Several: a
+    consumer (the engine removes whole groups); one: statistics over the kept channels."""
     c = h.channels
     groups = 1 if rng.random() < 0.4 else int(rng.choice(_divisors(c)))
-    y = b.mixing("GroupNormalization", h, [b.vector(c, True), b.vector(c)], num_groups=groups, epsilon=1e-5)
-    return b.unary("Relu", y)
+    if groups > 1:
+        y = b.mixing("GroupNormalization", h, [b.vector(c, True), b.vector(c)], num_groups=groups, epsilon=1e-5)
+        return b.unary("Relu", y)
+    scale, bias = b.vector(c, True), b.vector(c)
+    out, node = b.op("GroupNormalization", [h.name, scale, bias], num_groups=1, epsilon=1e-5)
+    if h.axis is not None:
+        b.norms.append(NormRegion(h.name, (node,), (scale, bias), out, h.prov, axis=1))
+    return b.unary("Relu", Tracked(out, h.shape, h.axis, h.prov))
 
 
 def block_ln(b: Builder, rng, h: Tracked) -> Tracked:
@@ -520,12 +534,18 @@ def block_gn_export(b: Builder, rng, h: Tracked) -> Tracked:
     original zeroes its input ahead of the first Reshape (a reshape moves data only)."""
     n, c, hh, ww = h.shape
     groups = 1 if rng.random() < 0.4 else int(rng.choice(_divisors(c)))
+    first = len(b.g.nodes)
     r, node = b.op("Reshape", [h.name, b.ints([0, groups, -1])])
-    b.consume(node, 0, h)
+    if groups > 1:
+        b.consume(node, 0, h)
     ones = b.g.const(np.ones(groups, np.float32), "s")
     y, _ = b.op("InstanceNormalization", [r, ones, b.g.const(np.zeros(groups, np.float32), "b")], epsilon=1e-5)
-    shape = b.op("Shape", [h.name])[0] if rng.random() < 0.5 else b.ints([0, c, hh, ww])
+    literal = rng.random() >= 0.5
+    shape = b.ints([0, c, hh, ww]) if literal else b.op("Shape", [h.name])[0]
     y, _ = b.op("Reshape", [y, shape])
+    if groups == 1 and h.axis is not None:  # statistics over the kept channels (the region whole)
+        b.norms.append(NormRegion(h.name, tuple(nd.name for nd in b.g.nodes[first:]), (), y, h.prov, axis=1,
+                                  channel_shape=shape if literal else None))
     y = b.binary("Mul", Tracked(y, h.shape, 1, h.prov), b.constant(rng.standard_normal((c, 1, 1)) * 0.5 + 1))
     return b.unary("Relu", b.binary("Add", y, b.constant(rng.standard_normal((c, 1, 1)) * 0.5)))
 
@@ -715,10 +735,13 @@ def _mask_input(model: onnx.ModelProto, consumer: Consumer, mask: np.ndarray, dt
 
 
 def _kept_norm(model: onnx.ModelProto, region: NormRegion, mask: np.ndarray, dtype) -> None:
-    """The region over the kept positions of its last axis: its entry gathered, its per-channel
-    constants sliced, its output scattered back to full width by a 0/1 MatMul (exact; zeros where
-    removed: every consumer masks them anyway)."""
+    """The region over the kept positions of its axis: its entry gathered, its per-channel
+    constants sliced (and a literal channel count in it written again), its output scattered back
+    to full width by a 0/1 MatMul over the last axis, between transposes for axis 1 (exact; zeros
+    where removed: every consumer masks them anyway)."""
     keep = np.flatnonzero(mask)
+    if not len(keep):
+        raise Mismatch(f"the norm {region.nodes[0]} would keep no channel")
     scatter = np.zeros((len(keep), len(mask)), dtype)
     scatter[np.arange(len(keep)), keep] = 1
     p = region.nodes[0]
@@ -727,6 +750,11 @@ def _kept_norm(model: onnx.ModelProto, region: NormRegion, mask: np.ndarray, dty
     for c in region.consts:
         renamed[c] = f"{c}_kept"
         model.graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(inits[c])[keep], renamed[c]))
+    if region.channel_shape is not None:
+        target = numpy_helper.to_array(inits[region.channel_shape]).copy()
+        target[1] = len(keep)
+        renamed[region.channel_shape] = f"{region.channel_shape}_kept"
+        model.graph.initializer.append(numpy_helper.from_array(target, renamed[region.channel_shape]))
     model.graph.initializer.extend([numpy_helper.from_array(keep.astype(np.int64), f"{p}_keep"),
                                     numpy_helper.from_array(scatter, f"{p}_scatter")])
     for name in region.nodes:
@@ -734,14 +762,22 @@ def _kept_norm(model: onnx.ModelProto, region: NormRegion, mask: np.ndarray, dty
         node.input[:] = [renamed.get(i, i) for i in node.input]
         node.output[:] = [renamed.get(o, o) for o in node.output]
     model.graph.node.insert(_index(model, region.nodes[0]), helper.make_node(
-        "Gather", [region.entry, f"{p}_keep"], [f"{p}_kept"], axis=-1, name=f"{p}_gather"))
-    model.graph.node.insert(_index(model, region.nodes[-1]) + 1, helper.make_node(
-        "MatMul", [f"{p}_normed", f"{p}_scatter"], [region.output], name=f"{p}_scatter"))
+        "Gather", [region.entry, f"{p}_keep"], [f"{p}_kept"], axis=region.axis, name=f"{p}_gather"))
+    if region.axis == -1:
+        back = [helper.make_node("MatMul", [f"{p}_normed", f"{p}_scatter"], [region.output], name=f"{p}_scatter")]
+    else:  # channels on axis 1 of [N, C, H, W]: moved last, scattered, moved back
+        assert region.axis == 1, region
+        back = [helper.make_node("Transpose", [f"{p}_normed"], [f"{p}_last"], perm=[0, 2, 3, 1], name=f"{p}_last"),
+                helper.make_node("MatMul", [f"{p}_last", f"{p}_scatter"], [f"{p}_wide"], name=f"{p}_scatter"),
+                helper.make_node("Transpose", [f"{p}_wide"], [region.output], perm=[0, 3, 1, 2], name=f"{p}_back")]
+    at = _index(model, region.nodes[-1]) + 1
+    for k, node in enumerate(back):
+        model.graph.node.insert(at + k, node)
 
 
 def masked_original(case: Case, plan: list[dict]) -> onnx.ModelProto:
     """The generated model with every removed channel zeroed where it is consumed, and every
-    LayerNorm over the channels computed over the kept ones."""
+    LayerNorm over the channels and GroupNorm with one group computed over the kept ones."""
     is_kept = kept_of(plan)
     dtype = np.float16 if case.dtype == "float16" else np.float32
     model = onnx.ModelProto()
@@ -751,7 +787,7 @@ def masked_original(case: Case, plan: list[dict]) -> onnx.ModelProto:
         if not mask.all():
             _mask_input(model, consumer, mask, dtype)
     for region in case.norms:
-        mask = _position_mask(region.prov, is_kept, f"LayerNorm {region.nodes[0]}")
+        mask = _position_mask(region.prov, is_kept, f"norm {region.nodes[0]}")
         if not mask.all():
             _kept_norm(model, region, mask, dtype)
     return model
@@ -951,7 +987,7 @@ def _verbose(seed: int) -> None:
         sources = sorted({f"{w}[{axis}]" for p in c.prov for w, axis, _ in p})
         print(f"consumer {c.node} input {c.slot} axis {c.axis}: {len(c.prov)} positions from {sources}")
     for r in case.norms:
-        print(f"LayerNorm over kept channels: {', '.join(r.nodes)}")
+        print(f"norm over kept channels (axis {r.axis}): {', '.join(r.nodes)}")
 
 
 class _Inline:

@@ -36,7 +36,8 @@ class ConsumePoint:
 
 @dataclass
 class NormPoint:
-    """A normalisation whose statistics run over a tracked axis (LayerNorm over the channels).
+    """A normalisation whose statistics run over a tracked axis (LayerNorm over the channels, a
+    GroupNorm with one group over the channels and every position).
 
     Removing channels removes them from the statistics; the oracle's reference therefore computes
     this node over the kept channels only (a masked decomposition) instead of zero-masking its input.
@@ -44,13 +45,22 @@ class NormPoint:
 
     node_index: int
     axis: int
-    #: a LayerNorm written out in elementary ops (rules/layernorm_decomposed.py), whose first node
-    #: (a ReduceMean of the normalised tensor) is ``node_index``: the indices of the pattern's other
+    #: a normalisation written out in several nodes, whose first node is ``node_index`` (a LayerNorm
+    #: in elementary ops, rules/layernorm_decomposed.py: its first ReduceMean; the exporters'
+    #: GroupNorm(1), rules/groupnorm.py: the Reshape into one group): the indices of the other
     #: nodes, which the reference replaces too, its epsilon, and the tensor it writes (the
-    #: normalised values, before any affine). Empty / None for a LayerNormalization node.
+    #: normalised values, before any affine done in nodes of its own). Empty / None for a
+    #: LayerNormalization or GroupNormalization node.
     also: tuple[int, ...] = ()
     epsilon: float | None = None
     output: str | None = None
+    #: the axes the statistics run over besides ``axis``, every position of them (a GroupNorm with
+    #: one group: the spatial axes); empty for a LayerNorm
+    spatial: tuple[int, ...] = ()
+    #: a written-out region's own scale and bias (the exporters' InstanceNormalization's, one value
+    #: each), applied by the reference after the normalisation; None where there is none
+    scale: str | None = None
+    bias: str | None = None
 
 
 @dataclass
@@ -69,7 +79,7 @@ class ShapePin:
 @dataclass
 class Widening:
     """Input ``slot`` of node ``node_index`` mixes the positions of tracked ``axis`` (ECA's 1-D conv
-    over the channels, LRN, a softmax over them) and its first output carries them one for one at
+    over the channels, LRN) and its first output carries them one for one at
     ``out_axis``. The pruned model widens the input back to every channel, zeros where channels were
     removed, before the node, and takes the kept channels of its output after it
     (surgery/widen.py): the node then computes exactly what it computes in the masked original,
@@ -80,11 +90,6 @@ class Widening:
     slot: int
     axis: int
     out_axis: int
-    #: the node whose first output is cut back (a later one for a region of several nodes: the
-    #: exporters' GroupNorm(1) Reshape -> InstanceNormalization -> Reshape); None: the same node
-    last_index: int | None = None
-    #: Shape nodes in the region that read the widened tensor's width (re-pointed at the widened tensor)
-    shape_reads: tuple[int, ...] = ()
 
 
 @dataclass
@@ -108,8 +113,8 @@ class AnalysisContext:
     #: groups standing for the positions of a tensor no rule tracks, concatenated beside pruned
     #: ones (a detector head's anchors): no layer's channels, left out of the report's ``unprunable``
     placeholders: set[int] = field(default_factory=set)
-    #: prune through LayerNorm over the channel axis (statistics over the kept channels) instead of
-    #: freezing the groups it normalises
+    #: prune through LayerNorm over the channel axis and GroupNorm with one group (statistics over
+    #: the kept channels) instead of freezing the groups they normalise
     prune_norms: bool = False
     barriers: list[Barrier] = field(default_factory=list)
     group_nodes: dict[int, set[str]] = field(default_factory=dict)
@@ -272,10 +277,17 @@ class AnalysisContext:
         return frozenset(data)
 
     def norm_point(self, node: onnx.NodeProto, axis: int, also: tuple[int, ...] = (), epsilon: float | None = None,
-                   output: str | None = None) -> None:
-        """This node normalises over ``axis`` of its first input, which carries channels (with
-        ``also``, ``epsilon`` and ``output``: a written-out LayerNorm that starts here, see NormPoint)."""
-        self.norm_points.append(NormPoint(self.node_index, axis, tuple(also), epsilon, output))
+                   output: str | None = None, spatial: tuple[int, ...] = (), scale: str | None = None,
+                   bias: str | None = None) -> None:
+        """This node normalises over ``axis`` of its first input, which carries channels (and over
+        every position of ``spatial``; with ``also``, ``epsilon``, ``output``, ``scale`` and
+        ``bias``: a normalisation written out in several nodes that starts here, see NormPoint).
+        The node is named among its channels' nodes (``--exclude``, ``compress inspect``)."""
+        self.norm_points.append(NormPoint(self.node_index, axis, tuple(also), epsilon, output, tuple(spatial),
+                                          scale, bias))
+        lay = self.layout(node.input[0], axis)
+        for g, _ in lay or ():
+            self.group_nodes.setdefault(self.table.find(g), set()).add(self.label(node))
 
     def consume(self, node: onnx.NodeProto, input_index: int, axis: int) -> None:
         rank = self.rank(node.input[input_index])
@@ -303,13 +315,11 @@ class AnalysisContext:
         there = None if other is None else other.get(name)
         return here is not None and there is not None and len(there) == len(here) and there[axis] == here[axis]
 
-    def widen(self, node: onnx.NodeProto, slot: int, axis: int, out_axis: int, last: onnx.NodeProto | None = None,
-              shape_reads: tuple[onnx.NodeProto, ...] = ()) -> bool:
+    def widen(self, node: onnx.NodeProto, slot: int, axis: int, out_axis: int) -> bool:
         """Prune around ``node``, which mixes the positions of tracked ``axis`` of input ``slot``,
         instead of freezing the channels there (see Widening): possible where the node's first
-        output (``last``'s, for a region of nodes up to ``last``) has that axis, as long, at
-        ``out_axis``. Returns whether it was done."""
-        x, y = node.input[slot], (last or node).output[0]
+        output has that axis, as long, at ``out_axis``. Returns whether it was done."""
+        x, y = node.input[slot], node.output[0]
         xs, ys = self.shape(x), self.shape(y)
         lay = self.layout(x, axis)
         if lay is None or xs is None or ys is None or not 0 <= out_axis < len(ys) or xs[axis] != ys[out_axis]:
@@ -321,8 +331,6 @@ class AnalysisContext:
         self.consume(node, slot, axis)
         for g, _ in self.table.normalize(lay):  # --exclude and `compress inspect` see the node
             self.group_nodes.setdefault(self.table.find(g), set()).add(self.label(node))
-        at = {id(n): i for i, n in enumerate(self.index.nodes)}
-        self.widenings.append(Widening(self.node_index, slot, axis, out_axis,
-                                       None if last is None else at[id(last)], tuple(at[id(n)] for n in shape_reads)))
+        self.widenings.append(Widening(self.node_index, slot, axis, out_axis))
         self.set_layout(y, out_axis, lay)
         return True

@@ -76,7 +76,8 @@ class Analysis:
 def analyze_index(index: GraphIndex, exclude: list[str] | tuple[str, ...] = (), prune_norms: bool = False) -> Analysis:
     """Run every node's rule in order. A rule that fails on a node turns it into a barrier
     (set COMPRESSOR_STRICT_RULES=1 to raise instead, as the tests do). ``prune_norms=False`` keeps
-    the groups that a LayerNorm normalises whole (see rules/normalization.py)."""
+    the groups that a LayerNorm or a GroupNorm with one group normalises whole (see
+    rules/normalization.py, rules/groupnorm.py)."""
     strict = os.environ.get("COMPRESSOR_STRICT_RULES") == "1"
     opset = default_opset(index.model)
     ctx = AnalysisContext(index=index, opset=opset, prune_norms=prune_norms)

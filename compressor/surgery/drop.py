@@ -224,7 +224,7 @@ def removal_effect(analysis: Analysis, removed: set[int]) -> RemovalEffect:
     same shapes of constants as the pruned model's, up to the pruned channel counts)."""
     index = analysis.index
     vanished = vanished_tensors(analysis, removed)
-    for point in analysis.ctx.norm_points:  # a LayerNorm pruned through needs a channel to normalise
+    for point in analysis.ctx.norm_points:  # a norm pruned through (LayerNorm, GroupNorm(1)) needs a channel
         node = index.nodes[point.node_index]
         if node.input[0] in vanished:
             return RemovalEffect(f"{_label(node)} ({node.op_type}) normalises these channels and would be left "

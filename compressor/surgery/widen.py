@@ -4,9 +4,10 @@ Before the node: ``Pad`` one zero at the end of the axis, then ``Gather`` every 
 from the kept ones (a removed position reads the zero). After it: ``Gather`` the kept positions of
 its output. The node sees exactly the masked original's input (removed channels zeroed), so its
 output at the kept positions is the masked original's; ECA's 1-D conv over the pooled channels is
-the case this exists for (a vector of C values: the two Gathers cost next to nothing). A region of
-several nodes is widened the same way (the exporters' GroupNorm(1): Reshape -> InstanceNormalization
--> Reshape, whose ``Shape`` of the input is pointed at the widened tensor).
+the case this exists for (a vector of C values: the two Gathers cost next to nothing); LRN is the
+other. (A GroupNorm with one group used to be widened too; it is now pruned with its statistics
+over the kept channels, analysis/rules/groupnorm.py: the full-width regions cost PoolFormer most of
+what the pruning saved.)
 
 This runs before the rules' rewrites: the tensors it adds are given their original shapes
 (``SurgeryContext.full_width``), so no rule restates a shape inside the region at the pruned width.
@@ -27,9 +28,8 @@ def widen_nodes(model: onnx.ModelProto, sctx: SurgeryContext, vanished: set[str]
     done: list[str] = []
     for w in sctx.analysis.ctx.widenings:
         node = model.graph.node[w.node_index]
-        last = node if w.last_index is None else model.graph.node[w.last_index]
         x = node.input[w.slot]
-        if x in vanished or all(o in vanished for o in last.output if o):
+        if x in vanished or all(o in vanished for o in node.output if o):
             continue  # removed whole with its group (surgery/drop.py)
         kept = sctx.kept(x, w.axis)
         full = sctx.old_shape(x)[w.axis]
@@ -53,12 +53,10 @@ def widen_nodes(model: onnx.ModelProto, sctx: SurgeryContext, vanished: set[str]
         sctx.follow_nodes(x, [pad, gather])
         node.input[w.slot] = wide
         sctx.full_width[wide] = (sctx.old_shape(x), _restored(sctx.new_shape(x), w.axis, sctx.old_shape(x)))
-        for k in w.shape_reads:  # a Shape in the region reads the width the region runs at
-            model.graph.node[k].input[0] = wide
 
-        y = last.output[0]
+        y = node.output[0]
         mid = sctx.fresh(y)
-        last.output[0] = mid
+        node.output[0] = mid
         sctx.full_width[mid] = (sctx.old_shape(y), _restored(sctx.new_shape(y), w.out_axis, sctx.old_shape(y)))
         take = helper.make_node("Gather", [mid, sctx.constant(f"{label}_kept", np.asarray(kept, np.int64))], [y],
                                 name=sctx.fresh(f"{label}_narrow"), axis=w.out_axis)

@@ -15,6 +15,19 @@ consumer masks them). Everything else about the node (epsilon, the axis, scale a
 from the node itself. A LayerNorm written out in elementary ops (analysis/rules/layernorm_decomposed.py)
 gets the same computation over its axis, without scale and bias: its affine nodes stay as they are,
 after it.
+
+A GroupNorm with one group (analysis/rules/groupnorm.py) normalises over the channels and every
+spatial position: its statistics are those of the kept channels times every position. The spatial
+axes are averaged first (every channel has as many positions, so the mean over the kept channels of
+those means is the mean over all their elements, and the count stays the number of kept channels,
+whatever the spatial size at run time):
+
+    mean = sum_c(m * mean_hw(x)) / k,   d = (x - mean) * m,   var = sum_c(mean_hw(d * d)) / k
+
+which equals GroupNorm(1)(x[:, kept]) on the kept channels. The ``GroupNormalization`` node's scale
+and bias (one value, opset 18; one per channel, opset 21) are applied after it along the channel
+axis; the exporters' form (Reshape -> InstanceNormalization -> Reshape) is replaced whole, its
+InstanceNormalization's one-value scale and bias applied after it, its affine nodes left after it.
 """
 
 from __future__ import annotations
@@ -40,14 +53,42 @@ def masked_layernorm(node: onnx.NodeProto, mask: np.ndarray, prefix: str) -> tup
                                 label=f"LayerNormalization '{node.name}'")
 
 
+def masked_groupnorm(node: onnx.NodeProto, mask: np.ndarray, prefix: str, rank: int,
+                     opset: int) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """Nodes and constants computing ``node`` (a GroupNormalization with one group over a tensor of
+    ``rank`` dims) with the channels where ``mask`` is 0 left out of the statistics. Its scale and
+    bias (of length 1 at opset 18, C at 21) are reshaped to [-1, 1, ...] to broadcast along the
+    channel axis. The last node writes ``node.output[0]``."""
+    if node.op_type != "GroupNormalization" or int(node_attr(node, "num_groups", 0)) != 1:
+        raise ValueError(f"no masked reference for {node.op_type} other than a GroupNormalization with one group")
+    shape = f"{prefix}_param_shape"
+    consts = [numpy_helper.from_array(np.array([-1] + [1] * (rank - 2), dtype=np.int64), shape)]
+    nodes, params = [], []
+    for slot, tag in ((1, "scale"), (2, "bias")):
+        name = node.input[slot] if len(node.input) > slot else ""
+        if not name:
+            params.append(None)
+            continue
+        nodes.append(helper.make_node("Reshape", [name, shape], [f"{prefix}_{tag}"]))
+        params.append(f"{prefix}_{tag}")
+    more, more_consts = masked_normalization(node.input[0], node.output[0], mask, prefix, axis=1, rank=rank,
+                                             spatial=tuple(range(2, rank)),
+                                             epsilon=float(node_attr(node, "epsilon", 1e-5)), scale=params[0],
+                                             bias=params[1], opset=opset,
+                                             label=f"GroupNormalization '{node.name}'")
+    return nodes + more, consts + more_consts
+
+
 def masked_normalization(x: str, output: str, mask: np.ndarray, prefix: str, *, axis: int = -1, rank: int = 0,
                          epsilon: float, scale: str | None = None, bias: str | None = None, opset: int = 18,
+                         spatial: tuple[int, ...] = (),
                          label: str = "the normalisation") -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
     """Nodes and constants writing ``output`` = ``x`` normalised over ``axis`` (of a tensor of
-    ``rank`` dims; any rank when ``axis`` is -1) with the channels where ``mask`` is 0 left out of the
-    statistics, then times ``scale`` and plus ``bias`` where given (a written-out LayerNorm's affine
-    stays in its own nodes: neither is given then). ``opset`` is the model's: ReduceSum takes its
-    axes as an attribute before 13."""
+    ``rank`` dims; any rank when ``axis`` is -1) and every position of the ``spatial`` axes (a
+    GroupNorm with one group; ``axis`` non-negative then), with the channels where ``mask`` is 0
+    left out of the statistics, then times ``scale`` and plus ``bias`` where given (a written-out
+    norm's affine stays in its own nodes: neither is given then). ``opset`` is the model's:
+    ReduceSum takes its axes as an attribute before 13, ReduceMean before 18."""
     dtype = np.asarray(mask).dtype if np.asarray(mask).dtype.kind == "f" else np.dtype(np.float32)
     mask = np.asarray(mask, dtype=dtype).reshape(-1)  # the input's type: a float16 model's reference
     k = float(mask.sum())  # stays float16 (and is widened with it, verify/upcast.py)
@@ -66,20 +107,29 @@ def masked_normalization(x: str, output: str, mask: np.ndarray, prefix: str, *, 
     ]
     if opset >= 13:
         consts.append(numpy_helper.from_array(np.array([axis], dtype=np.int64), n("axes")))
+    if spatial and opset >= 18:
+        consts.append(numpy_helper.from_array(np.array(spatial, dtype=np.int64), n("spatial")))
 
-    def reduce_sum(src: str, dst: str) -> onnx.NodeProto:
-        if opset >= 13:
-            return helper.make_node("ReduceSum", [src, n("axes")], [dst], keepdims=1)
-        return helper.make_node("ReduceSum", [src], [dst], axes=[axis], keepdims=1)
+    def reduce_sum(src: str, dst: str) -> list[onnx.NodeProto]:
+        """``dst`` = the sum over ``axis`` of the mean over ``spatial`` of ``src``."""
+        out = []
+        if spatial:
+            mid = f"{dst}_hw"
+            out.append(helper.make_node("ReduceMean", [src, n("spatial")], [mid], keepdims=1) if opset >= 18
+                       else helper.make_node("ReduceMean", [src], [mid], axes=list(spatial), keepdims=1))
+            src = mid
+        out.append(helper.make_node("ReduceSum", [src, n("axes")], [dst], keepdims=1) if opset >= 13
+                   else helper.make_node("ReduceSum", [src], [dst], axes=[axis], keepdims=1))
+        return out
 
     nodes = [
         helper.make_node("Mul", [x, n("mask")], [n("xm")]),
-        reduce_sum(n("xm"), n("s1")),
+        *reduce_sum(n("xm"), n("s1")),
         helper.make_node("Div", [n("s1"), n("k")], [n("mean")]),
         helper.make_node("Sub", [x, n("mean")], [n("d0")]),
         helper.make_node("Mul", [n("d0"), n("mask")], [n("d")]),
         helper.make_node("Mul", [n("d"), n("d")], [n("sq")]),
-        reduce_sum(n("sq"), n("s2")),
+        *reduce_sum(n("sq"), n("s2")),
         helper.make_node("Div", [n("s2"), n("k")], [n("var")]),
         helper.make_node("Add", [n("var"), n("eps")], [n("ve")]),
         helper.make_node("Sqrt", [n("ve")], [n("std")]),

@@ -31,7 +31,7 @@ from compressor.ir.graph import drop_unused, subgraph_outer_refs
 from compressor.ir.model_io import default_opset
 from compressor.ir.proto import copy_fields, feedable
 from compressor.ir.shapes import InputSpec, random_feeds
-from compressor.verify.norms import masked_layernorm, masked_normalization
+from compressor.verify.norms import masked_groupnorm, masked_layernorm, masked_normalization
 from compressor.verify.parts import Comparison, extra_compared
 from compressor.verify.upcast import has_half, upcast, widen_feeds
 
@@ -134,7 +134,7 @@ def _masks(analysis: Analysis, keep: dict[int, list[int]]) -> list[_Mask]:
 @dataclass
 class _NormMask:
     """Compute normalisation node ``node_index`` over the channels where ``mask`` is 1 only (a
-    written-out LayerNorm: the pattern that starts there, its nodes ``point.also`` left out)."""
+    written-out norm: the region that starts there, its nodes ``point.also`` left out)."""
 
     node_index: int
     prefix: str
@@ -159,8 +159,15 @@ def _norm_masks(analysis: Analysis, keep: dict[int, list[int]]) -> list[_NormMas
 
 
 def _replaced(norms) -> set[int]:
-    """Indices of the nodes a written-out LayerNorm's reference stands for, beyond its first."""
+    """Indices of the nodes a written-out norm's reference stands for, beyond its first."""
     return {i for nm in norms if nm.point is not None for i in nm.point.also}
+
+
+def _unread(norms, nodes) -> set[str]:
+    """What the nodes a written-out norm's reference stands for read (their constants: an epsilon,
+    an exponent, a Reshape's target), to drop where nothing reads it any more."""
+    firsts = {nm.node_index for nm in norms if nm.point is not None and nm.point.also}
+    return {x for i in _replaced(norms) | firsts for x in nodes[i].input}
 
 
 def pruned_norm_nodes(analysis: Analysis, keep: dict[int, list[int]]) -> list[str]:
@@ -174,10 +181,14 @@ def _emit(nodes_out, initializers_out, node: onnx.NodeProto, norm: _NormMask | N
         nodes_out.append(node)
         return
     pt = norm.point
-    if pt is not None and pt.also:  # a written-out LayerNorm (analysis/rules/layernorm_decomposed.py)
+    if pt is not None and pt.also:  # a written-out LayerNorm (analysis/rules/layernorm_decomposed.py) or
+        # GroupNorm(1) (analysis/rules/groupnorm.py)
         new_nodes, consts = masked_normalization(node.input[0], pt.output, norm.mask, norm.prefix, axis=pt.axis,
                                                  rank=norm.rank, epsilon=pt.epsilon, opset=norm.opset,
-                                                 label=f"the LayerNorm written out from '{node.name}'")
+                                                 spatial=pt.spatial, scale=pt.scale, bias=pt.bias,
+                                                 label=f"the normalisation written out from '{node.name}'")
+    elif node.op_type == "GroupNormalization":
+        new_nodes, consts = masked_groupnorm(node, norm.mask, norm.prefix, norm.rank, norm.opset)
     else:
         new_nodes, consts = masked_layernorm(node, norm.mask, norm.prefix)
     initializers_out.extend(consts)
@@ -209,7 +220,7 @@ def masked_original(analysis: Analysis, keep: dict[int, list[int]]) -> onnx.Mode
             continue
         model.graph.node.extend(inserts.get(i, []))
         _emit(model.graph.node, model.graph.initializer, node, norms.get(i))
-    drop_unused(model, only={x for i in skip for x in nodes[i].input})  # the replaced pattern's epsilon, exponent
+    drop_unused(model, only=_unread(norms.values(), nodes))  # the replaced pattern's epsilon, exponent
     return model
 
 
@@ -252,8 +263,9 @@ class MaskingModel:
     """The original model with a mask *input* at every consume point any prunable group reaches:
     one session then runs the model under any set of removed channels (importance/sensitivity.py).
     ``feeds(keep)`` gives the mask inputs for ``keep`` (``{group id: kept channels}``), ones where
-    nothing is removed. Statistics of LayerNorms over pruned channels are not masked here (the
-    oracle's reference recomputes them; a sensitivity probe does not need to)."""
+    nothing is removed. Statistics of LayerNorms (and GroupNorms with one group) over pruned
+    channels are not masked here (the oracle's reference recomputes them; a sensitivity probe does
+    not need to)."""
 
     oracle: OracleModel
     analysis: Analysis
@@ -340,8 +352,8 @@ def oracle_model(model: onnx.ModelProto, *, values: Callable[[str], np.ndarray |
             for mk in inserts.get(i, ()):
                 node.input[mk.input_index] = mk.out
         _emit(g.node, g.initializer, node, by_node.get(i))
-    nodes = model.graph.node  # the replaced pattern's epsilon and exponent, unless fed as weights
-    drop_unused(m, only={x for i in skip for x in nodes[i].input} - set(weights))
+    # the replaced pattern's epsilon and exponent, unless fed as weights
+    drop_unused(m, only=_unread(norms, model.graph.node) - set(weights))
     return OracleModel(m, weights)
 
 

@@ -6,6 +6,8 @@ before every consumer. Each test checks that channels went in whole GroupNorm gr
 group count was rewritten (``num_groups``; the exporters' Reshape target and InstanceNormalization
 parameters), that the tool's own proof passed, and, independently of the tool's oracle, that the
 pruned model reproduces a masked original built here by zeroing the consumers' input channels.
+A GroupNorm with one group is pruned channel by channel instead, its statistics over the kept
+channels: tests/core/test_groupnorm_one_group.py.
 """
 
 from __future__ import annotations
@@ -181,9 +183,10 @@ def test_groupnormalization_opset18_per_group_parameters():
     _assert_matches_masked(model, res.model, {names["consumer"]: (1, removed)})
 
 
-def test_runtime_scale_stays_whole_and_a_single_group_is_widened():
-    """A run-time scale cannot be sliced. num_groups=1 normalises over every channel: it runs at
-    full width between the cuts (tests/core/test_widen.py), its scale and bias unsliced."""
+def test_runtime_scale_stays_whole_and_a_single_group_is_pruned_through():
+    """A run-time scale cannot be sliced. num_groups=1 normalises over every channel: it is pruned
+    with its statistics over the kept channels (a NormPoint, not a widening:
+    tests/core/test_groupnorm_one_group.py)."""
     g = G(opset=21)
     x = g.input("x", [1, 3, 8, 8])
     s = g.input("s", [16])
@@ -196,31 +199,7 @@ def test_runtime_scale_stays_whole_and_a_single_group_is_widened():
     reasons = [r for grp in an.groups if grp.size > 1 for r in grp.reasons]
     assert not any("one group" in r for r in reasons), reasons
     assert any("run-time parameter" in r for r in reasons), reasons
-    assert len(an.ctx.widenings) == 1
-
-
-@pytest.mark.parametrize("opset", [18, 21])
-def test_groupnormalization_with_one_group_runs_at_full_width(opset):
-    model, names = gn_chain(opset, groups=1)
-    res = api.prune(model, ratio=0.5, importance="l2")
-    r = res.report
-    _assert_verified(r)
-    assert len(r["widened"]) == 1 and r["channels"]["removed"] == 8, (r["widened"], r["channels"])
-    gn = _node(res.model, "GroupNormalization")
-    assert _attr(gn, "num_groups") == 1
-    w = _weights(res.model)
-    assert w[gn.input[1]].shape == ((16,) if opset >= 21 else (1,)), "its scale is not sliced: full width"
-    kept = _kept(r, names["producer"], 16)
-    removed = sorted(set(range(16)) - set(kept))
-    # the masked original zeroes the removed channels at the GroupNorm's input, a consumer (masking
-    # the producer's filters and bias gives the same input), and at the last conv's
-    prod = next(n for n in model.graph.node if n.op_type == "Conv")
-    want = _masked(model, {prod.input[1]: (0, removed), prod.input[2]: (0, removed),
-                           names["consumer"]: (1, removed)})
-    rng = np.random.default_rng(5)
-    feeds = {"x": rng.standard_normal((1, 3, 8, 8)).astype(np.float32)}
-    ref, out = _run(want, feeds)[0], _run(res.model, feeds)[0]
-    assert np.abs(ref - out).max() <= 1e-5 * np.abs(ref).max()
+    assert len(an.ctx.norm_points) == 1 and not an.ctx.widenings
 
 
 def residual_gn_block(c: int = 24) -> tuple[onnx.ModelProto, dict]:

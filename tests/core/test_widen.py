@@ -1,9 +1,11 @@
 """Pruning around a node that mixes the channels of an axis (AnalysisContext.widen, surgery/widen.py).
 
-ECA's 1-D conv over the pooled channels, LRN and a GroupNorm with one group compute every output
-channel from its neighbours too (a Softmax over the channels stays frozen: its channels are bins). They used to freeze the channels
-they read. Now the pruned model widens their input back to every channel (a zero where one was
-removed), runs them at full width, and keeps the kept channels of their output.
+ECA's 1-D conv over the pooled channels and LRN compute every output channel from its neighbours
+too (a Softmax over the channels stays frozen: its channels are bins). They used to freeze the
+channels they read. Now the pruned model widens their input back to every channel (a zero where
+one was removed), runs them at full width, and keeps the kept channels of their output. (A
+GroupNorm with one group was widened too; it is now pruned with its statistics over the kept
+channels: tests/core/test_groupnorm_one_group.py.)
 
 Property: that is exactly the masked original (removed channels zeroed at every consumer, the mixing
 node included). Each test checks it independently of the tool's oracle: the original is run with a
@@ -22,7 +24,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from compressor import api
-from tests.core.graphs import G, torch_onnx
+from tests.core.graphs import G
 
 
 def _run(model: onnx.ModelProto, feeds: dict) -> np.ndarray:
@@ -254,18 +256,14 @@ def test_mvn_over_the_channels_stays_frozen():
                for u in res.report["unprunable"] for r in u["reasons"]), res.report["unprunable"]
 
 
-@pytest.mark.parametrize("first", ["LRN", "GroupNormalization"])
-def test_widened_nodes_in_a_row(first):
+def test_widened_nodes_in_a_row():
     """A widened node reading another's narrowed output: its Pad/Gather were spliced before their
     input existed and the model failed shape inference (stress test of stop 22). Independent
     check: the original with both mixing nodes' inputs (and the last conv's) masked."""
     g = G(opset=21)
     x = g.input("x", [1, 3, 8, 8])
     h = g.op("Relu", [g.conv(x, 3, 16)])
-    if first == "LRN":
-        h = g.op("LRN", [h], **LRN)
-    else:
-        h = g.op("GroupNormalization", [h, g.rand(16, positive=True), g.rand(16)], num_groups=1)
+    h = g.op("LRN", [h], **LRN)
     y = g.conv(g.op("LRN", [h], **LRN), 16, 4)
     out = helper.make_tensor_value_info(y, TensorProto.FLOAT, [1, 4, 8, 8])
     model = helper.make_model(helper.make_graph(g.nodes, "row", g.inputs, [out], g.inits),
@@ -279,7 +277,7 @@ def test_widened_nodes_in_a_row(first):
     assert len(kept) == 8
     mask = np.zeros((1, 16, 1, 1), np.float32)
     mask[0, kept] = 1
-    mixing = ("LRN", "GroupNormalization")
+    mixing = ("LRN",)
     mixers = {n.output[0] for n in model.graph.node if n.op_type in mixing}
     ref = _masked_before(model, mask, lambda n: n.op_type in mixing or (n.op_type == "Conv" and n.input[0] in mixers))
     _assert_reproduces(ref, res.model, (1, 3, 8, 8), seed=2)
@@ -339,63 +337,6 @@ def test_macs_after_counts_the_widened_node_at_full_width():
     res = api.prune(model, ratio=0.5, importance="l2")
     macs, params, _ = count(GraphIndex(res.model, resolve_inputs(res.model, {})))
     assert res.report["widened"] and (res.report["macs_after"], res.report["params_after"]) == (macs, params)
-
-
-# ---- GroupNorm(1) as the torch exporters write it (PoolFormer's norm) -----------------------------
-
-def _poolformer_like(how: str) -> onnx.ModelProto:
-    """conv -> [x + (pool(GN1(x)) - GN1(x))] -> [x + conv(GN1(x))] -> conv: GroupNorm with one group,
-    written as Reshape [N, 1, -1] -> InstanceNormalization -> Reshape(Shape(x)) -> Mul -> Add."""
-    torch = pytest.importorskip("torch")
-
-    class Block(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.stem = torch.nn.Conv2d(3, 16, 3, padding=1)
-            self.n1, self.n2 = torch.nn.GroupNorm(1, 16), torch.nn.GroupNorm(1, 16)
-            self.pool = torch.nn.AvgPool2d(3, 1, 1, count_include_pad=False)
-            self.mlp = torch.nn.Conv2d(16, 16, 1)
-            self.head = torch.nn.Conv2d(16, 4, 1)
-
-        def forward(self, x):
-            h = self.stem(x)
-            t = self.n1(h)
-            h = h + (self.pool(t) - t)
-            h = h + self.mlp(torch.relu(self.n2(h)))
-            return self.head(h)
-
-    torch.manual_seed(0)
-    net = Block().eval()
-    with torch.no_grad():
-        for n in (net.n1, net.n2):
-            n.weight.uniform_(0.5, 1.5)
-            n.bias.normal_()
-    return torch_onnx(net, torch.randn(2, 3, 8, 8), how, dynamic_batch=True)
-
-
-@pytest.mark.parametrize("how", ["legacy13", "legacy17", "dynamo18"])
-def test_groupnorm_with_one_group_is_pruned_around(how):
-    """Its statistics run over every channel and position: the Reshape, InstanceNormalization and
-    Reshape back run at full width on the masked input (PoolFormer: 1.77x -> 3.93x MACs)."""
-    model = _poolformer_like(how)
-    if not any(n.op_type == "InstanceNormalization" for n in model.graph.node):
-        pytest.skip("this exporter wrote GroupNorm another way")
-    res = api.prune(model, ratio=0.5, importance="l2")
-    r = res.report
-    assert r["verify"]["passed"] and r["verify"]["max_rel_err"] <= 1e-5, r["verify"]
-    assert len(r["widened"]) == 2 and r["channels"]["removed"] >= 8, (r["widened"], r["channels"])
-    stem = next(n for n in model.graph.node if n.op_type == "Conv").input[1]
-    kept = _kept(r, stem, 0)
-    mask = np.zeros((1, 16, 1, 1), np.float32)
-    mask[0, kept] = 1
-    # the masked original: the trunk is the one group (the MLP's output joins it at the sum), and
-    # its consumers are the GroupNorms (at the Reshapes into one group), the MLP conv and the head
-    into = {n.input[0] for n in model.graph.node if n.op_type == "InstanceNormalization"}
-    ref = _masked_before(model, mask, lambda n: (n.op_type == "Reshape" and n.output[0] in into)
-                         or (n.op_type == "Conv" and n.input[1] != stem))
-    _assert_reproduces(ref, res.model, (2, 3, 8, 8), seed=4)
-    if how != "dynamo18":
-        assert r["verify"]["second_shape"]["passed"], "dynamic batch: proven at a second shape too"
 
 
 def test_a_depthwise_conv_widened_over_one_axis_still_loses_channels_on_its_channel_axis():

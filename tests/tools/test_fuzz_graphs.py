@@ -133,3 +133,21 @@ def test_cli_passes_clean_seeds(capsys):
     assert fz.main(["--seeds", "0:3"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [ln.split()[1] for ln in lines[:3]] == ["0", "1", "2"]
+
+
+def test_a_groupnorm_with_one_group_is_checked_over_the_kept_channels():
+    """Seed 13 prunes the channels of a GroupNorm(1) written out as the exporters do. The check's
+    reference computes it over the kept channels only (its region run on the kept channels); the
+    zero-masked reference (the removed channels zeros inside the statistics, which the engine's
+    widening computed before) is not what the pruned model computes: the check tells them apart."""
+    import dataclasses
+
+    case, res = _pruned(13)
+    regions = [r for r in case.norms if r.axis == 1]
+    assert regions and "gn_export" in case.blocks
+    assert fz.check(case, res.report, res.model) <= 1e-5
+    zero_masked = dataclasses.replace(
+        case, norms=[r for r in case.norms if r.axis != 1],
+        consumers=case.consumers + [fz.Consumer(r.nodes[0], 0, 1, 4, r.prov) for r in regions])
+    with pytest.raises(fz.Mismatch):
+        fz.check(zero_masked, res.report, res.model)

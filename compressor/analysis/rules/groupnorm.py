@@ -1,5 +1,6 @@
-"""GroupNorm, pruned in whole GroupNorm groups: the GroupNormalization op and an exporter's
-decomposition of it.
+"""GroupNorm: the GroupNormalization op and an exporter's decomposition of it. With several
+groups it is pruned in whole GroupNorm groups; with one group, with its statistics over the kept
+channels.
 
 GroupNorm with G groups normalises each run of f = C/G consecutive channels by statistics over
 that run and every spatial position. Removing *whole* runs is exact: the statistics of the runs
@@ -10,17 +11,28 @@ becomes the number of blocks kept. A channel axis made of several groups (a Conc
 norm) prunes where every part starts and ends on a GroupNorm group boundary; otherwise it is frozen
 with the position where a group straddles two parts.
 
+With one group (PoolFormer's norm: statistics over every channel and position) no group can be
+removed whole. It is pruned as a LayerNorm is (rules/normalization.py): the channels are pruned
+one by one, and the pruned model's GroupNorm normalises over the kept channels times every
+position; a NormPoint makes the oracle's reference compute the statistics over the kept channels
+too (verify/norms.py), so the proof checks exactly that. It runs at the pruned width: nothing
+about the node changes but its input's channels (and, at opset 21, its per-channel scale and
+bias). ``--freeze-norms`` (``prune_norms`` False) keeps its channels whole, as it keeps a
+LayerNorm's.
+
 Forms handled:
 
 - ``GroupNormalization`` (opset 18: scale and bias of length G, sliced per block; opset 21: of
-  length C, sliced per channel); the node's ``num_groups`` is rewritten.
+  length C, sliced per channel); the node's ``num_groups`` is rewritten (one group stays one).
 - the torch exporters' decomposition (TorchScript at any opset, the dynamo exporter too):
   ``Reshape [N, C, *] -> [N, G, -1]``, ``InstanceNormalization`` over ``[N, G, L]`` (its G-sized
   scale and bias sliced per block), ``Reshape`` back to the input's shape (computed by ``Shape``:
   it adapts by itself; or a literal C: rewritten), then the affine ``Mul``/``Add`` by [C, 1, 1]
   constants (sliced by the element-wise rules). rules/reshape.py asks :func:`exporter_group_norm`
-  where such a Reshape regroups the channel axis; anything that does not match exactly keeps
-  reshape.py's freeze.
+  where such a Reshape regroups the channel axis, and :func:`single_group_norm` first, for one
+  group: the three nodes then run as they are at the pruned width (the -1 and the ``Shape`` adapt;
+  a literal C in the Reshape back is rewritten), no tensor between them carries channels, and the
+  NormPoint covers the region. Anything that does not match exactly keeps reshape.py's freeze.
 """
 
 from __future__ import annotations
@@ -77,12 +89,27 @@ def whole_groups(ctx: AnalysisContext, layout: Layout, f: int, what: str) -> Lay
     return None
 
 
+#: types the oracle's masked reference of a GroupNorm with one group is written in (numpy's floats)
+_FLOATS = (np.float16, np.float32, np.float64)
+
+
+def _no_kept_statistics(ctx: AnalysisContext, x: str) -> str | None:
+    """Why a GroupNorm with one group over ``x`` cannot be pruned with its statistics over the kept
+    channels (said after "its statistics run over all C channels"), or None when it can."""
+    if not ctx.prune_norms:
+        return "kept whole by --freeze-norms"
+    if ctx.index.tensor_dtype(x) not in _FLOATS:
+        return "and its input is not float16, float32 or float64, the types the proof's reference is written in"
+    return None
+
+
 @register_rule("GroupNormalization")
 class GroupNorm(Rule):
     """Channels kept or removed in whole GroupNorm groups; scale/bias sliced; ``num_groups``
-    rewritten. A single group (statistics over every channel) runs at full width between the cuts
-    (AnalysisContext.widen). Statistics over a tracked spatial axis or a run-time scale or bias
-    freeze the channels instead."""
+    rewritten. A single group (statistics over every channel) is pruned channel by channel, its
+    statistics then over the kept channels (a NormPoint; see the module docstring). Statistics over
+    a tracked spatial axis or a run-time scale or bias (one that would need slicing) freeze the
+    channels instead."""
 
     def analyze(self, node: onnx.NodeProto, ctx: AnalysisContext) -> None:
         x, y = node.input[0], node.output[0]
@@ -107,11 +134,10 @@ class GroupNorm(Rule):
             return
         channels = shape[1]
         f = channels // groups
-        if groups == 1:  # statistics over every channel: it runs at full width between the cuts
-            if not ctx.widen(node, 0, 1, 1):
-                ctx.freeze_layout(lay, f"{what} has one group: its statistics run over all {channels} channels")
-            return
         params = [(slot, name) for slot, name in enumerate(node.input[1:3], start=1) if name]
+        if groups == 1:
+            self._one_group(node, ctx, lay, what, shape, params)
+            return
         for _, name in params:
             pshape = ctx.shape(name)
             if not ctx.is_const(name):
@@ -128,13 +154,37 @@ class GroupNorm(Rule):
         for slot, name in params:  # opset 18: one entry per group; opset 21: one per channel
             ctx.bind(name, 0, lay if ctx.shape(name)[0] == channels else per_group(lay, f), PARAM, node, slot)
 
+    @staticmethod
+    def _one_group(node: onnx.NodeProto, ctx: AnalysisContext, lay: Layout, what: str, shape: tuple[int, ...],
+                   params: list[tuple[int, str]]) -> None:
+        """Statistics over every channel: pruned with them over the kept channels (a NormPoint over
+        the channel axis and every spatial position), or frozen with the reason."""
+        channels = shape[1]
+        why = _no_kept_statistics(ctx, node.input[0])
+        for _, name in params if why is None else ():
+            pshape = ctx.shape(name)
+            if pshape is None or len(pshape) != 1 or pshape[0] not in (channels, 1):
+                why = f"and its parameter '{name}' is of shape {pshape}, neither [{channels}] nor [1]"
+            elif pshape[0] != 1 and not ctx.is_const(name):
+                why = f"and its parameter '{name}' is computed at run time (it cannot be sliced)"
+        if why is not None:
+            ctx.freeze_layout(lay, f"{what} has one group: its statistics run over all {channels} channels ({why})")
+            return
+        ctx.set_layout(node.output[0], 1, lay)
+        for slot, name in params:  # opset 21: one value per channel, sliced; opset 18: one for the group
+            if ctx.shape(name)[0] == channels:
+                ctx.bind(name, 0, lay, PARAM, node, slot)
+        ctx.norm_point(node, 1, spatial=tuple(range(2, len(shape))))
+
     def rewrite(self, node: onnx.NodeProto, ctx) -> None:
         x = node.input[0]
         if ctx.old_shape(x) is None or ctx.old_shape(x)[1] == ctx.new_shape(x)[1]:
             return
+        groups = int(ctx.attr(node, "num_groups", 0))
+        if groups == 1:  # one group over the kept channels
+            return
         old, new = ctx.old_shape(x)[1], ctx.new_shape(x)[1]
-        f = old // int(ctx.attr(node, "num_groups", 0))
-        ctx.set_attr(node, "num_groups", new // f)
+        ctx.set_attr(node, "num_groups", new // (old // groups))
 
 
 # ---- the exporters' decomposition ---------------------------------------------------------------
@@ -176,31 +226,43 @@ def _first_reshape(ctx: AnalysisContext, back: onnx.NodeProto) -> onnx.NodeProto
     return prod[1] if _group_size(ctx, prod[1]) is not None else None
 
 
-def widen_single_group_norm(node: onnx.NodeProto, ctx: AnalysisContext, axis: int) -> bool:
-    """Called by rules/reshape.py for every tracked axis of a Reshape's input: when ``node`` is
-    the first Reshape of an exporter's GroupNorm with one group (PoolFormer's GroupNorm1, statistics
-    over every channel and position), widen the channels around the decomposition instead (the
-    Reshape, the InstanceNormalization and the Reshape back run at full width on the masked input;
-    AnalysisContext.widen) and return True. The Reshape back must read its shape from a Shape of
-    the input that only it reads, or from a constant: the Shape is pointed at the widened tensor."""
+def single_group_norm(node: onnx.NodeProto, ctx: AnalysisContext, axis: int) -> bool:
+    """Called by rules/reshape.py for every tracked axis of a Reshape's input: when ``node`` is the
+    first Reshape of an exporter's GroupNorm with one group (PoolFormer's GroupNorm1, statistics over
+    every channel and position), prune it with its statistics over the kept channels and return
+    True (or freeze the channels, with the reason, and return True). The region (this Reshape, the
+    InstanceNormalization, the Reshape back) runs as it is at the pruned width: no tensor inside it
+    carries channels, the Reshape back's output carries the input's, and a NormPoint over the
+    region tells the oracle. The Reshape into one group must say -1 for its last axis (a number
+    would not follow the pruned channels); the Reshape back's target is checked by the Reshape rule
+    (a ``Shape`` of the input adapts, a literal C is rewritten)."""
     if node.op_type != "Reshape" or axis != 1:
         return False
     f = _group_size(ctx, node)
-    xs = ctx.shape(node.input[0])
+    x = node.input[0]
+    xs = ctx.shape(x)
     if f is None or xs is None or f != xs[1]:
         return False
+    lay = ctx.layout(x, 1)
     norm = _only_reader(ctx, node.output[0], "InstanceNormalization")
     back = _only_reader(ctx, norm.output[0], "Reshape")
-    reads: tuple[onnx.NodeProto, ...] = ()
-    if not ctx.is_const(back.input[1]):
-        prod = ctx.index.producer.get(back.input[1])
-        shape = prod[1] if prod is not None else None
-        if (shape is None or shape.op_type != "Shape" or shape.input[0] != node.input[0]
-                or ctx.attr(shape, "start", 0) or ctx.attr(shape, "end", None) is not None
-                or len(ctx.index.consumers.get(shape.output[0], [])) != 1):
-            return False
-        reads = (shape,)
-    return ctx.widen(node, 0, 1, 1, last=back, shape_reads=reads)
+    why = _no_kept_statistics(ctx, x)
+    target = ctx.value(node.input[1])
+    if why is None and target is None:
+        why = "and the target of the Reshape into one group is not known here"
+    elif why is None and int(np.asarray(target).reshape(-1)[-1]) != -1:
+        why = ("and the Reshape into one group gives its length as a number, which would not follow the pruned "
+               "channels")
+    if why is not None:
+        ctx.freeze_layout(lay, f"the GroupNorm written as Reshape '{ctx.label(node)}' + InstanceNormalization has "
+                               f"one group: its statistics run over all {xs[1]} channels ({why})")
+        return True
+    at = ctx.index.producer
+    ctx.set_layout(back.output[0], 1, lay)
+    ctx.norm_point(node, 1, also=(at[norm.output[0]][0], at[back.output[0]][0]),
+                   epsilon=float(ctx.attr(norm, "epsilon", 1e-5)), output=back.output[0],
+                   spatial=tuple(range(2, len(xs))), scale=norm.input[1], bias=norm.input[2])
+    return True
 
 
 def exporter_group_norm(node: onnx.NodeProto, ctx: AnalysisContext, y: str, axis: int, layout: Layout) -> bool:
@@ -211,10 +273,7 @@ def exporter_group_norm(node: onnx.NodeProto, ctx: AnalysisContext, y: str, axis
         return False
     what = f"the GroupNorm written as Reshape '{ctx.label(node)}' + InstanceNormalization"
     f = _group_size(ctx, node)
-    if f is not None:  # [N, C, *] -> [N, G, L]: one position per GroupNorm group
-        if f == ctx.shape(node.input[0])[1]:
-            ctx.freeze_layout(layout, f"{what} has one group: its statistics run over all {f} channels")
-            return True
+    if f is not None:  # [N, C, *] -> [N, G, L]: one position per GroupNorm group (G = 1: single_group_norm)
         whole = whole_groups(ctx, layout, f, what)
         if whole is not None:
             ctx.set_layout(y, 1, per_group(whole, f))

@@ -6,7 +6,8 @@ the masked input, the channels widened back with zeros before it and cut again a
 are mostly bins of a distribution: YOLO's DFL), and so is MeanVarianceNormalization over the
 channels (no epsilon: zeros fed to it can make 0 / 0). LayerNorm over
 several axes (or with --freeze-norms) is a barrier for the axes it normalises over. GroupNorm
-prunes in whole groups: rules/groupnorm.py.
+prunes in whole groups, and with one group through, its statistics over the kept channels as a
+LayerNorm's: rules/groupnorm.py.
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ class LayerNorm(Rule):
         return True
 
 
-@register_rule("LRN")  # (GroupNormalization: rules/groupnorm.py, pruned in whole groups)
+@register_rule("LRN")  # (GroupNormalization: rules/groupnorm.py)
 class ChannelMixingNorm(Rule):
     def analyze(self, node, ctx):
         # LRN's statistics run over neighbouring channels at one position: it runs at full width

@@ -20,7 +20,7 @@ import onnx
 from compressor.analysis.context import AnalysisContext
 from compressor.analysis.registry import Rule, register_rule
 from compressor.analysis.rules._shape_source import adapts, check_unchanged, rewrite_entry, trace, value_deps
-from compressor.analysis.rules.groupnorm import exporter_group_norm, widen_single_group_norm
+from compressor.analysis.rules.groupnorm import exporter_group_norm, single_group_norm
 
 
 def factor_blocks(ins: tuple[int, ...], outs: tuple[int, ...]) -> list[tuple[list[int], list[int]]] | None:
@@ -78,7 +78,7 @@ def map_reshape(node, ctx: AnalysisContext, x: str, y: str) -> None:
         return
     where = f"{node.op_type} '{ctx.label(node)}'"
     for ax, lay in lays.items():
-        if widen_single_group_norm(node, ctx, ax):  # GroupNorm(1) written out: runs at full width
+        if single_group_norm(node, ctx, ax):  # GroupNorm(1) written out: statistics over the kept channels
             continue
         blk = next((b for b in blocks if ax in b[0]), None)
         if blk is None or not blk[1]:
@@ -318,8 +318,8 @@ class ShapeOnly(Rule):
 class Reshape(Rule):
     def analyze(self, node: onnx.NodeProto, ctx: AnalysisContext) -> None:
         x, y = node.input[0], node.output[0]
-        if not ctx.layouts(x):
-            return
+        if not ctx.layouts(x) and not ctx.layouts(y):
+            return  # (y carries channels already where it ends a GroupNorm(1) region: its target is checked)
         map_reshape(node, ctx, x, y)
         target = ctx.value(node.input[1])
         if ctx.is_const(node.input[1]) or target is None:
