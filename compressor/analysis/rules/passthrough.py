@@ -1,5 +1,5 @@
 """Ops that keep channels in place along the axes they do not change: Pad, Resize/Upsample,
-Expand; and ops that carry no channels at all (Constant, Shape, Size)."""
+Expand, Tile; and ops that carry no channels at all (Constant, Shape, Size)."""
 
 from __future__ import annotations
 
@@ -230,6 +230,43 @@ class Expand(Rule):
                 out[i] = new[i + off]
         if not np.array_equal(out, np.asarray(value).reshape(-1)):
             ctx.replace_input(node, 1, out.reshape(np.shape(value)))
+
+
+@register_rule("Tile")
+class Tile(Rule):
+    """y = x repeated ``repeats[a]`` times along each axis a (``x.repeat(1, n, 1)``: SwiftFormer's
+    global query tiled over the tokens). An axis repeated once keeps its channels; a channel axis
+    repeated r times carries them r times over, one segment per copy (at most MAX_MERGED_COPIES),
+    and loses the same channels in every copy. The repeats count copies, not channels, so pruning
+    never changes them; run-time repeats are read entry by entry, and an entry for a channel axis
+    that is not a literal freezes its channels."""
+
+    def analyze(self, node: onnx.NodeProto, ctx: AnalysisContext) -> None:
+        from compressor.analysis.rules.reshape import MAX_MERGED_COPIES
+
+        x, repeats, y = node.input[0], node.input[1], node.output[0]
+        lays = ctx.layouts(x)
+        where = f"Tile '{ctx.label(node)}'"
+        value = ctx.value(repeats) if ctx.is_const(repeats) else None
+        entries = [Entry("const", int(v)) for v in np.asarray(value).reshape(-1)] if value is not None \
+            else trace(ctx, repeats)
+        if entries is None:
+            for lay in lays.values():
+                ctx.freeze_layout(lay, f"{where} takes its repeats from a run-time tensor")
+            for t, a in sorted(value_deps(ctx, repeats)):
+                ctx.freeze_layout(ctx.layout(t, a), f"{where} repeats read the channel count of '{t}' axis {a}")
+            return
+        for a, e in enumerate(entries):
+            if value is None:
+                check_unchanged(ctx, e, repeats, f"{where} repeats")
+            lay = lays.get(a)
+            if lay is None:
+                continue
+            if e.kind != "const" or e.value is None or not 1 <= e.value <= MAX_MERGED_COPIES:
+                ctx.freeze_layout(lay, f"{where} repeats channel axis {a} a number of times that is not a "
+                                       f"literal from 1 to {MAX_MERGED_COPIES}")
+                continue
+            ctx.set_layout(y, a, tuple(lay) * e.value)
 
 
 @register_rule("ConstantOfShape")
