@@ -103,6 +103,17 @@ def map_reshape(node, ctx: AnalysisContext, x: str, y: str) -> None:
             factor = math.prod(xs[a] for a in bi[k + 1:])
             ctx.set_layout(y, bj[0], tuple((g, inner * factor) for g, inner in lay) * outer)
             continue
+        if len(bi) == 1 and len(bj) >= 2:
+            # the merge above taken apart again: an axis holding the channels once per position of
+            # an outer axis (the dynamo exporter's attention: keys [B, heads, T, d] merged to
+            # [B * heads, T, d], transposed, and split back) splits into that outer axis, which
+            # carries no channels, and the channels on the axes inside it
+            copies = _copies(ctx, lay, ys[bj[0]])
+            if copies is not None and ctx.table.length(copies) == math.prod(ys[a] for a in bj[1:]):
+                lay, bj = copies, bj[1:]
+                if len(bj) == 1:
+                    ctx.set_layout(y, bj[0], lay)
+                    continue
         if len(bi) == 1 and len(bj) >= 2 and ((len(bj) == 2 and _swapped_next(ctx, y, bj[0], bj[1]))
                                               or _outer_selected(ctx, y, bj[0])):
             # [C] -> [g, C/g, ...] where the g slices are then swapped inward (a channel shuffle)
@@ -145,6 +156,15 @@ def map_reshape(node, ctx: AnalysisContext, x: str, y: str) -> None:
                 ctx.set_layout(y, bj[0], out)
                 continue
         ctx.freeze_layout(lay, f"{where} regroups channel axis {ax} {why}" + _group_norm_hint(ctx, y))
+
+
+def _copies(ctx: AnalysisContext, lay, n: int):
+    """The layout ``lay`` is ``n`` copies of (the one returned), or None."""
+    lay = ctx.table.normalize(lay)
+    if n < 2 or len(lay) % n:
+        return None
+    part = lay[:len(lay) // n]
+    return part if part * n == lay else None
 
 
 def _regroup(ctx: AnalysisContext, lay, inner_in: int, inner_out: int) -> tuple[tuple | None, str]:
@@ -209,7 +229,7 @@ def _axes_operand(ctx: AnalysisContext, node) -> list[int] | None:
 
 def _outer_selected(ctx: AnalysisContext, t: str, axis: int, depth: int = 0) -> bool:
     """Is axis ``axis`` of ``t`` (through Unsqueeze/Squeeze/Transpose) only ever taken apart by a
-    constant Gather, Split or Slice along it, or combined position by position by a softmax or a
+    constant Gather, Split or Slice (step 1) along it, or combined position by position by a softmax or a
     reduction over it alone (:func:`_mixes_only`), on every path?"""
     users = ctx.index.consumers.get(t, [])
     if not users or depth > 6 or t in ctx.index.output_names:
@@ -255,6 +275,18 @@ def _outer_selected(ctx: AnalysisContext, t: str, axis: int, depth: int = 0) -> 
         elif op == "Split":
             r = ctx.rank(t)
             if r is None or int(ctx.attr(node, "axis", 0)) % r != axis:
+                return False
+        elif op == "Slice":  # the dynamo exporter's unbind: a Slice of one position, then Squeeze
+            from compressor.analysis.rules.concat_split import _slice_params
+
+            params = _slice_params(node, ctx)
+            if params is None or not params[4]:
+                return False
+            starts, ends, axes, steps, _ = params
+            if axis not in axes:
+                if not _outer_selected(ctx, out, axis, depth + 1):
+                    return False
+            elif steps[axes.index(axis)] != 1:
                 return False
         elif not _mixes_only(ctx, node, t, axis):
             return False
