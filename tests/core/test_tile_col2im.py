@@ -109,7 +109,8 @@ def test_folded_patches_prune_the_conv_rows_in_blocks():
     assert not rep["barriers"], rep["barriers"]
     plan = _plan(res)
     kept = plan.get((w_out, 1))
-    assert kept is not None and len(kept) == C // 2, f"expected the conv after the fold to lose half: {rep['unprunable']}"
+    assert kept is not None and len(kept) == C // 2, \
+        f"expected the conv after the fold to lose half its inputs: {rep['unprunable']}"
     assert plan[(w_rows, 0)] == [4 * c + j for c in kept for j in range(4)], "each kept channel keeps its 4 rows"
     drop = np.array([4 * c + j for c in range(C) if c not in kept for j in range(4)])
     xv = np.random.default_rng(2).standard_normal((1, 3, 4, 4)).astype(np.float32)
