@@ -347,7 +347,7 @@ def provenance() -> str:
     sizes = Counter(s.size for s in MODELS.values())
     return (f"{when}; transformers {transformers.__version__}, torch {torch.__version__}, onnxruntime "
             f"{onnxruntime.__version__} (CPU provider); {platform.machine()}, {os.cpu_count()} cores; input "
-            + ", ".join(f"{s}x{s} ({n} models)" for s, n in sorted(sizes.items())))
+            + ", ".join(f"{s}x{s} ({n} model{'s' if n > 1 else ''})" for s, n in sorted(sizes.items())))
 
 
 def markdown(rows: list[Row], command: str) -> str:
@@ -398,7 +398,9 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps([asdict(r) for r in rows], indent=1))
     if args.markdown:
-        command = ".venv-zoo/bin/python tools/hf_coverage.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        exe = Path(sys.executable)
+        exe_name = str(exe.relative_to(ROOT)) if exe.is_relative_to(ROOT) else str(exe)
+        command = f"{exe_name} tools/hf_coverage.py " + " ".join(argv if argv is not None else sys.argv[1:])
         write_block(Path(args.markdown), BEGIN, END, markdown(rows, command.strip()), TITLE)
     return 0 if all(r.status in ("ok", "export failed") for r in rows) else 1
 
