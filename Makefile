@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 PYTEST_WORKERS ?= 2
 
-.PHONY: zoo-timm fuzz setup setup-test demo test zoo benchmarks data clean
+.PHONY: zoo-timm zoo-hf fuzz setup setup-test demo test zoo benchmarks data clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,11 @@ zoo: $(ZOO_VENV)/.stamp
 zoo-timm: $(ZOO_VENV)/.stamp
 	$(ZOO_VENV)/bin/python -m pip --disable-pip-version-check -q install "timm==1.0.31"
 	$(ZOO_VENV)/bin/python tools/timm_coverage.py --markdown docs/coverage.md
+
+# Hugging Face transformers' vision models, built from small configs (both torch exporters; ~3 min)
+zoo-hf: $(ZOO_VENV)/.stamp
+	$(ZOO_VENV)/bin/python -m pip --disable-pip-version-check -q install "transformers==5.24.0"
+	$(ZOO_VENV)/bin/python tools/hf_coverage.py --markdown docs/coverage.md --json out/hf/rows.json
 
 # Every generated block of docs/benchmarks.md (about 1 h on 2 cores; each tool caches under out/peers/):
 # the peers table, efficiency under onnxruntime's threading settings, and --target-latency with and

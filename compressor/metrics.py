@@ -46,6 +46,24 @@ def _matmul(node: onnx.NodeProto, shape: ShapeFn) -> int:
     return math.prod(shape(node.output[0])) * (a[-2] if node_attr(node, "transA", 0) else a[-1])
 
 
+def _einsum(node: onnx.NodeProto, shape: ShapeFn) -> int:
+    """One multiply-add per combination of the equation's letters (two operands: a batched MatMul,
+    CvT's attention); an equation with an ellipsis counts nothing."""
+    eq = node_attr(node, "equation", b"")
+    eq = (eq.decode() if isinstance(eq, bytes) else str(eq)).replace(" ", "")
+    terms = eq.partition("->")[0].split(",")
+    if "." in eq or len(terms) != len(node.input) or len(terms) < 2:
+        return 0
+    sizes: dict[str, int] = {}
+    for term, x in zip(terms, node.input):
+        dims = shape(x)
+        if dims is None or len(dims) != len(term):
+            return 0
+        for letter, d in zip(term, dims):
+            sizes[letter] = max(sizes.get(letter, 1), int(d))
+    return math.prod(sizes.values())
+
+
 def _nbits_params(node: onnx.NodeProto) -> int:
     return int(node_attr(node, "N")) * int(node_attr(node, "K"))
 
@@ -64,6 +82,7 @@ LAYERS: dict[tuple[str, str], Layer] = {
     ("", "ConvTranspose"): Layer(_conv_transpose, (1, 2)),
     ("", "Gemm"): Layer(_gemm, (1, 2)),
     ("", "MatMul"): Layer(_matmul, (1,)),
+    ("", "Einsum"): Layer(_einsum),
     ("", "ConvInteger"): Layer(_conv(1), (1,)),
     ("", "QLinearConv"): Layer(_conv(3), (3, 8)),
     ("", "MatMulInteger"): Layer(_matmul, (1,)),

@@ -217,11 +217,59 @@ class AnalysisContext:
                 continue
             if self.is_const(x):
                 self.bind(x, ax, lay, PARAM, node, list(node.input).index(x))
-            else:
+            elif not self.adopt(x, ax, lay, node):
                 self.freeze_layout(lay, f"{where} combines channels with untracked tensor '{x}'")
         if out is not None:
             self.set_layout(out, out_axis, lay)
         return lay
+
+    def adopt(self, name: str, axis: int, layout: Layout, reader: onnx.NodeProto, commit: bool | None = None,
+              depth: int | None = None) -> bool:
+        """Give axis ``axis`` of the untracked run-time tensor ``name``, which node ``reader`` couples
+        with ``layout``, that layout after the fact, where its producer's rule says the axis can carry
+        any channels exactly (Rule.adopt: copies of one value broadcast along it, such as
+        ``F.normalize``'s norm expanded to the channels; or positions of constants, sliced with the
+        channels, such as Swin's position bias plus its window mask). No other reader of ``name``
+        may have been analysed yet (it took the axis as untracked). ``commit=None``: check the whole
+        chain first, then set it; returns whether it was done."""
+        if depth is None:
+            depth = self._adopt_depth
+        if commit is None:
+            return self.adopt(name, axis, layout, reader, False, depth) and \
+                self.adopt(name, axis, layout, reader, True, depth)
+        rank = self.rank(name)
+        if depth > 8 or rank is None or self.is_const(name) or name in self.index.output_names:
+            return False
+        axis %= rank
+        current = self.layout(name, axis)
+        if current is not None:  # set already (by this commit, through another path): consistent?
+            return current == self.table.normalize(layout)
+        found = self.index.producer.get(name)
+        if found is None:
+            return False
+        position = self._positions
+        # a Shape read before is fine: what it computes is checked after the walk (shape_reads.py)
+        if any(n is not reader and n.op_type != "Shape" and position.get(id(n), -1) <= self.node_index
+               for n, _ in self.index.consumers.get(name, ())):
+            return False
+        from compressor.analysis.registry import get_rule
+
+        producer = found[1]
+        rule = get_rule(producer.op_type, producer.domain, self.opset)
+        if rule is None:
+            return False
+        self._adopt_depth = depth + 1  # the rule's own ctx.adopt calls go one level deeper
+        try:
+            return rule.adopt(producer, self, name, axis, layout, commit)
+        finally:
+            self._adopt_depth = depth
+
+    #: how deep the adoption now asking is (Rule.adopt calls ctx.adopt for its inputs)
+    _adopt_depth: int = field(default=0, repr=False)
+
+    @cached_property
+    def _positions(self) -> dict[int, int]:
+        return {id(n): i for i, n in enumerate(self.index.nodes)}
 
     def copy_layouts(self, src: str, dst: str, axis_map: dict[int, int] | None = None,
                      node: onnx.NodeProto | None = None) -> None:

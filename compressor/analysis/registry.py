@@ -30,6 +30,15 @@ class Rule(ABC):
     def rewrite(self, node: onnx.NodeProto, ctx: "SurgeryContext") -> None:
         """Update attributes/shape operands after the tensors around ``node`` were pruned."""
 
+    def adopt(self, node: onnx.NodeProto, ctx: "AnalysisContext", output: str, axis: int, layout,
+              commit: bool) -> bool:
+        """Can axis ``axis`` of ``output``, which this node left untracked, carry ``layout`` after the
+        fact, exactly? (A later consumer couples it with channels: ``x / norm.expand(..., C)``.) It can
+        where the axis's positions are copies of one value or positions of constants that can be
+        sliced with the channels. With ``commit`` the layouts are set and the constants bound;
+        without, nothing changes. Default: no."""
+        return False
+
 
 _RULES: dict[str, Rule] = {}
 

@@ -101,3 +101,40 @@ def torch_onnx(net, x, how: str, dynamic_batch: bool = False) -> onnx.ModelProto
         model = onnx.load_from_string(buf.getvalue())
     model.ir_version = min(model.ir_version, 10)
     return model
+
+
+def window_attention(tokens: int, heads: int = 4, d: int = 2, windows: int = 3, mask: bool = False,
+                     keys_merged: bool = False) -> tuple[onnx.ModelProto, dict[str, tuple[str, str]], str]:
+    """Hugging Face Swin's window attention on windows x [W, T, E], E = heads * d, as the exporters
+    write it: q, k, v = x @ W + b viewed [W, T, heads, d] and transposed; scores q k^T [W, heads, T, T]
+    plus a position bias [1, heads, T, T] (with ``mask``: plus a shifted-window mask [W, 1, T, T] given
+    as a second graph input, a run-time tensor, before it is added to the scores); softmax; times v;
+    merged back and projected. ``keys_merged``: k^T made as the dynamo exporter's attention makes it,
+    [W, heads, T, d] -> [W * heads, T, d] -> transposed -> [W, heads, d, T]. Returns the model,
+    {"q"|"k"|"v": (weight, bias)} and the position bias's name."""
+    e = heads * d
+    g = G(5, opset=17)
+    x = g.input("x", [windows, tokens, e])
+    mask_in = g.input("mask", [windows, 1, tokens, tokens]) if mask else None
+    split = g.const(np.array([windows, tokens, heads, d], np.int64), "split")
+    proj = {}
+
+    def project(name: str, perm: list[int]) -> str:
+        w, b = g.rand(e, e, base=f"w{name}_"), g.rand(e, base=f"b{name}_")
+        proj[name] = (w, b)
+        return g.op("Transpose", [g.op("Reshape", [g.op("Add", [g.op("MatMul", [x, w]), b]), split])], perm=perm)
+
+    q, v = project("q", [0, 2, 1, 3]), project("v", [0, 2, 1, 3])
+    if keys_merged:
+        k = project("k", [0, 2, 1, 3])
+        k = g.op("Reshape", [k, g.const(np.array([-1, tokens, d], np.int64), "merge")])
+        k = g.op("Transpose", [k], perm=[0, 2, 1])
+        k = g.op("Reshape", [k, g.const(np.array([windows, heads, d, tokens], np.int64), "unmerge")])
+    else:
+        k = project("k", [0, 2, 3, 1])
+    bias = g.rand(1, heads, tokens, tokens, base="bias")
+    scores = g.op("Add", [g.op("MatMul", [q, k]), g.op("Add", [bias, mask_in]) if mask else bias])
+    out = g.op("MatMul", [g.op("Softmax", [scores], axis=-1), v])
+    out = g.op("Reshape", [g.op("Transpose", [out], perm=[0, 2, 1, 3]),
+                           g.const(np.array([windows, tokens, e], np.int64), "s")])
+    return g.model([g.op("MatMul", [out, g.rand(e, e, base="wo")])]), proj, bias

@@ -4,6 +4,7 @@ from compressor.analysis.rules import (  # noqa: F401
     concat_split,
     conv,
     depth_space,
+    einsum,
     elementwise,
     gather,
     groupnorm,

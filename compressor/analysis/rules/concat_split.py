@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from compressor.analysis.context import AnalysisContext
+from compressor.analysis.context import PARAM, AnalysisContext
 from compressor.analysis.layout import LayoutError
 from compressor.analysis.registry import Rule, register_rule
 
@@ -50,6 +50,22 @@ class Concat(Rule):
         if any_tracked:
             ctx.set_layout(out, axis, tuple(parts))
         _unify_other_axes(node, ctx, inputs, out, axis)
+
+    def adopt(self, node, ctx, output, axis, layout, commit) -> bool:
+        """An axis other than the concatenated one is every operand's: each must take the channels
+        (a class token's position embedding concatenated before the patches': PVT's)."""
+        rank = ctx.rank(output)
+        if rank is None or axis == int(ctx.attr(node, "axis", 0)) % rank:
+            return False
+        inputs = [(slot, x) for slot, x in enumerate(node.input) if x]
+        if not all(ctx.is_const(x) or ctx.adopt(x, axis, layout, node, commit) for _, x in inputs):
+            return False
+        if commit:
+            for slot, x in inputs:
+                if ctx.is_const(x):
+                    ctx.bind(x, axis, layout, PARAM, node, slot)
+            ctx.set_layout(output, axis, layout)
+        return True
 
 
 def _split_sizes(node, ctx: AnalysisContext, axis: int) -> list[int]:

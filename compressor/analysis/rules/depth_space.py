@@ -1,4 +1,4 @@
-"""DepthToSpace and SpaceToDepth: channels moved into (or out of) b x b spatial blocks.
+"""DepthToSpace, SpaceToDepth and Col2Im: channels moved into (or out of) spatial blocks.
 
 DepthToSpace turns [N, C*b*b, H, W] into [N, C, H*b, W*b]. Output channel c is made of b*b input
 channels: in mode DCR those at (by*b + bx)*C + c (the input axis holds the output channels b*b times
@@ -7,10 +7,15 @@ those at c*b*b + by*b + bx (each output channel owns b*b consecutive input chann
 of b*b). SpaceToDepth is the inverse of DCR: its output holds its input's channels b*b times over.
 The layouts are unified with the input's, so the conv producing the C*b*b channels loses the b*b
 channels of every output channel removed. The spatial axes change length: channels on them freeze.
+Col2Im (``nn.functional.fold``, MobileViTV2's patches folded back) turns [N, C*B, L] into
+[N, C, *image], B the product of ``block_shape``: output channel c sums the B consecutive input rows
+c*B .. c*B + B - 1 into its image (blocks of B, as in CRD); the L axis of patch positions becomes
+the image axes.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 
 from compressor.analysis.context import AnalysisContext
@@ -69,3 +74,25 @@ class SpaceToDepth(Rule):
         lay, bb = _channels(node, ctx)
         if lay is not None:
             ctx.set_layout(node.output[0], CHANNEL_AXIS, tuple(lay) * bb)
+
+
+@register_rule("Col2Im")
+class Col2Im(Rule):
+    def analyze(self, node: onnx.NodeProto, ctx: AnalysisContext) -> None:
+        _other_axes(node, ctx)
+        lay = ctx.layout(node.input[0], CHANNEL_AXIS)
+        if lay is None:
+            return
+        where = f"Col2Im '{ctx.label(node)}'"
+        block = ctx.value(node.input[2])
+        if block is None:
+            ctx.freeze_layout(lay, f"{where} takes its block shape from a run-time tensor")
+            return
+        b = int(np.prod(np.asarray(block).reshape(-1)))
+        total = ctx.table.length(lay)
+        if b < 1 or total % b:
+            ctx.freeze_layout(lay, f"{where}: {total} rows are not a multiple of the block's {b} positions")
+            return
+        out = ctx.table.new(total // b, origin=ctx.label(node))
+        ctx.unify(lay, ((out, b),), f"{where} (blocks of {b} rows of axis {CHANNEL_AXIS})")  # freezes if impossible
+        ctx.set_layout(node.output[0], CHANNEL_AXIS, ((out, 1),))

@@ -2,13 +2,16 @@
 
 For a broadcasting op, an operand of size 1 on an axis does not couple; operands of full size are
 unified (residual adds, SE-block multiplies); a constant operand of full size is sliced with them.
+An output axis whose full-size operands are all constants (a position bias plus a mask broadcast
+over it) carries no channels of its own, and takes those of a later consumer that couples it with
+channels (Rule.adopt): the constants are sliced with them.
 """
 
 from __future__ import annotations
 
 import onnx
 
-from compressor.analysis.context import AnalysisContext
+from compressor.analysis.context import PARAM, AnalysisContext
 from compressor.analysis.registry import Rule, register_rule
 
 UNARY = (
@@ -34,6 +37,16 @@ class Unary(Rule):
             if out:
                 ctx.copy_layouts(node.input[0], out, node=node)
 
+    def adopt(self, node, ctx, output, axis, layout, commit) -> bool:
+        x = node.input[0]
+        if output != node.output[0] or ctx.shape(x) != ctx.shape(output):
+            return False
+        if not ctx.adopt(x, axis, layout, node, commit):
+            return False
+        if commit:
+            ctx.set_layout(output, axis, layout)
+        return True
+
 
 @register_rule(*BROADCAST)
 class Broadcast(Rule):
@@ -58,3 +71,27 @@ class Broadcast(Rule):
                     continue
                 operands.append((x, ax))
             ctx.join(node, operands, out, a, f"axis {a}")
+
+    def adopt(self, node, ctx, output, axis, layout, commit) -> bool:
+        out_shape = ctx.shape(output)
+        if output != node.output[0] or out_shape is None or out_shape[axis] == 1:
+            return False
+        R = len(out_shape)
+        full = []
+        for slot, x in enumerate(node.input):
+            xs = ctx.shape(x) if x else None
+            if not x:
+                continue
+            if xs is None:
+                return False
+            ax = axis - (R - len(xs))
+            if ax >= 0 and xs[ax] != 1:
+                full.append((slot, x, ax))
+        if not full or not all(ctx.is_const(x) or ctx.adopt(x, ax, layout, node, commit) for _, x, ax in full):
+            return False
+        if commit:
+            for slot, x, ax in full:
+                if ctx.is_const(x):
+                    ctx.bind(x, ax, layout, PARAM, node, slot)
+            ctx.set_layout(output, axis, layout)
+        return True

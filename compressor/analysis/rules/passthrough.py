@@ -1,5 +1,5 @@
 """Ops that keep channels in place along the axes they do not change: Pad, Resize/Upsample,
-Expand; and ops that carry no channels at all (Constant, Shape, Size)."""
+Expand, Tile; and ops that carry no channels at all (Constant, Shape, Size)."""
 
 from __future__ import annotations
 
@@ -117,6 +117,30 @@ class Resize(Rule):
             else:
                 check_unchanged(ctx, e, sizes, what)
 
+    def adopt(self, node, ctx, output, axis, layout, commit) -> bool:
+        """An axis the resize keeps passes the question on to its input, where ``sizes`` (if any)
+        will state the pruned length there (constant sizes are restated; computed ones must read
+        the input's own length or be -1/a literal surgery restates)."""
+        from compressor.analysis.rules.reshape import follows
+
+        x = node.input[0]
+        xs, ys = ctx.shape(x), ctx.shape(output)
+        if xs is None or ys is None or xs[axis] != ys[axis] or ys[axis] == 1:
+            return False
+        policy = ctx.attr(node, "keep_aspect_ratio_policy", "stretch")
+        if (policy.decode() if isinstance(policy, bytes) else policy) != "stretch":
+            return False
+        order = _resized_axes(node, ctx)
+        if order is not None and axis in order and not follows(ctx, node.input[3], order.index(axis), x, axis):
+            return False
+        if not (ctx.is_const(x) or ctx.adopt(x, axis, layout, node, commit)):
+            return False
+        if commit:
+            if ctx.is_const(x):
+                ctx.bind(x, axis, layout, PARAM, node, 0)
+            ctx.set_layout(output, axis, layout)
+        return True
+
     def rewrite(self, node, ctx) -> None:
         order = _resized_axes(node, ctx)
         if order is None:
@@ -210,6 +234,35 @@ class Expand(Rule):
                     ctx.bind(x, xa, coupled, PARAM, node, 0)
                     ctx.set_layout(y, a, coupled)
 
+    def adopt(self, node, ctx, output, axis, layout, commit) -> bool:
+        """An axis that x broadcasts from length 1 to a length the plan restates holds copies of one
+        value (``F.normalize`` as the dynamo exporter writes it: the norm, Expand-ed to the channels
+        of what it divides): any channels can be taken from it. An axis x has whole passes the
+        question on to x (a constant x is sliced)."""
+        x, shape = node.input[0], node.input[1]
+        xs, ys = ctx.shape(x), ctx.shape(output)
+        entries = _expand_entries(ctx, shape)
+        if xs is None or ys is None or entries is None or len(entries) > len(ys):
+            return False
+        xa = axis - (len(ys) - len(xs))
+        off_s = len(ys) - len(entries)
+        e = entries[axis - off_s] if axis >= off_s else Entry("const", 1)
+        dx = xs[xa] if xa >= 0 else 1
+        if dx == 1:
+            if ys[axis] == 1 or not (ctx.is_const(shape) or (e.where is not None and fixed_by_plan(ctx, e, shape))):
+                return False
+        elif dx == ys[axis]:
+            keeps = (e.kind == "const" and e.value in (1, -1)) or ctx.is_const(shape)
+            if not keeps or not (ctx.is_const(x) or ctx.adopt(x, xa, layout, node, commit)):
+                return False
+            if commit and ctx.is_const(x):
+                ctx.bind(x, xa, layout, PARAM, node, 0)
+        else:
+            return False
+        if commit:
+            ctx.set_layout(output, axis, layout)
+        return True
+
     def rewrite(self, node, ctx) -> None:
         shape, y = node.input[1], node.output[0]
         old, new = ctx.old_shape(y), ctx.new_shape(y)
@@ -230,6 +283,43 @@ class Expand(Rule):
                 out[i] = new[i + off]
         if not np.array_equal(out, np.asarray(value).reshape(-1)):
             ctx.replace_input(node, 1, out.reshape(np.shape(value)))
+
+
+@register_rule("Tile")
+class Tile(Rule):
+    """y = x repeated ``repeats[a]`` times along each axis a (``x.repeat(1, n, 1)``: SwiftFormer's
+    global query tiled over the tokens). An axis repeated once keeps its channels; a channel axis
+    repeated r times carries them r times over, one segment per copy (at most MAX_MERGED_COPIES),
+    and loses the same channels in every copy. The repeats count copies, not channels, so pruning
+    never changes them; run-time repeats are read entry by entry, and an entry for a channel axis
+    that is not a literal freezes its channels."""
+
+    def analyze(self, node: onnx.NodeProto, ctx: AnalysisContext) -> None:
+        from compressor.analysis.rules.reshape import MAX_MERGED_COPIES
+
+        x, repeats, y = node.input[0], node.input[1], node.output[0]
+        lays = ctx.layouts(x)
+        where = f"Tile '{ctx.label(node)}'"
+        value = ctx.value(repeats) if ctx.is_const(repeats) else None
+        entries = [Entry("const", int(v)) for v in np.asarray(value).reshape(-1)] if value is not None \
+            else trace(ctx, repeats)
+        if entries is None:
+            for lay in lays.values():
+                ctx.freeze_layout(lay, f"{where} takes its repeats from a run-time tensor")
+            for t, a in sorted(value_deps(ctx, repeats)):
+                ctx.freeze_layout(ctx.layout(t, a), f"{where} repeats read the channel count of '{t}' axis {a}")
+            return
+        for a, e in enumerate(entries):
+            if value is None:
+                check_unchanged(ctx, e, repeats, f"{where} repeats")
+            lay = lays.get(a)
+            if lay is None:
+                continue
+            if e.kind != "const" or e.value is None or not 1 <= e.value <= MAX_MERGED_COPIES:
+                ctx.freeze_layout(lay, f"{where} repeats channel axis {a} a number of times that is not a "
+                                       f"literal from 1 to {MAX_MERGED_COPIES}")
+                continue
+            ctx.set_layout(y, a, tuple(lay) * e.value)
 
 
 @register_rule("ConstantOfShape")

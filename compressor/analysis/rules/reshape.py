@@ -7,7 +7,10 @@ blocks so that whole heads are kept or removed; a block of axes led by the chann
 into another block of axes (``view(b, c * h, w)`` then ``view(b, c, h * w)``; ``view(b, g, -1)``)
 maps each channel's run of elements onto the outer output axis, coarsening the groups where one
 output position holds several whole channels. Anything else (channels interleaved with other axes,
-as in a channel shuffle) freezes the groups involved.
+as in a channel shuffle) freezes the groups involved. An axis holding the channels once per position
+of an outer axis (a merge's copies) splits back into that outer axis and the channels inside it.
+An output axis that one input axis moved to, untracked, takes the channels a later consumer couples
+it with (Rule.adopt: a position embedding reshaped and transposed before it meets the tokens).
 """
 
 from __future__ import annotations
@@ -17,9 +20,16 @@ import math
 import numpy as np
 import onnx
 
-from compressor.analysis.context import AnalysisContext
+from compressor.analysis.context import PARAM, AnalysisContext
 from compressor.analysis.registry import Rule, register_rule
-from compressor.analysis.rules._shape_source import adapts, check_unchanged, rewrite_entry, trace, value_deps
+from compressor.analysis.rules._shape_source import (
+    adapts,
+    check_unchanged,
+    fixed_by_plan,
+    rewrite_entry,
+    trace,
+    value_deps,
+)
 from compressor.analysis.rules.groupnorm import exporter_group_norm, single_group_norm
 
 
@@ -103,6 +113,17 @@ def map_reshape(node, ctx: AnalysisContext, x: str, y: str) -> None:
             factor = math.prod(xs[a] for a in bi[k + 1:])
             ctx.set_layout(y, bj[0], tuple((g, inner * factor) for g, inner in lay) * outer)
             continue
+        if len(bi) == 1 and len(bj) >= 2:
+            # the merge above taken apart again: an axis holding the channels once per position of
+            # an outer axis (the dynamo exporter's attention: keys [B, heads, T, d] merged to
+            # [B * heads, T, d], transposed, and split back) splits into that outer axis, which
+            # carries no channels, and the channels on the axes inside it
+            copies = _copies(ctx, lay, ys[bj[0]])
+            if copies is not None and ctx.table.length(copies) == math.prod(ys[a] for a in bj[1:]):
+                lay, bj = copies, bj[1:]
+                if len(bj) == 1:
+                    ctx.set_layout(y, bj[0], lay)
+                    continue
         if len(bi) == 1 and len(bj) >= 2 and ((len(bj) == 2 and _swapped_next(ctx, y, bj[0], bj[1]))
                                               or _outer_selected(ctx, y, bj[0])):
             # [C] -> [g, C/g, ...] where the g slices are then swapped inward (a channel shuffle)
@@ -145,6 +166,15 @@ def map_reshape(node, ctx: AnalysisContext, x: str, y: str) -> None:
                 ctx.set_layout(y, bj[0], out)
                 continue
         ctx.freeze_layout(lay, f"{where} regroups channel axis {ax} {why}" + _group_norm_hint(ctx, y))
+
+
+def _copies(ctx: AnalysisContext, lay, n: int):
+    """The layout ``lay`` is ``n`` copies of (the one returned), or None."""
+    lay = ctx.table.normalize(lay)
+    if n < 2 or len(lay) % n:
+        return None
+    part = lay[:len(lay) // n]
+    return part if part * n == lay else None
 
 
 def _regroup(ctx: AnalysisContext, lay, inner_in: int, inner_out: int) -> tuple[tuple | None, str]:
@@ -209,8 +239,8 @@ def _axes_operand(ctx: AnalysisContext, node) -> list[int] | None:
 
 def _outer_selected(ctx: AnalysisContext, t: str, axis: int, depth: int = 0) -> bool:
     """Is axis ``axis`` of ``t`` (through Unsqueeze/Squeeze/Transpose) only ever taken apart by a
-    constant Gather, Split or Slice along it, or combined position by position by a softmax or a
-    reduction over it alone (:func:`_mixes_only`), on every path?"""
+    constant Gather, Split or Slice (step 1) along it, or combined position by position by a
+    softmax or a reduction over it alone (:func:`_mixes_only`), on every path?"""
     users = ctx.index.consumers.get(t, [])
     if not users or depth > 6 or t in ctx.index.output_names:
         return False
@@ -256,6 +286,18 @@ def _outer_selected(ctx: AnalysisContext, t: str, axis: int, depth: int = 0) -> 
             r = ctx.rank(t)
             if r is None or int(ctx.attr(node, "axis", 0)) % r != axis:
                 return False
+        elif op == "Slice":  # the dynamo exporter's unbind: a Slice of one position, then Squeeze
+            from compressor.analysis.rules.concat_split import _slice_params
+
+            params = _slice_params(node, ctx)
+            if params is None or not params[4]:
+                return False
+            starts, ends, axes, steps, _ = params
+            if axis not in axes:
+                if not _outer_selected(ctx, out, axis, depth + 1):
+                    return False
+            elif steps[axes.index(axis)] != 1:
+                return False
         elif not _mixes_only(ctx, node, t, axis):
             return False
     return True
@@ -285,10 +327,56 @@ def _mixes_only(ctx: AnalysisContext, node: onnx.NodeProto, t: str, axis: int) -
     return False
 
 
+def adopt_through(node, ctx: AnalysisContext, y: str, axis: int, layout, commit: bool, entry_ok=None) -> bool:
+    """Rule.adopt for a reshape: output axis ``axis`` is one input axis of the same length moved
+    (the other axes of its block have length 1), and that input axis can take ``layout`` (a
+    position embedding reshaped, transposed and resized before it is added to the tokens: PVT's).
+    ``entry_ok(input_axis)`` says whether the target's entry for the axis will state the pruned
+    length."""
+    x = node.input[0]
+    xs, ys = ctx.shape(x), ctx.shape(y)
+    blocks = factor_blocks(xs, ys) if xs is not None and ys is not None else None
+    blk = next((b for b in blocks or () if axis in b[1]), None)
+    if blk is None or ys[axis] == 1:
+        return False
+    bi = [a for a in blk[0] if xs[a] != 1]
+    if len(bi) != 1 or [a for a in blk[1] if ys[a] != 1] != [axis] or xs[bi[0]] != ys[axis]:
+        return False
+    if entry_ok is not None and not entry_ok(bi[0]):
+        return False
+    if not (ctx.is_const(x) or ctx.adopt(x, bi[0], layout, node, commit)):
+        return False
+    if commit:
+        if ctx.is_const(x):
+            ctx.bind(x, bi[0], layout, PARAM, node, 0)
+        ctx.set_layout(y, axis, layout)
+    return True
+
+
+def follows(ctx: AnalysisContext, vector: str, pos: int, x: str, x_axis: int) -> bool:
+    """Will entry ``pos`` of the shape vector ``vector`` state the pruned length of ``x``'s axis
+    ``x_axis`` once that axis carries channels: a constant vector (surgery restates it), -1,
+    ``Shape(x)[x_axis]`` read at run time, or a literal surgery restates?"""
+    if ctx.is_const(vector):
+        return True
+    entries = trace(ctx, vector)
+    if entries is None or pos >= len(entries):
+        return False
+    e = entries[pos]
+    if e.kind == "const" and e.value == -1:
+        return True
+    if e.kind == "dim" and (e.tensor, e.axis) == (x, x_axis):
+        return True
+    return e.where is not None and fixed_by_plan(ctx, e, vector)
+
+
 @register_rule("Flatten", "Squeeze", "Unsqueeze")
 class ShapeOnly(Rule):
     def analyze(self, node: onnx.NodeProto, ctx: AnalysisContext) -> None:
         map_reshape(node, ctx, node.input[0], node.output[0])
+
+    def adopt(self, node, ctx, output, axis, layout, commit) -> bool:
+        return adopt_through(node, ctx, output, axis, layout, commit)
 
     def rewrite(self, node: onnx.NodeProto, ctx) -> None:
         """A Squeeze without axes drops every axis of length 1: a channel axis pruned to one channel
@@ -352,6 +440,12 @@ class Reshape(Rule):
             if ax not in channel_axes or ax >= len(target) or int(target[ax]) in (-1, 0):
                 check_unchanged(ctx, e, node.input[1], what)
 
+    def adopt(self, node, ctx, output, axis, layout, commit) -> bool:
+        target = node.input[1]
+        return adopt_through(node, ctx, output, axis, layout, commit,
+                             lambda x_axis: follows(ctx, target, axis, node.input[0], x_axis)
+                             or (x_axis == axis and _copied_entry(ctx, node, axis)))
+
     def rewrite(self, node: onnx.NodeProto, ctx) -> None:
         x, y = node.input[0], node.output[0]
         if not ctx.is_const(node.input[1]):
@@ -376,6 +470,13 @@ class Reshape(Rule):
             ctx.replace_input(node, 1, out)
 
 
+def _copied_entry(ctx: AnalysisContext, node, axis: int) -> bool:
+    """Is the Reshape target's entry for ``axis`` a 0 that copies the input's length there?"""
+    entries = trace(ctx, node.input[1])
+    return (entries is not None and axis < len(entries) and entries[axis].kind == "const"
+            and entries[axis].value == 0 and not int(ctx.attr(node, "allowzero", 0)))
+
+
 @register_rule("Transpose")
 class Transpose(Rule):
     def analyze(self, node: onnx.NodeProto, ctx: AnalysisContext) -> None:
@@ -383,3 +484,15 @@ class Transpose(Rule):
         rank = ctx.rank(x)
         perm = ctx.attr(node, "perm", list(reversed(range(rank or 0))))
         ctx.copy_layouts(x, node.output[0], {src: dst for dst, src in enumerate(perm)}, node=node)
+
+    def adopt(self, node, ctx, output, axis, layout, commit) -> bool:
+        x = node.input[0]
+        rank = ctx.rank(x)
+        perm = list(ctx.attr(node, "perm", list(reversed(range(rank or 0)))))
+        if axis >= len(perm) or not (ctx.is_const(x) or ctx.adopt(x, perm[axis], layout, node, commit)):
+            return False
+        if commit:
+            if ctx.is_const(x):
+                ctx.bind(x, perm[axis], layout, PARAM, node, 0)
+            ctx.set_layout(output, axis, layout)
+        return True
