@@ -248,9 +248,19 @@ class AnalysisContext:
         if found is None:
             return False
         position = self._positions
-        # a Shape read before is fine: what it computes is checked after the walk (shape_reads.py)
-        if any(n is not reader and n.op_type != "Shape" and position.get(id(n), -1) <= self.node_index
-               for n, _ in self.index.consumers.get(name, ())):
+        # a Shape read before is fine: what it computes is checked after the walk (shape_reads.py),
+        # except where a rule analysed before (not one of this adoption's readers, whose own
+        # Rule.adopt checks its entry) took it as a length that stays: a Reshape target, an Expand
+        # shape...
+        earlier = [n for n, _ in self.index.consumers.get(name, ())
+                   if n is not reader and position.get(id(n), -1) <= self.node_index]
+        if any(n.op_type != "Shape" for n in earlier):
+            return False
+        from compressor.analysis.shape_reads import checked_uses
+
+        chain = {id(n) for n in self._adopt_chain} | {id(reader)}
+        if any(position.get(id(c), -1) <= self.node_index and id(c) not in chain
+               for n in earlier for c, _ in checked_uses(self.index, n.output[0])):
             return False
         from compressor.analysis.registry import get_rule
 
@@ -259,13 +269,18 @@ class AnalysisContext:
         if rule is None:
             return False
         self._adopt_depth = depth + 1  # the rule's own ctx.adopt calls go one level deeper
+        chain = self._adopt_chain
+        self._adopt_chain = chain + (reader,)
         try:
             return rule.adopt(producer, self, name, axis, layout, commit)
         finally:
             self._adopt_depth = depth
+            self._adopt_chain = chain
 
     #: how deep the adoption now asking is (Rule.adopt calls ctx.adopt for its inputs)
     _adopt_depth: int = field(default=0, repr=False)
+    #: the readers the adoption now asking went through (their rules checked their own entries)
+    _adopt_chain: tuple = field(default=(), repr=False)
 
     @cached_property
     def _positions(self) -> dict[int, int]:

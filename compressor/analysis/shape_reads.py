@@ -92,6 +92,23 @@ def unchecked_uses(index: GraphIndex, start: str, seen: set[str]
     return uses
 
 
+def checked_uses(index: GraphIndex, start: str) -> list[tuple[onnx.NodeProto, int]]:
+    """Follow a shape value through small arithmetic: every (consumer, slot) that a rule checks
+    (CHECKED_SHAPE_SLOTS) when it is analysed."""
+    uses, stack, seen = [], [start], set()
+    while stack:
+        name = stack.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        for consumer, slot in index.consumers.get(name, ()):
+            if (consumer.op_type, slot) in CHECKED_SHAPE_SLOTS:
+                uses.append((consumer, slot))
+            elif slot >= 0 and all(_small(index.shape(out) if out else ()) for out in consumer.output):
+                stack.extend(o for o in consumer.output if o)
+    return uses
+
+
 def classify(ctx: AnalysisContext, name: str) -> tuple[str, np.ndarray | None]:
     """How the small value ``name`` depends on the sizes it is computed from, by evaluating it
     from the static shapes and constants, then again with sizes changed:

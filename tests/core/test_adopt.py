@@ -178,3 +178,30 @@ def test_position_embedding_resized_at_run_time_is_sliced_with_the_tokens():
         # shape and finiteness are checked here
         got = _run(res.model, {"x": x})
         assert got.shape == (1, 16 + cls_token, 4) and np.isfinite(got).all()
+
+
+# ---- a Shape of the adopted tensor read earlier by a rule that checked it untracked -----------
+
+def test_shape_of_expanded_norm_read_by_an_earlier_reshape_keeps_the_channels_whole():
+    """``z.reshape(expanded.shape)`` analysed before the Div: its target read the expanded norm's
+    length as a fixed one (untracked then); adopting the channels would change that length at run
+    time (the pruned model failed: cannot reshape [1, 48] to [1, 6, 4]). The adoption is refused
+    and the model still prunes nothing wrong."""
+    g = G(3, opset=18)
+    x = g.input("x", [1, T, 3])
+    z = g.input("z", [1, T * C])
+    w1, b1 = g.rand(3, C, base="w1_"), g.rand(C, base="b1_")
+    h = g.op("Add", [g.op("MatMul", [x, w1]), b1])
+    norm = g.op("ReduceL2", [h, g.const(np.array([-1], np.int64), "axes")], keepdims=1)
+    expanded = g.op("Expand", [norm, g.const(np.array([1, T, C], np.int64), "shape")])
+    other = g.op("Reshape", [z, g.op("Shape", [expanded])])
+    y = g.op("MatMul", [g.op("Div", [h, expanded]), g.rand(C, 4, base="w2_")])
+    model = g.model([y, other])
+    res = api.prune(model, ratio=0.5)
+    rep = res.report
+    assert rep["verify"]["passed"], rep["verify"]
+    assert _kept(res, w1, 1) is None, f"W1's channels should stay whole, plan: {rep['plan']}"
+    rng = np.random.default_rng(3)
+    feeds = {"x": rng.standard_normal((1, T, 3)).astype(np.float32),
+             "z": rng.standard_normal((1, T * C)).astype(np.float32)}
+    _check(model, res, {w1: 1, b1: 0}, feeds)
