@@ -191,13 +191,27 @@ class AnalysisContext:
         rank = self.rank(name)
         if rank is not None and axis < 0:
             axis += rank
-        self.set_layout(name, axis, layout)
+        whole = self._read_whole(name, axis, node) if self.is_const(name) else None
+        layout = self.set_layout(name, axis, layout)
+        if whole is not None:  # surgery slices a constant for every reader: that one would change
+            self.freeze_layout(layout, f"constant '{name}' is also read whole by {whole.op_type} "
+                                       f"'{self.label(whole)}' (its axis {axis} carries no channels there)")
         if self.is_const(name):
             key = (name, axis)
             if key not in self.members:
                 self.members[key] = MemberRecord(name, axis, role, self.label(node), node.op_type, slot)
         for g, _ in self.table.normalize(layout):
             self.group_nodes.setdefault(self.table.find(g), set()).add(self.label(node))
+
+    def _read_whole(self, name: str, axis: int, node: onnx.NodeProto) -> onnx.NodeProto | None:
+        """A node analysed before this one, other than ``node``, that read the constant ``name``
+        while its axis ``axis`` carried no channels (a Shape's reads are checked after the walk)."""
+        if self.layout(name, axis) is not None:
+            return None
+        position = self._positions
+        return next((n for n, _ in self.index.consumers.get(name, ())
+                     if n is not node and n.op_type != "Shape" and position.get(id(n), -1) < self.node_index
+                     and position.get(id(n), -1) >= 0), None)
 
     def join(self, node: onnx.NodeProto, operands: list[tuple[str, int]], out: str | None, out_axis: int,
              what: str) -> Layout | None:
