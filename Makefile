@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 PYTEST_WORKERS ?= 2
 
-.PHONY: zoo-timm fuzz setup setup-test demo test zoo benchmarks data clean
+.PHONY: zoo-timm zoo-detect fuzz setup setup-test demo test zoo benchmarks data clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,12 @@ zoo: $(ZOO_VENV)/.stamp
 zoo-timm: $(ZOO_VENV)/.stamp
 	$(ZOO_VENV)/bin/python -m pip --disable-pip-version-check -q install "timm==1.0.31"
 	$(ZOO_VENV)/bin/python tools/timm_coverage.py --markdown docs/coverage.md
+
+# Detection and segmentation: torchvision's detectors exported whole, its segmentation models (both
+# exporters), ultralytics YOLO built from YAML and exported by ultralytics (~30 min on 2 cores)
+zoo-detect: $(ZOO_VENV)/.stamp
+	$(ZOO_VENV)/bin/python -m pip --disable-pip-version-check -q install "ultralytics==8.4.190"
+	YOLO_OFFLINE=1 $(ZOO_VENV)/bin/python tools/detection_coverage.py --markdown docs/coverage.md
 
 # Every generated block of docs/benchmarks.md (about 1 h on 2 cores; each tool caches under out/peers/):
 # the peers table, efficiency under onnxruntime's threading settings, and --target-latency with and
