@@ -118,6 +118,10 @@ ROWS: list[Spec] = [
     Spec("retinanet_resnet50_fpn", "detection", "torchscript", _AT320 + _ONE_STAGE),
     Spec("fcos_resnet50_fpn", "detection", "torchscript", _AT320 + _ONE_STAGE),
     Spec("maskrcnn_resnet50_fpn", "detection", "torchscript", _AT320 + _RCNN),
+    # torch.export's data-dependent guards (the number of boxes after NMS) stop the dynamo exporter
+    Spec("ssdlite320_mobilenet_v3_large", "detection", "dynamo"),
+    Spec("fasterrcnn_mobilenet_v3_large_320_fpn", "detection", "dynamo", _RCNN),
+    Spec("retinanet_resnet50_fpn", "detection", "dynamo", _AT320 + _ONE_STAGE),
     *[Spec(m, "segmentation", e) for m in _SEG for e in ("torchscript", "dynamo")],
     Spec("yolov8n", "yolo", "ultralytics", scores="rows"),
     Spec("yolov8n", "yolo", "ultralytics", (("nms", True), ("conf", 0.001)), scores="dets", variant="nms"),
@@ -149,6 +153,7 @@ class Row:
     least_live: str = ""  # the output (or part) with the smallest input effect
     scores_median: float | None = None
     scores_max: float | None = None
+    scores_saturated: float | None = None  # share of the class scores at exactly 0 or 1
     groups_pruned: int | None = None
     groups_total: int | None = None
     macs_ratio: float | None = None
@@ -420,6 +425,7 @@ def measure_liveness(spec: Spec, path: Path, row: Row) -> None:
         kept = np.zeros(0)
     if kept.size:
         row.scores_median, row.scores_max = float(np.median(kept)), float(kept.max())
+        row.scores_saturated = float(np.mean((kept <= 0) | (kept >= 1)))
     row.input_effect, row.least_live = input_effect(outs[0], outs[1], extra)
 
 
@@ -432,8 +438,17 @@ def warmup_runs(run_ms: float | None) -> int:
 
 
 # ---- one row -------------------------------------------------------------------------------------
-def _err(exc: BaseException, limit: int = 200) -> str:
-    lines = str(exc).strip().splitlines()
+def _err(exc: BaseException, limit: int = 120) -> str:
+    """One line: the exception's type and first line; for torch.export's wrapped errors, the line
+    after its "## Exception summary" (the cause), its ANSI colours removed."""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if "## Exception summary" in lines[:-1]:
+        cause = lines[lines.index("## Exception summary") + 1]
+        cause = re.sub(r"^<class '(?:[\w.]+\.)?(\w+)'>:", r"\1:", cause)
+        return f"{type(exc).__name__}: {cause[:limit]}"
     return f"{type(exc).__name__}: {(lines[0] if lines else '')[:limit]}"
 
 
@@ -557,6 +572,8 @@ def verdict(r: Row) -> str:
         flags.append("outputs empty on both random inputs: nothing shows they depend on the input")
     elif r.input_effect < LIVE_EFFECT:
         flags.append(f"outputs barely depend on the input ({r.least_live})")
+    if r.scores_saturated:
+        flags.append(f"{100 * r.scores_saturated:.0f}% of the scores saturated at 0 or 1")
     if r.discrimination is not None and r.discrimination < 3 * TOLERANCE:
         flags.append("weak proof: discrimination < 3x tolerance")
     if r.macs_ratio is not None and r.macs_ratio < 1 / 0.7:

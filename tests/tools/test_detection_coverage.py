@@ -166,6 +166,22 @@ def test_the_table_is_written_into_its_block_and_replaced(tmp_path):
     assert "| yolov10n |" not in out and "1/1 rows pruned and proven" in out
 
 
+def test_saturated_scores_are_flagged():
+    ok = _rows()[0]
+    assert dc.verdict(dc.Row(**{**ok.__dict__, "scores_saturated": 0.0})) == "ok"
+    assert "99% of the scores saturated" in dc.verdict(dc.Row(**{**ok.__dict__, "scores_saturated": 0.99}))
+
+
+def test_an_export_error_says_its_cause_in_one_line():
+    wrapped = RuntimeError("Failed to export the model with torch.export. \x1b[96mThis is step 1/3\x1b[0m of ...\n"
+                           "- Modify the model code\n## Exception summary\n\n"
+                           "<class 'torch.fx.experimental.symbolic_shapes.GuardOnDataDependentSymNode'>: Could not "
+                           "guard on data-dependent expression u0 > 4000\n\nmore")
+    assert dc._err(wrapped) == "RuntimeError: GuardOnDataDependentSymNode: Could not guard on data-dependent " \
+                               "expression u0 > 4000"
+    assert dc._err(ValueError("first\nsecond")) == "ValueError: first"
+
+
 def test_rows_are_picked_by_model_or_row_id_and_exporter():
     assert {s.exporter for s in dc.select("fcn_resnet50", None)} == {"torchscript", "dynamo"}
     assert [s.id for s in dc.select("yolov10n", None)] == ["yolov10n@ultralytics", "yolov10n+e2e@ultralytics"]
