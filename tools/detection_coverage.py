@@ -2,8 +2,7 @@
 
 Rows (``ROWS``): torchvision's detectors exported whole (pre-processing, anchors, NMS and
 post-processing in the graph) by the TorchScript exporter at opset 17 from a list of one 3x320x320
-image, their score thresholds at 0.001 (an untrained detector's scores sit under the defaults, and
-its outputs would be empty); torchvision's segmentation models (``model(x)["out"]``, 1x3x320x320)
+image; torchvision's segmentation models (``model(x)["out"]``, 1x3x320x320)
 by the TorchScript exporter (opset 17) and the dynamo exporter (its default opset, 18); ultralytics
 YOLO models built from their YAML configs and exported by ultralytics' own
 ``model.export(format="onnx", imgsz=320, opset=17, simplify=False)``: yolov8n also with its NMS
@@ -23,8 +22,11 @@ statistics are those of its activations. Every normalised activation then has a 
 input-dependent part. ``--norms drawn`` uses fixed draws instead (the ranges above, running_mean
 N(0, 0.1)), to show the difference. The convs torchvision initialises at N(0, 0.01) (RetinaNet's
 and FCOS' heads, the R-CNNs' RPN head) shrink the signal (RetinaNet's four, with no norm between
-them, ~250x) until the scores are the classifier's prior whatever the input; in the same measured
-pass their weights are scaled so that their output less its bias has unit standard deviation. Every draw is seeded (``--seed``, default 0).
+them, ~250x) until the scores are the classifier's prior whatever the input, and the R-CNNs' class
+scores (a Linear at PyTorch's default init) give every one of 91 classes ~0.011, under the default
+threshold of 0.05 (the outputs are empty); in the same measured pass the weights of these layers
+are scaled so that their output less its bias has unit standard deviation. The detectors keep
+their default score thresholds and then return 100-300 boxes on a random image. Every draw is seeded (``--seed``, default 0).
 
 Each row checks that the exported model is alive before it is pruned: *input effect* is the
 smallest, over the outputs, relative change max|f(x1) - f(x2)| / max|f(x1)| between two random
@@ -77,9 +79,11 @@ THREADS = 2
 TOLERANCE = 1e-4  # api.prune's default
 #: below this input effect the outputs barely depend on the input (a dead untrained net)
 LIVE_EFFECT = 1e-2
+#: above this share of class scores at exactly 0 or 1 the scores are flagged as saturated
+SATURATED = 1e-2
 CALIBRATION_BATCH = 4
 #: changes with how the weights are made, so cached exports made otherwise are not reused
-RECIPE = "measured norms, small-init head convs at unit output"
+RECIPE = "measured norms, small-init head layers and R-CNN class scores at unit output"
 #: --norms drawn: the fixed ranges (weight, bias, running_mean, running_var)
 DRAWN = {"weight": (0.5, 1.5), "bias_sd": 0.2, "mean_sd": 0.1, "var": (0.15, 0.45)}
 
@@ -105,23 +109,18 @@ class Spec:
 
 
 _SEG = ("lraspp_mobilenet_v3_large", "deeplabv3_mobilenet_v3_large", "fcn_resnet50")
-#: torchvision's detectors at 320x320; their score thresholds lowered to 0.001 (SSDlite's own, the usual
-#: COCO-evaluation setting): an untrained R-CNN's softmax over 91 classes gives every class ~0.011 and
-#: RetinaNet's and FCOS' sigmoid heads start at their 0.01 prior, under the defaults (0.05, 0.05, 0.2),
-#: which left the outputs empty on every input
+#: torchvision's detectors at 320x320 (SSDlite's is fixed there)
 _AT320 = (("min_size", SIZE), ("max_size", SIZE))
-_RCNN = (("box_score_thresh", 0.001),)
-_ONE_STAGE = (("score_thresh", 0.001),)
 ROWS: list[Spec] = [
     Spec("ssdlite320_mobilenet_v3_large", "detection", "torchscript"),
-    Spec("fasterrcnn_mobilenet_v3_large_320_fpn", "detection", "torchscript", _RCNN),
-    Spec("retinanet_resnet50_fpn", "detection", "torchscript", _AT320 + _ONE_STAGE),
-    Spec("fcos_resnet50_fpn", "detection", "torchscript", _AT320 + _ONE_STAGE),
-    Spec("maskrcnn_resnet50_fpn", "detection", "torchscript", _AT320 + _RCNN),
+    Spec("fasterrcnn_mobilenet_v3_large_320_fpn", "detection", "torchscript"),
+    Spec("retinanet_resnet50_fpn", "detection", "torchscript", _AT320),
+    Spec("fcos_resnet50_fpn", "detection", "torchscript", _AT320),
+    Spec("maskrcnn_resnet50_fpn", "detection", "torchscript", _AT320),
     # torch.export's data-dependent guards (the number of boxes after NMS) stop the dynamo exporter
     Spec("ssdlite320_mobilenet_v3_large", "detection", "dynamo"),
-    Spec("fasterrcnn_mobilenet_v3_large_320_fpn", "detection", "dynamo", _RCNN),
-    Spec("retinanet_resnet50_fpn", "detection", "dynamo", _AT320 + _ONE_STAGE),
+    Spec("fasterrcnn_mobilenet_v3_large_320_fpn", "detection", "dynamo"),
+    Spec("retinanet_resnet50_fpn", "detection", "dynamo", _AT320),
     *[Spec(m, "segmentation", e) for m in _SEG for e in ("torchscript", "dynamo")],
     Spec("yolov8n", "yolo", "ultralytics", scores="rows"),
     Spec("yolov8n", "yolo", "ultralytics", (("nms", True), ("conf", 0.001)), scores="dets", variant="nms"),
@@ -168,6 +167,10 @@ class Row:
     speedup: float | None = None
     speedup_p10: float | None = None
     speedup_p90: float | None = None
+    nms_dense: float | None = None  # share of the kernel time in NonMaxSuppression
+    nms_pruned: float | None = None
+    boxes_dense: int | None = None  # a torchvision detector's boxes on the timing input
+    boxes_pruned: int | None = None
     warnings: list = field(default_factory=list)
 
 
@@ -178,17 +181,17 @@ def _is_norm(module) -> bool:
     return isinstance(module, torch.nn.BatchNorm2d) or type(module).__name__ == "FrozenBatchNorm2d"
 
 
-def set_norms(model, forward, seed: int = 0, mode: str = "measured", unit_convs=()) -> int:
+def set_norms(model, forward, seed: int = 0, mode: str = "measured", unit_layers=()) -> int:
     """Give every BatchNorm2d / FrozenBatchNorm2d of ``model`` a random affine and statistics that
     keep its activations alive; returns how many were set.
 
     ``measured``: weight U(0.5, 1.5), bias N(0, 0.2) drawn (seeded), then ``forward()`` is run once
     in eval mode and each norm's running mean and variance are set, just before it runs, to the
     per-channel mean and variance of its input (over every axis but the channels), so each layer
-    sees the statistics of the layers before it as they now are. In the same pass each conv of
-    ``unit_convs`` has its weight scaled so that its output less its bias has a standard deviation
+    sees the statistics of the layers before it as they now are. In the same pass each layer of
+    ``unit_layers`` (a conv or a Linear) has its weight scaled so that its output less its bias has a standard deviation
     of 1. A module called more than once keeps what its first call set. ``drawn``: fixed ranges
-    (``DRAWN``), no forward pass, ``unit_convs`` left alone.
+    (``DRAWN``), no forward pass, ``unit_layers`` left alone.
     """
     import torch
 
@@ -231,7 +234,7 @@ def set_norms(model, forward, seed: int = 0, mode: str = "measured", unit_convs=
         return (out - bias) / sd + bias
 
     hooks = [m.register_forward_pre_hook(measure) for m in norms]
-    hooks += [m.register_forward_hook(unit) for m in unit_convs]
+    hooks += [m.register_forward_hook(unit) for m in unit_layers]
     try:
         model.eval()
         with torch.no_grad():
@@ -239,17 +242,18 @@ def set_norms(model, forward, seed: int = 0, mode: str = "measured", unit_convs=
     finally:
         for h in hooks:
             h.remove()
-    if len(seen) != len(norms) + len(unit_convs):
-        raise RuntimeError(f"{len(norms) + len(unit_convs) - len(seen)} of {len(norms)} norms and "
-                           f"{len(unit_convs)} convs did not run in the calibration pass")
+    if len(seen) != len(norms) + len(unit_layers):
+        raise RuntimeError(f"{len(norms) + len(unit_layers) - len(seen)} of {len(norms)} norms and "
+                           f"{len(unit_layers)} layers did not run in the calibration pass")
     return len(norms)
 
 
-def small_init_convs(model) -> list:
-    """The convs torchvision initialises at N(0, 0.01): RetinaNet's and FCOS' heads and the R-CNNs'
-    RPN head. Nothing rescales them (RetinaNet's and the RPN's have no norm) and at that init each
-    shrinks its input ~4x (RetinaNet's four stacked convs ~250x): the scores are their prior,
-    whatever the input. ``set_norms`` gives them unit output instead."""
+def small_init_layers(model) -> list:
+    """The layers of a torchvision detector whose init leaves its scores at their prior whatever the
+    input: the convs initialised at N(0, 0.01) (RetinaNet's and FCOS' heads, the R-CNNs' RPN head:
+    each shrinks its input ~4x, RetinaNet's four stacked convs ~250x), and the R-CNNs' class scores
+    (a Linear at PyTorch's default init gives 91 logits within ~0.1 of each other: every class
+    ~0.011, under the default threshold of 0.05). ``set_norms`` gives them unit output instead."""
     import torch
 
     heads = []
@@ -257,7 +261,10 @@ def small_init_convs(model) -> list:
         heads.append(model.head)
     if hasattr(model, "rpn"):
         heads.append(model.rpn.head)
-    return [m for h in heads for m in h.modules() if isinstance(m, torch.nn.Conv2d)]
+    layers = [m for h in heads for m in h.modules() if isinstance(m, torch.nn.Conv2d)]
+    if hasattr(model, "roi_heads"):
+        layers.append(model.roi_heads.box_predictor.cls_score)
+    return layers
 
 
 def _images(seed: int, n: int = CALIBRATION_BATCH):
@@ -301,7 +308,7 @@ def _export_torchvision(spec: Spec, out: Path, seed: int, norms: str) -> None:
     x = _images(seed)
     if spec.family == "detection":
         model = getattr(torchvision.models.detection, spec.model)(**kwargs).eval()
-        set_norms(model, lambda: model(list(x)), seed, norms, small_init_convs(model))
+        set_norms(model, lambda: model(list(x)), seed, norms, small_init_layers(model))
         with torch.no_grad():
             outputs = list(model([x[0]])[0])  # the keys of its one result, in order: the R-CNNs put labels first
         args, inputs = ([x[0]],), ["images"]
@@ -429,6 +436,78 @@ def measure_liveness(spec: Spec, path: Path, row: Row) -> None:
     row.input_effect, row.least_live = input_effect(outs[0], outs[1], extra)
 
 
+def _has_op(graph, op: str) -> bool:
+    """Does ``graph`` or one of its subgraphs (an If's branches, a Loop's body) hold an ``op`` node?"""
+    from onnx import AttributeProto
+
+    for node in graph.node:
+        if node.op_type == op:
+            return True
+        for attr in node.attribute:
+            subs = [attr.g] if attr.type == AttributeProto.GRAPH else list(attr.graphs)
+            if any(_has_op(g, op) for g in subs):
+                return True
+    return False
+
+
+def kernel_shares(events: list[dict], ops: frozenset = frozenset({"NonMaxSuppression"})) -> float | None:
+    """The share of the kernel time in an onnxruntime profile (its JSON events) spent in ``ops``,
+    the first run (a warm-up) left out; control-flow nodes (If, Loop, Scan) are left out too, as
+    their subgraphs' kernels are listed as well."""
+    runs = sorted(e["ts"] for e in events if e.get("cat") == "Session" and e.get("name") == "model_run")
+    start = runs[1] if len(runs) > 1 else float("-inf")
+    total = part = 0
+    for e in events:
+        if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time") or e.get("ts", 0) < start:
+            continue
+        op = e.get("args", {}).get("op_name", "")
+        if op in ("If", "Loop", "Scan"):
+            continue
+        total += e.get("dur", 0)
+        part += e.get("dur", 0) if op in ops else 0
+    return part / total if total else None
+
+
+def nms_share(path: Path, first_ms: float | None) -> float | None:
+    """The share of a model's kernel time spent in NonMaxSuppression (onnxruntime's profiler, CPU
+    provider, 2 threads, seeded random input, after one untimed run); None without NMS."""
+    import onnx
+    import onnxruntime as ort
+
+    from compressor.ir.shapes import random_feeds, resolve_inputs
+
+    proto = onnx.load(str(path))
+    if not _has_op(proto.graph, "NonMaxSuppression"):
+        return None
+    feeds = random_feeds(resolve_inputs(proto), seed=0)
+    del proto
+    with tempfile.TemporaryDirectory() as tmp:
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = THREADS
+        opts.enable_profiling = True
+        opts.profile_file_prefix = str(Path(tmp) / "profile")
+        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        for _ in range(1 + (1 if first_ms and first_ms > 1000 else 3)):
+            sess.run(None, feeds)
+        events = json.loads(Path(sess.end_profiling()).read_text())
+    return kernel_shares(events)
+
+
+def boxes_found(path: Path) -> int:
+    """How many boxes a torchvision detector returns on the timing's input (compress bench's seeded
+    random feeds): its work after the heads follows them."""
+    import onnx
+    import onnxruntime as ort
+
+    from compressor.bench.inputs import random_feeds, resolve_input_shapes
+
+    proto = onnx.load(str(path), load_external_data=False)
+    shapes, _ = resolve_input_shapes(proto, {})
+    feeds = random_feeds(proto, shapes, seed=0)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return int(sess.run(None, feeds)[0].shape[0])
+
+
 def warmup_runs(run_ms: float | None) -> int:
     """compress bench's 10 warm-up rounds, fewer for a slow model (Mask R-CNN runs 10 s on 2 cores):
     about 5 s of them, at least 2."""
@@ -515,6 +594,9 @@ def run_row(spec: Spec, cache: Path, seed: int, norms: str, fresh: bool, min_tim
         row.dense_ms = dense.stats.p50_ms
         spread = small.ratio_to_first
         row.speedup, row.speedup_p10, row.speedup_p90 = spread.median, spread.p10, spread.p90
+        row.nms_dense, row.nms_pruned = nms_share(path, row.first_ms), nms_share(pruned, row.first_ms)
+        if spec.family == "detection":
+            row.boxes_dense, row.boxes_pruned = boxes_found(path), boxes_found(pruned)
     except Exception as exc:  # noqa: BLE001
         row.status, row.note = "error", f"bench: {_err(exc)}"
         traceback.print_exc()
@@ -560,7 +642,8 @@ def run_isolated(spec: Spec, args, log_dir: Path) -> Row:
 
 # ---- table ---------------------------------------------------------------------------------------
 HEAD = ["model", "exporter", "status", "groups pruned/total", "MACs ratio", "max rel err", "discrimination",
-        "pinned", "compared", "prune s", "dense ms", "speedup (p10-p90)", "input effect", "scores median / max"]
+        "pinned", "compared", "prune s", "dense ms", "speedup (p10-p90)", "NMS share dense / pruned",
+        "boxes dense / pruned", "input effect", "scores median / max"]
 
 
 def verdict(r: Row) -> str:
@@ -572,10 +655,13 @@ def verdict(r: Row) -> str:
         flags.append("outputs empty on both random inputs: nothing shows they depend on the input")
     elif r.input_effect < LIVE_EFFECT:
         flags.append(f"outputs barely depend on the input ({r.least_live})")
-    if r.scores_saturated:
+    if r.scores_saturated is not None and r.scores_saturated > SATURATED:
         flags.append(f"{100 * r.scores_saturated:.0f}% of the scores saturated at 0 or 1")
     if r.discrimination is not None and r.discrimination < 3 * TOLERANCE:
         flags.append("weak proof: discrimination < 3x tolerance")
+    if r.boxes_dense is not None and r.boxes_pruned != r.boxes_dense:
+        flags.append(f"speedup not like for like: the pruned model returns {r.boxes_pruned} boxes on the timing "
+                     f"input, the dense {r.boxes_dense}")
     if r.macs_ratio is not None and r.macs_ratio < 1 / 0.7:
         flags.append("less than 30% of the MACs cut")
     return "ok" + (f" ({'; '.join(flags)})" if flags else "")
@@ -587,11 +673,15 @@ def cells(r: Row) -> list[str]:
     speed = ""
     if r.speedup is not None:
         speed = f"{r.speedup:.2f} ({r.speedup_p10:.2f}-{r.speedup_p90:.2f})"
+    nms = "" if r.nms_dense is None else f"{100 * r.nms_dense:.0f}% / {100 * (r.nms_pruned or 0):.0f}%"
+    boxes = "" if r.boxes_dense is None else f"{r.boxes_dense} / {r.boxes_pruned}"
     effect = f(r.input_effect, ".2g") + (f" ({r.least_live})" if r.input_effect is not None and r.least_live else "")
     scores = "" if r.scores_median is None else f"{r.scores_median:.1e} / {r.scores_max:.1e}"
+    if r.scores_saturated:
+        scores += f" ({100 * r.scores_saturated:.2g}% at 0 or 1)"
     return [r.model, r.exporter, verdict(r), groups, f(r.macs_ratio, ".2f"), f(r.max_rel_err, ".1e"),
             f(r.discrimination, ".1e"), f(r.pinned, "d"), f(r.compared, "d"), f(r.prune_s, ".1f"),
-            f(r.dense_ms, ".1f"), speed, effect, scores]
+            f(r.dense_ms, ".1f"), speed, nms, boxes, effect, scores]
 
 
 def good(r: Row) -> bool:
@@ -699,7 +789,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(r)
         c = cells(r)
         print(f"    {c[2]}\n    groups {c[3]}  MACs x{c[4]}  err {c[5]}  disc {c[6]}  pinned {c[7]}  compared {c[8]}  "
-              f"prune {c[9]} s  dense {c[10]} ms  speedup {c[11]}  input effect {c[12]}  scores {c[13]}", flush=True)
+              f"prune {c[9]} s  dense {c[10]} ms  speedup {c[11]}  NMS {c[12]}  boxes {c[13]}  input effect {c[14]}  "
+              f"scores {c[15]}", flush=True)
     seconds = time.perf_counter() - t_all
     print(summary(rows) + f" ({seconds / 60:.1f} min)", flush=True)
     if args.json:

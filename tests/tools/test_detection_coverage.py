@@ -96,7 +96,7 @@ def test_unit_convs_get_unit_output_in_the_same_pass():
     net, x = _net(), torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         net[6].weight.mul_(0.01)  # a head at torchvision's N(0, 0.01) init
-    dc.set_norms(net, lambda: net(x), unit_convs=[net[6]])
+    dc.set_norms(net, lambda: net(x), unit_layers=[net[6]])
     with torch.no_grad():
         out = net(x) - net[6].bias.view(1, -1, 1, 1)
     assert abs(float(out.std()) - 1.0) < 1e-4
@@ -157,7 +157,7 @@ def test_the_table_is_written_into_its_block_and_replaced(tmp_path):
     rows = list(_rows())
     text = dc.markdown(rows, "tools/detection_coverage.py --markdown docs/coverage.md", "today")
     assert "| yolov8n | ultralytics | ok | 59/63 | 3.88 | 3.9e-07 | 2.3e-01 | 0 | 4 | 0.5 | 18.0 | 2.27 (2.19-2.40) " \
-           "| 0.23 (output0) | 1.2e-05 / 2.2e-03 |" in text
+           "|  |  | 0.23 (output0) | 1.2e-05 / 2.2e-03 |" in text
     assert "3/5 rows pruned and proven (1 with no flag); 2 failed, crashed or timed out; 0 did not export." in text
     dc.write_block(doc, dc.BEGIN, dc.END, text, dc.TITLE)
     dc.write_block(doc, dc.BEGIN, dc.END, dc.markdown(rows[:1], "again", "later"), dc.TITLE)
@@ -169,6 +169,8 @@ def test_the_table_is_written_into_its_block_and_replaced(tmp_path):
 def test_saturated_scores_are_flagged():
     ok = _rows()[0]
     assert dc.verdict(dc.Row(**{**ok.__dict__, "scores_saturated": 0.0})) == "ok"
+    few = dc.Row(**{**ok.__dict__, "scores_saturated": 9e-4})  # a few extreme logits: not flagged, but shown
+    assert dc.verdict(few) == "ok" and dc.cells(few)[-1] == "1.2e-05 / 2.2e-03 (0.09% at 0 or 1)"
     assert "99% of the scores saturated" in dc.verdict(dc.Row(**{**ok.__dict__, "scores_saturated": 0.99}))
 
 
@@ -180,6 +182,25 @@ def test_an_export_error_says_its_cause_in_one_line():
     assert dc._err(wrapped) == "RuntimeError: GuardOnDataDependentSymNode: Could not guard on data-dependent " \
                                "expression u0 > 4000"
     assert dc._err(ValueError("first\nsecond")) == "ValueError: first"
+
+
+def test_nms_share_of_a_profile_leaves_out_the_warm_up_and_control_flow():
+    def node(op, ts, dur):
+        return {"cat": "Node", "name": f"{op}_1_kernel_time", "ts": ts, "dur": dur, "args": {"op_name": op}}
+
+    events = [{"cat": "Session", "name": "model_run", "ts": 0, "dur": 100},
+              node("NonMaxSuppression", 10, 90),  # the warm-up run: left out
+              {"cat": "Session", "name": "model_run", "ts": 100, "dur": 100},
+              node("Conv", 110, 30), node("NonMaxSuppression", 140, 60), node("If", 130, 70)]
+    assert dc.kernel_shares(events) == pytest.approx(60 / 90)
+    assert dc.kernel_shares(events[:2]) == 1.0, "one run only: it is all there is"
+    assert dc.kernel_shares([]) is None
+    row = dc.Row(**{**_rows()[0].__dict__, "nms_dense": 0.86, "nms_pruned": 0.9})
+    assert dc.cells(row)[dc.HEAD.index("NMS share dense / pruned")] == "86% / 90%"
+    row = dc.Row(**{**row.__dict__, "boxes_dense": 300, "boxes_pruned": 0})
+    assert dc.cells(row)[dc.HEAD.index("boxes dense / pruned")] == "300 / 0"
+    assert "speedup not like for like: the pruned model returns 0 boxes" in dc.verdict(row)
+    assert dc.verdict(dc.Row(**{**row.__dict__, "boxes_pruned": 300})) == "ok"
 
 
 def test_rows_are_picked_by_model_or_row_id_and_exporter():
