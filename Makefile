@@ -55,7 +55,7 @@ zoo-timm: $(ZOO_VENV)/.stamp
 	$(ZOO_VENV)/bin/python tools/timm_coverage.py --markdown docs/coverage.md
 
 # Detection and segmentation: torchvision's detectors exported whole, its segmentation models (both
-# exporters), ultralytics YOLO built from YAML and exported by ultralytics (~30 min on 2 cores)
+# exporters), ultralytics YOLO built from YAML and exported by ultralytics (~13 min on 2 cores)
 zoo-detect: $(ZOO_VENV)/.stamp
 	$(ZOO_VENV)/bin/python -m pip --disable-pip-version-check -q install "ultralytics==8.4.190"
 	YOLO_OFFLINE=1 $(ZOO_VENV)/bin/python tools/detection_coverage.py --markdown docs/coverage.md

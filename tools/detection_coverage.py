@@ -21,12 +21,14 @@ of 4 standard normal 320x320 images, layer after layer in forward order, as a tr
 statistics are those of its activations. Every normalised activation then has a live,
 input-dependent part. ``--norms drawn`` uses fixed draws instead (the ranges above, running_mean
 N(0, 0.1)), to show the difference. The convs torchvision initialises at N(0, 0.01) (RetinaNet's
-and FCOS' heads, the R-CNNs' RPN head) shrink the signal (RetinaNet's four, with no norm between
-them, ~250x) until the scores are the classifier's prior whatever the input, and the R-CNNs' class
-scores (a Linear at PyTorch's default init) give every one of 91 classes ~0.011, under the default
-threshold of 0.05 (the outputs are empty); in the same measured pass the weights of these layers
-are scaled so that their output less its bias has unit standard deviation. The detectors keep
-their default score thresholds and then return 100-300 boxes on a random image. Every draw is seeded (``--seed``, default 0).
+and FCOS' heads, the R-CNNs' RPN head; a 3x3 conv over 256 channels then has a gain of
+0.01 * sqrt(2304) ~ 0.5, and RetinaNet stacks five with no norm between them) shrink the signal
+until the scores are the classifier's prior whatever the input, and the R-CNNs' class scores (a
+Linear at PyTorch's default init) start near-uniform over 91 classes (Faster R-CNN's best boxes
+scored 0.015-0.019, under the default threshold of 0.05: its outputs were empty); in the same
+measured pass the weights of these layers are scaled so that their output less its bias has unit
+standard deviation. The detectors keep their default score thresholds and then return 100-300
+boxes on a random image. Every draw is seeded (``--seed``, default 0).
 
 Each row checks that the exported model is alive before it is pruned: *input effect* is the
 smallest, over the outputs, relative change max|f(x1) - f(x2)| / max|f(x1)| between two random
@@ -251,9 +253,9 @@ def set_norms(model, forward, seed: int = 0, mode: str = "measured", unit_layers
 def small_init_layers(model) -> list:
     """The layers of a torchvision detector whose init leaves its scores at their prior whatever the
     input: the convs initialised at N(0, 0.01) (RetinaNet's and FCOS' heads, the R-CNNs' RPN head:
-    each shrinks its input ~4x, RetinaNet's four stacked convs ~250x), and the R-CNNs' class scores
-    (a Linear at PyTorch's default init gives 91 logits within ~0.1 of each other: every class
-    ~0.011, under the default threshold of 0.05). ``set_norms`` gives them unit output instead."""
+    a 3x3 conv over 256 channels has a gain of ~0.5), and the R-CNNs' class scores (a Linear at
+    PyTorch's default init: near-uniform over 91 classes, under the default threshold of 0.05).
+    ``set_norms`` gives them unit output instead."""
     import torch
 
     heads = []
