@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 PYTEST_WORKERS ?= 2
 
-.PHONY: zoo-timm zoo-hf fuzz setup setup-test demo test zoo benchmarks data clean
+.PHONY: zoo-timm zoo-hf zoo-detect fuzz setup setup-test demo test zoo benchmarks data clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,12 @@ zoo-timm: $(ZOO_VENV)/.stamp
 zoo-hf: $(ZOO_VENV)/.stamp
 	$(ZOO_VENV)/bin/python -m pip --disable-pip-version-check -q install "transformers==5.24.0"
 	$(ZOO_VENV)/bin/python tools/hf_coverage.py --markdown docs/coverage.md --json out/hf/rows.json
+
+# Detection and segmentation: torchvision's detectors exported whole, its segmentation models (both
+# exporters), ultralytics YOLO built from YAML and exported by ultralytics (~13 min on 2 cores)
+zoo-detect: $(ZOO_VENV)/.stamp
+	$(ZOO_VENV)/bin/python -m pip --disable-pip-version-check -q install "ultralytics==8.4.190"
+	YOLO_OFFLINE=1 $(ZOO_VENV)/bin/python tools/detection_coverage.py --markdown docs/coverage.md
 
 # Every generated block of docs/benchmarks.md (about 1 h on 2 cores; each tool caches under out/peers/):
 # the peers table, efficiency under onnxruntime's threading settings, and --target-latency with and

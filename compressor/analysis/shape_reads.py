@@ -71,8 +71,12 @@ def _small(shape) -> bool:
 def unchecked_uses(index: GraphIndex, start: str, seen: set[str]
                    ) -> list[tuple[str, onnx.NodeProto | None, int, str]]:
     """Follow a shape value through small arithmetic: every (operand, consumer, slot, label) that
-    no rule checks (consumer None: a graph output)."""
+    no rule checks (consumer None: a graph output). A consumer that also reads data (an input not
+    computed from Shape reads and constants alone) is a use, whatever the size of its output: a
+    size that follows the data (the candidates a detector's TopK kept, on the probe's input) is no
+    measure of shape arithmetic, and past it the value cannot be evaluated from shapes."""
     uses, stack = [], [start]
+    derived: dict[str, bool] = {}
     while stack:
         name = stack.pop()
         if name in seen:
@@ -84,7 +88,8 @@ def unchecked_uses(index: GraphIndex, start: str, seen: set[str]
             if (consumer.op_type, slot) in CHECKED_SHAPE_SLOTS:
                 continue
             small = [_small(index.shape(out) if out else ()) for out in consumer.output]
-            if slot < 0 or not all(small):
+            data = any(x and k != slot and not _shape_derived(index, x, derived) for k, x in enumerate(consumer.input))
+            if slot < 0 or not all(small) or data:
                 uses.append((name, consumer if slot >= 0 else None, slot,
                              f"{consumer.op_type} '{index.node_label(consumer)}'"))
             else:
@@ -107,6 +112,28 @@ def checked_uses(index: GraphIndex, start: str) -> list[tuple[onnx.NodeProto, in
             elif slot >= 0 and all(_small(index.shape(out) if out else ()) for out in consumer.output):
                 stack.extend(o for o in consumer.output if o)
     return uses
+
+
+def _shape_derived(index: GraphIndex, name: str, memo: dict[str, bool], budget: list[int] | None = None) -> bool:
+    """Is ``name`` a constant, a Shape read, or small arithmetic on those alone (no graph input,
+    no data)? At most MAX_PIN_NODES nodes are looked through for one question."""
+    if name in memo:
+        return memo[name]
+    budget = [MAX_PIN_NODES] if budget is None else budget
+    memo[name] = False  # while it is looked into (a valid graph has no cycle)
+    if index.is_const(name):
+        memo[name] = True
+        return True
+    prod = index.producer.get(name)
+    if prod is None or not _small(index.shape(name)) or budget[0] <= 0:
+        return False
+    node = prod[1]
+    if node.op_type in ("Shape", "Size"):
+        memo[name] = True
+        return True
+    budget[0] -= 1
+    memo[name] = all(_shape_derived(index, x, memo, budget) for x in node.input if x)
+    return memo[name]
 
 
 def classify(ctx: AnalysisContext, name: str) -> tuple[str, np.ndarray | None]:

@@ -139,8 +139,11 @@ def apply_plan(analysis: Analysis, keep: dict[int, list[int]]) -> SurgeryResult:
 
     drop_unused(model, only=sctx.replaced)  # a Reshape target, a Resize size surgery replaced
     sctx.restore_names(model)  # a replaced bias keeps its name where nothing else reads the old one
-    # stale shape annotations would contradict the new channel counts
-    del model.graph.value_info[:]
+    # stale shape annotations would contradict the new channel counts: kept without their shapes,
+    # finalize re-infers them (and adds no others)
+    for vi in model.graph.value_info:
+        if vi.type.HasField("tensor_type"):
+            vi.type.tensor_type.ClearField("shape")
     # learned importances describe the model they were stored with: sliced to the kept channels
     notes = carry_learned(model, analysis, keep, lambda name: sliced(name) if name in cuts else index.const(name))
     return SurgeryResult(model=model, slices=slices, context=sctx, dropped_nodes=dropped, notes=notes,

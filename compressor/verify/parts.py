@@ -12,7 +12,7 @@ number too weak or too strict:
   precision, not a relative one: onnxruntime's Sigmoid is good to ~1e-7, an ulp of 1, whatever its
   result. An untrained detector's scores sit at 1e-5 ... 2e-4, so two correct models differ there by
   1e-3 relative. Such a tensor, and any tensor whose values are picked from such tensors (ReduceMax,
-  Gather, TopK, a Slice that falls inside the probabilities of a Concat, ...), is measured on the scale
+  Gather, TopK, a Slice or a Split output that falls inside the probabilities of a Concat, ...), is measured on the scale
   of the op's range, 1, where its own maximum is smaller (:func:`floors`). So that a wrong cut is
   still seen where the probabilities are tiny, the op's input (the logits) is compared as well, on
   its own scale.
@@ -146,6 +146,8 @@ class _Probabilities:
             return node.output[0] == name
         if node.op_type == "Slice":
             return self(node.input[0], depth + 1) or self._slice_bounded(node, depth)
+        if node.op_type == "Split":
+            return self(node.input[0], depth + 1) or self._split_bounded(node, name, depth)
         if node.op_type == "Cast":
             return int(node_attr(node, "to", 0)) in _FLOAT_TYPES and self(node.input[0], depth + 1)
         if node.op_type not in SELECTING_OPS or (node.op_type == "TopK" and node.output[0] != name):
@@ -191,6 +193,32 @@ class _Probabilities:
         lo = max(0, min(length, starts[0] + length if starts[0] < 0 else starts[0]))
         hi = max(0, min(length, ends[0] + length if ends[0] < 0 else ends[0]))
         return lo < hi and self._range_bounded(node.input[0], axis, lo, hi, depth + 1)
+
+    def _split_bounded(self, node: onnx.NodeProto, name: str, depth: int) -> bool:
+        """Output ``name`` of a Split is a range of its input's axis: bounded where that range falls
+        inside bounded parts of a Concat (``torch.split`` exports as Split: YOLOv10's NMS-free head
+        splits boxes from scores with it where the NMS export slices)."""
+        g = self.g
+        rank = g.rank(node.input[0])
+        if rank is None:
+            return False
+        axis = int(node_attr(node, "axis", 0)) % rank
+        length = g.length(node.input[0], axis)
+        if length is None:
+            return False
+        outputs = list(node.output)
+        if len(node.input) > 1 and node.input[1]:
+            sizes = g.ints(node.input[1])
+        elif node_attr(node, "split", None) is not None:
+            sizes = [int(v) for v in node_attr(node, "split", None)]
+        else:  # equal parts (opset 18: the last one smaller when the length does not divide)
+            step = -(-length // len(outputs))
+            sizes = [max(0, min(step, length - k * step)) for k in range(len(outputs))]
+        if sizes is None or len(sizes) != len(outputs) or sum(sizes) != length:
+            return False
+        k = outputs.index(name)
+        lo = sum(sizes[:k])
+        return sizes[k] > 0 and self._range_bounded(node.input[0], axis, lo, lo + sizes[k], depth + 1)
 
     def _range_bounded(self, name: str, axis: int, lo: int, hi: int, depth: int) -> bool:
         """Positions [lo, hi) of ``axis`` of ``name`` hold only bounded values."""

@@ -55,7 +55,7 @@ def test_position_bias_read_whole_before_its_adoption_keeps_the_heads_whole():
         w, b = g.rand(e, e, base="w"), g.rand(e, base="b")
         return g.op("Transpose", [g.op("Reshape", [g.op("Add", [g.op("MatMul", [x, w]), b]), split])], perm=perm), w
 
-    (q, wq), (k, _), (v, _) = project([0, 2, 1, 3]), project([0, 2, 3, 1]), project([0, 2, 1, 3])
+    (q, _), (k, _), (v, _) = project([0, 2, 1, 3]), project([0, 2, 3, 1]), project([0, 2, 1, 3])
     scores = g.op("Add", [g.op("MatMul", [q, k]), g.op("Add", [bias, mask])])
     out = g.op("MatMul", [g.op("Softmax", [scores], axis=-1), v])
     out = g.op("Reshape", [g.op("Transpose", [out], perm=[0, 2, 1, 3]), g.const(np.array([W, T, e], np.int64))])

@@ -10,6 +10,7 @@ Sigmoid precision, ~1e-7 absolute, so its NMS export was refused at 9e-4 "relati
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
@@ -142,3 +143,59 @@ def test_a_near_zero_part_is_measured_on_no_less_than_a_thousandth_of_the_whole(
     assert res.passed and res.outputs["boxes"] < 1e-6, res.outputs
     off = _head(np.zeros(6), pixels=1e-9 + 1e-4 * PART_FLOOR * 100)  # x100 above what the floor admits
     assert not verify(ref, off, _spec(ref), uncut=EVERY).passed
+
+
+def _split_head(bias: float, elementary_sigmoid: bool = False, opset: int = 17) -> onnx.ModelProto:
+    """YOLOv10's NMS-free head as ultralytics exports it (``preds.split([4, nc], -1)``, a Split where
+    the NMS export slices): cat [1, 10, 5] = Concat(boxes [1, 4, 5], sigmoid(logits + bias) [1, 6, 5]),
+    transposed to [1, 5, 10] and split into [4, 6] on the last axis; ``best`` = the scores' max per
+    anchor (a pinned TopK's input). Opset 11 gives the sizes as the ``split`` attribute."""
+    rng = np.random.default_rng(2)
+    inits = [numpy_helper.from_array((rng.standard_normal((4, 3)) * 100).astype(np.float32), "w_box"),
+             numpy_helper.from_array((rng.standard_normal((6, 3)) * 0.1).astype(np.float32), "w_cls"),
+             numpy_helper.from_array(np.array(bias, np.float32), "bias"),
+             numpy_helper.from_array(np.array(1.0, np.float32), "one")]
+    nodes = [helper.make_node("MatMul", ["w_box", "x"], ["boxes"]),
+             helper.make_node("MatMul", ["w_cls", "x"], ["l0"]),
+             helper.make_node("Add", ["l0", "bias"], ["logits"])]
+    if elementary_sigmoid:
+        nodes += [helper.make_node("Neg", ["logits"], ["neg"]), helper.make_node("Exp", ["neg"], ["e"]),
+                  helper.make_node("Add", ["e", "one"], ["den"]), helper.make_node("Reciprocal", ["den"], ["scores"])]
+    else:
+        nodes += [helper.make_node("Sigmoid", ["logits"], ["scores"])]
+    nodes += [helper.make_node("Concat", ["boxes", "scores"], ["cat"], axis=1),
+              helper.make_node("Transpose", ["cat"], ["t"], perm=[0, 2, 1])]
+    if opset >= 13:
+        inits.append(numpy_helper.from_array(np.array([4, 6], np.int64), "sizes"))
+        nodes.append(helper.make_node("Split", ["t", "sizes"], ["bx", "sc"], axis=2))
+    else:
+        nodes.append(helper.make_node("Split", ["t"], ["bx", "sc"], axis=2, split=[4, 6]))
+    nodes.append(helper.make_node("ReduceMax", ["sc"], ["best"], axes=[2], keepdims=0))
+    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("best", "bx")]
+    g = helper.make_graph(nodes, "split_head", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 5])],
+                          outs, inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    m.ir_version = 8
+    return m
+
+
+@pytest.mark.parametrize("opset", [17, 11])
+def test_probabilities_are_found_through_a_split_of_a_concatenation(opset):
+    m = _split_head(0.0, opset=opset)
+    c = extra_compared(m, m, ["best", "bx"], EVERY)
+    assert c.floors == {"best": PROBABILITY_SCALE}, "the split's part inside the probabilities is one, the boxes not"
+    assert "logits" in c.extra, "and its logits are compared on their own scale"
+
+
+def test_tiny_probabilities_through_a_split_pass_on_their_range():
+    """yolov10n / yolo26n exported NMS-free (nms=False) were refused at 5.8e-4 / 6.7e-4: the TopK's
+    inputs, the scores' max per anchor through a Split, measured on their own ~2e-4 scale against
+    onnxruntime's Sigmoid rounding (1.2e-7 absolute)."""
+    ref = _split_head(-9.0)  # probabilities ~1e-4, as an untrained detector's
+    same = _split_head(-9.0, elementary_sigmoid=True)
+    assert not verify(ref, same, _spec(ref)).passed, "relative to 1e-4, the Sigmoid's rounding fails"
+    res = verify(ref, same, _spec(ref), uncut=EVERY)
+    assert res.passed and res.outputs["best"] < 1e-6, res.outputs
+    wrong = _split_head(-8.5)
+    res = verify(ref, wrong, _spec(ref), uncut=EVERY)
+    assert not res.passed and res.outputs["logits"] > 1e-2, "a wrong logit is still seen"
