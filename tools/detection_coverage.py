@@ -72,7 +72,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 
-from bench_peers import write_block  # noqa: E402  (stdlib only at import time)
+from _coverage import prune_report  # noqa: E402  (stdlib only at import time)
+from bench_peers import write_block  # noqa: E402
 
 RATIO = 0.5
 SIZE = 320
@@ -537,9 +538,6 @@ def run_row(spec: Spec, cache: Path, seed: int, norms: str, fresh: bool, min_tim
             save=lambda row: None) -> Row:
     """Export, check the outputs depend on the input, prune (verified), time; ``save(row)`` after
     every stage, so a row killed by its time limit still says how far it got."""
-    from compressor import api
-    from compressor.errors import VerificationError
-
     row = Row(model=spec.model, exporter=spec.label, stage="export")
     save(row)
     t0 = time.perf_counter()
@@ -562,18 +560,9 @@ def run_row(spec: Spec, cache: Path, seed: int, norms: str, fresh: bool, min_tim
     save(row)
     pruned = path.with_name(path.stem + "_pruned.onnx")
     pruned.unlink(missing_ok=True)
-    t0 = time.perf_counter()
-    try:
-        rep = api.prune(str(path), ratio=RATIO, output=str(pruned)).report
-    except VerificationError as exc:
-        row.status, row.note, rep = "FAIL", _err(exc), exc.report
-        if rep is None:
-            return row
-    except Exception as exc:  # noqa: BLE001
-        row.status, row.note = "error", _err(exc)
-        traceback.print_exc()
+    rep, row.prune_s = prune_report(row, path, err=_err, ratio=RATIO, output=str(pruned))
+    if rep is None:
         return row
-    row.prune_s = rep.get("seconds", time.perf_counter() - t0)
     g = rep["groups"]
     row.groups_pruned, row.groups_total = g.get("pruned"), g.get("total")
     row.macs_ratio = rep["macs_before"] / rep["macs_after"] if rep.get("macs_after") else None

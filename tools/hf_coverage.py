@@ -31,8 +31,6 @@ import argparse
 import json
 import os
 import sys
-import time
-import traceback
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,7 +38,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 
-from bench_peers import write_block  # noqa: E402  (stdlib only at import time)
+from _coverage import held, one_line, prune_report, quiet, randomize_parameters  # noqa: E402  (stdlib only at import time)
+from bench_peers import write_block  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -193,21 +192,7 @@ def build(name: str, seed: int = 0):
     config = getattr(transformers, spec.config_class)(num_labels=NUM_LABELS, **spec.config)
     torch.manual_seed(seed)
     model = getattr(transformers, spec.model_class)(config).eval()
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for pname, p in model.named_parameters():
-            flat = p.detach().reshape(-1)
-            # 1-D parameters, and any parameter the library initialises to one value (ConvNeXt-V2's
-            # GRN weight [1, 1, 1, C] at zero: the dynamo exporter would share one zero constant
-            # between blocks, tying their channels together)
-            if p.ndim == 1 or (flat.numel() > 1 and bool((flat == flat[0]).all())):
-                p.copy_(torch.randn(p.shape, generator=g) * 0.1 if pname.endswith("bias")
-                        else torch.rand(p.shape, generator=g) + 0.5)
-        for bname, b in model.named_buffers():
-            if bname.endswith("running_var"):
-                b.copy_(torch.rand(b.shape, generator=g) * 1.5 + 0.5)
-            elif bname.endswith("running_mean"):
-                b.copy_(torch.randn(b.shape, generator=g) * 0.1)
+    randomize_parameters(model, seed, constant_too=True)
     return logits_only(model, spec.output)
 
 
@@ -225,7 +210,7 @@ def export(name: str, exporter: str, cache: Path, fresh: bool = False) -> Path:
     x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
     dynamo, opset = EXPORTERS[exporter]
     tmp = cache / f".{name}_{exporter}.tmp.onnx"
-    with torch.no_grad(), _quiet():
+    with torch.no_grad(), quiet():
         if dynamo:
             torch.onnx.export(model, (x,), str(tmp), dynamo=True, opset_version=opset, input_names=["pixel_values"],
                               output_names=["logits"], external_data=False)
@@ -240,84 +225,25 @@ def export(name: str, exporter: str, cache: Path, fresh: bool = False) -> Path:
     return path
 
 
-class _quiet:
-    """Silence the exporters' chatter on stdout/stderr (file-descriptor level)."""
-
-    def __enter__(self):
-        sys.stdout.flush()
-        sys.stderr.flush()
-        self._saved = (os.dup(1), os.dup(2))
-        self._null = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(self._null, 1)
-        os.dup2(self._null, 2)
-        return self
-
-    def __exit__(self, *exc):
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.dup2(self._saved[0], 1)
-        os.dup2(self._saved[1], 2)
-        for fd in (*self._saved, self._null):
-            os.close(fd)
-        return False
-
-
-def _bucket(reason: str) -> str:
-    """A freeze reason without the node names (the op and what it does)."""
-    import re
-
-    return re.sub(r"'[^']*'", "'…'", reason)[:110]
-
-
-def _held(rep: dict) -> tuple[float, Counter]:
-    """(share of the channels left whole, channels held per reason), leaving out the groups that only
-    reach a graph output (the classifier)."""
-    held: Counter = Counter()
-    total = rep["channels"]["total"]
-    for u in rep.get("unprunable", []):
-        reasons = [r for r in u["reasons"] if not r.startswith("reaches graph output")]
-        if reasons:
-            held[_bucket(reasons[0])] += u["channels"]
-            total += u["channels"]
-    return (sum(held.values()) / max(total, 1) if held else 0.0), held
-
-
-def _one_line(exc: BaseException, limit: int = 160) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {(text[0] if text else '')[:limit]}"
-
-
 def run(name: str, exporter: str, cache: Path, fresh: bool) -> Row:
-    from compressor import api
-    from compressor.errors import VerificationError
-
     row = Row(model=name, exporter=exporter)
     try:
         path = export(name, exporter, cache, fresh)
     except Exception as exc:  # noqa: BLE001 - a row per failure, the matrix goes on
-        row.status, row.note = "export failed", _one_line(exc, 120)
+        row.status, row.note = "export failed", one_line(exc, 120)
         return row
-    t0 = time.perf_counter()
-    try:
-        rep = api.prune(str(path), ratio=RATIO).report
-    except VerificationError as exc:
-        row.status, row.note, rep = "FAIL", str(exc).splitlines()[0][:160], exc.report
-        if rep is None:
-            return row
-    except Exception as exc:  # noqa: BLE001
-        row.status, row.note = "error", _one_line(exc)
-        traceback.print_exc()
+    rep, row.seconds = prune_report(row, path, ratio=RATIO)
+    if rep is None:
         return row
-    row.seconds = rep.get("seconds", time.perf_counter() - t0)
     g, c = rep["groups"], rep["channels"]
     row.groups, row.channels = f"{g['prunable']}/{g['total']}", f"{c['removed']}/{c['total']}"
     row.macs_ratio = rep["macs_before"] / rep["macs_after"] if rep["macs_after"] else None
     ver = rep.get("verify") or {}
     row.max_rel_err, row.discrimination = ver.get("max_rel_err"), ver.get("discrimination")
-    row.whole_share, held = _held(rep)
-    row.reasons = dict(held)
-    if held:
-        reason, n = held.most_common(1)[0]
+    row.whole_share, per_reason = held(rep)
+    row.reasons = dict(per_reason)
+    if per_reason:
+        reason, n = per_reason.most_common(1)[0]
         row.top_reason = f"{reason} ({n} ch)"
     row.barriers = sorted({b["op_type"] for b in rep.get("barriers", [])})
     return row

@@ -29,16 +29,14 @@ import argparse
 import json
 import os
 import sys
-import time
-import traceback
-from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 
-from bench_peers import write_block  # noqa: E402  (stdlib only at import time)
+from _coverage import held, one_line, prune_report, randomize_parameters  # noqa: E402  (stdlib only at import time)
+from bench_peers import write_block  # noqa: E402
 #: Families beyond torchvision's, each exported at 96x96 (a few need more, INPUT_SIZE).
 MODELS = [
     "resnet18d", "seresnet18", "ecaresnet26t", "skresnet18", "resnest14d", "res2net50_14w_8s",
@@ -78,17 +76,7 @@ def build(name: str, seed: int = 0):
 
     torch.manual_seed(seed)
     model = timm.create_model(name, pretrained=False).eval()
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for pname, p in model.named_parameters():
-            if p.ndim == 1:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.1 if pname.endswith("bias")
-                        else torch.rand(p.shape, generator=g) + 0.5)
-        for bname, b in model.named_buffers():
-            if bname.endswith("running_var"):
-                b.copy_(torch.rand(b.shape, generator=g) * 1.5 + 0.5)
-            elif bname.endswith("running_mean"):
-                b.copy_(torch.randn(b.shape, generator=g) * 0.1)
+    randomize_parameters(model, seed)
     return model
 
 
@@ -108,57 +96,25 @@ def export(name: str, opset: int, cache: Path, fresh: bool = False) -> Path:
     return path
 
 
-def _top_reason(rep: dict) -> tuple[float, str]:
-    """(share of the channels left whole, the reason holding the most of them), leaving out the
-    groups that only reach a graph output (the classifier)."""
-    held: Counter = Counter()
-    total = rep["channels"]["total"]
-    for u in rep.get("unprunable", []):
-        reasons = [r for r in u["reasons"] if not r.startswith("reaches graph output")]
-        if reasons:
-            held[_bucket(reasons[0])] += u["channels"]
-            total += u["channels"]
-    if not held:
-        return 0.0, ""
-    reason, n = held.most_common(1)[0]
-    return sum(held.values()) / max(total, 1), f"{reason} ({n} ch)"
-
-
-def _bucket(reason: str) -> str:
-    """A freeze reason without the node names (the op and what it does)."""
-    import re
-
-    return re.sub(r"'[^']*'", "'…'", reason)[:110]
-
-
 def run(name: str, opset: int, cache: Path, fresh: bool) -> Row:
-    from compressor import api
-    from compressor.errors import VerificationError
-
     row = Row(model=name, opset=opset)
     try:
         path = export(name, opset, cache, fresh)
     except Exception as exc:  # noqa: BLE001 - a row per failure, the matrix goes on
-        row.status, row.note = "export failed", f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
+        row.status, row.note = "export failed", one_line(exc, 120)
         return row
-    t0 = time.perf_counter()
-    try:
-        rep = api.prune(str(path), ratio=RATIO).report
-    except VerificationError as exc:
-        row.status, row.note, rep = "FAIL", str(exc).splitlines()[0][:160], exc.report
-        if rep is None:
-            return row
-    except Exception as exc:  # noqa: BLE001
-        row.status, row.note = "error", f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
-        traceback.print_exc()
+    rep, row.seconds = prune_report(row, path, ratio=RATIO)
+    if rep is None:
         return row
-    row.seconds = rep.get("seconds", time.perf_counter() - t0)
     g, c = rep["groups"], rep["channels"]
     row.groups, row.channels = f"{g['prunable']}/{g['total']}", f"{c['removed']}/{c['total']}"
     row.macs_ratio = rep["macs_before"] / rep["macs_after"] if rep["macs_after"] else None
     ver = rep.get("verify") or {}
     row.max_rel_err, row.discrimination = ver.get("max_rel_err"), ver.get("discrimination")
-    row.whole_share, row.top_reason = _top_reason(rep)
+    row.whole_share, per_reason = held(rep)
+    if per_reason:
+        reason, n = per_reason.most_common(1)[0]
+        row.top_reason = f"{reason} ({n} ch)"
     return row
 
 

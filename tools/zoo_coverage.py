@@ -42,6 +42,9 @@ INPUT_SIZE = {"inception_v3": 299}
 MIN_MACS_CUT = 0.30
 MAX_REL_ERR = 1e-4
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+
+from _coverage import quiet  # noqa: E402  (stdlib only at import time)
 
 
 @dataclass
@@ -143,7 +146,7 @@ def export(name: str, exporter: str, cache: Path, fresh: bool = False) -> Path:
     tmp = cache / f".{name}_{exporter}.tmp.onnx"
     # nn.MultiheadAttention's eval fast path is one fused op that the TorchScript exporter lacks
     torch.backends.mha.set_fastpath_enabled(False)
-    with torch.no_grad(), _quiet():
+    with torch.no_grad(), quiet():
         if exporter == "dynamo":
             torch.onnx.export(model, (x,), str(tmp), dynamo=True, input_names=["input"],
                               output_names=["logits"], external_data=False)
@@ -156,28 +159,6 @@ def export(name: str, exporter: str, cache: Path, fresh: bool = False) -> Path:
     for p in cache.glob(f".{name}_{exporter}.tmp.onnx*"):
         p.unlink()
     return path
-
-
-class _quiet:
-    """Silence the exporters' chatter on stdout/stderr (file-descriptor level)."""
-
-    def __enter__(self):
-        sys.stdout.flush()
-        sys.stderr.flush()
-        self._saved = (os.dup(1), os.dup(2))
-        self._null = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(self._null, 1)
-        os.dup2(self._null, 2)
-        return self
-
-    def __exit__(self, *exc):
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.dup2(self._saved[0], 1)
-        os.dup2(self._saved[1], 2)
-        for fd in (*self._saved, self._null):
-            os.close(fd)
-        return False
 
 
 # ---- our row ---------------------------------------------------------------------------------
@@ -297,7 +278,7 @@ def run_torch_pruning(name: str, ratio: float) -> Row:
         heads = {m: m.num_heads for m in model.modules() if isinstance(m, torch.nn.MultiheadAttention)}
         if heads:
             kwargs["num_heads"] = heads
-        with _quiet():
+        with quiet():
             pruner = tp.pruner.MetaPruner(
                 model, x, importance=tp.importance.MagnitudeImportance(p=2), pruning_ratio=ratio,
                 ignored_layers=ignored, **kwargs)
