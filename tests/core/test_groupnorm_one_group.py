@@ -32,6 +32,7 @@ from compressor.ir.shapes import InputSpec
 from compressor.planning.plan import PlanOptions, make_plan
 from compressor.verify import masked_reference, verify
 from tests.core.graphs import G, torch_onnx
+from tests.core.test_groupnorm import _kept, _weights
 
 EPS = 1e-5
 
@@ -63,19 +64,6 @@ def _run(model: onnx.ModelProto, feeds: dict, names: list[str] | None = None) ->
         model = m
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     return sess.run(names, feeds)
-
-
-def _weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    out = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    for n in model.graph.node:
-        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
-            out[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
-    return out
-
-
-def _kept(report: dict, tensor: str, size: int) -> list[int]:
-    hit = [s for s in report["plan"] if s["tensor"] == tensor and s["axis"] == 0]
-    return sorted(hit[0]["kept"]) if hit else list(range(size))
 
 
 def _rel(got: np.ndarray, want: np.ndarray) -> float:

@@ -43,8 +43,12 @@ def _head(bias: np.ndarray, elementary_sigmoid: bool = False, output: str = "out
         nodes += [helper.make_node("Sigmoid", ["logits"], ["scores"])]
     nodes += [helper.make_node("Concat", ["boxes", "scores"], ["cat"], axis=1),
               helper.make_node("Identity", ["cat"], ["out"])]
-    g = helper.make_graph(nodes, "head", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
-                          [helper.make_tensor_value_info(output, TensorProto.FLOAT, None)], inits)
+    return _model(nodes, [1, 8], [helper.make_tensor_value_info(output, TensorProto.FLOAT, None)], inits)
+
+
+def _model(nodes, x_shape, outputs, inits) -> onnx.ModelProto:
+    g = helper.make_graph(nodes, "head", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+                          outputs, inits)
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     m.ir_version = 8
     return m
@@ -105,11 +109,7 @@ def _nms_like() -> onnx.ModelProto:
              helper.make_node("Concat", ["xs", "shape"], ["ints"], axis=0)]
     outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("best", "mixed", "bx")]
     outs.append(helper.make_tensor_value_info("ints", TensorProto.INT64, None))
-    g = helper.make_graph(nodes, "nms_head", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 5])],
-                          outs, inits)
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = 8
-    return m
+    return _model(nodes, [1, 3, 5], outs, inits)
 
 
 def test_probabilities_are_found_through_a_slice_of_a_concatenation():
